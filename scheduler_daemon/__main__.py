@@ -1,0 +1,3 @@
+from scheduler_daemon.cli import main
+
+raise SystemExit(main())

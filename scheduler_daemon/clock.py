@@ -1,0 +1,37 @@
+"""Time as the scheduler sees it: wall time, monotonic time and sleeping.
+
+Only the scheduler loop and the runner read the clock; scheduling maths takes time as an argument.
+Tests inject :class:`FakeClock` (tests/fakes.py) so that time-dependent behaviour runs instantly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def time(self) -> float:
+        """Wall-clock time, seconds since the epoch (UTC)."""
+
+    def monotonic(self) -> float:
+        """Monotonic seconds, for measuring elapsed time and detecting wall-clock jumps."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep for ``seconds`` of monotonic time; cancellable."""
+
+
+class SystemClock:
+    """The real clock."""
+
+    __slots__ = ()
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))

@@ -1,0 +1,32 @@
+"""When a job fires: pure functions of the job's spec and a point in time. (Being written.)"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from croniter import croniter
+
+ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
+def validate_cron(expr: str) -> None:
+    """Raise ValueError with a readable message if ``expr`` is not a valid cron expression.
+
+    5 fields = minute hour day month weekday; 6 fields = **seconds first**; @aliases allowed.
+    """
+    expanded = ALIASES.get(expr.strip().lower(), expr)
+    fields = expanded.split()
+    if len(fields) not in (5, 6):
+        raise ValueError(f"expected 5 or 6 fields (6 = seconds first) or an @alias, got {len(fields)}")
+    try:
+        croniter(expanded, datetime(2000, 1, 1), second_at_beginning=len(fields) == 6)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(str(exc)) from None

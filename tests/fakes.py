@@ -1,0 +1,64 @@
+"""Test doubles that stand in for time: a fake clock driven by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+
+
+class FakeClock:
+    """A clock whose time only moves when the test says so.
+
+    ``sleep`` parks the caller until ``advance`` moves monotonic time past its deadline. Wall time
+    moves with it, and can also be stepped alone with ``jump`` (an NTP or manual clock change).
+    """
+
+    def __init__(self, start: float = 1_767_225_600.0) -> None:  # 2026-01-01T00:00:00Z
+        self._wall = start
+        self._mono = 1000.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def time(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._mono + seconds, next(self._seq), fut))
+        await fut
+
+    def jump(self, seconds: float) -> None:
+        """Step the wall clock alone (monotonic time does not move)."""
+        self._wall += seconds
+
+    async def settle(self) -> None:
+        """Let every task that can run, run (several loop turns: tasks wake tasks)."""
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds``, waking each sleeper at its own deadline in order."""
+        target = self._mono + seconds
+        await self.settle()
+        while self._sleepers and self._sleepers[0][0] <= target:
+            deadline, _, fut = heapq.heappop(self._sleepers)
+            if fut.done():
+                continue
+            self._wall += deadline - self._mono
+            self._mono = deadline
+            fut.set_result(None)
+            await self.settle()
+        self._wall += target - self._mono
+        self._mono = target
+        await self.settle()
+
+    @property
+    def pending_sleepers(self) -> int:
+        return sum(1 for _, _, f in self._sleepers if not f.done())
