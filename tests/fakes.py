@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scheduler_daemon.config import JobSpec
 
 
 class FakeClock:
@@ -62,3 +66,13 @@ class FakeClock:
     @property
     def pending_sleepers(self) -> int:
         return sum(1 for _, _, f in self._sleepers if not f.done())
+
+
+def make_job(name: str = "job", **fields: object) -> "JobSpec":
+    """A JobSpec with a harmless default action and schedule; override any field."""
+    from scheduler_daemon.config import CommandAction, JobSpec
+
+    fields.setdefault("action", CommandAction(argv=("true",)))
+    if not any(k in fields for k in ("cron", "every", "at")):
+        fields["every"] = 1.0
+    return JobSpec(name=name, **fields)  # type: ignore[arg-type]

@@ -1,0 +1,181 @@
+"""Wiring and lifecycle: start the database, recorder and scheduler; reload on SIGHUP; drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from scheduler_daemon import store
+from scheduler_daemon.actions import Action, build_action
+from scheduler_daemon.actions.http import HttpClient
+from scheduler_daemon.clock import Clock, SystemClock
+from scheduler_daemon.config import Config, JobSpec, load_config
+from scheduler_daemon.embedded import EmbeddedPostgres
+from scheduler_daemon.errors import ConfigError
+from scheduler_daemon.limiter import Limiter
+from scheduler_daemon.recorder import Recorder
+from scheduler_daemon.runner import Runner
+from scheduler_daemon.scheduler import Scheduler
+
+log = structlog.get_logger("scheduler_daemon.daemon")
+
+
+class ActionCache:
+    """One Action per job spec, built on first use and rebuilt when the spec changes."""
+
+    def __init__(self, http: HttpClient) -> None:
+        self._http = http
+        self._actions: dict[str, tuple[JobSpec, Action]] = {}
+
+    def __call__(self, job: JobSpec) -> Action:
+        cached = self._actions.get(job.name)
+        if cached is not None and cached[0] is job:
+            return cached[1]
+        action = build_action(job, http=self._http)
+        self._actions[job.name] = (job, action)
+        return action
+
+
+class Daemon:
+    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self._clock: Clock = clock or SystemClock()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._embedded: EmbeddedPostgres | None = None
+
+    # -- entry point ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        config = self.config
+        dsn = await self._start_database()
+        self._recorder = Recorder(dsn=dsn, clock=self._clock)
+        await self._recorder.start()
+        self._http = HttpClient()
+        self._limiter = Limiter(config.max_concurrency)
+        self._runner = Runner(
+            clock=self._clock,
+            limiter=self._limiter,
+            recorder=self._recorder,
+            action_for=ActionCache(self._http),
+            node=config.node,
+        )
+        self._scheduler = Scheduler(clock=self._clock, dispatch=self._runner.submit)
+        self._scheduler.set_jobs(config.jobs)
+        await self._sync_jobs()
+        self._install_signal_handlers()
+        scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
+        log.info("daemon_started", config=str(config.path), jobs=len(config.jobs),
+                 max_concurrency=config.max_concurrency, database="embedded" if self._embedded else "url")
+        try:
+            await self._serve(scheduler_task)
+        finally:
+            await self._shutdown(scheduler_task)
+        return 0
+
+    async def _serve(self, scheduler_task: asyncio.Task[None]) -> None:
+        while not self._stop.is_set():
+            stop = asyncio.ensure_future(self._stop.wait())
+            reload = asyncio.ensure_future(self._reload.wait())
+            await asyncio.wait((stop, reload, scheduler_task), return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            if scheduler_task.done():
+                scheduler_task.result()  # the loop must never end on its own: surface why it did
+                raise RuntimeError("scheduler loop ended unexpectedly")
+            if self._reload.is_set():
+                self._reload.clear()
+                await self.reload()
+
+    async def _shutdown(self, scheduler_task: asyncio.Task[None]) -> None:
+        log.info("daemon_stopping", grace_s=self.config.shutdown_grace)
+        self._scheduler.stop()
+        await asyncio.gather(scheduler_task, return_exceptions=True)
+        await self._runner.drain(self.config.shutdown_grace)
+        unwritten = await self._recorder.close(timeout=max(5.0, self.config.shutdown_grace))
+        await self._http.close()
+        if self._embedded is not None:
+            await self._embedded.astop()
+        log.info("daemon_stopped", unwritten_records=unwritten)
+
+    # -- database ------------------------------------------------------------------------------
+
+    async def _start_database(self) -> str:
+        if self.config.database_url:
+            dsn = self.config.database_url
+        else:
+            self._embedded = EmbeddedPostgres(self.config.state_dir / "postgres")
+            dsn = await self._embedded.astart()
+            log.info("embedded_postgres_started", data_dir=str(self._embedded.data_dir))
+        pool = await store.connect(dsn)
+        try:
+            await store.apply_schema(pool)
+        finally:
+            await pool.close()
+        return dsn
+
+    async def _sync_jobs(self) -> None:
+        next_runs = {job.name: self._scheduler.next_fire(job.name) for job in self.config.jobs}
+        pool = await store.connect(self._recorder_dsn())
+        try:
+            await store.sync_jobs(pool, self.config.jobs, next_runs)
+        finally:
+            await pool.close()
+
+    def _recorder_dsn(self) -> str:
+        return self._recorder.dsn
+
+    # -- signals and reload --------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        # Handlers only set events; everything else happens in the loop (DESIGN §4.6).
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+
+    def request_stop(self, why: str = "requested") -> None:
+        if not self._stop.is_set():
+            log.info("stop_requested", signal=why)
+        self._stop.set()
+
+    async def reload(self) -> bool:
+        """Re-read the config file; apply it only if it is entirely valid."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config.path)
+        except ConfigError as exc:
+            log.error("reload_failed", problems=exc.problems)
+            return False
+        old_jobs = {job.name: job for job in self.config.jobs}
+        new_jobs = {job.name: job for job in new.jobs}
+        added = new_jobs.keys() - old_jobs.keys()
+        removed = old_jobs.keys() - new_jobs.keys()
+        changed = {
+            name for name in new_jobs.keys() & old_jobs.keys()
+            if old_jobs[name].spec_hash() != new_jobs[name].spec_hash()
+        }
+        now = datetime.fromtimestamp(self._clock.time(), UTC)
+        for name in removed:
+            self._scheduler.remove(name)
+        for name in added | changed:
+            self._scheduler.add(new_jobs[name], after=now)
+        self._limiter.resize(new.max_concurrency)
+        # Unchanged jobs keep their spec object, so their scheduled entries and actions stay valid.
+        jobs = tuple(new_jobs[n] if n in added | changed else old_jobs[n] for n in new_jobs)
+        self.config = new.model_copy(update={"jobs": jobs})
+        await self._sync_jobs()
+        log.info("reload_succeeded", added=len(added), removed=len(removed), changed=len(changed))
+        return True
+
+
+def run_daemon(config_path: Path) -> int:
+    config = load_config(config_path)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
+        return asyncio.run(Daemon(config).run())
+    return uvloop.run(Daemon(config).run())

@@ -1,0 +1,329 @@
+"""One fire of one job: overlap policy, attempts, timeouts, retries with backoff.
+
+Every attempt that starts ends in exactly one ExecutionRecord handed to the recorder (DESIGN §3.2);
+a fire that never gets to start (skipped by the overlap policy, cancelled while waiting for a slot)
+is recorded too, so nothing scheduled disappears silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from scheduler_daemon.actions import Action
+from scheduler_daemon.actions.outcome import Outcome
+from scheduler_daemon.clock import Clock
+from scheduler_daemon.config import JobSpec, RetryPolicy
+from scheduler_daemon.limiter import Limiter
+from scheduler_daemon.records import ExecutionRecord, Status, Trigger, scheduled_fire_id
+
+log = structlog.get_logger("scheduler_daemon.runner")
+
+
+class RecordSink(Protocol):
+    def record(self, rec: ExecutionRecord) -> None: ...
+
+
+ActionFor = Callable[[JobSpec], Action]
+
+
+def backoff_delay(policy: RetryPolicy, failed_attempt: int, rng: random.Random) -> float:
+    """Seconds to wait after attempt ``failed_attempt`` (1-based) failed: exponential, capped, jittered."""
+    delay = min(policy.delay * policy.backoff ** (failed_attempt - 1), policy.max_delay)
+    if policy.jitter:
+        delay *= 1 + rng.uniform(-policy.jitter, policy.jitter)
+    return max(delay, 0.0)
+
+
+@dataclass(slots=True, eq=False)
+class Fire:
+    """A fire in flight: its task and what it is doing now (for drain and overlap decisions)."""
+
+    job: JobSpec
+    fire_id: uuid.UUID
+    scheduled_at: datetime
+    trigger: Trigger
+    overrides: Mapping[str, Any] | None
+    state: str = "waiting"  # waiting (for a slot) | running | backoff
+    attempt: int = 1
+    cancel_reason: str = "cancelled"
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Runner:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        limiter: Limiter,
+        recorder: RecordSink,
+        action_for: ActionFor,
+        node: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._clock = clock
+        self._limiter = limiter
+        self._recorder = recorder
+        self._action_for = action_for
+        self._node = node
+        self._rng = rng or random.Random()
+        self._active: dict[str, list[Fire]] = {}
+        self._accepting = True
+
+    # -- submission (synchronous: called from the scheduler loop) ------------------------------
+
+    def submit(
+        self,
+        job: JobSpec,
+        scheduled_at: datetime,
+        *,
+        trigger: Trigger = Trigger.SCHEDULE,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Fire | None:
+        """Start a fire of ``job`` unless its overlap policy says no; never blocks."""
+        fire_id = (
+            scheduled_fire_id(job.name, scheduled_at)
+            if trigger is not Trigger.MANUAL
+            else uuid.uuid4()
+        )
+        fire = Fire(job, fire_id, scheduled_at, trigger, overrides)
+        if not self._accepting:
+            self._record_unstarted(fire, Status.CANCELLED, "daemon is shutting down")
+            return None
+        running = self._active.get(job.name, [])
+        if running and not self._admit_overlap(job, running):
+            self._record_unstarted(fire, Status.SKIPPED, _skip_reason(job, len(running)))
+            log.info("fire_skipped", job=job.name, scheduled_at=scheduled_at.isoformat(),
+                     running=len(running), overlap=job.overlap)
+            return None
+        self._active.setdefault(job.name, []).append(fire)
+        fire.task = asyncio.create_task(self._run_fire(fire), name=f"fire:{job.name}")
+        return fire
+
+    def _admit_overlap(self, job: JobSpec, running: list[Fire]) -> bool:
+        if job.overlap == "allow":
+            return len(running) < job.max_instances
+        if job.overlap == "replace":
+            for old in running:
+                self._cancel(old, "replaced by a newer fire (overlap: replace)")
+            return True
+        return False
+
+    # -- one fire ------------------------------------------------------------------------------
+
+    async def _run_fire(self, fire: Fire) -> None:
+        job = fire.job
+        due = fire.scheduled_at.timestamp()
+        try:
+            while True:
+                fire.state = "waiting"
+                await self._limiter.acquire(job.priority)
+                fire.state = "running"
+                try:
+                    outcome_status, outcome = await self._attempt(fire, due)
+                finally:
+                    self._limiter.release()
+                if not self._should_retry(fire, outcome_status, outcome):
+                    return
+                delay = backoff_delay(job.retry, fire.attempt, self._rng)
+                if outcome is not None and outcome.retry_after is not None:
+                    delay = max(delay, outcome.retry_after)
+                log.info("retry_scheduled", job=job.name, attempt=fire.attempt + 1,
+                         delay_s=round(delay, 3), fire_id=str(fire.fire_id))
+                fire.state = "backoff"
+                due = self._clock.time() + delay
+                await self._clock.sleep(delay)
+                fire.attempt += 1
+        except asyncio.CancelledError:
+            if fire.state == "waiting":
+                self._record_unstarted(fire, Status.CANCELLED, fire.cancel_reason)
+            # running: _attempt recorded it; backoff: the last attempt is already recorded.
+        except Exception:
+            # A bug of ours, not the job's: keep the daemon alive and say so loudly.
+            log.exception("fire_crashed", job=job.name, fire_id=str(fire.fire_id))
+        finally:
+            self._forget(fire)
+
+    def _should_retry(self, fire: Fire, status: Status, outcome: Outcome | None) -> bool:
+        if status is Status.SUCCEEDED or fire.attempt >= fire.job.retry.attempts:
+            return False
+        if not self._accepting:
+            return False
+        if status is Status.TIMED_OUT:
+            return True
+        return outcome is not None and outcome.retryable
+
+    async def _attempt(self, fire: Fire, due: float) -> tuple[Status, Outcome | None]:
+        """Run one attempt with its timeout and record it, whatever happens."""
+        job = fire.job
+        started = self._clock.time()
+        started_mono = self._clock.monotonic()
+        task = asyncio.ensure_future(self._action_for(job).run(fire.overrides))
+        status: Status
+        outcome: Outcome | None = None
+        error: str | None = None
+        try:
+            finished_in_time = await self._wait(task, job.timeout)
+        except asyncio.CancelledError:
+            await _cancel_and_wait(task)
+            self._record(fire, Status.CANCELLED, None, started, started_mono, due, fire.cancel_reason)
+            raise
+        if finished_in_time:
+            outcome = _result(task)
+            status = outcome.status
+        else:
+            await _cancel_and_wait(task)
+            status, error = Status.TIMED_OUT, f"timed out after {job.timeout:g}s"
+        self._record(fire, status, outcome, started, started_mono, due, error)
+        return status, outcome
+
+    async def _wait(self, task: asyncio.Future[Outcome], timeout: float | None) -> bool:
+        """Wait for ``task``; False if ``timeout`` (on the injected clock) passed first."""
+        if timeout is None:
+            await asyncio.shield(task)
+            return True
+        timer = asyncio.ensure_future(self._clock.sleep(timeout))
+        try:
+            await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        return task.done()
+
+    # -- records -------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        fire: Fire,
+        status: Status,
+        outcome: Outcome | None,
+        started: float,
+        started_mono: float,
+        due: float,
+        error: str | None,
+    ) -> None:
+        duration_ms = (self._clock.monotonic() - started_mono) * 1000.0
+        rec = ExecutionRecord(
+            fire_id=fire.fire_id,
+            job_name=fire.job.name,
+            scheduled_at=fire.scheduled_at,
+            attempt=fire.attempt,
+            trigger=fire.trigger,
+            status=status,
+            started_at=_dt(started),
+            finished_at=_dt(started + duration_ms / 1000.0),
+            drift_ms=(started - due) * 1000.0,
+            duration_ms=duration_ms,
+            http_status=outcome.http_status if outcome else None,
+            exit_code=outcome.exit_code if outcome else None,
+            error=error if error is not None else (outcome.error if outcome else None),
+            output=outcome.output if outcome else None,
+            node=self._node,
+        )
+        self._recorder.record(rec)
+        log.info("attempt_finished", job=rec.job_name, attempt=rec.attempt, status=str(status),
+                 drift_ms=round(rec.drift_ms or 0.0, 3), duration_ms=round(duration_ms, 3),
+                 error=rec.error, trigger=str(fire.trigger))
+
+    def _record_unstarted(self, fire: Fire, status: Status, reason: str) -> None:
+        self._recorder.record(
+            ExecutionRecord(
+                fire_id=fire.fire_id,
+                job_name=fire.job.name,
+                scheduled_at=fire.scheduled_at,
+                attempt=fire.attempt,
+                trigger=fire.trigger,
+                status=status,
+                started_at=None,
+                finished_at=_dt(self._clock.time()),
+                drift_ms=None,
+                duration_ms=None,
+                error=reason,
+                node=self._node,
+            )
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def active(self, job_name: str | None = None) -> list[Fire]:
+        if job_name is not None:
+            return list(self._active.get(job_name, ()))
+        return [f for fires in self._active.values() for f in fires]
+
+    def cancel_job(self, job_name: str, reason: str) -> None:
+        for fire in self.active(job_name):
+            self._cancel(fire, reason)
+
+    async def drain(self, grace: float) -> None:
+        """Stop starting attempts; give running ones ``grace`` seconds, then cancel the rest."""
+        self._accepting = False
+        for fire in self.active():
+            if fire.state != "running":
+                self._cancel(fire, "daemon is shutting down")
+        tasks = [f.task for f in self.active() if f.task is not None]
+        if tasks:
+            log.info("drain_started", running=len(tasks), grace_s=grace)
+            timer = asyncio.ensure_future(self._clock.sleep(grace))
+            try:
+                await asyncio.wait({*tasks, timer}, return_when=asyncio.FIRST_COMPLETED)
+                while not timer.done() and any(not t.done() for t in tasks):
+                    await asyncio.wait(
+                        {*(t for t in tasks if not t.done()), timer},
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+            finally:
+                timer.cancel()
+        for fire in self.active():
+            self._cancel(fire, f"shutdown grace of {grace:g}s expired")
+        leftover = [f.task for f in self.active() if f.task is not None]
+        if leftover:
+            await asyncio.gather(*leftover, return_exceptions=True)
+
+    def _cancel(self, fire: Fire, reason: str) -> None:
+        if fire.task is not None and not fire.task.done():
+            fire.cancel_reason = reason
+            fire.task.cancel()
+
+    def _forget(self, fire: Fire) -> None:
+        fires = self._active.get(fire.job.name)
+        if fires is None:
+            return
+        try:
+            fires.remove(fire)
+        except ValueError:
+            pass
+        if not fires:
+            del self._active[fire.job.name]
+
+
+def _skip_reason(job: JobSpec, running: int) -> str:
+    if job.overlap == "allow":
+        return f"{running} instances already running (overlap: allow, max_instances: {job.max_instances})"
+    return "previous fire still running (overlap: skip)"
+
+
+async def _cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until its cleanup (e.g. killing a process group) is over."""
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the attempt's outcome is decided
+        pass
+
+
+def _result(task: asyncio.Future[Outcome]) -> Outcome:
+    """The action's outcome; an action that raised (a bug: actions report failures) fails the attempt."""
+    try:
+        return task.result()
+    except Exception as exc:  # noqa: BLE001 - any escape from an action is that attempt's failure
+        return Outcome(status=Status.FAILED, retryable=False, error=f"internal error: {exc!r}")
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)

@@ -1,0 +1,143 @@
+"""The heap of next fire times and the loop that pops what is due.
+
+The loop never awaits I/O: it pops every entry that is due, hands each fire to ``dispatch`` (which
+must return at once, e.g. by creating a task), pushes the job's next fire time and sleeps until the
+new earliest entry, a change of jobs, or stop — whichever comes first. Jobs are replaced and removed
+lazily: each heap entry carries the generation of its job, and stale entries are dropped when popped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from scheduler_daemon.clock import Clock
+from scheduler_daemon.config import JobSpec
+from scheduler_daemon.triggers import Trigger, build_trigger
+
+log = structlog.get_logger("scheduler_daemon.scheduler")
+
+Dispatch = Callable[[JobSpec, datetime], None]
+
+# A wall-clock step (NTP, manual) must be noticed quickly, so no sleep is longer than this.
+MAX_SLEEP = 1.0
+
+
+@dataclass(slots=True)
+class _Scheduled:
+    job: JobSpec
+    trigger: Trigger
+    generation: int
+    next_at: datetime | None = None
+
+
+class Scheduler:
+    def __init__(self, *, clock: Clock, dispatch: Dispatch, max_sleep: float = MAX_SLEEP) -> None:
+        self._clock = clock
+        self._dispatch = dispatch
+        self._max_sleep = max_sleep
+        # (due timestamp, tie-breaker, job name, generation); tuples compare on the first two only.
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._jobs: dict[str, _Scheduled] = {}
+        self._seq = itertools.count()
+        self._generations = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._stopped = False
+
+    # -- job set -----------------------------------------------------------------------------
+
+    def add(self, job: JobSpec, *, after: datetime | None = None) -> datetime | None:
+        """Schedule ``job`` (replacing a job of the same name) from its first fire after ``after``."""
+        entry = _Scheduled(job=job, trigger=build_trigger(job), generation=next(self._generations))
+        self._jobs[job.name] = entry
+        if job.enabled:
+            start = after if after is not None else self._now()
+            self._push(entry, entry.trigger.next_after(start))
+        self._wake.set()
+        return entry.next_at
+
+    def set_jobs(self, jobs: Iterable[JobSpec], *, after: datetime | None = None) -> None:
+        for job in jobs:
+            self.add(job, after=after)
+
+    def remove(self, name: str) -> None:
+        self._jobs.pop(name, None)  # its heap entries become stale and are dropped when popped
+        self._wake.set()
+
+    def job(self, name: str) -> JobSpec | None:
+        entry = self._jobs.get(name)
+        return entry.job if entry else None
+
+    def next_fire(self, name: str) -> datetime | None:
+        entry = self._jobs.get(name)
+        return entry.next_at if entry else None
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def pop_due(self, now: float) -> list[tuple[JobSpec, datetime]]:
+        """Take every fire due at or before ``now`` and push each job's following fire."""
+        due: list[tuple[JobSpec, datetime]] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, name, generation = heapq.heappop(heap)
+            entry = self._jobs.get(name)
+            if entry is None or entry.generation != generation or entry.next_at is None:
+                continue  # removed or replaced since this entry was pushed
+            fire_at = entry.next_at
+            due.append((entry.job, fire_at))
+            # From the scheduled instant, not from now: a late loop still makes every fire.
+            self._push(entry, entry.trigger.next_after(fire_at))
+        return due
+
+    async def run(self) -> None:
+        log.info("scheduler_started", jobs=len(self._jobs))
+        while not self._stopped:
+            self._wake.clear()
+            for job, fire_at in self.pop_due(self._clock.time()):
+                self._dispatch(job, fire_at)
+            if self._stopped:
+                break
+            await self._sleep(self._delay())
+        log.info("scheduler_stopped")
+
+    def _delay(self) -> float:
+        delay = self._max_sleep
+        if self._heap:
+            delay = min(delay, self._heap[0][0] - self._clock.time())
+        return max(delay, 0.0)
+
+    async def _sleep(self, delay: float) -> None:
+        if self._wake.is_set():
+            return
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _push(self, entry: _Scheduled, fire_at: datetime | None) -> None:
+        entry.next_at = fire_at
+        if fire_at is not None:
+            heapq.heappush(
+                self._heap, (fire_at.timestamp(), next(self._seq), entry.job.name, entry.generation)
+            )
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.time(), UTC)

@@ -1,0 +1,255 @@
+"""The installed daemon as a subprocess against real HTTP, commands, Python and PostgreSQL.
+
+These are the few tests that take real seconds: everything time-dependent is covered on the fake
+clock elsewhere; here we check the whole wiring, the signals and what lands in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+DAEMON = Path(sys.executable).with_name("scheduler-daemon")
+REPO = Path(__file__).resolve().parent.parent
+HUGE_BYTES = 50 * 1024 * 1024
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[str]:
+    async def ok(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def fail(_: web.Request) -> web.Response:
+        return web.Response(status=500, text="server exploded")
+
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="too late")
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        chunk = b"x" * 65536
+        for _ in range(HUGE_BYTES // len(chunk)):
+            await resp.write(chunk)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.router.add_get("/fail", fail)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/huge", huge)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+class Daemon:
+    """A running `scheduler-daemon run` subprocess and the events it logged."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._reader = asyncio.create_task(self._read())
+        self._seen = asyncio.Condition()
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            text = line.decode(errors="replace").strip()
+            self.raw.append(text)
+            try:
+                event = json.loads(text)
+            except ValueError:
+                continue
+            async with self._seen:
+                self.events.append(event)
+                self._seen.notify_all()
+
+    async def wait_for(self, name: str, timeout: float = 60) -> dict[str, Any]:
+        async def seen() -> dict[str, Any]:
+            async with self._seen:
+                while True:
+                    for event in self.events:
+                        if event.get("event") == name:
+                            return event
+                    if self.proc.returncode is not None:
+                        raise AssertionError(f"daemon exited; output:\n" + "\n".join(self.raw))
+                    await self._seen.wait()
+
+        return await asyncio.wait_for(seen(), timeout)
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.proc.send_signal(sig)
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await self._reader
+        return code
+
+
+async def start_daemon(config: Path) -> Daemon:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SCHEDULER_LOG_LEVEL": "info"}
+    env.pop("SCHEDULER_DATABASE_URL", None)
+    proc = await asyncio.create_subprocess_exec(
+        str(DAEMON), "run", "-c", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )
+    return Daemon(proc)
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+async def test_mixed_jobs_end_to_end(tmp_path: Path, target: str, database_url: str) -> None:
+    marker = f"e2e-long-{os.getpid()}"
+    config = tmp_path / "config.yaml"
+    config.write_text(textwrap.dedent(f"""
+        database: {{url: "{database_url}"}}
+        state_dir: ./state
+        max_concurrency: 8
+        shutdown_grace: 1s
+        defaults:
+          retry: {{attempts: 1}}
+        jobs:
+          http_ok:     {{every: 1s, http: {{url: "{target}/ok"}}}}
+          http_fail:
+            every: 2s
+            http: {{url: "{target}/fail"}}
+            retry: {{attempts: 2, delay: 200ms}}
+          http_slow:   {{every: 2s, timeout: 500ms, http: {{url: "{target}/slow"}}}}
+          http_huge:   {{every: 2s, capture_bytes: 1000, timeout: 20s, http: {{url: "{target}/huge"}}}}
+          cmd_ok:      {{every: 1s, command: ["echo", "hi from a command"]}}
+          cmd_fail:    {{every: 2s, shell: "echo oops >&2; exit 3"}}
+          py_ok:       {{every: 1s, python: "tests.e2e_jobs:greet", args: {{name: world, times: 2}}}}
+          py_fail:     {{every: 2s, python: "tests.e2e_jobs:explode", args: {{reason: kaboom}}}}
+          long_cmd:
+            every: 1h
+            offset: 0s
+            shell: "sleep 300 # {marker}"
+            enabled: false
+          long_sh:     {{every: 1s, overlap: skip, shell: "sh -c 'sleep 300' # {marker}"}}
+    """))
+    daemon = await start_daemon(config)
+    await daemon.wait_for("scheduler_started")
+    await asyncio.sleep(4.2)
+    assert await daemon.stop() == 0
+    await daemon.wait_for("daemon_stopped")
+    assert _processes_with(marker) == [], "a child of a cancelled command survived"
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT * FROM executions ORDER BY job_name, scheduled_at, attempt")
+        jobs = await conn.fetch("SELECT name, spec FROM jobs ORDER BY name")
+    finally:
+        await conn.close()
+    by_job: dict[str, list[asyncpg.Record]] = {}
+    for row in rows:
+        by_job.setdefault(row["job_name"], []).append(row)
+
+    def statuses(job: str) -> set[str]:
+        return {r["status"] for r in by_job.get(job, [])}
+
+    assert {j["name"] for j in jobs} >= {"http_ok", "cmd_ok", "py_ok", "long_cmd"}
+    # every-second jobs fired ~4 times in 4.2 s, each once per instant, on epoch-aligned seconds
+    for job in ("http_ok", "cmd_ok", "py_ok"):
+        runs = by_job[job]
+        assert 3 <= len(runs) <= 6, (job, len(runs))
+        assert statuses(job) == {"succeeded"}, [dict(r) for r in runs]
+        assert all(r["scheduled_at"].microsecond == 0 for r in runs)
+        assert len({r["fire_id"] for r in runs}) == len(runs)
+        assert all(0 <= r["drift_ms"] < 1000 for r in runs), [r["drift_ms"] for r in runs]
+    assert by_job["cmd_ok"][0]["output"].strip() == "hi from a command"
+    assert by_job["cmd_ok"][0]["exit_code"] == 0
+    assert by_job["py_ok"][0]["output"] and "hello world hello world" in by_job["py_ok"][0]["output"]
+    assert by_job["http_ok"][0]["http_status"] == 200
+
+    # failures: retried per policy (http 500), not retried beyond attempts
+    fail_rows = by_job["http_fail"]
+    assert {r["attempt"] for r in fail_rows} <= {1, 2} and statuses("http_fail") == {"failed"}
+    assert all(r["http_status"] == 500 for r in fail_rows)
+    first_fire = [r for r in fail_rows if r["fire_id"] == fail_rows[0]["fire_id"]]
+    if len(first_fire) == 2:
+        gap = (first_fire[1]["started_at"] - first_fire[0]["finished_at"]).total_seconds()
+        assert 0.15 <= gap < 1.0, gap  # 200 ms backoff
+    assert {r["exit_code"] for r in by_job["cmd_fail"]} == {3}
+    assert "oops" in by_job["cmd_fail"][0]["output"]
+    assert "kaboom" in by_job["py_fail"][0]["error"]
+
+    # timeouts enforced; huge body capped; a stuck command skipped then cancelled at shutdown
+    assert statuses("http_slow") <= {"timed_out", "cancelled"} and "timed_out" in statuses("http_slow")
+    assert all(r["duration_ms"] < 1500 for r in by_job["http_slow"] if r["status"] == "timed_out")
+    huge_done = [r for r in by_job["http_huge"] if r["status"] == "succeeded"]
+    assert huge_done and all(len(r["output"].encode()) <= 1100 for r in huge_done)
+    long_rows = by_job["long_sh"]
+    assert statuses("long_sh") == {"skipped", "cancelled"}
+    assert sum(r["status"] == "cancelled" for r in long_rows) == 1
+    assert "long_cmd" not in by_job  # disabled
+
+    # exactly one final row per (fire, attempt)
+    keys = [(r["fire_id"], r["attempt"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    assert all(r["status"] != "running" for r in rows)
+
+
+async def test_sighup_reload_applies_a_valid_file_and_keeps_the_old_on_a_broken_one(
+    tmp_path: Path, database_url: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    base = f'database: {{url: "{database_url}"}}\nstate_dir: ./state\nshutdown_grace: 1s\njobs:\n'
+    config.write_text(base + '  keep: {every: 1s, command: ["true"]}\n'
+                             '  drop: {every: 1s, command: ["true"]}\n')
+    daemon = await start_daemon(config)
+    await daemon.wait_for("scheduler_started")
+    await asyncio.sleep(1.5)
+
+    config.write_text(base + '  keep: {every: 1s, command: ["true"]}\n'
+                             '  added: {every: 1s, command: ["true"]}\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    reloaded = await daemon.wait_for("reload_succeeded", timeout=10)
+    assert (reloaded["added"], reloaded["removed"], reloaded["changed"]) == (1, 1, 0)
+    await asyncio.sleep(1.5)
+
+    config.write_text(base + '  keep: {every: 1s, command: ["true"], bogus: 1}\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    failed = await daemon.wait_for("reload_failed", timeout=10)
+    assert any("jobs.keep.bogus" in p for p in failed["problems"])
+    await asyncio.sleep(1.5)
+    assert await daemon.stop() == 0
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT job_name, count(*) AS n, max(scheduled_at) AS last FROM executions GROUP BY 1"
+        )
+    finally:
+        await conn.close()
+    counts = {r["job_name"]: r for r in rows}
+    assert counts["keep"]["n"] >= 4  # kept firing through both reloads
+    assert counts["added"]["n"] >= 2  # the broken file did not stop the running schedule
+    assert counts["drop"]["last"] < counts["added"]["last"]
