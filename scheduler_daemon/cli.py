@@ -33,11 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("-c", "--config", default=_default_config(),
-                       help="config file (default: $SCHEDULER_CONFIG, then ./config.yaml)")
+        p.add_argument(
+            "-c",
+            "--config",
+            default=_default_config(),
+            help="config file (default: $SCHEDULER_CONFIG, then ./config.yaml)",
+        )
         return p
 
-    with_config(sub.add_parser("run", help="run in the foreground until SIGTERM/SIGINT; SIGHUP reloads"))
+    with_config(
+        sub.add_parser("run", help="run in the foreground until SIGTERM/SIGINT; SIGHUP reloads")
+    )
     with_config(sub.add_parser("check", help="validate the config; exit 1 listing every error"))
     nxt = with_config(sub.add_parser("next", help="print the next fire times of each job"))
     nxt.add_argument("-n", type=int, default=5, help="fire times per job (default 5)")
@@ -51,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(level="debug" if args.debug else os.environ.get("SCHEDULER_LOG_LEVEL", "info"))
+    configure_logging(
+        level="debug" if args.debug else os.environ.get("SCHEDULER_LOG_LEVEL", "info")
+    )
     try:
         return _dispatch(args)
     except ConfigError as exc:

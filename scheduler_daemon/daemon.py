@@ -1,4 +1,4 @@
-"""Wiring and lifecycle: start the database, recorder and scheduler; reload on SIGHUP; drain on stop."""
+"""Wiring and lifecycle: database, recorder, scheduler; reload on SIGHUP; drain on stop."""
 
 from __future__ import annotations
 
@@ -69,8 +69,13 @@ class Daemon:
         await self._sync_jobs()
         self._install_signal_handlers()
         scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
-        log.info("daemon_started", config=str(config.path), jobs=len(config.jobs),
-                 max_concurrency=config.max_concurrency, database="embedded" if self._embedded else "url")
+        log.info(
+            "daemon_started",
+            config=str(config.path),
+            jobs=len(config.jobs),
+            max_concurrency=config.max_concurrency,
+            database="embedded" if self._embedded else "url",
+        )
         try:
             await self._serve(scheduler_task)
         finally:
@@ -155,7 +160,8 @@ class Daemon:
         added = new_jobs.keys() - old_jobs.keys()
         removed = old_jobs.keys() - new_jobs.keys()
         changed = {
-            name for name in new_jobs.keys() & old_jobs.keys()
+            name
+            for name in new_jobs.keys() & old_jobs.keys()
             if old_jobs[name].spec_hash() != new_jobs[name].spec_hash()
         }
         now = datetime.fromtimestamp(self._clock.time(), UTC)

@@ -23,7 +23,9 @@ class Limiter:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self._capacity = capacity
         self._in_use = 0
-        self._waiters: dict[Priority, deque[asyncio.Future[None]]] = {p: deque() for p in PRIORITIES}
+        self._waiters: dict[Priority, deque[asyncio.Future[None]]] = {
+            p: deque() for p in PRIORITIES
+        }
 
     @property
     def capacity(self) -> int:

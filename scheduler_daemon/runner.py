@@ -8,6 +8,7 @@ is recorded too, so nothing scheduled disappears silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections.abc import Callable, Mapping
@@ -35,7 +36,10 @@ ActionFor = Callable[[JobSpec], Action]
 
 
 def backoff_delay(policy: RetryPolicy, failed_attempt: int, rng: random.Random) -> float:
-    """Seconds to wait after attempt ``failed_attempt`` (1-based) failed: exponential, capped, jittered."""
+    """Seconds to wait after attempt ``failed_attempt`` (1-based) failed.
+
+    Exponential from ``delay`` by ``backoff``, capped at ``max_delay``, then ± ``jitter``.
+    """
     delay = min(policy.delay * policy.backoff ** (failed_attempt - 1), policy.max_delay)
     if policy.jitter:
         delay *= 1 + rng.uniform(-policy.jitter, policy.jitter)
@@ -100,8 +104,13 @@ class Runner:
         running = self._active.get(job.name, [])
         if running and not self._admit_overlap(job, running):
             self._record_unstarted(fire, Status.SKIPPED, _skip_reason(job, len(running)))
-            log.info("fire_skipped", job=job.name, scheduled_at=scheduled_at.isoformat(),
-                     running=len(running), overlap=job.overlap)
+            log.info(
+                "fire_skipped",
+                job=job.name,
+                scheduled_at=scheduled_at.isoformat(),
+                running=len(running),
+                overlap=job.overlap,
+            )
             return None
         self._active.setdefault(job.name, []).append(fire)
         fire.task = asyncio.create_task(self._run_fire(fire), name=f"fire:{job.name}")
@@ -135,8 +144,13 @@ class Runner:
                 delay = backoff_delay(job.retry, fire.attempt, self._rng)
                 if outcome is not None and outcome.retry_after is not None:
                     delay = max(delay, outcome.retry_after)
-                log.info("retry_scheduled", job=job.name, attempt=fire.attempt + 1,
-                         delay_s=round(delay, 3), fire_id=str(fire.fire_id))
+                log.info(
+                    "retry_scheduled",
+                    job=job.name,
+                    attempt=fire.attempt + 1,
+                    delay_s=round(delay, 3),
+                    fire_id=str(fire.fire_id),
+                )
                 fire.state = "backoff"
                 due = self._clock.time() + delay
                 await self._clock.sleep(delay)
@@ -173,7 +187,9 @@ class Runner:
             finished_in_time = await self._wait(task, job.timeout)
         except asyncio.CancelledError:
             await _cancel_and_wait(task)
-            self._record(fire, Status.CANCELLED, None, started, started_mono, due, fire.cancel_reason)
+            self._record(
+                fire, Status.CANCELLED, None, started, started_mono, due, fire.cancel_reason
+            )
             raise
         if finished_in_time:
             outcome = _result(task)
@@ -187,7 +203,7 @@ class Runner:
     async def _wait(self, task: asyncio.Future[Outcome], timeout: float | None) -> bool:
         """Wait for ``task``; False if ``timeout`` (on the injected clock) passed first."""
         if timeout is None:
-            await asyncio.shield(task)
+            await asyncio.wait((task,))
             return True
         timer = asyncio.ensure_future(self._clock.sleep(timeout))
         try:
@@ -227,9 +243,16 @@ class Runner:
             node=self._node,
         )
         self._recorder.record(rec)
-        log.info("attempt_finished", job=rec.job_name, attempt=rec.attempt, status=str(status),
-                 drift_ms=round(rec.drift_ms or 0.0, 3), duration_ms=round(duration_ms, 3),
-                 error=rec.error, trigger=str(fire.trigger))
+        log.info(
+            "attempt_finished",
+            job=rec.job_name,
+            attempt=rec.attempt,
+            status=str(status),
+            drift_ms=round(rec.drift_ms or 0.0, 3),
+            duration_ms=round(duration_ms, 3),
+            error=rec.error,
+            trigger=str(fire.trigger),
+        )
 
     def _record_unstarted(self, fire: Fire, status: Status, reason: str) -> None:
         self._recorder.record(
@@ -294,34 +317,33 @@ class Runner:
         fires = self._active.get(fire.job.name)
         if fires is None:
             return
-        try:
+        with contextlib.suppress(ValueError):
             fires.remove(fire)
-        except ValueError:
-            pass
         if not fires:
             del self._active[fire.job.name]
 
 
 def _skip_reason(job: JobSpec, running: int) -> str:
     if job.overlap == "allow":
-        return f"{running} instances already running (overlap: allow, max_instances: {job.max_instances})"
+        return (
+            f"{running} instances already running"
+            f" (overlap: allow, max_instances: {job.max_instances})"
+        )
     return "previous fire still running (overlap: skip)"
 
 
 async def _cancel_and_wait(task: asyncio.Future[Any]) -> None:
     """Cancel ``task`` and wait until its cleanup (e.g. killing a process group) is over."""
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
-    except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the attempt's outcome is decided
-        pass
 
 
 def _result(task: asyncio.Future[Outcome]) -> Outcome:
-    """The action's outcome; an action that raised (a bug: actions report failures) fails the attempt."""
+    """The action's outcome. Actions report failures; one that raised anyway fails the attempt."""
     try:
         return task.result()
-    except Exception as exc:  # noqa: BLE001 - any escape from an action is that attempt's failure
+    except Exception as exc:
         return Outcome(status=Status.FAILED, retryable=False, error=f"internal error: {exc!r}")
 
 

@@ -3,7 +3,7 @@
 The loop never awaits I/O: it pops every entry that is due, hands each fire to ``dispatch`` (which
 must return at once, e.g. by creating a task), pushes the job's next fire time and sleeps until the
 new earliest entry, a change of jobs, or stop — whichever comes first. Jobs are replaced and removed
-lazily: each heap entry carries the generation of its job, and stale entries are dropped when popped.
+lazily: each heap entry carries its job's generation; stale entries are dropped when popped.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Scheduler:
     # -- job set -----------------------------------------------------------------------------
 
     def add(self, job: JobSpec, *, after: datetime | None = None) -> datetime | None:
-        """Schedule ``job`` (replacing a job of the same name) from its first fire after ``after``."""
+        """Schedule ``job`` (replacing one of the same name) from its first fire after ``after``."""
         entry = _Scheduled(job=job, trigger=build_trigger(job), generation=next(self._generations))
         self._jobs[job.name] = entry
         if job.enabled:

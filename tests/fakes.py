@@ -68,7 +68,7 @@ class FakeClock:
         return sum(1 for _, _, f in self._sleepers if not f.done())
 
 
-def make_job(name: str = "job", **fields: object) -> "JobSpec":
+def make_job(name: str = "job", **fields: object) -> JobSpec:
     """A JobSpec with a harmless default action and schedule; override any field."""
     from scheduler_daemon.config import CommandAction, JobSpec
 

@@ -35,7 +35,9 @@ def test_check_accepts_every_example(name: str, monkeypatch: pytest.MonkeyPatch)
 def test_check_lists_every_error_with_file_and_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         jobs:
           a:
             cron: "61 * * * *"
@@ -44,7 +46,8 @@ def test_check_lists_every_error_with_file_and_line(
             every: 10s
             timezone: Mars/Olympus
             command: ["true"]
-    """)
+    """,
+    )
     assert main(["check", "-c", str(path)]) == 1
     err = capsys.readouterr().err
     assert f"{path}:3: jobs.a.cron:" in err
@@ -55,7 +58,9 @@ def test_check_lists_every_error_with_file_and_line(
 def test_next_prints_fire_times_in_the_jobs_zone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         jobs:
           open:
             cron: "0 0 10 * * MON-FRI"
@@ -64,7 +69,8 @@ def test_next_prints_fire_times_in_the_jobs_zone(
           tick:
             every: 15m
             command: ["true"]
-    """)
+    """,
+    )
     assert main(["next", "-c", str(path), "-n", "2", "--after", "2026-11-27T12:00:00Z"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "open 2026-11-30T10:00:00-03:00",
@@ -77,18 +83,22 @@ def test_next_prints_fire_times_in_the_jobs_zone(
 
 
 def test_next_rejects_unknown_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, "jobs:\n  a: {every: 1s, command: [\"true\"]}\n")
+    path = write(tmp_path, 'jobs:\n  a: {every: 1s, command: ["true"]}\n')
     assert main(["next", "-c", str(path), "nope"]) == 2
     assert "unknown job(s): nope" in capsys.readouterr().err
 
 
-def test_missing_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_config_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["check", "-c", str(tmp_path / "absent.yaml")]) == 1
     assert "absent.yaml" in capsys.readouterr().err
 
 
 def test_module_entry_point_and_console_script_work() -> None:
-    for argv in ([sys.executable, "-m", "scheduler_daemon", "--version"],
-                 [str(Path(sys.executable).with_name("scheduler-daemon")), "--version"]):
+    for argv in (
+        [sys.executable, "-m", "scheduler_daemon", "--version"],
+        [str(Path(sys.executable).with_name("scheduler-daemon")), "--version"],
+    ):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and "scheduler-daemon" in done.stdout

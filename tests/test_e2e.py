@@ -90,7 +90,7 @@ class Daemon:
                         if event.get("event") == name:
                             return event
                     if self.proc.returncode is not None:
-                        raise AssertionError(f"daemon exited; output:\n" + "\n".join(self.raw))
+                        raise AssertionError("daemon exited; output:\n" + "\n".join(self.raw))
                     await self._seen.wait()
 
         return await asyncio.wait_for(seen(), timeout)
@@ -106,8 +106,13 @@ async def start_daemon(config: Path) -> Daemon:
     env = {**os.environ, "PYTHONPATH": str(REPO), "SCHEDULER_LOG_LEVEL": "info"}
     env.pop("SCHEDULER_DATABASE_URL", None)
     proc = await asyncio.create_subprocess_exec(
-        str(DAEMON), "run", "-c", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        str(DAEMON),
+        "run",
+        "-c",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
     )
     return Daemon(proc)
 
@@ -129,7 +134,8 @@ def _processes_with(marker: str) -> list[int]:
 async def test_mixed_jobs_end_to_end(tmp_path: Path, target: str, database_url: str) -> None:
     marker = f"e2e-long-{os.getpid()}"
     config = tmp_path / "config.yaml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         database: {{url: "{database_url}"}}
         state_dir: ./state
         max_concurrency: 8
@@ -143,10 +149,12 @@ async def test_mixed_jobs_end_to_end(tmp_path: Path, target: str, database_url: 
             http: {{url: "{target}/fail"}}
             retry: {{attempts: 2, delay: 200ms}}
           http_slow:   {{every: 2s, timeout: 500ms, http: {{url: "{target}/slow"}}}}
-          http_huge:   {{every: 2s, capture_bytes: 1000, timeout: 20s, http: {{url: "{target}/huge"}}}}
+          http_huge:
+            {{every: 2s, capture_bytes: 1000, timeout: 20s, http: {{url: "{target}/huge"}}}}
           cmd_ok:      {{every: 1s, command: ["echo", "hi from a command"]}}
           cmd_fail:    {{every: 2s, shell: "echo oops >&2; exit 3"}}
-          py_ok:       {{every: 1s, python: "tests.e2e_jobs:greet", args: {{name: world, times: 2}}}}
+          py_ok:
+            {{every: 1s, python: "tests.e2e_jobs:greet", args: {{name: world, times: 2}}}}
           py_fail:     {{every: 2s, python: "tests.e2e_jobs:explode", args: {{reason: kaboom}}}}
           long_cmd:
             every: 1h
@@ -154,7 +162,8 @@ async def test_mixed_jobs_end_to_end(tmp_path: Path, target: str, database_url: 
             shell: "sleep 300 # {marker}"
             enabled: false
           long_sh:     {{every: 1s, overlap: skip, shell: "sh -c 'sleep 300' # {marker}"}}
-    """))
+    """)
+    )
     daemon = await start_daemon(config)
     await daemon.wait_for("scheduler_started")
     await asyncio.sleep(4.2)
@@ -186,7 +195,9 @@ async def test_mixed_jobs_end_to_end(tmp_path: Path, target: str, database_url: 
         assert all(0 <= r["drift_ms"] < 1000 for r in runs), [r["drift_ms"] for r in runs]
     assert by_job["cmd_ok"][0]["output"].strip() == "hi from a command"
     assert by_job["cmd_ok"][0]["exit_code"] == 0
-    assert by_job["py_ok"][0]["output"] and "hello world hello world" in by_job["py_ok"][0]["output"]
+    assert (
+        by_job["py_ok"][0]["output"] and "hello world hello world" in by_job["py_ok"][0]["output"]
+    )
     assert by_job["http_ok"][0]["http_status"] == 200
 
     # failures: retried per policy (http 500), not retried beyond attempts
@@ -202,7 +213,9 @@ async def test_mixed_jobs_end_to_end(tmp_path: Path, target: str, database_url: 
     assert "kaboom" in by_job["py_fail"][0]["error"]
 
     # timeouts enforced; huge body capped; a stuck command skipped then cancelled at shutdown
-    assert statuses("http_slow") <= {"timed_out", "cancelled"} and "timed_out" in statuses("http_slow")
+    assert statuses("http_slow") <= {"timed_out", "cancelled"} and "timed_out" in statuses(
+        "http_slow"
+    )
     assert all(r["duration_ms"] < 1500 for r in by_job["http_slow"] if r["status"] == "timed_out")
     huge_done = [r for r in by_job["http_huge"] if r["status"] == "succeeded"]
     assert huge_done and all(len(r["output"].encode()) <= 1100 for r in huge_done)
@@ -222,14 +235,16 @@ async def test_sighup_reload_applies_a_valid_file_and_keeps_the_old_on_a_broken_
 ) -> None:
     config = tmp_path / "config.yaml"
     base = f'database: {{url: "{database_url}"}}\nstate_dir: ./state\nshutdown_grace: 1s\njobs:\n'
-    config.write_text(base + '  keep: {every: 1s, command: ["true"]}\n'
-                             '  drop: {every: 1s, command: ["true"]}\n')
+    config.write_text(
+        base + '  keep: {every: 1s, command: ["true"]}\n  drop: {every: 1s, command: ["true"]}\n'
+    )
     daemon = await start_daemon(config)
     await daemon.wait_for("scheduler_started")
     await asyncio.sleep(1.5)
 
-    config.write_text(base + '  keep: {every: 1s, command: ["true"]}\n'
-                             '  added: {every: 1s, command: ["true"]}\n')
+    config.write_text(
+        base + '  keep: {every: 1s, command: ["true"]}\n  added: {every: 1s, command: ["true"]}\n'
+    )
     daemon.proc.send_signal(signal.SIGHUP)
     reloaded = await daemon.wait_for("reload_succeeded", timeout=10)
     assert (reloaded["added"], reloaded["removed"], reloaded["changed"]) == (1, 1, 0)

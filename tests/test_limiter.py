@@ -29,8 +29,14 @@ async def test_admits_by_priority_then_fifo() -> None:
     order: list[str] = []
     tasks = [
         asyncio.create_task(_take(limiter, prio, order, label))
-        for prio, label in [("low", "low1"), ("normal", "n1"), ("high", "h1"), ("normal", "n2"),
-                            ("high", "h2"), ("low", "low2")]
+        for prio, label in [
+            ("low", "low1"),
+            ("normal", "n1"),
+            ("high", "h1"),
+            ("normal", "n2"),
+            ("high", "h2"),
+            ("low", "low2"),
+        ]
     ]
     await asyncio.sleep(0)
     assert limiter.waiting("high") == 2 and limiter.waiting("low") == 2

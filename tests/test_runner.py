@@ -64,8 +64,12 @@ class Rig:
         self.actions: dict[str, ScriptedAction] = {}
         self.limiter = Limiter(capacity)
         self.runner = Runner(
-            clock=self.clock, limiter=self.limiter, recorder=self.sink,
-            action_for=lambda job: self.actions[job.name], node="test-node", rng=random.Random(7),
+            clock=self.clock,
+            limiter=self.limiter,
+            recorder=self.sink,
+            action_for=lambda job: self.actions[job.name],
+            node="test-node",
+            rng=random.Random(7),
         )
 
     def script(self, name: str, *steps: tuple[float, Outcome | BaseException]) -> ScriptedAction:
@@ -105,7 +109,9 @@ async def test_retries_are_spaced_by_exponential_backoff(rig: Rig) -> None:
     assert rig.sink.statuses() == ["failed", "failed", "failed", "succeeded"]
     assert [r.attempt for r in rig.sink.records] == [1, 2, 3, 4]
     assert len({r.fire_id for r in rig.sink.records}) == 1
-    assert all(r.drift_ms == pytest.approx(0) for r in rig.sink.records)  # each against its due time
+    assert all(
+        r.drift_ms == pytest.approx(0) for r in rig.sink.records
+    )  # each against its due time
 
 
 async def test_retries_stop_after_the_configured_attempts(rig: Rig) -> None:

@@ -48,7 +48,9 @@ async def test_every_job_fires_on_the_epoch_grid_exactly_on_time(h: Harness) -> 
 
 
 async def test_jobs_fire_in_due_order_and_simultaneous_fires_all_happen(h: Harness) -> None:
-    h.scheduler.set_jobs([make_job("a", every=2.0), make_job("b", every=3.0), make_job("c", every=6.0)])
+    h.scheduler.set_jobs(
+        [make_job("a", every=2.0), make_job("b", every=3.0), make_job("c", every=6.0)]
+    )
     await h.clock.advance(6)
     assert sorted((n, at - T0) for n, at, _ in h.fired) == sorted(
         [("a", 2), ("a", 4), ("a", 6), ("b", 3), ("b", 6), ("c", 6)]
@@ -121,7 +123,9 @@ def test_heap_work_is_per_fire_not_per_job() -> None:
     scheduler = Scheduler(clock=clock, dispatch=lambda job, at: None)
     scheduler.set_jobs(make_job(f"j{i}", every=float(10 + i)) for i in range(1000))
     expected = sum(
-        1 for i in range(1000) if ts(scheduler.next_fire(f"j{i}")) <= T0 + 100  # type: ignore[arg-type]
+        1
+        for i in range(1000)
+        if ts(scheduler.next_fire(f"j{i}")) <= T0 + 100  # type: ignore[arg-type]
     )
     assert len(scheduler.pop_due(T0 + 100)) >= expected > 0
     assert len(scheduler._heap) == 1000  # one live entry per job: popping pushes exactly one
