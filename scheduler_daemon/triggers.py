@@ -1,10 +1,19 @@
-"""When a job fires: pure functions of the job's spec and a point in time. (Being written.)"""
+"""When a job fires: pure functions of the job's spec and a point in time.
+
+Each trigger answers ``next_after(t)``: the first fire strictly after the aware instant ``t``, as
+an aware UTC datetime, or None when there is none. Nothing here reads the clock.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING, Protocol
+from zoneinfo import ZoneInfo
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
+
+if TYPE_CHECKING:
+    from scheduler_daemon.config import JobSpec
 
 ALIASES = {
     "@yearly": "0 0 1 1 *",
@@ -16,25 +25,10 @@ ALIASES = {
     "@hourly": "0 * * * *",
 }
 
-
-def validate_cron(expr: str) -> None:
-    """Raise ValueError with a readable message if ``expr`` is not a valid cron expression.
-
-    5 fields = minute hour day month weekday; 6 fields = **seconds first**; @aliases allowed.
-    """
-    expanded = ALIASES.get(expr.strip().lower(), expr)
-    fields = expanded.split()
-    if len(fields) not in (5, 6):
-        raise ValueError(f"expected 5 or 6 fields (6 = seconds first) or an @alias, got {len(fields)}")
-    try:
-        croniter(expanded, datetime(2000, 1, 1), second_at_beginning=len(fields) == 6)
-    except (ValueError, KeyError) as exc:
-        raise ValueError(str(exc)) from None
-
-
-# --- provisional (replaced by the full DST-aware module) ----------------------------------------
-from datetime import UTC  # noqa: E402
-from typing import Protocol  # noqa: E402
+_MICRO = timedelta(microseconds=1)
+_CHUNK = timedelta(days=7)  # no zone has two offset changes within a week
+_FOLD_LOOKBACK = timedelta(hours=3)  # longer than any DST shift
+_MAX_SEGMENTS = 64
 
 
 class Trigger(Protocol):
@@ -43,36 +37,211 @@ class Trigger(Protocol):
     def describe(self) -> str: ...
 
 
+def _expand(expr: str) -> list[str]:
+    return ALIASES.get(expr.strip().lower(), expr).split()
+
+
+def validate_cron(expr: str) -> None:
+    """Raise ValueError with a readable message if ``expr`` is not a valid cron expression.
+
+    5 fields = minute hour day month weekday; 6 fields = **seconds first**; @aliases allowed.
+    """
+    fields = _expand(expr)
+    if len(fields) not in (5, 6):
+        raise ValueError(
+            f"expected 5 or 6 fields (6 = seconds first) or an @alias, got {len(fields)}"
+        )
+    try:
+        croniter(" ".join(fields), datetime(2000, 1, 1), second_at_beginning=len(fields) == 6)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"invalid cron expression {expr!r}: {exc}") from None
+
+
+def format_seconds(seconds: float) -> str:
+    """10 → "10s", 90 → "1m30s", 5400 → "1h30m", 0.5 → "500ms"."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    parts = []
+    rest = seconds
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if rest >= size:
+            count = int(rest // size)
+            parts.append(f"{count}{unit}")
+            rest -= count * size
+    if rest or not parts:
+        parts.append(f"{rest:g}s")
+    return "".join(parts)
+
+
 class IntervalTrigger:
+    """Fires at k * every + offset seconds since the Unix epoch: independent of start time."""
+
+    __slots__ = ("_every", "_offset")
+
     def __init__(self, every: float, offset: float = 0.0) -> None:
+        if every <= 0:
+            raise ValueError(f"every must be > 0, got {every}")
+        # Integer microseconds: 0.1 s steps never drift the way float sums do.
         self._every = round(every * 1_000_000)
-        self._offset = round(offset * 1_000_000)
+        self._offset = round(offset * 1_000_000) % self._every
 
     def next_after(self, t: datetime) -> datetime | None:
-        micros = round(t.timestamp() * 1_000_000) - self._offset
+        micros = _micros(t) - self._offset
         k = micros // self._every + 1
-        return datetime.fromtimestamp((k * self._every + self._offset) / 1_000_000, UTC)
+        return _from_micros(k * self._every + self._offset)
 
     def describe(self) -> str:
-        return f"every {self._every / 1e6:g}s"
+        text = f"every {format_seconds(self._every / 1e6)}"
+        return text + (f" (offset {format_seconds(self._offset / 1e6)})" if self._offset else "")
 
 
 class DateTrigger:
+    """Fires once, at ``at``."""
+
+    __slots__ = ("_at",)
+
     def __init__(self, at: datetime) -> None:
-        self._at = at
+        if at.tzinfo is None:
+            raise ValueError("at must be an aware datetime")
+        self._at = at.astimezone(UTC)
 
     def next_after(self, t: datetime) -> datetime | None:
-        return self._at.astimezone(UTC) if self._at > t else None
+        return self._at if self._at > t else None
 
     def describe(self) -> str:
         return f"once at {self._at.isoformat()}"
 
 
-def build_trigger(job: object) -> Trigger:
-    every = getattr(job, "every", None)
-    if every is not None:
-        return IntervalTrigger(every, getattr(job, "offset", 0.0))
-    at = getattr(job, "at", None)
-    if at is not None:
-        return DateTrigger(at)
-    raise NotImplementedError("cron: being written")
+class CronTrigger:
+    """Cron in an IANA zone, with the Vixie-cron DST rule.
+
+    Matches are found by croniter in naive local wall time; the mapping to real instants is ours.
+    A job is "wildcard" when its minute or hour field starts with ``*``: it follows real elapsed
+    time (no fires in a skipped hour, fires in both passes of a repeated hour). Any other job is
+    "fixed-time": a match in a skipped hour fires once at the moment the clocks jump, and a match
+    in a repeated hour fires once, in the first pass.
+    """
+
+    __slots__ = ("_expr", "_iter", "_tz", "_wildcard", "_zone")
+
+    def __init__(self, expr: str, timezone: str = "UTC") -> None:
+        validate_cron(expr)
+        fields = _expand(expr)
+        seconds_first = len(fields) == 6
+        minute, hour = fields[1:3] if seconds_first else fields[0:2]
+        self._expr = expr
+        self._zone = timezone
+        self._tz: tzinfo = ZoneInfo(timezone)
+        self._wildcard = minute.startswith("*") or hour.startswith("*")
+        # One iterator, re-positioned per call: constructing croniter costs far more than using it.
+        self._iter = croniter(
+            " ".join(fields), datetime(2000, 1, 1), second_at_beginning=seconds_first
+        )
+
+    @property
+    def wildcard(self) -> bool:
+        return self._wildcard
+
+    def describe(self) -> str:
+        return f"cron {self._expr!r} ({self._zone})"
+
+    def next_after(self, t: datetime) -> datetime | None:
+        cur = t.astimezone(UTC)
+        inclusive = False
+        skip_until = None if self._wildcard else self._repeat_end(cur)
+        for _ in range(_MAX_SEGMENTS):
+            off = _offset(self._tz, cur)
+            naive = (cur + off).replace(tzinfo=None)
+            start = naive - _MICRO if inclusive else naive
+            if skip_until is not None and start < skip_until - _MICRO:
+                start = skip_until - _MICRO
+            match = self._match_after(start)
+            if match is None:
+                return None
+            candidate = (match - off).replace(tzinfo=UTC)
+            change = _next_transition(self._tz, cur, candidate, off)
+            if change is None:
+                return candidate
+            new_off = _offset(self._tz, change)
+            if new_off > off and not self._wildcard and match < (change + new_off).replace(
+                tzinfo=None
+            ):
+                return change  # matches in the skipped hour fire once, as the clocks jump
+            if new_off < off and not self._wildcard:
+                skip_until = (change + off).replace(tzinfo=None)  # end of the repeated range
+            cur, inclusive = change, True
+        return None
+
+    def _match_after(self, naive: datetime) -> datetime | None:
+        self._iter.set_current(naive, force=True)
+        try:
+            match: datetime = self._iter.get_next(datetime)
+        except CroniterBadDateError:  # e.g. "0 0 30 2 *": never
+            return None
+        return match
+
+    def _repeat_end(self, cur: datetime) -> datetime | None:
+        """If ``cur`` is in the second pass of a repeated hour, the naive time that pass ends."""
+        earlier = cur - _FOLD_LOOKBACK
+        before = _offset(self._tz, earlier)
+        if before <= _offset(self._tz, cur):
+            return None
+        change = _next_transition(self._tz, earlier, cur, before)
+        if change is None:
+            return None
+        end = (change + before).replace(tzinfo=None)
+        return end if (cur + _offset(self._tz, cur)).replace(tzinfo=None) < end else None
+
+
+def _offset(tz: tzinfo, instant: datetime) -> timedelta:
+    off = instant.astimezone(tz).utcoffset()
+    assert off is not None
+    return off
+
+
+def _next_transition(
+    tz: tzinfo, after: datetime, until: datetime, off: timedelta
+) -> datetime | None:
+    """The first instant in (after, until] whose UTC offset differs from ``off``, to the second."""
+    lo = after
+    while lo < until:
+        hi = min(lo + _CHUNK, until)
+        if _offset(tz, hi) != off:
+            return _bisect(tz, lo, hi, off)
+        lo = hi
+    return None
+
+
+def _bisect(tz: tzinfo, lo: datetime, hi: datetime, off: timedelta) -> datetime:
+    lo_s, hi_s = int(lo.timestamp()), int(hi.timestamp())
+    if hi.timestamp() > hi_s:
+        hi_s += 1
+    while hi_s - lo_s > 1:
+        mid = (lo_s + hi_s) // 2
+        if _offset(tz, datetime.fromtimestamp(mid, UTC)) == off:
+            lo_s = mid
+        else:
+            hi_s = mid
+    return datetime.fromtimestamp(hi_s, UTC)
+
+
+def _micros(t: datetime) -> int:
+    delta = t - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def build_trigger(job: JobSpec) -> Trigger:
+    if job.cron is not None:
+        return CronTrigger(job.cron, job.timezone)
+    if job.every is not None:
+        return IntervalTrigger(job.every, job.offset)
+    if job.at is not None:
+        return DateTrigger(job.at)
+    raise ValueError(f"job {job.name!r} has no schedule")

@@ -73,8 +73,8 @@ def test_next_prints_fire_times_in_the_jobs_zone(
     )
     assert main(["next", "-c", str(path), "-n", "2", "--after", "2026-11-27T12:00:00Z"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "open 2026-11-30T10:00:00-03:00",
-        "open 2026-12-01T10:00:00-03:00",
+        "open 2026-11-27T10:00:00-03:00",  # a Friday
+        "open 2026-11-30T10:00:00-03:00",  # then Monday
         "tick 2026-11-27T12:15:00+00:00",
         "tick 2026-11-27T12:30:00+00:00",
     ]
