@@ -1,0 +1,43 @@
+-- scheduler_daemon schema. Applied at every start and by `scheduler-daemon db init`: idempotent.
+-- Public contract (DESIGN §2): add columns, never rename or drop them.
+
+-- One row per attempt of a fire. A fire's attempts share its fire_id; a scheduled fire's id is
+-- derived from (job name, scheduled instant), so replays and replicas agree on it.
+CREATE TABLE IF NOT EXISTS executions (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    fire_id      uuid        NOT NULL,
+    job_name     text        NOT NULL,
+    scheduled_at timestamptz NOT NULL,
+    attempt      integer     NOT NULL CHECK (attempt >= 1),   -- 1 = first try
+    trigger      text        NOT NULL CHECK (trigger IN ('schedule', 'manual', 'catchup')),
+    status       text        NOT NULL CHECK (status IN ('running', 'succeeded', 'failed',
+                     'timed_out', 'cancelled', 'skipped', 'missed', 'abandoned')),
+    started_at   timestamptz,          -- null: the attempt never started (skipped, cancelled first)
+    finished_at  timestamptz,
+    drift_ms     double precision,     -- started_at - the instant the attempt was due
+    duration_ms  double precision,
+    http_status  integer,
+    exit_code    integer,
+    error        text,
+    output       text,                 -- head of an HTTP body / tail of a command's output
+    node         text        NOT NULL DEFAULT '',
+    recorded_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT executions_fire_attempt_key UNIQUE (fire_id, attempt)
+);
+
+CREATE INDEX IF NOT EXISTS executions_job_scheduled_idx ON executions (job_name, scheduled_at DESC);
+CREATE INDEX IF NOT EXISTS executions_finished_idx ON executions (finished_at DESC);
+CREATE INDEX IF NOT EXISTS executions_problems_idx ON executions (status, finished_at DESC)
+    WHERE status NOT IN ('succeeded', 'skipped');
+
+-- One row per configured job, synced at start and on reload.
+CREATE TABLE IF NOT EXISTS jobs (
+    name        text PRIMARY KEY,
+    spec        jsonb       NOT NULL,  -- the job as configured, secrets redacted
+    enabled     boolean     NOT NULL,
+    next_run_at timestamptz,
+    last_run_at timestamptz,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE executions IS 'scheduler_daemon: one row per attempt (schema version 1)';

@@ -7,6 +7,7 @@ import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import structlog
 
 from scheduler_daemon import store
@@ -52,8 +53,10 @@ class Daemon:
 
     async def run(self) -> int:
         config = self.config
-        dsn = await self._start_database()
-        self._recorder = Recorder(dsn=dsn, clock=self._clock)
+        dsn = await self._database_dsn()
+        # The recorder connects in the background: a database that is down at start delays the
+        # rows, never the schedule. Each (re)connection applies the schema and syncs the jobs.
+        self._recorder = Recorder(dsn=dsn, clock=self._clock, on_connect=self._on_db_connect)
         await self._recorder.start()
         self._http = HttpClient()
         self._limiter = Limiter(config.max_concurrency)
@@ -66,16 +69,11 @@ class Daemon:
         )
         self._scheduler = Scheduler(clock=self._clock, dispatch=self._runner.submit)
         self._scheduler.set_jobs(config.jobs)
-        await self._sync_jobs()
         self._install_signal_handlers()
         scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
-        log.info(
-            "daemon_started",
-            config=str(config.path),
-            jobs=len(config.jobs),
-            max_concurrency=config.max_concurrency,
-            database="embedded" if self._embedded else "url",
-        )
+        log.info("daemon_started", config=str(config.path), jobs=len(config.jobs),
+                 max_concurrency=config.max_concurrency,
+                 database="embedded" if self._embedded else "url")
         try:
             await self._serve(scheduler_task)
         finally:
@@ -109,30 +107,26 @@ class Daemon:
 
     # -- database ------------------------------------------------------------------------------
 
-    async def _start_database(self) -> str:
+    async def _database_dsn(self) -> str:
         if self.config.database_url:
-            dsn = self.config.database_url
-        else:
-            self._embedded = EmbeddedPostgres(self.config.state_dir / "postgres")
-            dsn = await self._embedded.astart()
-            log.info("embedded_postgres_started", data_dir=str(self._embedded.data_dir))
-        pool = await store.connect(dsn)
-        try:
-            await store.apply_schema(pool)
-        finally:
-            await pool.close()
+            return self.config.database_url
+        self._embedded = EmbeddedPostgres(self.config.state_dir / "postgres")
+        dsn = await self._embedded.astart()
+        log.info("embedded_postgres_started", data_dir=str(self._embedded.data_dir),
+                 psql=f"psql 'host={self._embedded.socket_dir} user=postgres dbname=postgres'")
         return dsn
 
-    async def _sync_jobs(self) -> None:
-        next_runs = {job.name: self._scheduler.next_fire(job.name) for job in self.config.jobs}
-        pool = await store.connect(self._recorder_dsn())
-        try:
-            await store.sync_jobs(pool, self.config.jobs, next_runs)
-        finally:
-            await pool.close()
+    async def _on_db_connect(self, pool: asyncpg.Pool) -> None:
+        await store.apply_schema(pool)
+        await self._sync_jobs(pool)
+        log.info("database_connected")
 
-    def _recorder_dsn(self) -> str:
-        return self._recorder.dsn
+    async def _sync_jobs(self, pool: asyncpg.Pool | None = None) -> None:
+        pool = pool or self._recorder.pool
+        if pool is None:
+            return  # not connected: the next connection syncs the then-current jobs
+        next_runs = {job.name: self._scheduler.next_fire(job.name) for job in self.config.jobs}
+        await store.sync_jobs(pool, self.config.jobs, next_runs)
 
     # -- signals and reload --------------------------------------------------------------------
 
@@ -173,7 +167,10 @@ class Daemon:
         # Unchanged jobs keep their spec object, so their scheduled entries and actions stay valid.
         jobs = tuple(new_jobs[n] if n in added | changed else old_jobs[n] for n in new_jobs)
         self.config = new.model_copy(update={"jobs": jobs})
-        await self._sync_jobs()
+        try:
+            await self._sync_jobs()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("jobs_sync_failed", error=str(exc))  # retried at the next connection
         log.info("reload_succeeded", added=len(added), removed=len(removed), changed=len(changed))
         return True
 

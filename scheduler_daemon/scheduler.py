@@ -23,7 +23,7 @@ from scheduler_daemon.triggers import Trigger, build_trigger
 
 log = structlog.get_logger("scheduler_daemon.scheduler")
 
-Dispatch = Callable[[JobSpec, datetime], None]
+Dispatch = Callable[[JobSpec, datetime], object]
 
 # A wall-clock step (NTP, manual) must be noticed quickly, so no sleep is longer than this.
 MAX_SLEEP = 1.0

@@ -1,12 +1,31 @@
-"""Job kinds: http, command, python. (Being written.)"""
+"""Job kinds: each turns a spec into an ``Action`` whose ``run`` yields one attempt's Outcome.
+
+An action never raises for a job's failure (that is an Outcome); the only exception it lets
+through is CancelledError — on timeout, replace or shutdown — after cleaning up.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from scheduler_daemon.actions.command import CommandJob
+from scheduler_daemon.actions.http import HttpClient, HttpJob
 from scheduler_daemon.actions.outcome import Outcome
+from scheduler_daemon.actions.python import PythonJob
+from scheduler_daemon.config import CommandAction, HttpAction, JobSpec
+
+__all__ = ["Action", "HttpClient", "Outcome", "build_action"]
 
 
 class Action(Protocol):
     async def run(self, overrides: Mapping[str, Any] | None = None) -> Outcome: ...
+
+
+def build_action(job: JobSpec, *, http: HttpClient) -> Action:
+    spec = job.action
+    if isinstance(spec, HttpAction):
+        return HttpJob(spec, client=http, capture_bytes=job.capture_bytes)
+    if isinstance(spec, CommandAction):
+        return CommandJob(spec, capture_bytes=job.capture_bytes)
+    return PythonJob(spec, capture_bytes=job.capture_bytes)
