@@ -1,0 +1,125 @@
+"""The recorder through real outages: rows wait in order and land exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from scheduler_daemon import store
+from scheduler_daemon.embedded import EmbeddedPostgres
+from scheduler_daemon.recorder import Recorder
+from tests.test_store import rec
+
+
+async def _count(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM executions"))
+    finally:
+        await conn.close()
+
+
+async def _until(predicate: object, timeout: float = 30) -> None:
+    async def poll() -> None:
+        while not predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def _apply_schema(pool: asyncpg.Pool) -> None:
+    await store.apply_schema(pool)
+
+
+async def test_rows_are_written_in_batches(database_url: str) -> None:
+    recorder = Recorder(dsn=database_url, batch_size=500, flush_interval=0.05)
+    await recorder.start()
+    for i in range(3000):
+        recorder.record(rec(n=i))
+    assert recorder.pending == 3000  # record() only buffers: no I/O on the caller's path
+    assert await recorder.close(timeout=30) == 0
+    assert await _count(database_url) == 3000
+    assert recorder.written == 3000
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of this test's own, to stop and start at will."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_an_outage_delays_rows_and_loses_none(own_server: EmbeddedPostgres) -> None:
+    dsn = own_server.dsn()
+    recorder = Recorder(dsn=dsn, batch_size=100, flush_interval=0.05, on_connect=_apply_schema)
+    await recorder.start()
+    for i in range(50):
+        recorder.record(rec(n=i))
+    await _until(lambda: recorder.pending == 0)
+
+    await own_server.astop()  # the database goes away while attempts keep finishing
+    for i in range(50, 450):
+        recorder.record(rec(n=i))
+    await asyncio.sleep(1.0)
+    assert recorder.pending == 400 and recorder.failures > 0
+
+    await own_server.astart()
+    await _until(lambda: recorder.pending == 0)
+    assert await recorder.close(timeout=10) == 0
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT scheduled_at FROM executions ORDER BY scheduled_at")
+    finally:
+        await conn.close()
+    assert len(rows) == 450 and len({r["scheduled_at"] for r in rows}) == 450
+
+
+async def test_a_database_down_at_start_is_waited_for(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "pg")
+    server.start()
+    dsn = server.dsn()
+    server.stop()
+    connected = asyncio.Event()
+
+    async def on_connect(pool: asyncpg.Pool) -> None:
+        await store.apply_schema(pool)
+        connected.set()
+
+    recorder = Recorder(dsn=dsn, flush_interval=0.05, on_connect=on_connect)
+    await recorder.start()
+    recorder.record(rec())
+    await asyncio.sleep(0.5)
+    assert not connected.is_set() and recorder.pending == 1
+    try:
+        await server.astart()
+        await asyncio.wait_for(connected.wait(), 30)
+        await _until(lambda: recorder.pending == 0)
+        await recorder.close(timeout=10)
+        assert await _count(dsn) == 1
+    finally:
+        server.stop()
+
+
+async def test_close_reports_rows_it_could_not_write(tmp_path: Path) -> None:
+    recorder = Recorder(dsn=f"postgresql://postgres@/postgres?host={tmp_path}&port=1",
+                        flush_interval=0.05)
+    await recorder.start()
+    recorder.record(rec())
+    recorder.record(rec(n=1))
+    assert await recorder.close(timeout=0.5) == 2
+
+
+async def test_a_row_the_database_rejects_does_not_block_the_others(database_url: str) -> None:
+    recorder = Recorder(dsn=database_url, flush_interval=0.05)
+    await recorder.start()
+    recorder.record(rec(n=1))
+    recorder.record(rec(n=2, attempt=0))  # violates CHECK (attempt >= 1)
+    recorder.record(rec(n=3))
+    await recorder.close(timeout=10)
+    assert await _count(database_url) == 2

@@ -1,0 +1,108 @@
+"""Schema, job sync and batched writes against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from scheduler_daemon import store
+from scheduler_daemon.config import HttpAction
+from scheduler_daemon.records import ExecutionRecord, Status, Trigger, scheduled_fire_id
+from tests.fakes import make_job
+
+T = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def rec(job: str = "j", n: int = 0, attempt: int = 1, status: Status = Status.SUCCEEDED,
+        **kw: object) -> ExecutionRecord:
+    at = T + timedelta(seconds=n)
+    fields: dict[str, object] = dict(
+        fire_id=scheduled_fire_id(job, at), job_name=job, scheduled_at=at, attempt=attempt,
+        trigger=Trigger.SCHEDULE, status=status, started_at=at + timedelta(milliseconds=3),
+        finished_at=at + timedelta(milliseconds=50), drift_ms=3.0, duration_ms=47.0, node="n1",
+    )
+    fields.update(kw)
+    return ExecutionRecord(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def pool(database_url: str) -> asyncpg.Pool:
+    p = await store.connect(database_url)
+    yield p
+    await p.close()
+
+
+async def test_schema_applies_again_cleanly(pool: asyncpg.Pool) -> None:
+    await store.apply_schema(pool)
+    await store.apply_schema(pool)
+    cols = {r["column_name"] for r in await pool.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'executions'")}
+    assert set(store.COLUMNS) | {"id", "recorded_at"} <= cols
+
+
+async def test_every_column_round_trips(pool: asyncpg.Pool) -> None:
+    full = rec(http_status=503, exit_code=None, error="HTTP 503", output="body\x00with nul",
+               trigger=Trigger.MANUAL, fire_id=uuid.uuid4(), status=Status.FAILED)
+    async with pool.acquire() as conn:
+        assert await store.write_executions(conn, [full]) == 1
+    [row] = await pool.fetch("SELECT * FROM executions")
+    for column in store.COLUMNS:
+        expected = getattr(full, column)
+        if column == "output":
+            expected = "body\ufffdwith nul"
+        elif column in ("trigger", "status"):
+            expected = str(expected)
+        assert row[column] == expected, column
+
+
+async def test_replaying_a_batch_writes_nothing_twice(pool: asyncpg.Pool) -> None:
+    batch = [rec(n=i) for i in range(100)]
+    async with pool.acquire() as conn:
+        assert await store.write_executions(conn, batch) == 100
+        assert await store.write_executions(conn, batch) == 0
+    assert await pool.fetchval("SELECT count(*) FROM executions") == 100
+
+
+async def test_a_final_row_replaces_a_running_placeholder(pool: asyncpg.Pool) -> None:
+    running = rec(status=Status.RUNNING, finished_at=None, duration_ms=None)
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [running])
+        await store.write_executions(conn, [rec(status=Status.FAILED, error="boom")])
+        await store.write_executions(conn, [rec(status=Status.SUCCEEDED)])  # final stays final
+    rows = await pool.fetch("SELECT status, error FROM executions")
+    assert [(r["status"], r["error"]) for r in rows] == [("failed", "boom")]
+
+
+async def test_the_same_attempt_twice_in_one_batch_keeps_the_last(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [rec(status=Status.RUNNING), rec(status=Status.FAILED)])
+    assert await pool.fetchval("SELECT status FROM executions") == "failed"
+
+
+async def test_jobs_sync_upserts_redacts_and_removes(pool: asyncpg.Pool) -> None:
+    secret = make_job("api", action=HttpAction(url="http://x", headers={"Authorization": "Bearer s3"}))
+    nxt = T + timedelta(minutes=1)
+    await store.sync_jobs(pool, [secret, make_job("b"), make_job("c", enabled=False)], {"api": nxt})
+    await store.sync_jobs(pool, [secret, make_job("c", enabled=False)], {"api": nxt})
+    rows = {r["name"]: r for r in await pool.fetch("SELECT * FROM jobs")}
+    assert set(rows) == {"api", "c"}
+    assert rows["api"]["next_run_at"] == nxt and rows["c"]["enabled"] is False
+    assert "s3" not in rows["api"]["spec"] and '"***"' in rows["api"]["spec"]
+
+
+async def test_writes_stamp_last_run_at_on_jobs(pool: asyncpg.Pool) -> None:
+    await store.sync_jobs(pool, [make_job("j")], {})
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [rec(n=1), rec(n=5), rec(n=3)])
+    last = await pool.fetchval("SELECT last_run_at FROM jobs WHERE name = 'j'")
+    assert last == T + timedelta(seconds=5, milliseconds=3)
+
+
+async def test_fetch_executions_newest_first(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [rec(n=i) for i in range(5)] + [rec("other")])
+    rows = await store.fetch_executions(pool, job="j", limit=2)
+    assert [r["scheduled_at"] for r in rows] == [T + timedelta(seconds=4), T + timedelta(seconds=3)]
