@@ -146,8 +146,15 @@ def got(value: Any) -> str:
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?", re.IGNORECASE)
-_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
-               "gb": 1000**3, "gib": 1024**3}
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
 _JOB_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _PY_TARGET = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
 _SECRET_HEADER = re.compile(r"token|key|secret|password|passwd|auth|cookie|session", re.I)
@@ -246,9 +253,7 @@ def _timezone(value: Any) -> str:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        raise Invalid(
-            f"expected an IANA time zone such as Europe/Berlin, got {value!r}"
-        ) from None
+        raise Invalid(f"expected an IANA time zone such as Europe/Berlin, got {value!r}") from None
     return value
 
 
@@ -301,7 +306,9 @@ def _argv(value: Any) -> tuple[str, ...]:
     elif isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
         argv = tuple(str(v) for v in value)
     else:
-        raise Invalid(f"expected a list of arguments such as [\"./run.sh\", \"--all\"], got {got(value)}")
+        raise Invalid(
+            f'expected a list of arguments such as ["./run.sh", "--all"], got {got(value)}'
+        )
     if not argv:
         raise Invalid("expected at least the program to run, got an empty command")
     return argv
@@ -309,7 +316,7 @@ def _argv(value: Any) -> tuple[str, ...]:
 
 def _py_target(value: Any) -> str:
     if not isinstance(value, str) or not _PY_TARGET.fullmatch(value):
-        raise Invalid(f"expected \"package.module:function\", got {got(value)}")
+        raise Invalid(f'expected "package.module:function", got {got(value)}')
     return value
 
 
@@ -346,30 +353,56 @@ def _body(value: Any) -> str:
 Converter = Callable[[Any], Any]
 
 RETRY_FIELDS: dict[str, Converter] = {
-    "attempts": _integer(1), "delay": parse_duration, "backoff": _number(1),
-    "max_delay": parse_duration, "jitter": _number(0, 1),
+    "attempts": _integer(1),
+    "delay": parse_duration,
+    "backoff": _number(1),
+    "max_delay": parse_duration,
+    "jitter": _number(0, 1),
 }
 HTTP_FIELDS: dict[str, Converter] = {
-    "method": _method, "url": _url, "headers": _str_map, "params": _str_map, "json": _any,
-    "body": _body, "expect": _statuses,
+    "method": _method,
+    "url": _url,
+    "headers": _str_map,
+    "params": _str_map,
+    "json": _any,
+    "body": _body,
+    "expect": _statuses,
 }
 SCHEDULE_KEYS = ("cron", "every", "at")
 ACTION_KEYS = ("http", "command", "shell", "python")
 COMMAND_ONLY = ("env", "cwd", "kill_grace")
 PYTHON_ONLY = ("args",)
 JOB_FIELDS: dict[str, Converter] = {
-    "cron": _cron, "every": _positive_duration, "at": _datetime, "offset": parse_duration,
-    "timezone": _timezone, "enabled": _boolean, "timeout": _optional_timeout,
-    "retry": _mapping, "overlap": _choice("skip", "allow", "replace"),
-    "max_instances": _integer(1), "priority": _choice("high", "normal", "low"),
-    "capture_bytes": _size, "http": _mapping, "command": _argv, "shell": _string,
-    "env": _str_map, "cwd": _string, "kill_grace": parse_duration, "python": _py_target,
+    "cron": _cron,
+    "every": _positive_duration,
+    "at": _datetime,
+    "offset": parse_duration,
+    "timezone": _timezone,
+    "enabled": _boolean,
+    "timeout": _optional_timeout,
+    "retry": _mapping,
+    "overlap": _choice("skip", "allow", "replace"),
+    "max_instances": _integer(1),
+    "priority": _choice("high", "normal", "low"),
+    "capture_bytes": _size,
+    "http": _mapping,
+    "command": _argv,
+    "shell": _string,
+    "env": _str_map,
+    "cwd": _string,
+    "kill_grace": parse_duration,
+    "python": _py_target,
     "args": _mapping,
 }
 TOP_FIELDS: dict[str, Converter] = {
-    "database": _mapping, "state_dir": _string, "timezone": _timezone,
-    "max_concurrency": _integer(1), "shutdown_grace": parse_duration, "node": _string,
-    "defaults": _mapping, "jobs": _mapping,
+    "database": _mapping,
+    "state_dir": _string,
+    "timezone": _timezone,
+    "max_concurrency": _integer(1),
+    "shutdown_grace": parse_duration,
+    "node": _string,
+    "defaults": _mapping,
+    "jobs": _mapping,
 }
 ENV_OVERRIDES: dict[str, tuple[str, Converter]] = {
     "SCHEDULER_MAX_CONCURRENCY": ("max_concurrency", lambda v: _integer(1)(_env_int(v))),
@@ -395,12 +428,23 @@ class _Problems:
     def add(self, path: yamlsource.Path, message: str, line: int | None = None) -> None:
         where = ".".join(str(p) for p in path)
         at = line if line is not None else self.source.line(path)
-        self.items.append((at, f"{self.display}:{at}: {where}: {message}" if where
-                           else f"{self.display}:{at}: {message}"))
+        self.items.append(
+            (
+                at,
+                f"{self.display}:{at}: {where}: {message}"
+                if where
+                else f"{self.display}:{at}: {message}",
+            )
+        )
 
-    def convert(self, fields: Mapping[str, Converter], data: Mapping[str, Any],
-                path: yamlsource.Path, *, origin: Callable[[str], yamlsource.Path] | None = None
-                ) -> dict[str, Any]:
+    def convert(
+        self,
+        fields: Mapping[str, Converter],
+        data: Mapping[str, Any],
+        path: yamlsource.Path,
+        *,
+        origin: Callable[[str], yamlsource.Path] | None = None,
+    ) -> dict[str, Any]:
         """Convert every known key of ``data``; unknown keys are problems (with a suggestion)."""
         out: dict[str, Any] = {}
         for key, value in data.items():
@@ -408,8 +452,7 @@ class _Problems:
             if key not in fields:
                 hint = difflib.get_close_matches(key, list(fields), n=1)
                 suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-                self.add((*path, key), f"unknown key {key!r}{suggestion}",
-                         self.source.line(where))
+                self.add((*path, key), f"unknown key {key!r}{suggestion}", self.source.line(where))
                 continue
             try:
                 out[key] = fields[key](value)
@@ -444,8 +487,9 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     return config
 
 
-def _build_config(source: yamlsource.Source, file: Path, environ: Mapping[str, str],
-                  problems: _Problems) -> Config | None:
+def _build_config(
+    source: yamlsource.Source, file: Path, environ: Mapping[str, str], problems: _Problems
+) -> Config | None:
     data = source.data
     if data is None:
         problems.add((), "the file is empty: expected a mapping with a `jobs:` section")
@@ -470,7 +514,8 @@ def _build_config(source: yamlsource.Source, file: Path, environ: Mapping[str, s
     if "jobs" not in data:
         problems.add((), "expected a `jobs:` mapping, found none")
     jobs = [
-        job for name, spec in jobs_data.items()
+        job
+        for name, spec in jobs_data.items()
         if (job := _build_job(str(name), spec, defaults, timezone, source, problems)) is not None
     ]
     state_dir = top.get("state_dir") or environ.get("STATE_DIRECTORY") or "./var"
@@ -479,10 +524,14 @@ def _build_config(source: yamlsource.Source, file: Path, environ: Mapping[str, s
         state_path = file.parent / state_path
     try:
         return Config(
-            path=file, database_url=db_url, state_dir=state_path.resolve(), timezone=timezone,
+            path=file,
+            database_url=db_url,
+            state_dir=state_path.resolve(),
+            timezone=timezone,
             max_concurrency=top.get("max_concurrency", 64),
             shutdown_grace=top.get("shutdown_grace", 30.0),
-            node=top.get("node") or socket.gethostname(), jobs=tuple(jobs),
+            node=top.get("node") or socket.gethostname(),
+            jobs=tuple(jobs),
         )
     except Exception as exc:  # noqa: BLE001 - reported as a problem, never a traceback
         problems.add((), f"invalid configuration: {exc}")
@@ -497,8 +546,10 @@ def _database_url(database: Mapping[str, Any], problems: _Problems) -> str | Non
     if url in (None, ""):
         return None
     if not isinstance(url, str) or not re.match(r"postgres(ql)?://", url):
-        problems.add(("database", "url"),
-                     f"expected a postgresql:// URL or nothing (embedded PostgreSQL), got {got(url)}")
+        problems.add(
+            ("database", "url"),
+            f"expected a postgresql:// URL or nothing (embedded PostgreSQL), got {got(url)}",
+        )
         return None
     return url
 
@@ -513,8 +564,14 @@ def _merge(defaults: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
-def _build_job(name: str, spec: Any, defaults: Mapping[str, Any], timezone: str,
-               source: yamlsource.Source, problems: _Problems) -> JobSpec | None:
+def _build_job(
+    name: str,
+    spec: Any,
+    defaults: Mapping[str, Any],
+    timezone: str,
+    source: yamlsource.Source,
+    problems: _Problems,
+) -> JobSpec | None:
     path: yamlsource.Path = ("jobs", name)
     if not _JOB_NAME.fullmatch(name):
         problems.add(path, f"expected a job name of letters, digits, '_', '.', '-', got {name!r}")
@@ -522,8 +579,9 @@ def _build_job(name: str, spec: Any, defaults: Mapping[str, Any], timezone: str,
         problems.add(path, f"expected a mapping of job fields, got {got(spec)}")
         return None
     # Schedule and action choice belong to each job, never to defaults.
-    merged = _merge({k: v for k, v in defaults.items()
-                     if k not in SCHEDULE_KEYS + ACTION_KEYS}, spec)
+    merged = _merge(
+        {k: v for k, v in defaults.items() if k not in SCHEDULE_KEYS + ACTION_KEYS}, spec
+    )
 
     def origin(key: str) -> yamlsource.Path:
         return (*path, key) if key in spec else ("defaults", key)
@@ -533,11 +591,17 @@ def _build_job(name: str, spec: Any, defaults: Mapping[str, Any], timezone: str,
     schedules = [k for k in SCHEDULE_KEYS if k in merged]
     actions = [k for k in ACTION_KEYS if k in merged]
     if len(schedules) != 1:
-        problems.add(path, "expected exactly one of cron, every, at, got "
-                     + (" and ".join(schedules) if schedules else "none"))
+        problems.add(
+            path,
+            "expected exactly one of cron, every, at, got "
+            + (" and ".join(schedules) if schedules else "none"),
+        )
     if len(actions) != 1:
-        problems.add(path, "expected exactly one action (http, command, shell, python), got "
-                     + (" and ".join(actions) if actions else "none"))
+        problems.add(
+            path,
+            "expected exactly one action (http, command, shell, python), got "
+            + (" and ".join(actions) if actions else "none"),
+        )
     if "offset" in merged and "every" not in merged:
         problems.add((*path, "offset"), "`offset` only applies to `every` schedules")
     kind = actions[0] if len(actions) == 1 else None
@@ -552,12 +616,20 @@ def _build_job(name: str, spec: Any, defaults: Mapping[str, Any], timezone: str,
     if len(problems.items) > before or action is None or retry is None:
         return None
     job = JobSpec(
-        name=name, cron=fields.get("cron"), every=fields.get("every"),
-        offset=fields.get("offset", 0.0), at=_aware(fields.get("at"), fields.get("timezone", timezone)),
-        timezone=fields.get("timezone", timezone), enabled=fields.get("enabled", True),
-        timeout=fields.get("timeout"), retry=retry, overlap=fields.get("overlap", "skip"),
-        max_instances=fields.get("max_instances", 1), priority=fields.get("priority", "normal"),
-        capture_bytes=fields.get("capture_bytes", 65536), action=action,
+        name=name,
+        cron=fields.get("cron"),
+        every=fields.get("every"),
+        offset=fields.get("offset", 0.0),
+        at=_aware(fields.get("at"), fields.get("timezone", timezone)),
+        timezone=fields.get("timezone", timezone),
+        enabled=fields.get("enabled", True),
+        timeout=fields.get("timeout"),
+        retry=retry,
+        overlap=fields.get("overlap", "skip"),
+        max_instances=fields.get("max_instances", 1),
+        priority=fields.get("priority", "normal"),
+        capture_bytes=fields.get("capture_bytes", 65536),
+        action=action,
     )
     job._templates.update(_job_templates(source, path, kind))
     return job
@@ -569,26 +641,37 @@ def _aware(at: datetime | None, timezone: str) -> datetime | None:
     return at if at.tzinfo is not None else at.replace(tzinfo=ZoneInfo(timezone))
 
 
-def _retry(data: Mapping[str, Any] | None, path: yamlsource.Path,
-           origin: Callable[[str], yamlsource.Path], problems: _Problems) -> RetryPolicy | None:
+def _retry(
+    data: Mapping[str, Any] | None,
+    path: yamlsource.Path,
+    origin: Callable[[str], yamlsource.Path],
+    problems: _Problems,
+) -> RetryPolicy | None:
     if data is None:
         return RetryPolicy()
     where = origin("retry")
-    fields = problems.convert(RETRY_FIELDS, data, (*path, "retry"),
-                              origin=lambda key: (*where, key))
+    fields = problems.convert(
+        RETRY_FIELDS, data, (*path, "retry"), origin=lambda key: (*where, key)
+    )
     return RetryPolicy(**fields) if len(fields) == len(data) else None
 
 
-def _action(kind: str, fields: Mapping[str, Any], merged: Mapping[str, Any],
-            path: yamlsource.Path, origin: Callable[[str], yamlsource.Path],
-            problems: _Problems) -> Action | None:
+def _action(
+    kind: str,
+    fields: Mapping[str, Any],
+    merged: Mapping[str, Any],
+    path: yamlsource.Path,
+    origin: Callable[[str], yamlsource.Path],
+    problems: _Problems,
+) -> Action | None:
     if kind == "http":
         http = fields.get("http")
         if http is None:
             return None
         where = origin("http")
-        conv = problems.convert(HTTP_FIELDS, http, (*path, "http"),
-                                origin=lambda key: (*where, key))
+        conv = problems.convert(
+            HTTP_FIELDS, http, (*path, "http"), origin=lambda key: (*where, key)
+        )
         if "url" not in http:
             problems.add((*path, "http"), "expected a `url`, found none")
         if "json" in http and "body" in http:
@@ -601,25 +684,35 @@ def _action(kind: str, fields: Mapping[str, Any], merged: Mapping[str, Any],
         if kind not in fields:
             return None
         return CommandAction(
-            argv=fields.get("command"), shell=fields.get("shell"), env=fields.get("env", {}),
-            cwd=fields.get("cwd"), kill_grace=fields.get("kill_grace", 5.0),
+            argv=fields.get("command"),
+            shell=fields.get("shell"),
+            env=fields.get("env", {}),
+            cwd=fields.get("cwd"),
+            kill_grace=fields.get("kill_grace", 5.0),
         )
     if "python" not in fields:
         return None
     return PythonAction(target=fields["python"], args=fields.get("args", {}))
 
 
-def _job_templates(source: yamlsource.Source, path: yamlsource.Path,
-                   kind: str | None) -> dict[str, str]:
+def _job_templates(
+    source: yamlsource.Source, path: yamlsource.Path, kind: str | None
+) -> dict[str, str]:
     """Map the job's ${...} strings to their dotted place in the model dump."""
-    renames = {"http": "action", "env": "action.env", "command": "action.argv",
-               "shell": "action.shell", "args": "action.args", "cwd": "action.cwd",
-               "python": "action.target"}
+    renames = {
+        "http": "action",
+        "env": "action.env",
+        "command": "action.argv",
+        "shell": "action.shell",
+        "args": "action.args",
+        "cwd": "action.cwd",
+        "python": "action.target",
+    }
     out: dict[str, str] = {}
     for t_path, text in source.templates.items():
         if t_path[: len(path)] != path or len(t_path) <= len(path):
             continue
-        rest = [str(p) for p in t_path[len(path):]]
+        rest = [str(p) for p in t_path[len(path) :]]
         head = renames.get(rest[0], rest[0])
         if rest[0] == "http" and len(rest) > 1 and rest[1] == "json":
             rest[1] = "json_body"

@@ -71,9 +71,13 @@ class Daemon:
         self._scheduler.set_jobs(config.jobs)
         self._install_signal_handlers()
         scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
-        log.info("daemon_started", config=str(config.path), jobs=len(config.jobs),
-                 max_concurrency=config.max_concurrency,
-                 database="embedded" if self._embedded else "url")
+        log.info(
+            "daemon_started",
+            config=str(config.path),
+            jobs=len(config.jobs),
+            max_concurrency=config.max_concurrency,
+            database="embedded" if self._embedded else "url",
+        )
         try:
             await self._serve(scheduler_task)
         finally:
@@ -112,8 +116,11 @@ class Daemon:
             return self.config.database_url
         self._embedded = EmbeddedPostgres(self.config.state_dir / "postgres")
         dsn = await self._embedded.astart()
-        log.info("embedded_postgres_started", data_dir=str(self._embedded.data_dir),
-                 psql=f"psql 'host={self._embedded.socket_dir} user=postgres dbname=postgres'")
+        log.info(
+            "embedded_postgres_started",
+            data_dir=str(self._embedded.data_dir),
+            psql=f"psql 'host={self._embedded.socket_dir} user=postgres dbname=postgres'",
+        )
         return dsn
 
     async def _on_db_connect(self, pool: asyncpg.Pool) -> None:

@@ -84,11 +84,22 @@ class EmbeddedPostgres:
             log.info("embedded_postgres_reused", data_dir=str(self.data_dir))
         else:
             self._remove_stale_pid()
-            self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), "-o",
-                         f"-c listen_addresses='' -k {self._socket_dir} -p {_PORT}")
+            self._pg_ctl(
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.log_file),
+                "-o",
+                f"-c listen_addresses='' -k {self._socket_dir} -p {_PORT}",
+            )
             self._started_here = True
-        log.info("embedded_postgres_ready", socket_dir=str(self._socket_dir),
-                 seconds=round(time.monotonic() - began, 2))
+        log.info(
+            "embedded_postgres_ready",
+            socket_dir=str(self._socket_dir),
+            seconds=round(time.monotonic() - began, 2),
+        )
         return self.dsn()
 
     def stop(self) -> None:
@@ -117,13 +128,30 @@ class EmbeddedPostgres:
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
         self._chown(self.pgdata)
         log.info("embedded_postgres_initdb", pgdata=str(self.pgdata))
-        self._run([str(self._bin / "initdb"), "-D", str(self.pgdata), "--auth=trust",
-                   "-U", "postgres", "--encoding=UTF8", "--locale=C", "--no-instructions"],
-                  what="initdb")
+        self._run(
+            [
+                str(self._bin / "initdb"),
+                "-D",
+                str(self.pgdata),
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-instructions",
+            ],
+            what="initdb",
+        )
 
     def _running(self) -> bool:
-        return self._run([str(self._bin / "pg_ctl"), "status", "-D", str(self.pgdata)],
-                         what="pg_ctl status", check=False) == 0
+        return (
+            self._run(
+                [str(self._bin / "pg_ctl"), "status", "-D", str(self.pgdata)],
+                what="pg_ctl status",
+                check=False,
+            )
+            == 0
+        )
 
     def _remove_stale_pid(self) -> None:
         # pg_ctl status said no server: a postmaster.pid left by a killed server would block start.
@@ -133,8 +161,9 @@ class EmbeddedPostgres:
             pid_file.unlink()
 
     def _pg_ctl(self, *args: str) -> None:
-        self._run([str(self._bin / "pg_ctl"), "-D", str(self.pgdata), *args],
-                  what=f"pg_ctl {args[0]}")
+        self._run(
+            [str(self._bin / "pg_ctl"), "-D", str(self.pgdata), *args], what=f"pg_ctl {args[0]}"
+        )
 
     def _run(self, argv: list[str], *, what: str, check: bool = True) -> int:
         kwargs: dict[str, object] = {}
@@ -142,9 +171,15 @@ class EmbeddedPostgres:
             kwargs = {"user": self._run_as.uid, "group": self._run_as.gid, "extra_groups": []}
         # Output to a file, not a pipe: pg_ctl's server inherits its stdout and would hold a pipe.
         with tempfile.TemporaryFile() as out:
-            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                  stderr=subprocess.STDOUT, cwd="/", check=False,
-                                  **kwargs)  # type: ignore[call-overload]
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                check=False,
+                **kwargs,
+            )  # type: ignore[call-overload]
             if check and done.returncode != 0:
                 out.seek(0)
                 output = out.read().decode(errors="replace").strip()
@@ -189,8 +224,12 @@ class EmbeddedPostgres:
                 if not mode & stat.S_IXOTH:
                     # Traverse only (never read): the server user must reach its files.
                     parent.chmod(mode | stat.S_IXOTH)
-                    log.warning("embedded_postgres_chmod", path=str(parent), added="o+x",
-                                why=f"PostgreSQL runs as {self._run_as.name}, not root")
+                    log.warning(
+                        "embedded_postgres_chmod",
+                        path=str(parent),
+                        added="o+x",
+                        why=f"PostgreSQL runs as {self._run_as.name}, not root",
+                    )
 
     def _chown(self, path: Path) -> None:
         if self._run_as is not None:

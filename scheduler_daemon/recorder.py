@@ -97,8 +97,9 @@ class Recorder:
     # -- the writer ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                                 TimeoutError):
+        with contextlib.suppress(
+            OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError
+        ):
             await self._ensure_pool()  # connect early (schema, job sync); failures retry below
         backoff = 0.1
         while True:
@@ -171,8 +172,11 @@ class Recorder:
         self.failures += 1
         if not self._outage:
             self._outage = True
-            log.warning("recorder_db_unavailable", error=f"{type(exc).__name__}: {exc}",
-                        pending=len(self._buffer))
+            log.warning(
+                "recorder_db_unavailable",
+                error=f"{type(exc).__name__}: {exc}",
+                pending=len(self._buffer),
+            )
         if self._pool is not None:
             self._pool.terminate()  # start afresh on the next try: connections may be dead
             self._pool = None

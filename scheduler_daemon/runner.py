@@ -343,7 +343,7 @@ def _result(task: asyncio.Future[Outcome]) -> Outcome:
     """The action's outcome. Actions report failures; one that raised anyway fails the attempt."""
     try:
         return task.result()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any escape from an action fails its attempt
         return Outcome(status=Status.FAILED, retryable=False, error=f"internal error: {exc!r}")
 
 

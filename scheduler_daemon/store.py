@@ -19,8 +19,21 @@ COMMAND_TIMEOUT = 30.0
 _SCHEMA_LOCK = 0x5C4ED  # advisory lock id: concurrent starts apply the schema one at a time
 
 COLUMNS = (
-    "fire_id", "job_name", "scheduled_at", "attempt", "trigger", "status", "started_at",
-    "finished_at", "drift_ms", "duration_ms", "http_status", "exit_code", "error", "output", "node",
+    "fire_id",
+    "job_name",
+    "scheduled_at",
+    "attempt",
+    "trigger",
+    "status",
+    "started_at",
+    "finished_at",
+    "drift_ms",
+    "duration_ms",
+    "http_status",
+    "exit_code",
+    "error",
+    "output",
+    "node",
 )
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS executions_stage (
@@ -57,7 +70,10 @@ def schema_sql() -> str:
 
 async def connect(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, timeout=CONNECT_TIMEOUT,
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=CONNECT_TIMEOUT,
         command_timeout=COMMAND_TIMEOUT,
     )
     assert pool is not None
@@ -86,8 +102,9 @@ async def sync_jobs(
                    next_run_at = EXCLUDED.next_run_at, updated_at = now()""",
             rows,
         )
-        await conn.execute("DELETE FROM jobs WHERE NOT (name = ANY($1::text[]))",
-                           [job.name for job in jobs])
+        await conn.execute(
+            "DELETE FROM jobs WHERE NOT (name = ANY($1::text[]))", [job.name for job in jobs]
+        )
 
 
 async def write_executions(conn: asyncpg.Connection, records: Sequence[ExecutionRecord]) -> int:
@@ -107,9 +124,21 @@ async def write_executions(conn: asyncpg.Connection, records: Sequence[Execution
 
 def _row(rec: ExecutionRecord) -> tuple[Any, ...]:
     return (
-        rec.fire_id, rec.job_name, rec.scheduled_at, rec.attempt, str(rec.trigger),
-        str(rec.status), rec.started_at, rec.finished_at, rec.drift_ms, rec.duration_ms,
-        rec.http_status, rec.exit_code, _text(rec.error), _text(rec.output), rec.node,
+        rec.fire_id,
+        rec.job_name,
+        rec.scheduled_at,
+        rec.attempt,
+        str(rec.trigger),
+        str(rec.status),
+        rec.started_at,
+        rec.finished_at,
+        rec.drift_ms,
+        rec.duration_ms,
+        rec.http_status,
+        rec.exit_code,
+        _text(rec.error),
+        _text(rec.output),
+        rec.node,
     )
 
 
@@ -121,8 +150,11 @@ def _text(value: str | None) -> str | None:
 async def fetch_executions(
     pool: asyncpg.Pool, *, job: str | None = None, limit: int = 100
 ) -> list[asyncpg.Record]:
-    return list(await pool.fetch(
-        """SELECT * FROM executions WHERE ($1::text IS NULL OR job_name = $1)
+    return list(
+        await pool.fetch(
+            """SELECT * FROM executions WHERE ($1::text IS NULL OR job_name = $1)
            ORDER BY scheduled_at DESC, attempt DESC LIMIT $2""",
-        job, limit,
-    ))
+            job,
+            limit,
+        )
+    )

@@ -163,8 +163,10 @@ class CronTrigger:
             if change is None:
                 return candidate
             new_off = _offset(self._tz, change)
-            if new_off > off and not self._wildcard and match < (change + new_off).replace(
-                tzinfo=None
+            if (
+                new_off > off
+                and not self._wildcard
+                and match < (change + new_off).replace(tzinfo=None)
             ):
                 return change  # matches in the skipped hour fire once, as the clocks jump
             if new_off < off and not self._wildcard:

@@ -54,8 +54,9 @@ def parse(text: str, environ: Mapping[str, str]) -> Source:
     return source
 
 
-def _build(node: yaml.Node, path: Path, loader: yaml.SafeLoader, src: Source,
-           environ: Mapping[str, str]) -> Any:
+def _build(
+    node: yaml.Node, path: Path, loader: yaml.SafeLoader, src: Source, environ: Mapping[str, str]
+) -> Any:
     if isinstance(node, yaml.MappingNode):
         return _build_mapping(node, path, loader, src, environ)
     if isinstance(node, yaml.SequenceNode):
@@ -70,15 +71,22 @@ def _build(node: yaml.Node, path: Path, loader: yaml.SafeLoader, src: Source,
     return value
 
 
-def _build_mapping(node: yaml.MappingNode, path: Path, loader: yaml.SafeLoader, src: Source,
-                   environ: Mapping[str, str]) -> dict[Any, Any]:
+def _build_mapping(
+    node: yaml.MappingNode,
+    path: Path,
+    loader: yaml.SafeLoader,
+    src: Source,
+    environ: Mapping[str, str],
+) -> dict[Any, Any]:
     result: dict[Any, Any] = {}
     seen: dict[Any, int] = {}
     merged: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         line = key_node.start_mark.line + 1
         if key_node.tag == _MERGE_TAG:  # YAML merge key: `<<: *defaults`
-            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            sources = (
+                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            )
             for merged_node in sources:
                 built = _build(merged_node, path, loader, src, environ)
                 if isinstance(built, dict):

@@ -9,8 +9,8 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -44,8 +44,13 @@ async def server() -> AsyncIterator[str]:
 
     async def echo(request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else None
-        return web.json_response({"query": dict(request.query), "json": body,
-                                  "auth": request.headers.get("Authorization")})
+        return web.json_response(
+            {
+                "query": dict(request.query),
+                "json": body,
+                "auth": request.headers.get("Authorization"),
+            }
+        )
 
     async def huge(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
@@ -91,19 +96,33 @@ def http_job(client: HttpClient, url: str, capture: int = 65536, **kw: object) -
 async def test_http_success_keeps_status_and_body(server: str, client: HttpClient) -> None:
     out = await http_job(client, f"{server}/ok").run()
     assert (out.status, out.http_status, out.output, out.retryable) == (
-        Status.SUCCEEDED, 200, '{"ok": true}', False)
+        Status.SUCCEEDED,
+        200,
+        '{"ok": true}',
+        False,
+    )
 
 
 @pytest.mark.parametrize(
     ("code", "retryable", "retry_after"),
-    [(500, True, None), (503, True, 2.0), (404, False, None), (400, False, None), (429, True, 30.0)],
+    [
+        (500, True, None),
+        (503, True, 2.0),
+        (404, False, None),
+        (400, False, None),
+        (429, True, 30.0),
+    ],
 )
 async def test_http_failures_are_retryable_only_when_worth_it(
     server: str, client: HttpClient, code: int, retryable: bool, retry_after: float | None
 ) -> None:
     out = await http_job(client, f"{server}/status/{code}").run()
     assert (out.status, out.http_status, out.retryable, out.error) == (
-        Status.FAILED, code, retryable, f"HTTP {code}")
+        Status.FAILED,
+        code,
+        retryable,
+        f"HTTP {code}",
+    )
     if retry_after is None:
         assert out.retry_after is None
     else:
@@ -112,21 +131,30 @@ async def test_http_failures_are_retryable_only_when_worth_it(
 
 async def test_http_expect_overrides_the_2xx_rule(server: str, client: HttpClient) -> None:
     assert (await http_job(client, f"{server}/status/404", expect=(404,)).run()).status is (
-        Status.SUCCEEDED)
+        Status.SUCCEEDED
+    )
     out = await http_job(client, f"{server}/ok", expect=(201,)).run()
     assert (out.status, out.retryable) == (Status.FAILED, False)
 
 
 async def test_http_connection_refused_is_retryable(client: HttpClient) -> None:
     out = await http_job(client, "http://127.0.0.1:9/nothing").run()
-    assert out.status is Status.FAILED and out.retryable and "connection failed" in (out.error or "")
+    assert (
+        out.status is Status.FAILED and out.retryable and "connection failed" in (out.error or "")
+    )
 
 
 async def test_http_sends_method_params_json_headers_and_takes_overrides(
     server: str, client: HttpClient
 ) -> None:
-    job = http_job(client, f"{server}/echo", method="POST", params={"a": "1"},
-                   json_body={"x": 1}, headers={"Authorization": "Bearer t0ken"})
+    job = http_job(
+        client,
+        f"{server}/echo",
+        method="POST",
+        params={"a": "1"},
+        json_body={"x": 1},
+        headers={"Authorization": "Bearer t0ken"},
+    )
     out = await job.run()
     assert out.output is not None and '"query": {"a": "1"}' in out.output
     assert '"json": {"x": 1}' in out.output and "Bearer t0ken" in out.output
@@ -169,7 +197,11 @@ async def test_command_success_records_exit_code_and_output() -> None:
 async def test_command_failure_is_retryable_with_exit_code() -> None:
     out = await command(shell="echo nope; exit 7").run()
     assert (out.status, out.exit_code, out.retryable, out.error) == (
-        Status.FAILED, 7, True, "exit code 7")
+        Status.FAILED,
+        7,
+        True,
+        "exit code 7",
+    )
     assert out.output == "nope\n"
 
 
@@ -180,15 +212,20 @@ async def test_command_output_keeps_only_the_tail() -> None:
 
 
 async def test_command_env_and_cwd(tmp_path: Path) -> None:
-    out = await command(shell='echo "$GREETING from $(pwd)"', env={"GREETING": "hi"},
-                        cwd=str(tmp_path)).run()
+    out = await command(
+        shell='echo "$GREETING from $(pwd)"', env={"GREETING": "hi"}, cwd=str(tmp_path)
+    ).run()
     assert out.output == f"hi from {tmp_path}\n"
     assert (await command(shell="echo $HOME").run()).output == f"{os.environ.get('HOME', '')}\n"
 
 
 async def test_command_that_cannot_start_fails_without_retry(tmp_path: Path) -> None:
     out = await command(argv=("/no/such/program",)).run()
-    assert out.status is Status.FAILED and not out.retryable and "/no/such/program" in (out.error or "")
+    assert (
+        out.status is Status.FAILED
+        and not out.retryable
+        and "/no/such/program" in (out.error or "")
+    )
     out = await command(argv=("true",), cwd=str(tmp_path / "missing")).run()
     assert out.status is Status.FAILED and not out.retryable
 
@@ -227,8 +264,9 @@ async def test_cancellation_kills_the_whole_group_grandchildren_included(tmp_pat
 
 async def test_a_process_that_ignores_sigterm_is_killed_after_kill_grace(tmp_path: Path) -> None:
     marker = tmp_path / "pid"
-    job = command(kill_grace=0.3,
-                  shell=f"trap '' TERM; echo $$ > {marker}; while :; do sleep 0.05; done")
+    job = command(
+        kill_grace=0.3, shell=f"trap '' TERM; echo $$ > {marker}; while :; do sleep 0.05; done"
+    )
     task, pgid = await _started_group(job, marker)
     began = time.monotonic()
     task.cancel()
@@ -283,5 +321,6 @@ def test_build_action_picks_the_kind() -> None:
     http = HttpClient()
     assert isinstance(build_action(make_job(action=HttpAction(url="http://x")), http=http), HttpJob)
     assert isinstance(build_action(make_job(), http=http), CommandJob)
-    assert isinstance(build_action(make_job(action=PythonAction(target="m:f")), http=http),
-                      PythonJob)
+    assert isinstance(
+        build_action(make_job(action=PythonAction(target="m:f")), http=http), PythonJob
+    )

@@ -78,25 +78,43 @@ def test_a_full_config_loads_into_frozen_objects(tmp_path: Path) -> None:
     assert config.database_url is None
     assert config.state_dir == (tmp_path / "state").resolve()
     assert (config.timezone, config.max_concurrency, config.shutdown_grace, config.node) == (
-        "Europe/Berlin", 8, 90.0, "web-1")
+        "Europe/Berlin",
+        8,
+        90.0,
+        "web-1",
+    )
     jobs = {job.name: job for job in config.jobs}
     assert list(jobs) == ["prices", "market_open", "pipeline", "once"]
 
     prices = jobs["prices"]
     assert (prices.every, prices.offset, prices.timeout, prices.timezone) == (
-        10.0, 2.0, 30.0, "Europe/Berlin")
+        10.0,
+        2.0,
+        30.0,
+        "Europe/Berlin",
+    )
     assert prices.retry == RetryPolicy(attempts=5, delay=2, backoff=2, max_delay=60, jitter=0.1)
     assert prices.action == HttpAction(
-        method="POST", url="https://api.example.com/prices",
+        method="POST",
+        url="https://api.example.com/prices",
         headers={"X-Key": "s3cret", "Authorization": "Bearer literal-secret", "Accept": "json"},
-        params={"symbol": "BTC", "limit": "5"}, json_body={"levels": [1, 2]}, expect=(200, 201))
+        params={"symbol": "BTC", "limit": "5"},
+        json_body={"levels": [1, 2]},
+        expect=(200, 201),
+    )
 
     market = jobs["market_open"]
     assert (market.cron, market.timezone, market.priority) == (
-        "0 0 9 * * MON-FRI", "America/Sao_Paulo", "high")
-    assert market.action == CommandAction(argv=("./scrape.sh", "PETR4"),
-                                          env={"TOKEN": "s3cret", "MODE": "fast"},
-                                          cwd="/tmp", kill_grace=2.0)
+        "0 0 9 * * MON-FRI",
+        "America/Sao_Paulo",
+        "high",
+    )
+    assert market.action == CommandAction(
+        argv=("./scrape.sh", "PETR4"),
+        env={"TOKEN": "s3cret", "MODE": "fast"},
+        cwd="/tmp",
+        kill_grace=2.0,
+    )
     pipeline = jobs["pipeline"]
     assert isinstance(pipeline.action, CommandAction) and pipeline.action.shell
     assert (pipeline.overlap, pipeline.max_instances, pipeline.capture_bytes) == ("allow", 2, 1024)
@@ -105,7 +123,7 @@ def test_a_full_config_loads_into_frozen_objects(tmp_path: Path) -> None:
     assert once.at == datetime(2026, 12, 1, 1, 0, tzinfo=UTC)  # naive = the job's zone (Berlin)
     assert once.action == PythonAction(target="mypkg.etl:run", args={"levels": [1, 2]})
     assert (once.enabled, once.timeout) == (False, None)
-    with pytest.raises(Exception):  # noqa: B017 - frozen: any pydantic error will do
+    with pytest.raises(Exception):
         prices.every = 5.0  # type: ignore[misc]
 
 
@@ -116,26 +134,39 @@ def test_redacted_spec_never_contains_a_secret(tmp_path: Path) -> None:
         assert "literal-secret" not in repr(job.redacted())
     prices = config.jobs[0].redacted()
     assert prices["action"]["headers"] == {
-        "X-Key": "${API_KEY}", "Authorization": "***", "Accept": "json"}
+        "X-Key": "${API_KEY}",
+        "Authorization": "***",
+        "Accept": "json",
+    }
     assert config.jobs[1].redacted()["action"]["env"]["TOKEN"] == "${API_KEY}"
 
 
 def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
-    env = {"API_KEY": "k", "SCHEDULER_DATABASE_URL": "postgresql://u@db/x",
-           "SCHEDULER_MAX_CONCURRENCY": "3", "SCHEDULER_TIMEZONE": "Asia/Tokyo"}
+    env = {
+        "API_KEY": "k",
+        "SCHEDULER_DATABASE_URL": "postgresql://u@db/x",
+        "SCHEDULER_MAX_CONCURRENCY": "3",
+        "SCHEDULER_TIMEZONE": "Asia/Tokyo",
+    }
     config = load_config(write(tmp_path, FULL), environ=env)
     assert (config.database_url, config.max_concurrency, config.timezone) == (
-        "postgresql://u@db/x", 3, "Asia/Tokyo")
+        "postgresql://u@db/x",
+        3,
+        "Asia/Tokyo",
+    )
     assert config.jobs[0].timezone == "Asia/Tokyo"  # the default zone of jobs without their own
 
 
 def test_whole_value_interpolation_is_typed_like_yaml(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         max_concurrency: ${N}
         state_dir: ${STATE_DIRECTORY:-/var/lib/sd}
         jobs:
           a: {every: "${EVERY:-5s}", command: ["echo", "$$HOME is ${HOME_NAME}"]}
-    """)
+    """,
+    )
     config = load_config(path, environ={"N": "12", "HOME_NAME": "me"})
     assert config.max_concurrency == 12
     assert config.state_dir == Path("/var/lib/sd")
@@ -153,47 +184,135 @@ def test_state_dir_defaults_to_systemd_state_directory(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "line", "path", "phrase"),
     [
-        ("jobs:\n  a: {every: 1s, command: [x]}\n  a: {every: 2s, command: [y]}\n",
-         3, "jobs.a", "duplicate key 'a' (first defined on line 2)"),
-        ("jobs:\n  a:\n    every: 1s\n    every: 2s\n    command: [x]\n",
-         4, "jobs.a.every", "duplicate key"),
-        ("max_concurency: 4\njobs:\n  a: {every: 1s, command: [x]}\n",
-         1, "max_concurency", "did you mean 'max_concurrency'?"),
+        (
+            "jobs:\n  a: {every: 1s, command: [x]}\n  a: {every: 2s, command: [y]}\n",
+            3,
+            "jobs.a",
+            "duplicate key 'a' (first defined on line 2)",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    every: 2s\n    command: [x]\n",
+            4,
+            "jobs.a.every",
+            "duplicate key",
+        ),
+        (
+            "max_concurency: 4\njobs:\n  a: {every: 1s, command: [x]}\n",
+            1,
+            "max_concurency",
+            "did you mean 'max_concurrency'?",
+        ),
         ("jobs:\n  a:\n    every: 1s\n    comand: [x]\n", 2, "jobs.a", "exactly one action"),
-        ("jobs:\n  a:\n    every: 1s\n    command: [x]\n    retry: {atempts: 3}\n",
-         5, "jobs.a.retry.atempts", "did you mean 'attempts'?"),
-        ("jobs:\n  a:\n    every: 1s\n    http: {url: 'http://x', method: GET, header: {}}\n",
-         4, "jobs.a.http.header", "did you mean 'headers'?"),
-        ("max_concurrency: abc\njobs: {}\n", 1, "max_concurrency", "expected an integer ≥ 1, got 'abc'"),
+        (
+            "jobs:\n  a:\n    every: 1s\n    command: [x]\n    retry: {atempts: 3}\n",
+            5,
+            "jobs.a.retry.atempts",
+            "did you mean 'attempts'?",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    http: {url: 'http://x', method: GET, header: {}}\n",
+            4,
+            "jobs.a.http.header",
+            "did you mean 'headers'?",
+        ),
+        (
+            "max_concurrency: abc\njobs: {}\n",
+            1,
+            "max_concurrency",
+            "expected an integer ≥ 1, got 'abc'",
+        ),
         ("max_concurrency: yes\njobs: {}\n", 1, "max_concurrency", "got a boolean"),
-        ("jobs:\n  a:\n    every: 1s\n    cron: '* * * * *'\n    command: [x]\n",
-         2, "jobs.a", "exactly one of cron, every, at, got cron and every"),
-        ("jobs:\n  a:\n    command: [x]\n", 2, "jobs.a", "exactly one of cron, every, at, got none"),
-        ("jobs:\n  a:\n    every: 1s\n    command: [x]\n    shell: y\n",
-         2, "jobs.a", "got command and shell"),
-        ("jobs:\n  a:\n    cron: '61 * * * *'\n    command: [x]\n", 3, "jobs.a.cron", "invalid cron"),
+        (
+            "jobs:\n  a:\n    every: 1s\n    cron: '* * * * *'\n    command: [x]\n",
+            2,
+            "jobs.a",
+            "exactly one of cron, every, at, got cron and every",
+        ),
+        (
+            "jobs:\n  a:\n    command: [x]\n",
+            2,
+            "jobs.a",
+            "exactly one of cron, every, at, got none",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    command: [x]\n    shell: y\n",
+            2,
+            "jobs.a",
+            "got command and shell",
+        ),
+        (
+            "jobs:\n  a:\n    cron: '61 * * * *'\n    command: [x]\n",
+            3,
+            "jobs.a.cron",
+            "invalid cron",
+        ),
         ("jobs:\n  a:\n    cron: '* * * * * * *'\n    command: [x]\n", 3, "jobs.a.cron", "got 7"),
-        ("jobs:\n  a:\n    every: 1s\n    timezone: Mars/Olympus\n    command: [x]\n",
-         4, "jobs.a.timezone", "expected an IANA time zone"),
-        ("jobs:\n  a:\n    every: -5s\n    command: [x]\n", 3, "jobs.a.every", "expected a duration"),
-        ("jobs:\n  a:\n    every: 1s\n    timeout: -1\n    command: [x]\n",
-         4, "jobs.a.timeout", "≥ 0, got -1"),
-        ("jobs:\n  a:\n    every: soon\n    command: [x]\n", 3, "jobs.a.every",
-         "expected a duration like 10s, 5m, 1h30m or a number of seconds, got 'soon'"),
-        ("jobs:\n  a:\n    every: 1s\n    command: ['${NOPE}']\n", 4, "jobs.a.command.0",
-         "environment variable NOPE is not set"),
-        ("jobs:\n  bad name:\n    every: 1s\n    command: [x]\n", 2, "jobs.bad name",
-         "expected a job name"),
-        ("jobs:\n  a:\n    every: 1s\n    env: {A: b}\n    http: {url: 'http://x'}\n",
-         4, "jobs.a.env", "only applies to command and shell jobs"),
-        ("jobs:\n  a:\n    every: 1s\n    http: {url: 'example.com/x'}\n", 4, "jobs.a.http.url",
-         "expected an http:// or https:// URL"),
-        ("jobs:\n  a:\n    every: 1s\n    python: 'not a target'\n", 4, "jobs.a.python",
-         'expected "package.module:function"'),
-        ("jobs:\n  a:\n    every: 1s\n    overlap: sometimes\n    command: [x]\n", 4,
-         "jobs.a.overlap", "expected one of skip, allow, replace, got 'sometimes'"),
-        ("defaults:\n  timeout: forever\njobs:\n  a: {every: 1s, command: [x]}\n", 2,
-         "jobs.a.timeout", "got 'forever'"),
+        (
+            "jobs:\n  a:\n    every: 1s\n    timezone: Mars/Olympus\n    command: [x]\n",
+            4,
+            "jobs.a.timezone",
+            "expected an IANA time zone",
+        ),
+        (
+            "jobs:\n  a:\n    every: -5s\n    command: [x]\n",
+            3,
+            "jobs.a.every",
+            "expected a duration",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    timeout: -1\n    command: [x]\n",
+            4,
+            "jobs.a.timeout",
+            "≥ 0, got -1",
+        ),
+        (
+            "jobs:\n  a:\n    every: soon\n    command: [x]\n",
+            3,
+            "jobs.a.every",
+            "expected a duration like 10s, 5m, 1h30m or a number of seconds, got 'soon'",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    command: ['${NOPE}']\n",
+            4,
+            "jobs.a.command.0",
+            "environment variable NOPE is not set",
+        ),
+        (
+            "jobs:\n  bad name:\n    every: 1s\n    command: [x]\n",
+            2,
+            "jobs.bad name",
+            "expected a job name",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    env: {A: b}\n    http: {url: 'http://x'}\n",
+            4,
+            "jobs.a.env",
+            "only applies to command and shell jobs",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    http: {url: 'example.com/x'}\n",
+            4,
+            "jobs.a.http.url",
+            "expected an http:// or https:// URL",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    python: 'not a target'\n",
+            4,
+            "jobs.a.python",
+            'expected "package.module:function"',
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    overlap: sometimes\n    command: [x]\n",
+            4,
+            "jobs.a.overlap",
+            "expected one of skip, allow, replace, got 'sometimes'",
+        ),
+        (
+            "defaults:\n  timeout: forever\njobs:\n  a: {every: 1s, command: [x]}\n",
+            2,
+            "jobs.a.timeout",
+            "got 'forever'",
+        ),
         ("jobs:\n  a: [1, 2]\n", 2, "jobs.a", "expected a mapping of job fields, got a list"),
     ],
 )
@@ -216,7 +335,9 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_every_error_is_reported_in_one_pass(tmp_path: Path) -> None:
-    file = write(tmp_path, """\
+    file = write(
+        tmp_path,
+        """\
         max_concurrency: 0
         timezone: Nowhere/City
         jobs:
@@ -224,13 +345,20 @@ def test_every_error_is_reported_in_one_pass(tmp_path: Path) -> None:
           b: {every: 1s, shell: "x", priority: urgent}
           c: {every: 1s}
           d: {at: "tomorrow", python: "m:f"}
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as err:
         load_config(file, environ={})
     problems = err.value.problems
     assert len(problems) == 6, problems
-    for fragment in (":1: max_concurrency", ":2: timezone", ":4: jobs.a.cron",
-                     ":5: jobs.b.priority", ":6: jobs.c", ":7: jobs.d.at"):
+    for fragment in (
+        ":1: max_concurrency",
+        ":2: timezone",
+        ":4: jobs.a.cron",
+        ":5: jobs.b.priority",
+        ":6: jobs.c",
+        ":7: jobs.d.at",
+    ):
         assert any(fragment in p for p in problems), (fragment, problems)
 
 
@@ -247,8 +375,17 @@ def test_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("500ms", 0.5), ("10s", 10), ("5m", 300), ("1h30m", 5400), ("2d", 172800), (7, 7),
-     (1.5, 1.5), ("2.5s", 2.5), ("90", 90)],
+    [
+        ("500ms", 0.5),
+        ("10s", 10),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("2d", 172800),
+        (7, 7),
+        (1.5, 1.5),
+        ("2.5s", 2.5),
+        ("90", 90),
+    ],
 )
 def test_durations(value: object, seconds: float) -> None:
     assert parse_duration(value) == seconds
@@ -257,6 +394,8 @@ def test_durations(value: object, seconds: float) -> None:
 def test_spec_hash_changes_only_with_the_spec(tmp_path: Path) -> None:
     a = load_config(write(tmp_path, FULL), environ={"API_KEY": "k"})
     b = load_config(write(tmp_path, FULL), environ={"API_KEY": "k"})
-    c = load_config(write(tmp_path, FULL.replace("every: 10s", "every: 20s")), environ={"API_KEY": "k"})
+    c = load_config(
+        write(tmp_path, FULL.replace("every: 10s", "every: 20s")), environ={"API_KEY": "k"}
+    )
     assert a.jobs[0].spec_hash() == b.jobs[0].spec_hash() != c.jobs[0].spec_hash()
     assert a.jobs[1].spec_hash() == c.jobs[1].spec_hash()

@@ -88,12 +88,14 @@ async def test_long_state_paths_get_a_short_socket_directory(tmp_path: Path) -> 
 
 async def test_the_daemon_runs_on_the_embedded_database_by_default(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text(textwrap.dedent("""
+    config.write_text(
+        textwrap.dedent("""
         state_dir: ./state
         shutdown_grace: 1s
         jobs:
           tick: {every: 1s, command: ["echo", "tick"]}
-    """))
+    """)
+    )
     daemon = await start_daemon(config)
     started = await daemon.wait_for("embedded_postgres_started")
     await daemon.wait_for("database_connected")

@@ -16,13 +16,22 @@ from tests.fakes import make_job
 T = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def rec(job: str = "j", n: int = 0, attempt: int = 1, status: Status = Status.SUCCEEDED,
-        **kw: object) -> ExecutionRecord:
+def rec(
+    job: str = "j", n: int = 0, attempt: int = 1, status: Status = Status.SUCCEEDED, **kw: object
+) -> ExecutionRecord:
     at = T + timedelta(seconds=n)
     fields: dict[str, object] = dict(
-        fire_id=scheduled_fire_id(job, at), job_name=job, scheduled_at=at, attempt=attempt,
-        trigger=Trigger.SCHEDULE, status=status, started_at=at + timedelta(milliseconds=3),
-        finished_at=at + timedelta(milliseconds=50), drift_ms=3.0, duration_ms=47.0, node="n1",
+        fire_id=scheduled_fire_id(job, at),
+        job_name=job,
+        scheduled_at=at,
+        attempt=attempt,
+        trigger=Trigger.SCHEDULE,
+        status=status,
+        started_at=at + timedelta(milliseconds=3),
+        finished_at=at + timedelta(milliseconds=50),
+        drift_ms=3.0,
+        duration_ms=47.0,
+        node="n1",
     )
     fields.update(kw)
     return ExecutionRecord(**fields)  # type: ignore[arg-type]
@@ -38,14 +47,25 @@ async def pool(database_url: str) -> asyncpg.Pool:
 async def test_schema_applies_again_cleanly(pool: asyncpg.Pool) -> None:
     await store.apply_schema(pool)
     await store.apply_schema(pool)
-    cols = {r["column_name"] for r in await pool.fetch(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'executions'")}
+    cols = {
+        r["column_name"]
+        for r in await pool.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'executions'"
+        )
+    }
     assert set(store.COLUMNS) | {"id", "recorded_at"} <= cols
 
 
 async def test_every_column_round_trips(pool: asyncpg.Pool) -> None:
-    full = rec(http_status=503, exit_code=None, error="HTTP 503", output="body\x00with nul",
-               trigger=Trigger.MANUAL, fire_id=uuid.uuid4(), status=Status.FAILED)
+    full = rec(
+        http_status=503,
+        exit_code=None,
+        error="HTTP 503",
+        output="body\x00with nul",
+        trigger=Trigger.MANUAL,
+        fire_id=uuid.uuid4(),
+        status=Status.FAILED,
+    )
     async with pool.acquire() as conn:
         assert await store.write_executions(conn, [full]) == 1
     [row] = await pool.fetch("SELECT * FROM executions")
@@ -83,7 +103,9 @@ async def test_the_same_attempt_twice_in_one_batch_keeps_the_last(pool: asyncpg.
 
 
 async def test_jobs_sync_upserts_redacts_and_removes(pool: asyncpg.Pool) -> None:
-    secret = make_job("api", action=HttpAction(url="http://x", headers={"Authorization": "Bearer s3"}))
+    secret = make_job(
+        "api", action=HttpAction(url="http://x", headers={"Authorization": "Bearer s3"})
+    )
     nxt = T + timedelta(minutes=1)
     await store.sync_jobs(pool, [secret, make_job("b"), make_job("c", enabled=False)], {"api": nxt})
     await store.sync_jobs(pool, [secret, make_job("c", enabled=False)], {"api": nxt})

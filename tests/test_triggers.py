@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -89,8 +90,11 @@ def test_every_has_no_float_drift_over_a_million_steps() -> None:
 def test_every_ignores_time_zones_and_dst() -> None:
     trigger = IntervalTrigger(3600)
     got = fires(trigger, "2026-03-08T06:30:00+00:00", 3)  # across New York's spring-forward
-    assert got == ["2026-03-08T07:00:00+00:00", "2026-03-08T08:00:00+00:00",
-                   "2026-03-08T09:00:00+00:00"]
+    assert got == [
+        "2026-03-08T07:00:00+00:00",
+        "2026-03-08T08:00:00+00:00",
+        "2026-03-08T09:00:00+00:00",
+    ]
 
 
 def test_at_fires_once_then_never() -> None:
@@ -139,7 +143,9 @@ def test_cron_that_can_never_fire_returns_none() -> None:
 
 
 def test_cron_in_a_zone_without_dst_is_a_fixed_offset() -> None:
-    got = fires(CronTrigger("0 0 9 * * MON-FRI", "America/Sao_Paulo"), "2026-11-27T00:00:00+00:00", 2)
+    got = fires(
+        CronTrigger("0 0 9 * * MON-FRI", "America/Sao_Paulo"), "2026-11-27T00:00:00+00:00", 2
+    )
     assert got == ["2026-11-27T12:00:00+00:00", "2026-11-30T12:00:00+00:00"]
 
 
@@ -173,32 +179,46 @@ def test_wildcard_jobs_follow_real_time_through_a_skipped_hour(
     zone: str, day: str, gap_start: str, gap_end: str
 ) -> None:
     start = _local_midnight(day, zone) - timedelta(hours=3)  # UTC arithmetic: real hours
-    got = local_fires("*/15 * * * *", zone, start.isoformat(), (start + timedelta(hours=6)).isoformat())
+    got = local_fires(
+        "*/15 * * * *", zone, start.isoformat(), (start + timedelta(hours=6)).isoformat()
+    )
     instants = [datetime.fromisoformat(t) for t in got]
-    assert all(b - a == timedelta(minutes=15) for a, b in zip(instants, instants[1:], strict=False))
+    assert all(b - a == timedelta(minutes=15) for a, b in itertools.pairwise(instants))
     assert len(got) == 6 * 4 - 1  # every 15 real minutes in (start, start + 6h): none lost
     assert not any(f"T{gap_start}" in t for t in got)  # no wall time inside the gap
 
 
 def test_spring_forward_new_york_table() -> None:
-    got = local_fires("30 2 * * *", "America/New_York", "2026-03-06T12:00:00+00:00",
-                      "2026-03-09T12:00:00+00:00")
-    assert got == ["2026-03-07T02:30:00-05:00", "2026-03-08T03:00:00-04:00",
-                   "2026-03-09T02:30:00-04:00"]
-    got = local_fires("0 * * * *", "America/New_York", "2026-03-08T05:30:00+00:00",
-                      "2026-03-08T09:30:00+00:00")
-    assert got == ["2026-03-08T01:00:00-05:00", "2026-03-08T03:00:00-04:00",
-                   "2026-03-08T04:00:00-04:00", "2026-03-08T05:00:00-04:00"]
+    got = local_fires(
+        "30 2 * * *", "America/New_York", "2026-03-06T12:00:00+00:00", "2026-03-09T12:00:00+00:00"
+    )
+    assert got == [
+        "2026-03-07T02:30:00-05:00",
+        "2026-03-08T03:00:00-04:00",
+        "2026-03-09T02:30:00-04:00",
+    ]
+    got = local_fires(
+        "0 * * * *", "America/New_York", "2026-03-08T05:30:00+00:00", "2026-03-08T09:30:00+00:00"
+    )
+    assert got == [
+        "2026-03-08T01:00:00-05:00",
+        "2026-03-08T03:00:00-04:00",
+        "2026-03-08T04:00:00-04:00",
+        "2026-03-08T05:00:00-04:00",
+    ]
     # a fixed job just outside the gap is unaffected
-    assert local_fires("59 1 * * *", "America/New_York", "2026-03-08T00:00:00+00:00",
-                       "2026-03-09T00:00:00+00:00") == ["2026-03-08T01:59:00-05:00"]
-    assert local_fires("0 3 * * *", "America/New_York", "2026-03-08T00:00:00+00:00",
-                       "2026-03-09T00:00:00+00:00") == ["2026-03-08T03:00:00-04:00"]
+    assert local_fires(
+        "59 1 * * *", "America/New_York", "2026-03-08T00:00:00+00:00", "2026-03-09T00:00:00+00:00"
+    ) == ["2026-03-08T01:59:00-05:00"]
+    assert local_fires(
+        "0 3 * * *", "America/New_York", "2026-03-08T00:00:00+00:00", "2026-03-09T00:00:00+00:00"
+    ) == ["2026-03-08T03:00:00-04:00"]
 
 
 def test_two_gap_matches_of_a_fixed_job_collapse_into_one_fire() -> None:
-    got = local_fires("0,30 2 * * *", "America/New_York", "2026-03-08T05:00:00+00:00",
-                      "2026-03-08T09:00:00+00:00")
+    got = local_fires(
+        "0,30 2 * * *", "America/New_York", "2026-03-08T05:00:00+00:00", "2026-03-08T09:00:00+00:00"
+    )
     assert got == ["2026-03-08T03:00:00-04:00"]
 
 
@@ -226,7 +246,7 @@ def test_fixed_job_in_a_repeated_hour_fires_once(
     # one fire a day, the DST day included (croniter's own tz handling fires twice there)
     instants = [datetime.fromisoformat(t) for t in got]
     assert len(got) == 3, got
-    gaps = {b - a for a, b in zip(instants, instants[1:], strict=False)}
+    gaps = {b - a for a, b in itertools.pairwise(instants)}
     assert gaps <= {timedelta(hours=24), timedelta(hours=24, minutes=minutes)}, got
 
 
@@ -235,22 +255,28 @@ def test_wildcard_jobs_fire_in_both_passes_of_a_repeated_hour(
     zone: str, change: str, repeat_start: str, minutes: int
 ) -> None:
     start = utc(change) - timedelta(hours=12)
-    got = local_fires("*/15 * * * *", zone, start.isoformat(), (start + timedelta(hours=24)).isoformat())
+    got = local_fires(
+        "*/15 * * * *", zone, start.isoformat(), (start + timedelta(hours=24)).isoformat()
+    )
     instants = [datetime.fromisoformat(t) for t in got]
     assert len(got) == 24 * 4 - 1  # real elapsed time: every quarter hour in (start, start + 24h)
-    assert all(b - a == timedelta(minutes=15) for a, b in zip(instants, instants[1:], strict=False))
+    assert all(b - a == timedelta(minutes=15) for a, b in itertools.pairwise(instants))
     walls = [t[11:16] for t in got]
     assert walls.count(repeat_start) == 2  # the repeated wall time happens twice
 
 
 def test_fall_back_new_york_table() -> None:
-    assert local_fires("30 1 * * *", "America/New_York", "2026-10-31T12:00:00+00:00",
-                       "2026-11-02T12:00:00+00:00") == [
-        "2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
-    assert local_fires("0 * * * *", "America/New_York", "2026-11-01T04:30:00+00:00",
-                       "2026-11-01T08:30:00+00:00") == [
-        "2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00",
-        "2026-11-01T02:00:00-05:00", "2026-11-01T03:00:00-05:00"]
+    assert local_fires(
+        "30 1 * * *", "America/New_York", "2026-10-31T12:00:00+00:00", "2026-11-02T12:00:00+00:00"
+    ) == ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
+    assert local_fires(
+        "0 * * * *", "America/New_York", "2026-11-01T04:30:00+00:00", "2026-11-01T08:30:00+00:00"
+    ) == [
+        "2026-11-01T01:00:00-04:00",
+        "2026-11-01T01:00:00-05:00",
+        "2026-11-01T02:00:00-05:00",
+        "2026-11-01T03:00:00-05:00",
+    ]
     # asked from inside the second pass, a fixed job does not fire again
     trigger = CronTrigger("45 1 * * *", "America/New_York")
     second_pass = utc("2026-11-01T01:10:00-05:00")
@@ -282,17 +308,33 @@ def test_build_trigger_picks_the_schedule() -> None:
     assert build_trigger(make_job(every=5400.0)).describe() == "every 1h30m"
 
 
-@pytest.mark.parametrize("expr", ["* * * * *", "*/5 * * * * *", "0 0 9 * * MON-FRI", "@daily",
-                                  "@HOURLY", "0 0 29 2 *", "5,10 1-3 * JAN,JUL *"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "* * * * *",
+        "*/5 * * * * *",
+        "0 0 9 * * MON-FRI",
+        "@daily",
+        "@HOURLY",
+        "0 0 29 2 *",
+        "5,10 1-3 * JAN,JUL *",
+    ],
+)
 def test_validate_cron_accepts(expr: str) -> None:
     validate_cron(expr)
 
 
 @pytest.mark.parametrize(
     ("expr", "message"),
-    [("61 * * * *", "invalid"), ("* * *", "got 3"), ("* * * * * * *", "got 7"),
-     ("@fortnightly", "got 1"), ("* 25 * * *", "invalid"), ("0 0 32 * *", "invalid"),
-     ("x * * * *", "invalid")],
+    [
+        ("61 * * * *", "invalid"),
+        ("* * *", "got 3"),
+        ("* * * * * * *", "got 7"),
+        ("@fortnightly", "got 1"),
+        ("* 25 * * *", "invalid"),
+        ("0 0 32 * *", "invalid"),
+        ("x * * * *", "invalid"),
+    ],
 )
 def test_validate_cron_rejects(expr: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -301,4 +343,9 @@ def test_validate_cron_rejects(expr: str, message: str) -> None:
 
 def test_format_seconds() -> None:
     assert [format_seconds(s) for s in (0.5, 10, 90, 5400, 86400)] == [
-        "500ms", "10s", "1m30s", "1h30m", "1d"]
+        "500ms",
+        "10s",
+        "1m30s",
+        "1h30m",
+        "1d",
+    ]

@@ -39,8 +39,11 @@ class CommandJob:
                 start_new_session=True,  # its own process group: we can kill grandchildren too
             )
         except OSError as exc:
-            return Outcome(Status.FAILED, retryable=False,
-                           error=f"cannot start {self._argv[0]!r}: {exc.strerror or exc}")
+            return Outcome(
+                Status.FAILED,
+                retryable=False,
+                error=f"cannot start {self._argv[0]!r}: {exc.strerror or exc}",
+            )
         try:
             output = await _read_tail(proc, self._capture)
             code = await proc.wait()
@@ -51,8 +54,9 @@ class CommandJob:
         _signal_group(proc.pid, signal.SIGKILL)
         if code == 0:
             return Outcome(Status.SUCCEEDED, retryable=False, exit_code=0, output=output)
-        error = (f"killed by signal {signal.Signals(-code).name}" if code < 0
-                 else f"exit code {code}")
+        error = (
+            f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        )
         return Outcome(Status.FAILED, retryable=True, exit_code=code, error=error, output=output)
 
 

@@ -26,8 +26,11 @@ class PythonJob:
         try:
             func = self._resolve()
         except Exception as exc:  # noqa: BLE001 - a bad target fails the attempt, not the daemon
-            return Outcome(Status.FAILED, retryable=False,
-                           error=f"cannot load {self._spec.target}: {type(exc).__name__}: {exc}")
+            return Outcome(
+                Status.FAILED,
+                retryable=False,
+                error=f"cannot load {self._spec.target}: {type(exc).__name__}: {exc}",
+            )
         kwargs = {**self._spec.args, **(overrides or {})}
         try:
             if inspect.iscoroutinefunction(func):
