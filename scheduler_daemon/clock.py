@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 
@@ -20,6 +21,9 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None:
         """Sleep for ``seconds`` of monotonic time; cancellable."""
+
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
+        """Like ``asyncio.timeout``: cancel the block after ``seconds``, raising TimeoutError."""
 
 
 class SystemClock:
@@ -35,3 +39,6 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
+        return asyncio.timeout(seconds)

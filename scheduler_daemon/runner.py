@@ -179,38 +179,24 @@ class Runner:
         job = fire.job
         started = self._clock.time()
         started_mono = self._clock.monotonic()
-        task = asyncio.ensure_future(self._action_for(job).run(fire.overrides))
-        status: Status
         outcome: Outcome | None = None
         error: str | None = None
         try:
-            finished_in_time = await self._wait(task, job.timeout)
+            # The action runs inside this task: no extra task or waiter per attempt.
+            async with self._clock.timeout(job.timeout):
+                outcome = await self._action_for(job).run(fire.overrides)
+            status = outcome.status
+        except TimeoutError:
+            status, error = Status.TIMED_OUT, f"timed out after {job.timeout:g}s"
         except asyncio.CancelledError:
-            await _cancel_and_wait(task)
             self._record(
                 fire, Status.CANCELLED, None, started, started_mono, due, fire.cancel_reason
             )
             raise
-        if finished_in_time:
-            outcome = _result(task)
-            status = outcome.status
-        else:
-            await _cancel_and_wait(task)
-            status, error = Status.TIMED_OUT, f"timed out after {job.timeout:g}s"
+        except Exception as exc:  # noqa: BLE001 - actions report failures; one that raised fails
+            status, error = Status.FAILED, f"internal error: {exc!r}"
         self._record(fire, status, outcome, started, started_mono, due, error)
         return status, outcome
-
-    async def _wait(self, task: asyncio.Future[Outcome], timeout: float | None) -> bool:
-        """Wait for ``task``; False if ``timeout`` (on the injected clock) passed first."""
-        if timeout is None:
-            await asyncio.wait((task,))
-            return True
-        timer = asyncio.ensure_future(self._clock.sleep(timeout))
-        try:
-            await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            timer.cancel()
-        return task.done()
 
     # -- records -------------------------------------------------------------------------------
 
@@ -330,21 +316,6 @@ def _skip_reason(job: JobSpec, running: int) -> str:
             f" (overlap: allow, max_instances: {job.max_instances})"
         )
     return "previous fire still running (overlap: skip)"
-
-
-async def _cancel_and_wait(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` and wait until its cleanup (e.g. killing a process group) is over."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-
-
-def _result(task: asyncio.Future[Outcome]) -> Outcome:
-    """The action's outcome. Actions report failures; one that raised anyway fails the attempt."""
-    try:
-        return task.result()
-    except Exception as exc:  # noqa: BLE001 - any escape from an action fails its attempt
-        return Outcome(status=Status.FAILED, retryable=False, error=f"internal error: {exc!r}")
 
 
 def _dt(ts: float) -> datetime:
