@@ -18,6 +18,7 @@ from scheduler_daemon.config import Config, JobSpec, load_config
 from scheduler_daemon.embedded import EmbeddedPostgres
 from scheduler_daemon.errors import ConfigError
 from scheduler_daemon.limiter import Limiter
+from scheduler_daemon.notify import Notifier
 from scheduler_daemon.recorder import Recorder
 from scheduler_daemon.runner import Runner
 from scheduler_daemon.scheduler import Scheduler
@@ -46,8 +47,10 @@ class Daemon:
         self.config = config
         self._clock: Clock = clock or SystemClock()
         self._stop = asyncio.Event()
-        self._reload = asyncio.Event()
+        self._reload_requested = asyncio.Event()
         self._embedded: EmbeddedPostgres | None = None
+        self._notify = Notifier()
+        self.reload_error: str | None = None  # why the last reload was refused, if it was
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -71,6 +74,8 @@ class Daemon:
         self._scheduler.set_jobs(config.jobs)
         self._install_signal_handlers()
         scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
+        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        self._notify.ready(self.status_line())
         log.info(
             "daemon_started",
             config=str(config.path),
@@ -81,25 +86,46 @@ class Daemon:
         try:
             await self._serve(scheduler_task)
         finally:
+            heartbeat.cancel()
             await self._shutdown(scheduler_task)
         return 0
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (and `systemctl status`)."""
+        parts = [
+            f"{len(self.config.jobs)} jobs",
+            f"{len(self._runner.active())} running",
+            f"{self._recorder.pending} records pending",
+        ]
+        if self.reload_error:
+            parts.append(f"last reload FAILED: {self.reload_error}")
+        return ", ".join(parts)
+
+    async def _heartbeat(self) -> None:
+        """Pings the systemd watchdog: a task on the loop, so a blocked loop stops the pings."""
+        interval = self._notify.watchdog_interval or 10.0
+        while True:
+            self._notify.watchdog()
+            self._notify.status(self.status_line())
+            await self._clock.sleep(min(interval, 10.0))
 
     async def _serve(self, scheduler_task: asyncio.Task[None]) -> None:
         while not self._stop.is_set():
             stop = asyncio.ensure_future(self._stop.wait())
-            reload = asyncio.ensure_future(self._reload.wait())
+            reload = asyncio.ensure_future(self._reload_requested.wait())
             await asyncio.wait((stop, reload, scheduler_task), return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             reload.cancel()
             if scheduler_task.done():
                 scheduler_task.result()  # the loop must never end on its own: surface why it did
                 raise RuntimeError("scheduler loop ended unexpectedly")
-            if self._reload.is_set():
-                self._reload.clear()
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
                 await self.reload()
 
     async def _shutdown(self, scheduler_task: asyncio.Task[None]) -> None:
         log.info("daemon_stopping", grace_s=self.config.shutdown_grace)
+        self._notify.stopping(f"stopping: draining {len(self._runner.active())} running fires")
         self._scheduler.stop()
         await asyncio.gather(scheduler_task, return_exceptions=True)
         await self._runner.drain(self.config.shutdown_grace)
@@ -108,6 +134,7 @@ class Daemon:
         if self._embedded is not None:
             await self._embedded.astop()
         log.info("daemon_stopped", unwritten_records=unwritten)
+        self._notify.close()
 
     # -- database ------------------------------------------------------------------------------
 
@@ -142,7 +169,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
-        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
 
     def request_stop(self, why: str = "requested") -> None:
         if not self._stop.is_set():
@@ -151,11 +178,21 @@ class Daemon:
 
     async def reload(self) -> bool:
         """Re-read the config file; apply it only if it is entirely valid."""
+        self._notify.reloading()
+        try:
+            applied = await self._reload()
+        finally:
+            self._notify.ready(self.status_line())
+        return applied
+
+    async def _reload(self) -> bool:
         try:
             new = await asyncio.to_thread(load_config, self.config.path)
         except ConfigError as exc:
+            self.reload_error = f"{len(exc.problems)} error(s): {exc.problems[0]}"
             log.error("reload_failed", problems=exc.problems)
             return False
+        self.reload_error = None
         old_jobs = {job.name: job for job in self.config.jobs}
         new_jobs = {job.name: job for job in new.jobs}
         added = new_jobs.keys() - old_jobs.keys()

@@ -102,8 +102,13 @@ class Daemon:
         return code
 
 
-async def start_daemon(config: Path) -> Daemon:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SCHEDULER_LOG_LEVEL": "info"}
+async def start_daemon(config: Path, extra_env: dict[str, str] | None = None) -> Daemon:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "SCHEDULER_LOG_LEVEL": "info",
+        **(extra_env or {}),
+    }
     env.pop("SCHEDULER_DATABASE_URL", None)
     proc = await asyncio.create_subprocess_exec(
         str(DAEMON),
