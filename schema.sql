@@ -40,4 +40,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Added after version 1 (ALTER ... IF NOT EXISTS keeps older databases working).
+-- The newest scheduled instant handled per job: where catch-up starts after downtime.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS last_scheduled_at timestamptz;
+
 COMMENT ON TABLE executions IS 'scheduler_daemon: one row per attempt (schema version 1)';

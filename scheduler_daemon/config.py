@@ -29,6 +29,7 @@ from scheduler_daemon.triggers import validate_cron
 
 Overlap = Literal["skip", "allow", "replace"]
 Priority = Literal["high", "normal", "low"]
+CatchUp = Literal["none", "latest", "all"]
 
 
 class _Frozen(BaseModel):
@@ -87,6 +88,11 @@ class JobSpec(_Frozen):
     max_instances: int = Field(default=1, ge=1)  # with overlap: allow
     priority: Priority = "normal"
     capture_bytes: int = Field(default=65536, ge=0)  # body / output tail kept in `output`
+    # After downtime: run none, the latest, or all of the fires missed meanwhile.
+    catch_up: CatchUp = "latest"
+    catch_up_limit: int = Field(default=100, ge=0)  # most fires run or recorded as missed
+    starting_deadline: float | None = None  # a fire later than this (seconds) is not run
+    run_on_start: bool = False  # fire once at every start (cron "@reboot" implies it)
     action: Action = Field(discriminator="kind")
     # The job's strings as written where they contained ${...}: shown instead of secrets.
     _templates: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -393,6 +399,10 @@ JOB_FIELDS: dict[str, Converter] = {
     "kill_grace": parse_duration,
     "python": _py_target,
     "args": _mapping,
+    "catch_up": _choice("none", "latest", "all"),
+    "catch_up_limit": _integer(0),
+    "starting_deadline": _optional_timeout,
+    "run_on_start": _boolean,
 }
 TOP_FIELDS: dict[str, Converter] = {
     "database": _mapping,
@@ -629,10 +639,18 @@ def _build_job(
         max_instances=fields.get("max_instances", 1),
         priority=fields.get("priority", "normal"),
         capture_bytes=fields.get("capture_bytes", 65536),
+        catch_up=fields.get("catch_up", "latest"),
+        catch_up_limit=fields.get("catch_up_limit", 100),
+        starting_deadline=fields.get("starting_deadline"),
+        run_on_start=fields.get("run_on_start", False) or _is_reboot(fields.get("cron")),
         action=action,
     )
     job._templates.update(_job_templates(source, path, kind))
     return job
+
+
+def _is_reboot(cron: str | None) -> bool:
+    return cron is not None and cron.strip().lower() == "@reboot"
 
 
 def _aware(at: datetime | None, timezone: str) -> datetime | None:

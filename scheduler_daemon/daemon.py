@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from scheduler_daemon import store
+from scheduler_daemon import recovery, store
 from scheduler_daemon.actions import Action, build_action
 from scheduler_daemon.actions.http import HttpClient
 from scheduler_daemon.clock import Clock, SystemClock
@@ -50,6 +50,7 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self._embedded: EmbeddedPostgres | None = None
         self._notify = Notifier()
+        self._recovered = False
         self.reload_error: str | None = None  # why the last reload was refused, if it was
 
     # -- entry point ---------------------------------------------------------------------------
@@ -71,7 +72,13 @@ class Daemon:
             node=config.node,
         )
         self._scheduler = Scheduler(clock=self._clock, dispatch=self._runner.submit)
-        self._scheduler.set_jobs(config.jobs)
+        # Fires up to this instant that never ran are the catch-up's; the schedule starts after.
+        self._resumed_at = datetime.fromtimestamp(self._clock.time(), UTC)
+        self._scheduler.set_jobs(config.jobs, after=self._resumed_at)
+        self._background: list[asyncio.Task[None]] = []
+        for job in config.jobs:
+            if job.run_on_start and job.enabled:
+                self._runner.submit(job, self._resumed_at)
         self._install_signal_handlers()
         scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
@@ -127,7 +134,9 @@ class Daemon:
         log.info("daemon_stopping", grace_s=self.config.shutdown_grace)
         self._notify.stopping(f"stopping: draining {len(self._runner.active())} running fires")
         self._scheduler.stop()
-        await asyncio.gather(scheduler_task, return_exceptions=True)
+        for task in self._background:
+            task.cancel()  # catch-up sequences: their running fires are drained below
+        await asyncio.gather(scheduler_task, *self._background, return_exceptions=True)
         await self._runner.drain(self.config.shutdown_grace)
         unwritten = await self._recorder.close(timeout=max(5.0, self.config.shutdown_grace))
         await self._http.close()
@@ -152,8 +161,29 @@ class Daemon:
 
     async def _on_db_connect(self, pool: asyncpg.Pool) -> None:
         await store.apply_schema(pool)
+        if self._recovered:
+            await self._sync_jobs(pool)
+            log.info("database_connected")
+            return
+        # First connection of this process: before any row of ours is written, settle what the
+        # previous process left behind.
+        abandoned = await store.abandon_running(pool, self.config.node)
+        last = await store.last_scheduled(pool)
         await self._sync_jobs(pool)
-        log.info("database_connected")
+        self._recovered = True
+        log.info("database_connected", abandoned=len(abandoned))
+        jobs = {job.name: job for job in self.config.jobs}
+        now = datetime.fromtimestamp(self._clock.time(), UTC)
+        recovery.retry_abandoned(abandoned, jobs, self._runner, now)
+        self._background += recovery.catch_up(
+            self.config.jobs,
+            last,
+            resumed_at=self._resumed_at,
+            now=now,
+            runner=self._runner,
+            recorder=self._recorder,
+            node=self.config.node,
+        )
 
     async def _sync_jobs(self, pool: asyncpg.Pool | None = None) -> None:
         pool = pool or self._recorder.pool

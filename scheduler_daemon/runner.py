@@ -90,14 +90,20 @@ class Runner:
         *,
         trigger: Trigger = Trigger.SCHEDULE,
         overrides: Mapping[str, Any] | None = None,
+        fire_id: uuid.UUID | None = None,
+        attempt: int = 1,
     ) -> Fire | None:
-        """Start a fire of ``job`` unless its overlap policy says no; never blocks."""
-        fire_id = (
-            scheduled_fire_id(job.name, scheduled_at)
-            if trigger is not Trigger.MANUAL
-            else uuid.uuid4()
-        )
-        fire = Fire(job, fire_id, scheduled_at, trigger, overrides)
+        """Start a fire of ``job`` unless its overlap policy says no; never blocks.
+
+        ``fire_id`` and ``attempt`` resume a fire whose earlier attempt was abandoned.
+        """
+        if fire_id is None:
+            fire_id = (
+                scheduled_fire_id(job.name, scheduled_at)
+                if trigger is not Trigger.MANUAL
+                else uuid.uuid4()
+            )
+        fire = Fire(job, fire_id, scheduled_at, trigger, overrides, attempt=attempt)
         if not self._accepting:
             self._record_unstarted(fire, Status.CANCELLED, "daemon is shutting down")
             return None
@@ -181,6 +187,8 @@ class Runner:
         started_mono = self._clock.monotonic()
         outcome: Outcome | None = None
         error: str | None = None
+        # Made durable with the next batch, so a crash leaves a row to mark `abandoned`.
+        self._record_running(fire, started, due)
         try:
             # The action runs inside this task: no extra task or waiter per attempt.
             async with self._clock.timeout(job.timeout):
@@ -238,6 +246,23 @@ class Runner:
             duration_ms=round(duration_ms, 3),
             error=rec.error,
             trigger=str(fire.trigger),
+        )
+
+    def _record_running(self, fire: Fire, started: float, due: float) -> None:
+        self._recorder.record(
+            ExecutionRecord(
+                fire_id=fire.fire_id,
+                job_name=fire.job.name,
+                scheduled_at=fire.scheduled_at,
+                attempt=fire.attempt,
+                trigger=fire.trigger,
+                status=Status.RUNNING,
+                started_at=_dt(started),
+                finished_at=None,
+                drift_ms=(started - due) * 1000.0,
+                duration_ms=None,
+                node=self._node,
+            )
         )
 
     def _record_unstarted(self, fire: Fire, status: Status, reason: str) -> None:

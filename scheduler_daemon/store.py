@@ -53,11 +53,14 @@ ON CONFLICT (fire_id, attempt) DO UPDATE SET
 WHERE executions.status = 'running'
 """
 _TOUCH_JOBS = """
-UPDATE jobs SET last_run_at = GREATEST(jobs.last_run_at, s.last)
-FROM (SELECT job_name, max(started_at) AS last FROM executions_stage
-      WHERE started_at IS NOT NULL GROUP BY job_name) AS s
+UPDATE jobs SET last_run_at = GREATEST(jobs.last_run_at, s.last_run),
+                last_scheduled_at = GREATEST(jobs.last_scheduled_at, s.last_scheduled)
+FROM (SELECT job_name, max(started_at) AS last_run,
+             max(scheduled_at) FILTER (WHERE trigger <> 'manual') AS last_scheduled
+      FROM executions_stage GROUP BY job_name) AS s
 WHERE jobs.name = s.job_name
 """
+ABANDONED_ERROR = "the daemon stopped before this attempt finished (crash, kill -9 or power loss)"
 
 
 def schema_sql() -> str:
@@ -158,3 +161,25 @@ async def fetch_executions(
             limit,
         )
     )
+
+
+async def abandon_running(pool: asyncpg.Pool, node: str) -> list[asyncpg.Record]:
+    """Mark this node's attempts left `running` by a previous process as `abandoned`."""
+    return list(
+        await pool.fetch(
+            """UPDATE executions SET status = 'abandoned', error = $2,
+               finished_at = COALESCE(finished_at, now())
+           WHERE status = 'running' AND node = $1
+           RETURNING fire_id, job_name, scheduled_at, attempt, trigger""",
+            node,
+            ABANDONED_ERROR,
+        )
+    )
+
+
+async def last_scheduled(pool: asyncpg.Pool) -> dict[str, datetime]:
+    """The newest scheduled instant each job handled (run, skipped or missed)."""
+    rows = await pool.fetch(
+        "SELECT name, last_scheduled_at FROM jobs WHERE last_scheduled_at IS NOT NULL"
+    )
+    return {r["name"]: r["last_scheduled_at"] for r in rows}

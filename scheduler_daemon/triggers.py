@@ -25,6 +25,7 @@ ALIASES = {
     "@hourly": "0 * * * *",
 }
 
+REBOOT = "@reboot"  # no recurring schedule: the job fires once at every start
 _MICRO = timedelta(microseconds=1)
 _CHUNK = timedelta(days=7)  # no zone has two offset changes within a week
 _FOLD_LOOKBACK = timedelta(hours=3)  # longer than any DST shift
@@ -46,6 +47,8 @@ def validate_cron(expr: str) -> None:
 
     5 fields = minute hour day month weekday; 6 fields = **seconds first**; @aliases allowed.
     """
+    if expr.strip().lower() == REBOOT:
+        return
     fields = _expand(expr)
     if len(fields) not in (5, 6):
         raise ValueError(
@@ -110,6 +113,18 @@ class DateTrigger:
 
     def describe(self) -> str:
         return f"once at {self._at.isoformat()}"
+
+
+class StartOnlyTrigger:
+    """``@reboot``: never fires on its own; the daemon fires it once at every start."""
+
+    __slots__ = ()
+
+    def next_after(self, t: datetime) -> datetime | None:
+        return None
+
+    def describe(self) -> str:
+        return "at every start (@reboot)"
 
 
 class CronTrigger:
@@ -241,6 +256,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def build_trigger(job: JobSpec) -> Trigger:
     if job.cron is not None:
+        if job.cron.strip().lower() == REBOOT:
+            return StartOnlyTrigger()
         return CronTrigger(job.cron, job.timezone)
     if job.every is not None:
         return IntervalTrigger(job.every, job.offset)

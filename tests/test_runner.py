@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -47,11 +48,14 @@ class ScriptedAction:
 
 
 class Sink:
+    """Collects records; `running` placeholders apart from final rows."""
+
     def __init__(self) -> None:
         self.records: list[ExecutionRecord] = []
+        self.running: list[ExecutionRecord] = []
 
     def record(self, rec: ExecutionRecord) -> None:
-        self.records.append(rec)
+        (self.running if rec.status is Status.RUNNING else self.records).append(rec)
 
     def statuses(self) -> list[str]:
         return [str(r.status) for r in self.records]
@@ -266,3 +270,25 @@ async def test_fires_after_drain_are_recorded_as_cancelled(rig: Rig) -> None:
     await rig.runner.drain(grace=1)
     rig.fire(make_job("j"))
     assert rig.sink.statuses() == ["cancelled"]
+
+
+async def test_each_attempt_is_announced_as_running_before_its_final_row(rig: Rig) -> None:
+    rig.script("j", (2, FAIL), (2, OK))
+    rig.fire(make_job("j", retry=RetryPolicy(attempts=2, delay=1)))
+    await rig.clock.advance(1)
+    [running] = rig.sink.running
+    assert running.attempt == 1 and running.finished_at is None and not rig.sink.records
+    assert running.started_at == datetime.fromtimestamp(T0, UTC)
+    await rig.clock.advance(10)
+    assert [(r.attempt, r.fire_id) for r in rig.sink.running] == [
+        (r.attempt, r.fire_id) for r in rig.sink.records
+    ]
+
+
+async def test_a_fire_can_resume_at_a_later_attempt(rig: Rig) -> None:
+    rig.script("j", (0, OK))
+    fire_id = uuid.uuid4()
+    rig.fire(make_job("j", retry=RetryPolicy(attempts=3)), fire_id=fire_id, attempt=2)
+    await rig.clock.advance(1)
+    [rec] = rig.sink.records
+    assert (rec.fire_id, rec.attempt, rec.status) == (fire_id, 2, Status.SUCCEEDED)
