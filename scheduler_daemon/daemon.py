@@ -17,6 +17,7 @@ from scheduler_daemon.clock import Clock, SystemClock
 from scheduler_daemon.config import Config, JobSpec, load_config
 from scheduler_daemon.embedded import EmbeddedPostgres
 from scheduler_daemon.errors import ConfigError
+from scheduler_daemon.journal import Journal
 from scheduler_daemon.limiter import Limiter
 from scheduler_daemon.notify import Notifier
 from scheduler_daemon.recorder import Recorder
@@ -60,7 +61,12 @@ class Daemon:
         dsn = await self._database_dsn()
         # The recorder connects in the background: a database that is down at start delays the
         # rows, never the schedule. Each (re)connection applies the schema and syncs the jobs.
-        self._recorder = Recorder(dsn=dsn, clock=self._clock, on_connect=self._on_db_connect)
+        self._recorder = Recorder(
+            dsn=dsn,
+            clock=self._clock,
+            on_connect=self._on_db_connect,
+            journal=Journal(config.state_dir / "journal" / "executions.jsonl"),
+        )
         await self._recorder.start()
         self._http = HttpClient()
         self._limiter = Limiter(config.max_concurrency)

@@ -2,7 +2,10 @@
 
 ``record`` only appends to an in-memory buffer. A background task writes the buffer in batches
 (COPY); if the database is down or slow, rows stay buffered in order and are written when it comes
-back. A row leaves the buffer only once its batch is committed, so nothing is lost in between.
+back. A row leaves the buffer only once its batch is committed (or fsynced to the journal), so
+nothing is lost in between. Past ``buffer_limit`` rows during an outage, and at close if the
+database is still unreachable, the buffer spills to the journal, which is replayed first when the
+database is back — in this process or the next.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import structlog
 
 from scheduler_daemon import store
 from scheduler_daemon.clock import Clock, SystemClock
+from scheduler_daemon.journal import Journal
 from scheduler_daemon.records import ExecutionRecord
 
 log = structlog.get_logger("scheduler_daemon.recorder")
 
 OnConnect = Callable[[asyncpg.Pool], Awaitable[None]]
+_DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _MAX_BACKOFF = 5.0
 
 
@@ -36,6 +41,7 @@ class Recorder:
         flush_interval: float = 0.2,
         buffer_limit: int = 100_000,
         on_connect: OnConnect | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.dsn = dsn
         self._clock = clock or SystemClock()
@@ -43,6 +49,9 @@ class Recorder:
         self._flush_interval = flush_interval
         self._buffer_limit = buffer_limit
         self._on_connect = on_connect
+        self._journal = journal
+        self._journal_pending = journal is not None and journal.exists()
+        self.journaled = 0
         self._buffer: deque[ExecutionRecord] = deque()
         self._wake = asyncio.Event()
         self._closing = False
@@ -60,8 +69,8 @@ class Recorder:
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
         if len(self._buffer) > self._buffer_limit and not self._over_limit:
-            # No row is dropped; a disk journal for long outages is the next step (issue 3).
-            self._over_limit = True
+            self._over_limit = True  # the writer spills to the journal (or, without one, keeps all)
+            self._wake.set()
             log.warning("recorder_buffer_full", pending=len(self._buffer), limit=self._buffer_limit)
 
     @property
@@ -97,28 +106,70 @@ class Recorder:
     # -- the writer ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        with contextlib.suppress(
-            OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError
-        ):
+        with contextlib.suppress(*_DB_DOWN):
             await self._ensure_pool()  # connect early (schema, job sync); failures retry below
         backoff = 0.1
         while True:
-            if not self._buffer and self._closing:
+            if not self._buffer and not self._journal_pending and self._closing:
                 return
-            if not self._buffer or (len(self._buffer) < self._batch_size and not self._closing):
+            idle = not self._buffer and not self._journal_pending
+            if idle or (len(self._buffer) < self._batch_size and not self._closing):
                 await self._wait(self._flush_interval)
-            if not self._buffer:
+            if not self._buffer and not self._journal_pending:
                 continue
             try:
-                await self._flush_batch()
+                if self._journal_pending:
+                    await self._replay_journal()
+                if self._buffer:
+                    await self._flush_batch()
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 await self._flush_one_by_one(exc)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except _DB_DOWN as exc:
                 self._on_failure(exc)
+                if self._closing:
+                    await self._spill()  # what cannot be written now waits in the journal
+                    if not self._buffer:
+                        return  # a journal left unreplayed is replayed at the next start
+                elif len(self._buffer) > self._buffer_limit:
+                    await self._spill()
                 await self._wait(backoff, wakeable=False)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
             backoff = 0.1
+
+    async def _spill(self) -> bool:
+        """Move the whole buffer to the journal (oldest first); False without a journal."""
+        if self._journal is None or not self._buffer:
+            return False
+        rows = list(self._buffer)
+        try:
+            await asyncio.to_thread(self._journal.append, rows)
+        except OSError as exc:
+            log.error("journal_write_failed", path=str(self._journal.path), error=str(exc))
+            return False
+        for _ in rows:
+            self._buffer.popleft()
+        self._journal_pending = True
+        self._over_limit = False
+        self.journaled += len(rows)
+        log.warning("recorder_spilled_to_journal", rows=len(rows), path=str(self._journal.path))
+        return True
+
+    async def _replay_journal(self) -> None:
+        """Write the journal's rows (older than the buffer's), then remove it."""
+        assert self._journal is not None
+        pool = await self._ensure_pool()
+        batches = self._journal.read(self._batch_size)
+        replayed = 0
+        async with pool.acquire(timeout=store.COMMAND_TIMEOUT) as conn:
+            # Batch by batch: a journal from a long outage may not fit in memory at once.
+            while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+                await store.write_executions(conn, batch)
+                replayed += len(batch)
+        await asyncio.to_thread(self._journal.remove)
+        self._journal_pending = False
+        self.written += replayed
+        log.info("journal_replayed", rows=replayed, path=str(self._journal.path))
 
     async def _wait(self, seconds: float, *, wakeable: bool = True) -> None:
         if not wakeable:
@@ -131,7 +182,7 @@ class Recorder:
     async def _flush_batch(self) -> None:
         pool = await self._ensure_pool()
         batch = list(islice(self._buffer, self._batch_size))
-        async with pool.acquire() as conn:
+        async with pool.acquire(timeout=store.COMMAND_TIMEOUT) as conn:
             await store.write_executions(conn, batch)
         for _ in batch:  # only now: rows stay buffered until their batch is committed
             self._buffer.popleft()
@@ -147,7 +198,7 @@ class Recorder:
         log.error("recorder_batch_rejected", error=f"{type(exc).__name__}: {exc}")
         pool = await self._ensure_pool()
         batch = list(islice(self._buffer, self._batch_size))
-        async with pool.acquire() as conn:
+        async with pool.acquire(timeout=store.COMMAND_TIMEOUT) as conn:
             for rec in batch:
                 try:
                     await store.write_executions(conn, [rec])

@@ -93,7 +93,13 @@ class Daemon:
                         raise AssertionError("daemon exited; output:\n" + "\n".join(self.raw))
                     await self._seen.wait()
 
-        return await asyncio.wait_for(seen(), timeout)
+        try:
+            return await asyncio.wait_for(seen(), timeout)
+        except TimeoutError:
+            tail = "\n".join(self.raw[-40:])
+            raise AssertionError(
+                f"no {name!r} event within {timeout}s; last output:\n{tail}"
+            ) from None
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         self.proc.send_signal(sig)
