@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -58,6 +58,8 @@ class Daemon:
 
     async def run(self) -> int:
         config = self.config
+        # First of all: a SIGHUP or SIGTERM during start-up must not kill us with the default action.
+        self._install_signal_handlers()
         dsn = await self._database_dsn()
         # The recorder connects in the background: a database that is down at start delays the
         # rows, never the schedule. Each (re)connection applies the schema and syncs the jobs.
@@ -77,7 +79,9 @@ class Daemon:
             action_for=ActionCache(self._http),
             node=config.node,
         )
-        self._scheduler = Scheduler(clock=self._clock, dispatch=self._runner.submit)
+        self._scheduler = Scheduler(
+            clock=self._clock, dispatch=self._runner.submit, on_jump=self._on_clock_jump
+        )
         # Fires up to this instant that never ran are the catch-up's; the schedule starts after.
         self._resumed_at = datetime.fromtimestamp(self._clock.time(), UTC)
         self._scheduler.set_jobs(config.jobs, after=self._resumed_at)
@@ -85,7 +89,6 @@ class Daemon:
         for job in config.jobs:
             if job.run_on_start and job.enabled:
                 self._runner.submit(job, self._resumed_at)
-        self._install_signal_handlers()
         scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         self._notify.ready(self.status_line())
@@ -102,6 +105,21 @@ class Daemon:
             heartbeat.cancel()
             await self._shutdown(scheduler_task)
         return 0
+
+    def _on_clock_jump(self, job: JobSpec, first_skipped: datetime, now: datetime) -> None:
+        task = recovery.catch_up_job(
+            job,
+            last=first_skipped - timedelta(microseconds=1),
+            until=now,
+            now=now,
+            runner=self._runner,
+            recorder=self._recorder,
+            node=self.config.node,
+            why="the wall clock jumped forward",
+        )
+        if task is not None:
+            self._background = [t for t in self._background if not t.done()]
+            self._background.append(task)
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (and `systemctl status`)."""
@@ -246,13 +264,28 @@ class Daemon:
         self._limiter.resize(new.max_concurrency)
         # Unchanged jobs keep their spec object, so their scheduled entries and actions stay valid.
         jobs = tuple(new_jobs[n] if n in added | changed else old_jobs[n] for n in new_jobs)
-        self.config = new.model_copy(update={"jobs": jobs})
+        self.config = new.model_copy(update={"jobs": jobs, **self._restart_only(new)})
         try:
             await self._sync_jobs()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning("jobs_sync_failed", error=str(exc))  # retried at the next connection
         log.info("reload_succeeded", added=len(added), removed=len(removed), changed=len(changed))
         return True
+
+    def _restart_only(self, new: Config) -> dict[str, object]:
+        """Settings a reload cannot change: keep the running values and say so."""
+        kept = {
+            key: getattr(self.config, key)
+            for key in RESTART_ONLY
+            if getattr(self.config, key) != getattr(new, key)
+        }
+        if kept:
+            log.warning("reload_needs_restart", settings=sorted(kept))
+        return kept
+
+
+# The database connection, its files and this node's identity are fixed for a process's life.
+RESTART_ONLY = ("database_url", "state_dir", "node")
 
 
 def run_daemon(config_path: Path) -> int:

@@ -62,25 +62,49 @@ def catch_up(
         last = last_scheduled.get(job.name)
         if last is None or not job.enabled:
             continue
-        plan = plan_catch_up(job, build_trigger(job), last=last, until=resumed_at, now=now)
-        if not plan.run and not plan.missed_total:
-            continue
-        _record_missed(job, plan, recorder, node, now)
-        log.info(
-            "catch_up",
-            job=job.name,
-            policy=job.catch_up,
-            run=len(plan.run),
-            missed=plan.missed_total,
-            counted_all=plan.counted_all,
+        task = catch_up_job(
+            job,
+            last=last,
+            until=resumed_at,
+            now=now,
+            runner=runner,
+            recorder=recorder,
+            node=node,
+            why="the daemon was not running",
         )
-        if plan.run:
-            tasks.append(
-                asyncio.create_task(
-                    _run_in_order(job, plan.run, runner), name=f"catchup:{job.name}"
-                )
-            )
+        if task is not None:
+            tasks.append(task)
     return tasks
+
+
+def catch_up_job(
+    job: JobSpec,
+    *,
+    last: datetime,
+    until: datetime,
+    now: datetime,
+    runner: Runner,
+    recorder: RecordSink,
+    node: str,
+    why: str,
+) -> asyncio.Task[None] | None:
+    """Apply ``job``'s catch-up policy to its fires in (last, until]."""
+    plan = plan_catch_up(job, build_trigger(job), last=last, until=until, now=now)
+    if not plan.run and not plan.missed_total:
+        return None
+    _record_missed(job, plan, recorder, node, now, why)
+    log.info(
+        "catch_up",
+        job=job.name,
+        policy=job.catch_up,
+        run=len(plan.run),
+        missed=plan.missed_total,
+        counted_all=plan.counted_all,
+        why=why,
+    )
+    if not plan.run:
+        return None
+    return asyncio.create_task(_run_in_order(job, plan.run, runner), name=f"catchup:{job.name}")
 
 
 async def _run_in_order(job: JobSpec, instants: list[datetime], runner: Runner) -> None:
@@ -92,9 +116,9 @@ async def _run_in_order(job: JobSpec, instants: list[datetime], runner: Runner) 
 
 
 def _record_missed(
-    job: JobSpec, plan: CatchUpPlan, recorder: RecordSink, node: str, now: datetime
+    job: JobSpec, plan: CatchUpPlan, recorder: RecordSink, node: str, now: datetime, why: str
 ) -> None:
-    reason = f"missed: the daemon was not running (catch_up: {job.catch_up})"
+    reason = f"missed: {why} (catch_up: {job.catch_up})"
     unrecorded = plan.missed_total - len(plan.missed)
     for i, at in enumerate(plan.missed):
         error = reason

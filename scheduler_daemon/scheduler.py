@@ -24,9 +24,13 @@ from scheduler_daemon.triggers import Trigger, build_trigger
 log = structlog.get_logger("scheduler_daemon.scheduler")
 
 Dispatch = Callable[[JobSpec, datetime], object]
+# (job, its first fire skipped by a forward clock step, now): the catch-up policy decides.
+OnJump = Callable[[JobSpec, datetime, datetime], object]
 
 # A wall-clock step (NTP, manual) must be noticed quickly, so no sleep is longer than this.
 MAX_SLEEP = 1.0
+# Wall time moving this much more (or less) than monotonic time between two turns is a step.
+JUMP_THRESHOLD = 1.0
 
 
 @dataclass(slots=True)
@@ -38,9 +42,17 @@ class _Scheduled:
 
 
 class Scheduler:
-    def __init__(self, *, clock: Clock, dispatch: Dispatch, max_sleep: float = MAX_SLEEP) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        dispatch: Dispatch,
+        on_jump: OnJump | None = None,
+        max_sleep: float = MAX_SLEEP,
+    ) -> None:
         self._clock = clock
         self._dispatch = dispatch
+        self._on_jump = on_jump
         self._max_sleep = max_sleep
         # (due timestamp, tie-breaker, job name, generation); tuples compare on the first two only.
         self._heap: list[tuple[float, int, str, int]] = []
@@ -104,14 +116,44 @@ class Scheduler:
 
     async def run(self) -> None:
         log.info("scheduler_started", jobs=len(self._jobs))
+        last_wall, last_mono = self._clock.time(), self._clock.monotonic()
         while not self._stopped:
             self._wake.clear()
-            for job, fire_at in self.pop_due(self._clock.time()):
+            wall, mono = self._clock.time(), self._clock.monotonic()
+            self._check_clock_step((wall - last_wall) - (mono - last_mono), wall)
+            last_wall, last_mono = wall, mono
+            for job, fire_at in self.pop_due(wall):
                 self._dispatch(job, fire_at)
             if self._stopped:
                 break
             await self._sleep(self._delay())
         log.info("scheduler_stopped")
+
+    def _check_clock_step(self, step: float, now: float) -> None:
+        """React to the wall clock stepping (NTP, manual change, resume from suspend)."""
+        if step < -JUMP_THRESHOLD:
+            # Entries keep their instants: nothing already fired fires again; jobs resume when
+            # the clock reaches their next instant.
+            log.warning("clock_jump", direction="backward", seconds=round(-step, 3))
+        elif step > JUMP_THRESHOLD:
+            log.warning("clock_jump", direction="forward", seconds=round(step, 3))
+            if self._on_jump is not None:
+                self._skip_to(datetime.fromtimestamp(now, UTC))
+
+    def _skip_to(self, now: datetime) -> None:
+        """Reschedule every overdue job from ``now``; its skipped fires go to the catch-up policy.
+
+        O(jobs), but only on a clock step: without it a per-second job would fire once for every
+        second the clock skipped.
+        """
+        assert self._on_jump is not None
+        for entry in self._jobs.values():
+            first = entry.next_at
+            if first is None or first > now:
+                continue
+            entry.generation = next(self._generations)  # its heap entry becomes stale
+            self._push(entry, entry.trigger.next_after(now))
+            self._on_jump(entry.job, first, now)
 
     def _delay(self) -> float:
         delay = self._max_sleep

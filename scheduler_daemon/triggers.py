@@ -6,6 +6,7 @@ an aware UTC datetime, or None when there is none. Nothing here reads the clock.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Protocol
 from zoneinfo import ZoneInfo
@@ -28,8 +29,8 @@ ALIASES = {
 REBOOT = "@reboot"  # no recurring schedule: the job fires once at every start
 _MICRO = timedelta(microseconds=1)
 _CHUNK = timedelta(days=7)  # no zone has two offset changes within a week
-_FOLD_LOOKBACK = timedelta(hours=3)  # longer than any DST shift
-_MAX_SEGMENTS = 64
+# croniter looks up to 50 years ahead; zones change offset at most ~4 times a year (Morocco).
+_MAX_SEGMENTS = 256
 
 
 class Trigger(Protocol):
@@ -82,8 +83,10 @@ class IntervalTrigger:
     __slots__ = ("_every", "_offset")
 
     def __init__(self, every: float, offset: float = 0.0) -> None:
-        if every <= 0:
-            raise ValueError(f"every must be > 0, got {every}")
+        if not every >= 1e-6:  # also rejects NaN
+            raise ValueError(f"every must be at least 1 microsecond, got {every}")
+        if not math.isfinite(every) or not math.isfinite(offset):
+            raise ValueError(f"every and offset must be finite, got {every} and {offset}")
         # Integer microseconds: 0.1 s steps never drift the way float sums do.
         self._every = round(every * 1_000_000)
         self._offset = round(offset * 1_000_000) % self._every
@@ -161,35 +164,35 @@ class CronTrigger:
         return f"cron {self._expr!r} ({self._zone})"
 
     def next_after(self, t: datetime) -> datetime | None:
+        if t.tzinfo is None:  # a naive t would silently be read in the host's zone
+            raise ValueError("next_after needs an aware datetime")
         cur = t.astimezone(UTC)
-        inclusive = False
-        skip_until = None if self._wildcard else self._repeat_end(cur)
+        local = cur.astimezone(self._tz)
+        off = _utcoffset(local)
+        after = local.replace(tzinfo=None)  # matches must be strictly after this wall time
+        skip = None  # matches must also be strictly after this wall time (fixed jobs, folds)
+        if local.fold and not self._wildcard:
+            skip = self._first_pass_end(cur, local)
+        # Walk segments of constant offset; each DST change may end the walk or start a new one.
         for _ in range(_MAX_SEGMENTS):
-            off = _offset(self._tz, cur)
-            naive = (cur + off).replace(tzinfo=None)
-            start = naive - _MICRO if inclusive else naive
-            if skip_until is not None and start < skip_until - _MICRO:
-                start = skip_until - _MICRO
-            match = self._match_after(start)
+            match = self._match_after(after if skip is None else max(after, skip))
             if match is None:
                 return None
             candidate = (match - off).replace(tzinfo=UTC)
             change = _next_transition(self._tz, cur, candidate, off)
             if change is None:
-                return candidate
+                return candidate  # the fast path: no offset change before the match
             new_off = _offset(self._tz, change)
-            if (
-                new_off > off
-                and not self._wildcard
-                and match < (change + new_off).replace(tzinfo=None)
-            ):
+            if new_off > off and not self._wildcard and match < _wall(change, new_off):
                 return change  # matches in the skipped hour fire once, as the clocks jump
             if new_off < off and not self._wildcard:
-                skip_until = (change + off).replace(tzinfo=None)  # end of the repeated range
-            cur, inclusive = change, True
+                skip = _wall(change, off) - _MICRO  # the repeated range ran in the first pass
+            # The new segment starts at the change: its first wall time may itself match.
+            cur, off, after = change, new_off, _wall(change, new_off) - _MICRO
         return None
 
     def _match_after(self, naive: datetime) -> datetime | None:
+        """The first wall time strictly after ``naive`` (floored to the second) that matches."""
         self._iter.set_current(naive, force=True)
         try:
             match: datetime = self._iter.get_next(datetime)
@@ -197,23 +200,30 @@ class CronTrigger:
             return None
         return match
 
-    def _repeat_end(self, cur: datetime) -> datetime | None:
-        """If ``cur`` is in the second pass of a repeated hour, the naive time that pass ends."""
-        earlier = cur - _FOLD_LOOKBACK
-        before = _offset(self._tz, earlier)
-        if before <= _offset(self._tz, cur):
-            return None
-        change = _next_transition(self._tz, earlier, cur, before)
-        if change is None:
-            return None
-        end = (change + before).replace(tzinfo=None)
-        return end if (cur + _offset(self._tz, cur)).replace(tzinfo=None) < end else None
+    def _first_pass_end(self, cur: datetime, local: datetime) -> datetime | None:
+        """``cur`` is in the second pass of a repeated hour: the last wall time of that range.
+
+        A fixed-time job fired in the first pass, so nothing before the range's end may match.
+        """
+        first_off = _utcoffset(local.replace(fold=0))
+        first_pass = cur - (first_off - _utcoffset(local))  # same wall time, first pass
+        change = _next_transition(self._tz, first_pass, cur, first_off)
+        return None if change is None else _wall(change, first_off) - _MICRO
+
+
+def _wall(instant: datetime, off: timedelta) -> datetime:
+    """The naive wall-clock time of a UTC ``instant`` at offset ``off``."""
+    return (instant + off).replace(tzinfo=None)
+
+
+def _utcoffset(local: datetime) -> timedelta:
+    off = local.utcoffset()
+    assert off is not None  # local always carries a ZoneInfo here
+    return off
 
 
 def _offset(tz: tzinfo, instant: datetime) -> timedelta:
-    off = instant.astimezone(tz).utcoffset()
-    assert off is not None
-    return off
+    return _utcoffset(instant.astimezone(tz))
 
 
 def _next_transition(

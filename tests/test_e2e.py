@@ -7,6 +7,7 @@ clock elsewhere; here we check the whole wiring, the signals and what lands in t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -279,3 +280,42 @@ async def test_sighup_reload_applies_a_valid_file_and_keeps_the_old_on_a_broken_
     assert counts["keep"]["n"] >= 4  # kept firing through both reloads
     assert counts["added"]["n"] >= 2  # the broken file did not stop the running schedule
     assert counts["drop"]["last"] < counts["added"]["last"]
+
+
+async def test_a_burst_of_sighups_ends_in_the_last_file_with_no_gap(
+    tmp_path: Path, database_url: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    base = f'database: {{url: "{database_url}"}}\nstate_dir: ./state\nshutdown_grace: 1s\njobs:\n'
+    keep = '  keep: {every: 1s, command: ["true"]}\n'
+    config.write_text(base + keep)
+    daemon = await start_daemon(config)
+    await daemon.wait_for("database_connected")
+    await asyncio.sleep(1)
+    for i in range(50):
+        config.write_text(base + keep + f'  v{i}: {{every: 1h, command: ["true"]}}\n')
+        daemon.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.01)
+    config.write_text(base + keep + '  final: {every: 1s, command: ["true"]}\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    await asyncio.sleep(2.5)
+    assert await daemon.stop() == 0
+    assert sum(e["event"] == "reload_succeeded" for e in daemon.events) >= 1
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        jobs = {r["name"] for r in await conn.fetch("SELECT name FROM jobs")}
+        keep_fires = [
+            r["scheduled_at"]
+            for r in await conn.fetch(
+                "SELECT scheduled_at FROM executions WHERE job_name = 'keep' ORDER BY 1"
+            )
+        ]
+        final = await conn.fetchval("SELECT count(*) FROM executions WHERE job_name = 'final'")
+    finally:
+        await conn.close()
+    assert jobs == {"keep", "final"}  # the state of the last file
+    assert final >= 1
+    # the unchanged job kept its schedule through 51 reloads: one fire per second, no gap
+    assert len(keep_fires) >= 4
+    assert all((b - a).total_seconds() == 1 for a, b in itertools.pairwise(keep_fires))

@@ -129,3 +129,49 @@ def test_heap_work_is_per_fire_not_per_job() -> None:
     )
     assert len(scheduler.pop_due(T0 + 100)) >= expected > 0
     assert len(scheduler._heap) == 1000  # one live entry per job: popping pushes exactly one
+
+
+class JumpHarness(Harness):
+    def __init__(self) -> None:
+        super().__init__()
+        self.jumps: list[tuple[str, float, float]] = []
+        self.scheduler = Scheduler(clock=self.clock, dispatch=self._dispatch, on_jump=self._jump)
+
+    def _jump(self, job: JobSpec, first: datetime, now: datetime) -> None:
+        self.jumps.append((job.name, ts(first), ts(now)))
+
+
+@pytest.fixture
+async def jh() -> AsyncIterator[JumpHarness]:
+    harness = JumpHarness()
+    task = asyncio.create_task(harness.scheduler.run())
+    yield harness
+    harness.scheduler.stop()
+    await harness.clock.advance(MAX_SLEEP)
+    await asyncio.wait_for(task, 1)
+
+
+async def test_a_forward_clock_step_goes_to_catch_up_not_a_fire_storm(jh: JumpHarness) -> None:
+    jh.scheduler.add(make_job("sec", every=1.0))
+    jh.scheduler.add(make_job("daily", every=86400.0))
+    await jh.clock.advance(3)
+    assert len(jh.fired) == 3
+    jh.clock.jump(3600)  # NTP steps the clock an hour ahead
+    await jh.clock.advance(MAX_SLEEP)
+    # the skipped hour is handed over once, from the first skipped instant; no burst of 3600 fires
+    assert jh.jumps == [("sec", T0 + 4, T0 + 3604)]  # noticed at the next wake-up
+    assert len(jh.fired) == 3
+    await jh.clock.advance(2)
+    assert [at - T0 for _, at, _ in jh.fired[3:]] == [3605, 3606]  # then on the grid again
+
+
+async def test_a_backward_clock_step_repeats_no_fire(jh: JumpHarness) -> None:
+    jh.scheduler.add(make_job("sec", every=1.0))
+    await jh.clock.advance(5)
+    made = [at for _, at, _ in jh.fired]
+    jh.clock.jump(-30)
+    await jh.clock.advance(40)
+    later = [at for _, at, _ in jh.fired[len(made) :]]
+    assert later and min(later) > max(made)  # instants already fired are not fired again
+    assert later == sorted(set(later))
+    assert jh.jumps == []

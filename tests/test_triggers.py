@@ -7,16 +7,21 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from croniter import croniter
 
 from scheduler_daemon.triggers import (
     CronTrigger,
     DateTrigger,
     IntervalTrigger,
+    StartOnlyTrigger,
     build_trigger,
     format_seconds,
     validate_cron,
 )
 from tests.fakes import make_job
+
+
+_MICRO = timedelta(microseconds=1)
 
 
 def utc(text: str) -> datetime:
@@ -349,3 +354,399 @@ def test_format_seconds() -> None:
         "1h30m",
         "1d",
     ]
+
+
+# -- DST: every fire against a brute-force oracle -------------------------------------------------
+#
+# The oracle walks every real minute around a transition and applies the rule literally: a
+# wildcard job fires at each real instant whose wall time matches; a fixed-time job fires at each
+# such instant in the first pass only, plus once at the jump when the skipped wall times held a
+# match. It shares no code with the trigger (no croniter): the cron fields are given as sets.
+
+TRANSITIONS = [
+    # zone, an instant the offset changes (UTC); spring forward first, then fall back
+    ("America/New_York", "2026-03-08T07:00:00+00:00"),
+    ("America/New_York", "2026-11-01T06:00:00+00:00"),
+    ("Europe/London", "2026-03-29T01:00:00+00:00"),
+    ("Europe/London", "2026-10-25T01:00:00+00:00"),
+    ("Europe/Berlin", "2026-03-29T01:00:00+00:00"),
+    ("Europe/Berlin", "2026-10-25T01:00:00+00:00"),
+    ("Australia/Sydney", "2026-10-03T16:00:00+00:00"),
+    ("Australia/Sydney", "2026-04-04T16:00:00+00:00"),
+    ("Australia/Lord_Howe", "2026-10-03T15:30:00+00:00"),
+    ("Australia/Lord_Howe", "2026-04-04T15:00:00+00:00"),
+    ("America/Sao_Paulo", "2018-11-04T03:00:00+00:00"),
+    ("America/Sao_Paulo", "2018-02-18T02:00:00+00:00"),
+]
+
+ALL = frozenset(range(60))
+HOURS = frozenset(range(24))
+ORACLE_JOBS = [
+    # expr, minutes, hours, wildcard (Vixie: minute or hour field starts with "*")
+    ("10 2 * * *", {10}, {2}, False),
+    ("30 1 * * *", {30}, {1}, False),
+    ("0,30 0-3 * * *", {0, 30}, {0, 1, 2, 3}, False),  # fixed, several matches near the change
+    ("45 23 * * *", {45}, {23}, False),
+    ("@daily", {0}, {0}, False),  # Sao Paulo 2018: midnight itself is skipped
+    ("59 0,1 * * *", {59}, {0, 1}, False),  # the minute before each change
+    ("0 * * * *", {0}, HOURS, True),
+    ("*/15 * * * *", set(range(0, 60, 15)), HOURS, True),
+    ("20 */2 * * *", {20}, set(range(0, 24, 2)), True),
+    ("*/20 2 * * *", {0, 20, 40}, {2}, True),  # a wildcard minute makes the job wildcard
+    ("* 1 * * *", ALL, {1}, True),
+]
+
+
+def oracle(
+    zone: str, start: datetime, end: datetime, minutes: set[int], hours: set[int], wildcard: bool
+) -> list[datetime]:
+    tz = ZoneInfo(zone)
+    out: set[datetime] = set()
+    u = start
+    prev_off = u.astimezone(tz).utcoffset()
+    while u < end:
+        local = u.astimezone(tz)
+        off = local.utcoffset()
+        assert off is not None and prev_off is not None
+        if off > prev_off and not wildcard and _gap_matches(u, prev_off, off, minutes, hours):
+            out.add(u)  # the clocks jumped over a match: fire once, now
+        if local.minute in minutes and local.hour in hours and (wildcard or not local.fold):
+            out.add(u)
+        prev_off = off
+        u += timedelta(minutes=1)
+    return sorted(out)
+
+
+def _gap_matches(
+    change: datetime, old: timedelta, new: timedelta, minutes: set[int], hours: set[int]
+) -> bool:
+    wall = (change + old).replace(tzinfo=None)
+    skipped = [wall + timedelta(minutes=i) for i in range((new - old) // timedelta(minutes=1))]
+    return any(w.minute in minutes and w.hour in hours for w in skipped)
+
+
+@pytest.mark.parametrize(("zone", "change"), TRANSITIONS)
+@pytest.mark.parametrize(("expr", "minutes", "hours", "wildcard"), ORACLE_JOBS)
+def test_every_fire_around_a_transition_matches_the_oracle(
+    zone: str, change: str, expr: str, minutes: set[int], hours: set[int], wildcard: bool
+) -> None:
+    trigger = CronTrigger(expr, zone)
+    assert trigger.wildcard is wildcard
+    start, end = utc(change) - timedelta(hours=30), utc(change) + timedelta(hours=30)
+    expected = oracle(zone, start, end, minutes, hours, wildcard)
+    # Iterated from the window's start: the whole sequence, strictly increasing.
+    got: list[datetime] = []
+    t: datetime | None = start - _MICRO
+    while (t := trigger.next_after(t)) is not None and t < end:
+        got.append(t)
+    assert got == expected
+    # Asked from anywhere (inside a fold's second pass, at the change itself, mid-second): the
+    # first expected fire strictly after that instant.
+    probes = [
+        utc(change) + timedelta(minutes=m, seconds=s) for m in range(-130, 130, 7) for s in (0, 30)
+    ]
+    for probe in [*probes, utc(change), utc(change) - _MICRO, utc(change) + _MICRO]:
+        want = next((e for e in expected if e > probe), None)
+        if want is not None:
+            assert trigger.next_after(probe) == want, probe
+
+
+# -- more every / at ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("every", "offset", "after", "expected"),
+    [
+        # a week on the epoch grid: 1970-01-01 was a Thursday, so every grid point is one
+        (604800, 0, "2026-11-24T12:00:00+00:00", "2026-11-26T00:00:00+00:00"),
+        (86400, 3600, "2026-11-24T12:00:00+00:00", "2026-11-25T01:00:00+00:00"),  # daily, 01:00
+        (10, 12, "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:02+00:00"),  # offset mod every
+        (10, -1, "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:09+00:00"),  # negative offset
+        (0.25, 0.1, "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00.100000+00:00"),
+        (1e-6, 0, "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00.000001+00:00"),  # finest
+        (10, 0, "2026-01-01T00:00:10+00:00", "2026-01-01T00:00:20+00:00"),  # strictly after
+        (10, 0, "2026-01-01T01:00:05+01:00", "2026-01-01T00:00:10+00:00"),  # any aware t
+    ],
+)
+def test_every_next_after(every: float, offset: float, after: str, expected: str) -> None:
+    got = IntervalTrigger(every, offset).next_after(datetime.fromisoformat(after))
+    assert got is not None
+    assert got.tzinfo is UTC
+    assert got.isoformat() == expected
+
+
+def test_every_half_second_is_exact_for_a_day() -> None:
+    trigger = IntervalTrigger(0.5)
+    t = utc("2026-01-01T00:00:00+00:00")
+    for _ in range(2 * 86400):
+        t = trigger.next_after(t) or t
+    assert t == utc("2026-01-02T00:00:00+00:00")
+
+
+@pytest.mark.parametrize("every", [0, -1, 1e-7, float("nan"), float("inf")])
+def test_every_rejects_impossible_periods(every: float) -> None:
+    with pytest.raises(ValueError, match="every"):
+        IntervalTrigger(every)
+
+
+@pytest.mark.parametrize(
+    ("every", "offset", "text"),
+    [
+        (10, 0, "every 10s"),
+        (300, 0, "every 5m"),
+        (0.5, 0, "every 500ms"),
+        (60, 5, "every 1m (offset 5s)"),
+    ],
+)
+def test_every_describe(every: float, offset: float, text: str) -> None:
+    assert IntervalTrigger(every, offset).describe() == text
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        ("2026-12-01T01:59:59.999999+00:00", "2026-12-01T02:00:00+00:00"),
+        ("2026-12-01T02:00:00+00:00", None),  # fires strictly after t only
+        ("2026-12-01T03:00:00+01:00", None),  # the same instant, seen from another zone
+        ("2027-01-01T00:00:00+00:00", None),
+    ],
+)
+def test_at_next_after(after: str, expected: str | None) -> None:
+    trigger = DateTrigger(datetime.fromisoformat("2026-12-01T03:00:00+01:00"))
+    got = trigger.next_after(datetime.fromisoformat(after))
+    assert (got.isoformat() if got else None) == expected
+    assert trigger.describe() == "once at 2026-12-01T02:00:00+00:00"
+
+
+def test_at_needs_an_aware_datetime() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        DateTrigger(datetime(2026, 12, 1))
+
+
+# -- more cron ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expr", "after", "expected"),
+    [
+        ("@annually", "2026-06-01T00:00:00", "2027-01-01T00:00:00"),
+        ("@midnight", "2026-06-01T00:00:00", "2026-06-02T00:00:00"),
+        ("@Daily", "2026-06-01T23:59:59.999999", "2026-06-02T00:00:00"),
+        ("* * * * *", "2026-06-01T12:00:59.999999", "2026-06-01T12:01:00"),  # sub-second t
+        ("* * * * *", "2026-06-01T12:00:00.000001", "2026-06-01T12:01:00"),
+        ("0 0 * * * *", "2026-06-01T12:00:00", "2026-06-01T13:00:00"),  # 6 fields: hourly
+        ("30 * * * * *", "2026-06-01T12:00:30", "2026-06-01T12:01:30"),  # second 30 of each minute
+        ("0 0 L * *", "2026-02-10T00:00:00", "2026-02-28T00:00:00"),  # last day of the month
+        ("0 0 1,15 * *", "2026-02-01T00:00:00", "2026-02-15T00:00:00"),
+        ("0 0 * * 5#3", "2026-11-01T00:00:00", "2026-11-20T00:00:00"),  # third Friday
+        ("0 12 * * SUN", "2026-11-24T00:00:00", "2026-11-29T12:00:00"),
+        ("0 0 1 * 1", "2026-11-24T00:00:00", "2026-11-30T00:00:00"),  # Vixie: DOM or DOW
+        ("59 23 31 12 *", "2026-12-31T23:59:00", "2027-12-31T23:59:00"),
+        ("0 0 29 2 *", "2096-03-01T00:00:00", "2104-02-29T00:00:00"),  # 2100 is no leap year
+    ],
+)
+def test_cron_next_after_in_utc(expr: str, after: str, expected: str) -> None:
+    got = CronTrigger(expr, "UTC").next_after(utc(after + "+00:00"))
+    assert got is not None
+    assert got.tzinfo is UTC
+    assert got == utc(expected + "+00:00")
+
+
+def test_cron_answers_in_utc_whatever_zone_t_is_in() -> None:
+    trigger = CronTrigger("0 9 * * *", "Europe/Berlin")
+    got = trigger.next_after(datetime.fromisoformat("2026-06-01T10:00:00+09:00"))  # 01:00 UTC
+    assert got == utc("2026-06-01T07:00:00+00:00")
+    assert got is not None and got.tzinfo is UTC
+
+
+def test_cron_rejects_a_naive_instant() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        CronTrigger("* * * * *", "UTC").next_after(datetime(2026, 1, 1))
+
+
+def test_leap_day_in_a_dst_zone_across_many_transitions() -> None:
+    got = fires(CronTrigger("0 2 29 2 *", "America/New_York"), "2096-03-01T00:00:00+00:00", 2)
+    assert got == ["2104-02-29T07:00:00+00:00", "2108-02-29T07:00:00+00:00"]
+
+
+@pytest.mark.parametrize(
+    ("expr", "wildcard"),
+    [
+        ("0 * * * *", True),
+        ("@hourly", True),
+        ("*/5 9-17 * * *", True),
+        ("0 */2 * * *", True),
+        ("30 2 * * *", False),
+        ("@daily", False),
+        ("0-59/5 9 * * *", False),  # Vixie looks at the first character only
+        ("0 30 2 * * *", False),  # 6 fields: minute and hour are fields 2 and 3
+        ("* 30 2 * * *", False),  # a wildcard second does not count
+        ("0 * 2 * * *", True),
+        ("0 0 * * * *", True),
+    ],
+)
+def test_wildcard_or_fixed_time(expr: str, wildcard: bool) -> None:
+    assert CronTrigger(expr, "UTC").wildcard is wildcard
+
+
+def test_fixed_per_second_job_in_a_gap_fires_once_and_in_a_fold_only_in_the_first_pass() -> None:
+    zone = "America/New_York"
+    gap = local_fires(
+        "* 30 2 * * *", zone, "2026-03-08T06:00:00+00:00", "2026-03-08T08:00:00+00:00"
+    )
+    assert gap == ["2026-03-08T03:00:00-04:00"]
+    fold = local_fires(
+        "* 30 1 * * *", zone, "2026-11-01T04:00:00+00:00", "2026-11-01T08:00:00+00:00"
+    )
+    assert len(fold) == 60
+    assert fold[0] == "2026-11-01T01:30:00-04:00"
+    assert fold[-1] == "2026-11-01T01:30:59-04:00"
+
+
+def test_a_job_at_the_jump_and_in_the_gap_fires_once_at_the_jump() -> None:
+    # 02:00 (skipped) and 03:00 (real) both land on 07:00 UTC: one fire, not two.
+    got = local_fires(
+        "0 2,3 * * *", "America/New_York", "2026-03-08T05:00:00+00:00", "2026-03-09T05:00:00+00:00"
+    )
+    assert got == ["2026-03-08T03:00:00-04:00"]
+
+
+@pytest.mark.parametrize(
+    ("expr", "zone", "after", "expected"),
+    [
+        # Europe/London: the 1am jump; a job just before and just after it
+        ("59 0 * * *", "Europe/London", "2026-03-28T12:00:00+00:00", "2026-03-29T00:59:00+00:00"),
+        ("0 2 * * *", "Europe/London", "2026-03-28T12:00:00+00:00", "2026-03-29T01:00:00+00:00"),
+        ("30 1 * * *", "Europe/London", "2026-03-28T12:00:00+00:00", "2026-03-29T01:00:00+00:00"),
+        ("59 0 * * *", "Europe/London", "2026-10-24T12:00:00+00:00", "2026-10-24T23:59:00+00:00"),
+        ("0 2 * * *", "Europe/London", "2026-10-24T12:00:00+00:00", "2026-10-25T02:00:00+00:00"),
+        # Australia/Sydney: spring forward in October, fall back in April
+        (
+            "30 2 * * *",
+            "Australia/Sydney",
+            "2026-10-03T00:00:00+00:00",
+            "2026-10-03T16:00:00+00:00",
+        ),
+        (
+            "30 2 * * *",
+            "Australia/Sydney",
+            "2026-04-04T00:00:00+00:00",
+            "2026-04-04T15:30:00+00:00",
+        ),
+        (
+            "30 2 * * *",
+            "Australia/Sydney",
+            "2026-04-04T15:31:00+00:00",
+            "2026-04-05T15:30:00+00:00",
+        ),
+        # Australia/Lord_Howe: a 30-minute shift
+        (
+            "15 2 * * *",
+            "Australia/Lord_Howe",
+            "2026-10-03T00:00:00+00:00",
+            "2026-10-03T15:30:00+00:00",
+        ),
+        (
+            "30 2 * * *",
+            "Australia/Lord_Howe",
+            "2026-10-03T00:00:00+00:00",
+            "2026-10-03T15:30:00+00:00",
+        ),
+        (
+            "45 1 * * *",
+            "Australia/Lord_Howe",
+            "2026-04-04T00:00:00+00:00",
+            "2026-04-04T14:45:00+00:00",
+        ),
+        # America/Sao_Paulo 2018: the jump at midnight; a daily job runs at 01:00 that day
+        ("@daily", "America/Sao_Paulo", "2018-11-03T12:00:00+00:00", "2018-11-04T03:00:00+00:00"),
+        ("@daily", "America/Sao_Paulo", "2018-11-04T03:00:00+00:00", "2018-11-05T02:00:00+00:00"),
+        (
+            "0 23 * * *",
+            "America/Sao_Paulo",
+            "2018-02-17T12:00:00+00:00",
+            "2018-02-18T01:00:00+00:00",
+        ),
+        (
+            "0 23 * * *",
+            "America/Sao_Paulo",
+            "2018-02-18T01:00:00+00:00",
+            "2018-02-19T02:00:00+00:00",
+        ),
+    ],
+)
+def test_dst_edges_by_zone(expr: str, zone: str, after: str, expected: str) -> None:
+    assert CronTrigger(expr, zone).next_after(utc(after)) == utc(expected)
+
+
+# -- work done per call (a sanity bound, not a timing assertion) -----------------------------------
+
+
+class _CountingCroniter:
+    """Counts croniter searches: the expensive part of a fire-time computation."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = croniter.get_next
+
+        def counted(it: croniter, *args: object, **kwargs: object) -> object:
+            self.calls += 1
+            return real(it, *args, **kwargs)
+
+        monkeypatch.setattr(croniter, "get_next", counted)
+
+
+def test_the_fast_path_is_one_croniter_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = _CountingCroniter(monkeypatch)
+    trigger = CronTrigger("*/5 * * * * *", "Europe/Berlin")
+    t: datetime | None = utc("2026-06-01T00:00:00+00:00")
+    for _ in range(1000):
+        t = trigger.next_after(t) if t else None
+    assert t == utc("2026-06-01T01:23:20+00:00")
+    assert counter.calls == 1000
+
+
+@pytest.mark.parametrize("expr", ["* * * * * *", "* 1 * * * *", "* 30 1 * * *"])
+def test_per_second_jobs_cross_a_fold_without_scanning(
+    monkeypatch: pytest.MonkeyPatch, expr: str
+) -> None:
+    counter = _CountingCroniter(monkeypatch)
+    trigger = CronTrigger(expr, "America/New_York")
+    t: datetime | None = utc("2026-11-01T04:00:00+00:00")  # 00:00 EDT
+    seen = 0
+    while t is not None and t < utc("2026-11-01T08:00:00+00:00"):
+        nxt = trigger.next_after(t)
+        assert nxt is None or nxt > t
+        t, seen = nxt, seen + 1
+    # a handful of extra searches at the change, never one per skipped match
+    assert counter.calls <= seen + 10
+    if expr.startswith("* 30"):
+        assert seen == 60 + 1  # the first pass's minute, then the next day's first fire
+
+
+def test_a_year_of_hourly_fires_across_both_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = _CountingCroniter(monkeypatch)
+    trigger = CronTrigger("@hourly", "Australia/Lord_Howe")
+    t: datetime | None = utc("2026-01-01T00:00:00+00:00")
+    count = 0
+    while t is not None and t < utc("2027-01-01T00:00:00+00:00"):
+        t, count = trigger.next_after(t), count + 1
+    # every wall-clock hour that exists: 8760, minus none (the 30-minute gap holds no :00),
+    # plus none (the repeated 01:30-02:00 holds no :00)
+    assert count - 1 == 8760
+    assert counter.calls <= count + 10
+
+
+# -- build --------------------------------------------------------------------------------------
+
+
+def test_build_trigger_for_each_schedule() -> None:
+    at = utc("2026-12-01T02:00:00+00:00")
+    assert build_trigger(make_job(at=at)).describe() == "once at 2026-12-01T02:00:00+00:00"
+    assert build_trigger(make_job(every=10.0, offset=2.0)).describe() == "every 10s (offset 2s)"
+    reboot = build_trigger(make_job(cron="@reboot"))
+    assert isinstance(reboot, StartOnlyTrigger)
+    assert reboot.next_after(at) is None
+    cron = build_trigger(make_job(cron="0 0 9 * * MON-FRI", timezone="America/Sao_Paulo"))
+    assert cron.describe() == "cron '0 0 9 * * MON-FRI' (America/Sao_Paulo)"
+    assert cron.next_after(utc("2026-11-27T00:00:00+00:00")) == utc("2026-11-27T12:00:00+00:00")
