@@ -58,7 +58,7 @@ class Daemon:
 
     async def run(self) -> int:
         config = self.config
-        # First of all: a SIGHUP or SIGTERM during start-up must not kill us with the default action.
+        # First: a SIGHUP or SIGTERM during start-up must not kill us with the default action.
         self._install_signal_handlers()
         dsn = await self._database_dsn()
         # The recorder connects in the background: a database that is down at start delays the

@@ -20,7 +20,6 @@ from scheduler_daemon.triggers import (
 )
 from tests.fakes import make_job
 
-
 _MICRO = timedelta(microseconds=1)
 
 
