@@ -319,3 +319,33 @@ async def test_a_burst_of_sighups_ends_in_the_last_file_with_no_gap(
     # the unchanged job kept its schedule through 51 reloads: one fire per second, no gap
     assert len(keep_fires) >= 4
     assert all((b - a).total_seconds() == 1 for a, b in itertools.pairwise(keep_fires))
+
+
+async def test_sigterm_lets_attempts_finish_within_the_grace_and_cancels_the_rest(
+    tmp_path: Path, database_url: str
+) -> None:
+    marker = f"e2e-grace-{os.getpid()}"
+    config = tmp_path / "config.yaml"
+    config.write_text(textwrap.dedent(f"""
+        database: {{url: "{database_url}"}}
+        shutdown_grace: 2s
+        jobs:
+          inside: {{every: 1h, run_on_start: true, shell: "sleep 1; echo done"}}
+          outside: {{every: 1h, run_on_start: true, shell: "sleep 300 # {marker}"}}
+    """))
+    daemon = await start_daemon(config)
+    await daemon.wait_for("database_connected")
+    await asyncio.sleep(0.3)
+    began = asyncio.get_running_loop().time()
+    assert await daemon.stop() == 0
+    took = asyncio.get_running_loop().time() - began
+    assert 1.5 <= took < 12, took  # waited for the grace, not for `sleep 300`
+    assert _processes_with(marker) == []
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = {r["job_name"]: r for r in await conn.fetch("SELECT * FROM executions")}
+    finally:
+        await conn.close()
+    assert rows["inside"]["status"] == "succeeded" and rows["inside"]["output"] == "done\n"
+    assert rows["outside"]["status"] == "cancelled"
+    assert "grace" in rows["outside"]["error"]
