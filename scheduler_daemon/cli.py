@@ -95,10 +95,16 @@ def _check(config: Config) -> int:
     for job in config.jobs:
         trigger = build_trigger(job)
         nxt = trigger.next_after(now) if job.enabled else None
-        when = _local(nxt, job).isoformat() if nxt else ("disabled" if not job.enabled else "never")
+        when = _local(nxt, job).isoformat() if nxt else _no_next(job)
         print(f"{job.name:<{width}}  {job.action.kind:<7}  {trigger.describe()}  next: {when}")
     print(f"{config.path}: OK, {len(config.jobs)} job(s)")
     return 0
+
+
+def _no_next(job: JobSpec) -> str:
+    if not job.enabled:
+        return "disabled"
+    return "at the next start" if job.run_on_start else "never"
 
 
 def _next(config: Config, *, count: int, after: str | None, names: Sequence[str]) -> int:

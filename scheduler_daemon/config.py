@@ -15,7 +15,7 @@ import re
 import shlex
 import socket
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -761,7 +761,3 @@ def _is_secret_header(name: str) -> bool:
     return name.lower() in ("authorization", "proxy-authorization", "cookie") or bool(
         _SECRET_HEADER.search(name)
     )
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

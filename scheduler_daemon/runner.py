@@ -219,13 +219,9 @@ class Runner:
         error: str | None,
     ) -> None:
         duration_ms = (self._clock.monotonic() - started_mono) * 1000.0
-        rec = ExecutionRecord(
-            fire_id=fire.fire_id,
-            job_name=fire.job.name,
-            scheduled_at=fire.scheduled_at,
-            attempt=fire.attempt,
-            trigger=fire.trigger,
-            status=status,
+        rec = self._row(
+            fire,
+            status,
             started_at=_dt(started),
             finished_at=_dt(started + duration_ms / 1000.0),
             drift_ms=(started - due) * 1000.0,
@@ -234,7 +230,6 @@ class Runner:
             exit_code=outcome.exit_code if outcome else None,
             error=error if error is not None else (outcome.error if outcome else None),
             output=outcome.output if outcome else None,
-            node=self._node,
         )
         self._recorder.record(rec)
         log.info(
@@ -250,37 +245,33 @@ class Runner:
 
     def _record_running(self, fire: Fire, started: float, due: float) -> None:
         self._recorder.record(
-            ExecutionRecord(
-                fire_id=fire.fire_id,
-                job_name=fire.job.name,
-                scheduled_at=fire.scheduled_at,
-                attempt=fire.attempt,
-                trigger=fire.trigger,
-                status=Status.RUNNING,
-                started_at=_dt(started),
-                finished_at=None,
-                drift_ms=(started - due) * 1000.0,
-                duration_ms=None,
-                node=self._node,
+            self._row(
+                fire, Status.RUNNING, started_at=_dt(started), drift_ms=(started - due) * 1000.0
             )
         )
 
     def _record_unstarted(self, fire: Fire, status: Status, reason: str) -> None:
         self._recorder.record(
-            ExecutionRecord(
-                fire_id=fire.fire_id,
-                job_name=fire.job.name,
-                scheduled_at=fire.scheduled_at,
-                attempt=fire.attempt,
-                trigger=fire.trigger,
-                status=status,
-                started_at=None,
-                finished_at=_dt(self._clock.time()),
-                drift_ms=None,
-                duration_ms=None,
-                error=reason,
-                node=self._node,
-            )
+            self._row(fire, status, finished_at=_dt(self._clock.time()), error=reason)
+        )
+
+    def _row(self, fire: Fire, status: Status, **fields: Any) -> ExecutionRecord:
+        """The row of ``fire``'s current attempt; unset timing fields stay null."""
+        timing: dict[str, Any] = {
+            "started_at": None,
+            "finished_at": None,
+            "drift_ms": None,
+            "duration_ms": None,
+        }
+        return ExecutionRecord(
+            fire_id=fire.fire_id,
+            job_name=fire.job.name,
+            scheduled_at=fire.scheduled_at,
+            attempt=fire.attempt,
+            trigger=fire.trigger,
+            status=status,
+            node=self._node,
+            **{**timing, **fields},
         )
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -322,6 +322,13 @@ def test_build_trigger_picks_the_schedule() -> None:
         "@HOURLY",
         "0 0 29 2 *",
         "5,10 1-3 * JAN,JUL *",
+        "*/30 * * * * *",
+        "0 0 L * *",
+        "0 0 * * 5#3",
+        "0 0 * * 7",  # Sunday, as in Vixie cron
+        "@annually",
+        "@midnight",
+        "@reboot",
     ],
 )
 def test_validate_cron_accepts(expr: str) -> None:
@@ -338,6 +345,13 @@ def test_validate_cron_accepts(expr: str) -> None:
         ("* 25 * * *", "invalid"),
         ("0 0 32 * *", "invalid"),
         ("x * * * *", "invalid"),
+        ("", "got 0"),
+        ("60 * * * * *", "invalid"),  # 6 fields: the first is seconds
+        ("* * * 13 *", "invalid"),
+        ("* * * * 8", "invalid"),
+        ("0 0 0 * *", "invalid"),
+        ("*/0 * * * *", "invalid"),
+        ("1-70 * * * *", "invalid"),
     ],
 )
 def test_validate_cron_rejects(expr: str, message: str) -> None:
