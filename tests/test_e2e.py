@@ -249,6 +249,7 @@ async def test_sighup_reload_applies_a_valid_file_and_keeps_the_old_on_a_broken_
     base = f'database: {{url: "{database_url}"}}\nstate_dir: ./state\nshutdown_grace: 1s\njobs:\n'
     config.write_text(
         base + '  keep: {every: 1s, command: ["true"]}\n  drop: {every: 1s, command: ["true"]}\n'
+        '  change: {every: 1s, command: ["echo", "old"]}\n'
     )
     daemon = await start_daemon(config)
     await daemon.wait_for("scheduler_started")
@@ -256,10 +257,11 @@ async def test_sighup_reload_applies_a_valid_file_and_keeps_the_old_on_a_broken_
 
     config.write_text(
         base + '  keep: {every: 1s, command: ["true"]}\n  added: {every: 1s, command: ["true"]}\n'
+        '  change: {every: 1s, command: ["echo", "new"]}\n'
     )
     daemon.proc.send_signal(signal.SIGHUP)
     reloaded = await daemon.wait_for("reload_succeeded", timeout=10)
-    assert (reloaded["added"], reloaded["removed"], reloaded["changed"]) == (1, 1, 0)
+    assert (reloaded["added"], reloaded["removed"], reloaded["changed"]) == (1, 1, 1)
     await asyncio.sleep(1.5)
 
     config.write_text(base + '  keep: {every: 1s, command: ["true"], bogus: 1}\n')
@@ -274,9 +276,15 @@ async def test_sighup_reload_applies_a_valid_file_and_keeps_the_old_on_a_broken_
         rows = await conn.fetch(
             "SELECT job_name, count(*) AS n, max(scheduled_at) AS last FROM executions GROUP BY 1"
         )
+        outputs = await conn.fetch(
+            "SELECT output, scheduled_at FROM executions WHERE job_name = 'change' ORDER BY 2"
+        )
     finally:
         await conn.close()
     counts = {r["job_name"]: r for r in rows}
+    said = [r["output"].strip() for r in outputs]
+    assert said[0] == "old" and said[-1] == "new"  # the changed job runs its new spec
+    assert said == sorted(said, key=lambda w: w == "new")  # never old again after the reload
     assert counts["keep"]["n"] >= 4  # kept firing through both reloads
     assert counts["added"]["n"] >= 2  # the broken file did not stop the running schedule
     assert counts["drop"]["last"] < counts["added"]["last"]
@@ -326,13 +334,15 @@ async def test_sigterm_lets_attempts_finish_within_the_grace_and_cancels_the_res
 ) -> None:
     marker = f"e2e-grace-{os.getpid()}"
     config = tmp_path / "config.yaml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         database: {{url: "{database_url}"}}
         shutdown_grace: 2s
         jobs:
           inside: {{every: 1h, run_on_start: true, shell: "sleep 1; echo done"}}
           outside: {{every: 1h, run_on_start: true, shell: "sleep 300 # {marker}"}}
-    """))
+    """)
+    )
     daemon = await start_daemon(config)
     await daemon.wait_for("database_connected")
     await asyncio.sleep(0.3)
