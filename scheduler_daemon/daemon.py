@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,6 +92,10 @@ class Daemon:
                 self._runner.submit(job, self._resumed_at)
         scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        announcer = asyncio.create_task(self._announce_running(), name="announce-running")
+        # The config and jobs live as long as the process: keep them out of every GC pass.
+        gc.collect()
+        gc.freeze()
         self._notify.ready(self.status_line())
         log.info(
             "daemon_started",
@@ -103,6 +108,7 @@ class Daemon:
             await self._serve(scheduler_task)
         finally:
             heartbeat.cancel()
+            announcer.cancel()
             await self._shutdown(scheduler_task)
         return 0
 
@@ -131,6 +137,12 @@ class Daemon:
         if self.reload_error:
             parts.append(f"last reload FAILED: {self.reload_error}")
         return ", ".join(parts)
+
+    async def _announce_running(self) -> None:
+        """Make attempt starts durable in batches: the crash-recovery window is this period."""
+        while True:
+            await self._clock.sleep(RUNNING_ROWS_EVERY)
+            self._runner.announce_running()
 
     async def _heartbeat(self) -> None:
         """Pings the systemd watchdog: a task on the loop, so a blocked loop stops the pings."""
@@ -283,6 +295,9 @@ class Daemon:
             log.warning("reload_needs_restart", settings=sorted(kept))
         return kept
 
+
+# How often attempts in flight get their `running` row (see README: crash recovery window).
+RUNNING_ROWS_EVERY = 0.2
 
 # The database connection, its files and this node's identity are fixed for a process's life.
 RESTART_ONLY = ("database_url", "state_dir", "node")

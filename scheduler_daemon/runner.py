@@ -51,14 +51,24 @@ class Fire:
     """A fire in flight: its task and what it is doing now (for drain and overlap decisions)."""
 
     job: JobSpec
-    fire_id: uuid.UUID
     scheduled_at: datetime
     trigger: Trigger
     overrides: Mapping[str, Any] | None
+    given_id: uuid.UUID | None = None  # manual and resumed fires; else derived on first use
     state: str = "waiting"  # waiting (for a slot) | running | backoff
     attempt: int = 1
     cancel_reason: str = "cancelled"
+    started: float = 0.0  # the running attempt's start and due times (wall clock)
+    due: float = 0.0
+    announced: bool = False  # its `running` row has been recorded
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def fire_id(self) -> uuid.UUID:
+        # Derived lazily: hashing is not worth doing before the attempt has begun.
+        if self.given_id is None:
+            self.given_id = scheduled_fire_id(self.job.name, self.scheduled_at)
+        return self.given_id
 
 
 class Runner:
@@ -97,13 +107,9 @@ class Runner:
 
         ``fire_id`` and ``attempt`` resume a fire whose earlier attempt was abandoned.
         """
-        if fire_id is None:
-            fire_id = (
-                scheduled_fire_id(job.name, scheduled_at)
-                if trigger is not Trigger.MANUAL
-                else uuid.uuid4()
-            )
-        fire = Fire(job, fire_id, scheduled_at, trigger, overrides, attempt=attempt)
+        if fire_id is None and trigger is Trigger.MANUAL:
+            fire_id = uuid.uuid4()
+        fire = Fire(job, scheduled_at, trigger, overrides, fire_id, attempt=attempt)
         if not self._accepting:
             self._record_unstarted(fire, Status.CANCELLED, "daemon is shutting down")
             return None
@@ -187,12 +193,14 @@ class Runner:
         started_mono = self._clock.monotonic()
         outcome: Outcome | None = None
         error: str | None = None
-        # Made durable with the next batch, so a crash leaves a row to mark `abandoned`.
-        self._record_running(fire, started, due)
+        fire.started, fire.due, fire.announced = started, due, False
         try:
             # The action runs inside this task: no extra task or waiter per attempt.
-            async with self._clock.timeout(job.timeout):
+            if job.timeout is None:
                 outcome = await self._action_for(job).run(fire.overrides)
+            else:
+                async with self._clock.timeout(job.timeout):
+                    outcome = await self._action_for(job).run(fire.overrides)
             status = outcome.status
         except TimeoutError:
             status, error = Status.TIMED_OUT, f"timed out after {job.timeout:g}s"
@@ -243,12 +251,27 @@ class Runner:
             trigger=str(fire.trigger),
         )
 
-    def _record_running(self, fire: Fire, started: float, due: float) -> None:
-        self._recorder.record(
-            self._row(
-                fire, Status.RUNNING, started_at=_dt(started), drift_ms=(started - due) * 1000.0
-            )
-        )
+    def announce_running(self) -> int:
+        """Record a `running` row for each attempt in flight that has none yet.
+
+        Called every few hundred ms (not per attempt): an attempt that ends before the next call
+        never needs one, and a crash leaves a row for every attempt older than that to mark
+        `abandoned` at the next start.
+        """
+        announced = 0
+        for fire in self.active():
+            if fire.state == "running" and not fire.announced:
+                fire.announced = True
+                self._recorder.record(
+                    self._row(
+                        fire,
+                        Status.RUNNING,
+                        started_at=_dt(fire.started),
+                        drift_ms=(fire.started - fire.due) * 1000.0,
+                    )
+                )
+                announced += 1
+        return announced
 
     def _record_unstarted(self, fire: Fire, status: Status, reason: str) -> None:
         self._recorder.record(

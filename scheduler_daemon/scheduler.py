@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,6 +29,8 @@ OnJump = Callable[[JobSpec, datetime, datetime], object]
 
 # A wall-clock step (NTP, manual) must be noticed quickly, so no sleep is longer than this.
 MAX_SLEEP = 1.0
+# In a burst, fires start in chunks of this many while the rest are still being dispatched.
+DISPATCH_CHUNK = 64
 # Wall time moving this much more (or less) than monotonic time between two turns is a step.
 JUMP_THRESHOLD = 1.0
 
@@ -101,7 +103,9 @@ class Scheduler:
 
     def pop_due(self, now: float) -> list[tuple[JobSpec, datetime]]:
         """Take every fire due at or before ``now`` and push each job's following fire."""
-        due: list[tuple[JobSpec, datetime]] = []
+        return list(self._iter_due(now))
+
+    def _iter_due(self, now: float) -> Iterator[tuple[JobSpec, datetime]]:
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, name, generation = heapq.heappop(heap)
@@ -109,10 +113,9 @@ class Scheduler:
             if entry is None or entry.generation != generation or entry.next_at is None:
                 continue  # removed or replaced since this entry was pushed
             fire_at = entry.next_at
-            due.append((entry.job, fire_at))
             # From the scheduled instant, not from now: a late loop still makes every fire.
             self._push(entry, entry.trigger.next_after(fire_at))
-        return due
+            yield entry.job, fire_at
 
     async def run(self) -> None:
         log.info("scheduler_started", jobs=len(self._jobs))
@@ -122,8 +125,11 @@ class Scheduler:
             wall, mono = self._clock.time(), self._clock.monotonic()
             self._check_clock_step((wall - last_wall) - (mono - last_mono), wall)
             last_wall, last_mono = wall, mono
-            for job, fire_at in self.pop_due(wall):
+            for dispatched, (job, fire_at) in enumerate(self._iter_due(wall), 1):
                 self._dispatch(job, fire_at)
+                if dispatched % DISPATCH_CHUNK == 0:
+                    # Let the fires already dispatched begin while the rest of a burst is popped.
+                    await asyncio.sleep(0)
             if self._stopped:
                 break
             await self._sleep(self._delay())

@@ -272,17 +272,30 @@ async def test_fires_after_drain_are_recorded_as_cancelled(rig: Rig) -> None:
     assert rig.sink.statuses() == ["cancelled"]
 
 
-async def test_each_attempt_is_announced_as_running_before_its_final_row(rig: Rig) -> None:
+async def test_attempts_in_flight_get_one_running_row_when_announced(rig: Rig) -> None:
+    rig.script("slow", (5, OK))
+    rig.script("quick", (0, OK))
+    rig.fire(make_job("slow"))
+    rig.fire(make_job("quick"))
+    await rig.clock.advance(1)
+    assert rig.runner.announce_running() == 1  # only the attempt still in flight
+    assert rig.runner.announce_running() == 0  # once per attempt
+    [running] = rig.sink.running
+    assert (running.job_name, running.attempt, running.finished_at) == ("slow", 1, None)
+    assert running.started_at == datetime.fromtimestamp(T0, UTC)
+    await rig.clock.advance(10)
+    assert sorted(r.job_name for r in rig.sink.records) == ["quick", "slow"]
+    assert rig.sink.records[-1].fire_id == running.fire_id
+
+
+async def test_each_retry_is_announced_afresh(rig: Rig) -> None:
     rig.script("j", (2, FAIL), (2, OK))
     rig.fire(make_job("j", retry=RetryPolicy(attempts=2, delay=1)))
     await rig.clock.advance(1)
-    [running] = rig.sink.running
-    assert running.attempt == 1 and running.finished_at is None and not rig.sink.records
-    assert running.started_at == datetime.fromtimestamp(T0, UTC)
-    await rig.clock.advance(10)
-    assert [(r.attempt, r.fire_id) for r in rig.sink.running] == [
-        (r.attempt, r.fire_id) for r in rig.sink.records
-    ]
+    rig.runner.announce_running()
+    await rig.clock.advance(2)  # attempt 1 failed, attempt 2 in flight
+    rig.runner.announce_running()
+    assert [r.attempt for r in rig.sink.running] == [1, 2]
 
 
 async def test_a_fire_can_resume_at_a_later_attempt(rig: Rig) -> None:
