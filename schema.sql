@@ -25,12 +25,15 @@ CREATE TABLE IF NOT EXISTS executions (
     CONSTRAINT executions_fire_attempt_key UNIQUE (fire_id, attempt)
 );
 
+-- "The latest runs of job X"; "what finished in the last hour"; "what failed lately" (small:
+-- only the rows worth looking at). (fire_id, attempt) lookups use the unique constraint's index.
 CREATE INDEX IF NOT EXISTS executions_job_scheduled_idx ON executions (job_name, scheduled_at DESC);
 CREATE INDEX IF NOT EXISTS executions_finished_idx ON executions (finished_at DESC);
 CREATE INDEX IF NOT EXISTS executions_problems_idx ON executions (status, finished_at DESC)
     WHERE status NOT IN ('succeeded', 'skipped');
 
--- One row per configured job, synced at start and on reload.
+-- One row per configured job, synced at start, on reload and after a database outage; a job
+-- removed from the configuration loses its row (its executions stay).
 CREATE TABLE IF NOT EXISTS jobs (
     name        text PRIMARY KEY,
     spec        jsonb       NOT NULL,  -- the job as configured, secrets redacted
@@ -45,3 +48,4 @@ CREATE TABLE IF NOT EXISTS jobs (
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS last_scheduled_at timestamptz;
 
 COMMENT ON TABLE executions IS 'scheduler_daemon: one row per attempt (schema version 1)';
+COMMENT ON TABLE jobs IS 'scheduler_daemon: one row per configured job (schema version 1)';

@@ -22,7 +22,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def run_json(module: str, jobs: int, seconds: float) -> dict[str, object]:
     out = subprocess.run(
         [sys.executable, "-m", module, "--jobs", str(jobs), "--seconds", str(seconds)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     obj, _ = json.JSONDecoder().raw_decode(out[out.index("{") :])
     return obj  # type: ignore[no-any-return]
@@ -35,20 +37,32 @@ def burst(jobs_list: list[int], seconds: float) -> None:
         ours = run_json("bench.drift", jobs, seconds)
         theirs = run_json("bench.aps", jobs, seconds)
         ratio = (theirs["drift_ms_p99"] or 0) / max(float(ours["drift_ms_p99"] or 0), 0.001)  # type: ignore[arg-type]
-        row = {"scenario": "burst", "jobs": jobs, "seconds": seconds, "ours": ours,
-               "apscheduler": theirs, "p99_ratio": round(ratio, 1), "at": time.time(),
-               "machine": f"{platform.machine()} {platform.python_version()}"}
+        row = {
+            "scenario": "burst",
+            "jobs": jobs,
+            "seconds": seconds,
+            "ours": ours,
+            "apscheduler": theirs,
+            "p99_ratio": round(ratio, 1),
+            "at": time.time(),
+            "machine": f"{platform.machine()} {platform.python_version()}",
+        }
         rows.append(row)
         with open(RESULTS / "burst.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-    print(f"{'jobs':>7} | {'ours p50/p99/max ms':>24} | {'APScheduler p50/p99/max ms':>27} | "
-          f"{'recorded ours/aps/expected':>28} | p99 ratio")
+    print(
+        f"{'jobs':>7} | {'ours p50/p99/max ms':>24} | {'APScheduler p50/p99/max ms':>27} | "
+        f"{'recorded ours/aps/expected':>28} | p99 ratio"
+    )
     for row in rows:
         o, a = row["ours"], row["apscheduler"]  # type: ignore[index]
-        print(f"{row['jobs']:>7} | {o['drift_ms_p50']:>7}/{o['drift_ms_p99']:>7}/{o['drift_ms_max']:>8} | "
-              f"{a['drift_ms_p50']:>8}/{a['drift_ms_p99']:>8}/{a['drift_ms_max']:>9} | "
-              f"{o['fires_recorded']:>8}/{a['fires_recorded']:>8}/{o['fires_expected']:>9} | "
-              f"{row['p99_ratio']}x")
+        print(
+            f"{row['jobs']:>7} | "
+            f"{o['drift_ms_p50']:>7}/{o['drift_ms_p99']:>7}/{o['drift_ms_max']:>8} | "
+            f"{a['drift_ms_p50']:>8}/{a['drift_ms_p99']:>8}/{a['drift_ms_max']:>9} | "
+            f"{o['fires_recorded']:>8}/{a['fires_recorded']:>8}/{o['fires_expected']:>9} | "
+            f"{row['p99_ratio']}x"
+        )
 
 
 def main() -> int:

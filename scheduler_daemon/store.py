@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from scheduler_daemon.config import JobSpec
-from scheduler_daemon.records import ExecutionRecord
+from scheduler_daemon.records import ExecutionRecord, Status
 
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0
@@ -72,29 +72,44 @@ def schema_sql() -> str:
 
 
 async def connect(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
+    """A small pool: the recorder writes on one connection, queries use the others."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         timeout=CONNECT_TIMEOUT,
         command_timeout=COMMAND_TIMEOUT,
+        server_settings={"application_name": "scheduler_daemon"},
     )
     assert pool is not None
     return pool
 
 
-async def apply_schema(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-        await conn.execute(schema_sql())
+async def apply_schema(db: asyncpg.Pool | asyncpg.Connection) -> None:
+    """Apply schema.sql (idempotent); concurrent callers take turns on an advisory lock."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            await apply_schema(conn)
+        return
+    async with db.transaction():
+        await db.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+        await db.execute(schema_sql())
+
+
+def job_spec(job: JobSpec) -> dict[str, Any]:
+    """What ``jobs.spec`` holds: the job as configured, secrets redacted (DESIGN §3.4)."""
+    return job.redacted()
 
 
 async def sync_jobs(
     pool: asyncpg.Pool, jobs: Sequence[JobSpec], next_runs: Mapping[str, datetime | None]
 ) -> None:
-    """Make ``jobs`` mirror the configuration: upsert every job, delete the ones removed."""
+    """Make ``jobs`` mirror the configuration: upsert every job, delete the ones removed.
+
+    A removed job's row goes (its executions stay): ``jobs`` answers "what is configured now".
+    """
     rows = [
-        (job.name, json.dumps(job.redacted(), default=str), job.enabled, next_runs.get(job.name))
+        (job.name, json.dumps(job_spec(job), default=str), job.enabled, next_runs.get(job.name))
         for job in jobs
     ]
     async with pool.acquire() as conn, conn.transaction():
@@ -112,9 +127,9 @@ async def sync_jobs(
 
 async def write_executions(conn: asyncpg.Connection, records: Sequence[ExecutionRecord]) -> int:
     """Write a batch in one transaction (COPY, then merge); replaying a batch is harmless."""
-    latest: dict[tuple[Any, int], ExecutionRecord] = {}
-    for rec in records:
-        latest[(rec.fire_id, rec.attempt)] = rec  # a later record of an attempt supersedes
+    latest = _last_per_attempt(records)
+    if not latest:
+        return 0
     async with conn.transaction():
         await conn.execute(_STAGE_DDL)
         await conn.copy_records_to_table(
@@ -123,6 +138,19 @@ async def write_executions(conn: asyncpg.Connection, records: Sequence[Execution
         status = await conn.execute(_MERGE)
         await conn.execute(_TOUCH_JOBS)
     return int(status.split()[-1])
+
+
+def _last_per_attempt(records: Sequence[ExecutionRecord]) -> dict[tuple[Any, int], ExecutionRecord]:
+    # One row per (fire_id, attempt): ON CONFLICT cannot touch a row twice in one statement. A
+    # later record of an attempt supersedes an earlier one, but `running` never replaces a final
+    # status (the same rule the database applies across batches).
+    latest: dict[tuple[Any, int], ExecutionRecord] = {}
+    for rec in records:
+        key = (rec.fire_id, rec.attempt)
+        seen = latest.get(key)
+        if seen is None or seen.status == Status.RUNNING or rec.status != Status.RUNNING:
+            latest[key] = rec
+    return latest
 
 
 def _row(rec: ExecutionRecord) -> tuple[Any, ...]:
@@ -151,16 +179,33 @@ def _text(value: str | None) -> str | None:
 
 
 async def fetch_executions(
-    pool: asyncpg.Pool, *, job: str | None = None, limit: int = 100
+    db: asyncpg.Pool | asyncpg.Connection,
+    *,
+    job: str | None = None,
+    status: str | None = None,
+    before: datetime | None = None,
+    limit: int = 100,
 ) -> list[asyncpg.Record]:
+    """Executions newest first, optionally of one job / one status / scheduled before an instant
+    (``before`` pages back: pass the oldest ``scheduled_at`` of the previous page)."""
     return list(
-        await pool.fetch(
-            """SELECT * FROM executions WHERE ($1::text IS NULL OR job_name = $1)
-           ORDER BY scheduled_at DESC, attempt DESC LIMIT $2""",
+        await db.fetch(
+            """SELECT * FROM executions
+               WHERE ($1::text IS NULL OR job_name = $1)
+                 AND ($2::text IS NULL OR status = $2)
+                 AND ($3::timestamptz IS NULL OR scheduled_at < $3)
+               ORDER BY scheduled_at DESC, attempt DESC, id DESC LIMIT $4""",
             job,
+            status,
+            before,
             limit,
         )
     )
+
+
+async def fetch_jobs(db: asyncpg.Pool | asyncpg.Connection) -> list[asyncpg.Record]:
+    """The ``jobs`` rows, by name."""
+    return list(await db.fetch("SELECT * FROM jobs ORDER BY name"))
 
 
 async def abandon_running(pool: asyncpg.Pool, node: str) -> list[asyncpg.Record]:

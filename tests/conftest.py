@@ -1,14 +1,27 @@
-"""Shared fixtures. One PostgreSQL server for the whole run; a fresh database for each test.
+"""Shared fixtures: one PostgreSQL server for the whole run, a fresh database for each test.
 
-- ``pg_server``: the session's server DSN (``SCHEDULER_TEST_DATABASE_URL`` if set, else an
-  embedded PostgreSQL started from the same wheel the daemon uses).
-- ``database_url``: a DSN to a brand-new database with the schema applied, dropped afterwards.
+Fixtures
+- ``pg_server`` (session): DSN of the server itself (its ``postgres`` database, superuser), for
+  tests that create or drop databases. ``SCHEDULER_TEST_DATABASE_URL`` if set (a role that may
+  CREATE DATABASE), else an embedded PostgreSQL started once per session from the same wheel the
+  daemon uses, stopped at the end.
+- ``database_url`` (function): DSN of a brand-new database with schema.sql applied, cloned from a
+  template (one CREATE DATABASE; ~0.2 s with the drop), dropped after the test (WITH (FORCE):
+  connections a test leaves open do not block it).
+- ``empty_database_url`` (function): the same without the schema (for schema and ``db init`` tests).
+
+Helpers: ``with_database(dsn, name)`` points a DSN at another database.
+
+Session fixtures are synchronous and use ``asyncio.run``: pytest-asyncio runs each test in its own
+loop, and a session-scoped async fixture would outlive it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +33,8 @@ import pytest
 from scheduler_daemon import store
 from scheduler_daemon.embedded import EmbeddedPostgres
 
-TEMPLATE = "scheduler_daemon_test_template"
+# Unique per session: two test runs against one external server must not share a template.
+TEMPLATE = f"sdt_template_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -28,24 +42,19 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
-async def _create_template(server: str) -> None:
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
-        await conn.execute(f"CREATE DATABASE {TEMPLATE}")
-    finally:
-        await conn.close()
-    pool = await store.connect(with_database(server, TEMPLATE))
-    try:
-        await store.apply_schema(pool)
-    finally:
-        await pool.close()
-
-
 async def _admin(server: str, sql: str) -> None:
     conn = await asyncpg.connect(server)
     try:
         await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _create_template(server: str) -> None:
+    await _admin(server, f"CREATE DATABASE {TEMPLATE}")
+    conn = await asyncpg.connect(with_database(server, TEMPLATE))
+    try:
+        await store.apply_schema(conn)
     finally:
         await conn.close()
 
@@ -57,21 +66,64 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         server = external
     else:
-        embedded = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")) / "server")
+        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "server")
         server = embedded.start()
-    asyncio.run(_create_template(server))
     try:
+        asyncio.run(_create_template(server))
         yield server
     finally:
-        if embedded is not None:
-            embedded.stop()
+        try:
+            asyncio.run(_admin(server, f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)"))
+        finally:
+            if embedded is not None:
+                embedded.stop()
+
+
+def _fresh_database(server: str, template: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server, f"CREATE DATABASE {name} TEMPLATE {template}"))
+    try:
+        yield with_database(server, name)
+    finally:
+        asyncio.run(_admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 @pytest.fixture
 def database_url(pg_server: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(pg_server, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+    yield from _fresh_database(pg_server, TEMPLATE)
+
+
+@pytest.fixture
+def empty_database_url(pg_server: str) -> Iterator[str]:
+    yield from _fresh_database(pg_server, "template0")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_stray_embedded_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test stops the servers it starts; one that outlives the session is killed, and fails
+    the run (only this session's: its command line names this session's temp directory)."""
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+    leftovers = [pid for pid in _pids_with(base) if _exe(pid).endswith("/postgres")]
+    for pid in leftovers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"embedded PostgreSQL left running (now killed): pids {leftovers}"
+
+
+def _pids_with(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _exe(pid: int) -> str:
     try:
-        yield with_database(pg_server, name)
-    finally:
-        asyncio.run(_admin(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""

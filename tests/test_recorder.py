@@ -8,6 +8,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from scheduler_daemon import store
 from scheduler_daemon.embedded import EmbeddedPostgres
@@ -44,7 +45,36 @@ async def test_rows_are_written_in_batches(database_url: str) -> None:
     assert recorder.pending == 3000  # record() only buffers: no I/O on the caller's path
     assert await recorder.close(timeout=30) == 0
     assert await _count(database_url) == 3000
-    assert recorder.written == 3000
+    assert recorder.stats() == {
+        "written": 3000,
+        "pending": 0,
+        "batches": 6,
+        "failures": 0,
+        "rejected": 0,
+        "journaled": 0,
+    }
+
+
+async def test_a_trickle_is_written_within_the_flush_interval(database_url: str) -> None:
+    recorder = Recorder(dsn=database_url, flush_interval=0.05)
+    await recorder.start()
+    try:
+        recorder.record(rec(n=1))
+        await _until(lambda: recorder.written == 1, timeout=5)
+        recorder.record(rec(n=2))  # after an idle spell: woken by the row, not by a poll
+        await _until(lambda: recorder.written == 2, timeout=5)
+    finally:
+        assert await recorder.close(timeout=10) == 0
+    assert await _count(database_url) == 2
+
+
+async def test_close_flushes_what_is_buffered(database_url: str) -> None:
+    recorder = Recorder(dsn=database_url, flush_interval=60)  # only close() makes it write
+    await recorder.start()
+    for i in range(10):
+        recorder.record(rec(n=i))
+    assert await recorder.close(timeout=10) == 0
+    assert await _count(database_url) == 10
 
 
 @pytest.fixture
@@ -59,20 +89,23 @@ def own_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
 async def test_an_outage_delays_rows_and_loses_none(own_server: EmbeddedPostgres) -> None:
     dsn = own_server.dsn()
     recorder = Recorder(dsn=dsn, batch_size=100, flush_interval=0.05, on_connect=_apply_schema)
-    await recorder.start()
-    for i in range(50):
-        recorder.record(rec(n=i))
-    await _until(lambda: recorder.pending == 0)
+    with capture_logs() as logs:
+        await recorder.start()
+        for i in range(50):
+            recorder.record(rec(n=i))
+        await _until(lambda: recorder.pending == 0)
 
-    await own_server.astop()  # the database goes away while attempts keep finishing
-    for i in range(50, 450):
-        recorder.record(rec(n=i))
-    await _until(lambda: recorder.failures > 0)
-    assert recorder.pending == 400
+        await own_server.astop()  # the database goes away while attempts keep finishing
+        for i in range(50, 450):
+            recorder.record(rec(n=i))
+        await _until(lambda: recorder.failures >= 3)  # several retries: one warning
+        assert recorder.pending == 400
 
-    await own_server.astart()
-    await _until(lambda: recorder.pending == 0)
-    assert await recorder.close(timeout=10) == 0
+        await own_server.astart()
+        await _until(lambda: recorder.pending == 0)
+        assert await recorder.close(timeout=10) == 0
+    events = [e["event"] for e in logs if e["event"].startswith("recorder_db")]
+    assert events == ["recorder_db_unavailable", "recorder_db_recovered"]
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch("SELECT scheduled_at FROM executions ORDER BY scheduled_at")
@@ -117,14 +150,54 @@ async def test_close_reports_rows_it_could_not_write(tmp_path: Path) -> None:
     assert await recorder.close(timeout=0.5) == 2
 
 
+async def test_past_the_limit_without_a_journal_rows_are_kept_and_reported(
+    tmp_path: Path,
+) -> None:
+    nowhere = f"postgresql://postgres@/postgres?host={tmp_path}&port=1"
+    recorder = Recorder(dsn=nowhere, buffer_limit=10, flush_interval=0.05)
+    with capture_logs() as logs:
+        await recorder.start()
+        for i in range(25):
+            recorder.record(rec(n=i))
+        await _until(lambda: recorder.failures > 0)
+        assert await recorder.close(timeout=0.3) == 25  # none dropped, none written
+    full = [e for e in logs if e["event"] == "recorder_buffer_full"]
+    assert len(full) == 1 and full[0]["pending"] == 11 and full[0]["limit"] == 10
+
+
+async def test_close_against_a_stuck_database_journals_the_rest(
+    database_url: str, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "executions.jsonl")
+    blocker = await asyncpg.connect(database_url)
+    recorder = Recorder(dsn=database_url, flush_interval=0.01, journal=journal)
+    await recorder.start()
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")  # writes hang
+        for i in range(5):
+            recorder.record(rec(n=i))
+        assert await recorder.close(timeout=0.5) == 0  # nothing lost: in the journal
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    assert sum(len(b) for b in journal.read(100)) == 5
+    assert await _count(database_url) == 0
+
+
 async def test_a_row_the_database_rejects_does_not_block_the_others(database_url: str) -> None:
     recorder = Recorder(dsn=database_url, flush_interval=0.05)
     await recorder.start()
     recorder.record(rec(n=1))
     recorder.record(rec(n=2, attempt=0))  # violates CHECK (attempt >= 1)
     recorder.record(rec(n=3))
-    await recorder.close(timeout=10)
+    with capture_logs() as logs:
+        assert await recorder.close(timeout=10) == 0
     assert await _count(database_url) == 2
+    assert recorder.rejected == 1
+    [rejected] = [e for e in logs if e["event"] == "recorder_row_rejected"]
+    assert rejected["attempt"] == 0 and "output" not in rejected
 
 
 async def test_a_long_outage_spills_to_the_journal_and_replays_it(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -38,10 +41,23 @@ def rec(
 
 
 @pytest.fixture
-async def pool(database_url: str) -> asyncpg.Pool:
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     p = await store.connect(database_url)
     yield p
     await p.close()
+
+
+async def test_schema_applies_concurrently_on_an_empty_database(empty_database_url: str) -> None:
+    conns = [await asyncpg.connect(empty_database_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(store.apply_schema(c) for c in conns))  # a connection works too
+        tables = await conns[0].fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+        )
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert [t["tablename"] for t in tables] == ["executions", "jobs"]
 
 
 async def test_schema_applies_again_cleanly(pool: asyncpg.Pool) -> None:
@@ -102,6 +118,29 @@ async def test_the_same_attempt_twice_in_one_batch_keeps_the_last(pool: asyncpg.
     assert await pool.fetchval("SELECT status FROM executions") == "failed"
 
 
+async def test_running_never_replaces_a_final_status_in_one_batch(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [rec(status=Status.FAILED), rec(status=Status.RUNNING)])
+    assert await pool.fetchval("SELECT status FROM executions") == "failed"
+
+
+async def test_attempts_of_one_fire_are_separate_rows(pool: asyncpg.Pool) -> None:
+    attempts = [rec(attempt=1, status=Status.FAILED), rec(attempt=2, status=Status.SUCCEEDED)]
+    async with pool.acquire() as conn:
+        assert await store.write_executions(conn, attempts) == 2
+        assert await store.write_executions(conn, []) == 0
+    rows = await pool.fetch("SELECT attempt, status FROM executions ORDER BY attempt")
+    assert [(r["attempt"], r["status"]) for r in rows] == [(1, "failed"), (2, "succeeded")]
+
+
+async def test_a_bad_row_rolls_back_its_whole_batch(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        with pytest.raises(asyncpg.CheckViolationError):
+            await store.write_executions(conn, [rec(n=1), rec(n=2, attempt=0)])
+        assert await store.write_executions(conn, [rec(n=3)]) == 1  # the connection still works
+    assert await pool.fetchval("SELECT count(*) FROM executions") == 1
+
+
 async def test_jobs_sync_upserts_redacts_and_removes(pool: asyncpg.Pool) -> None:
     secret = make_job(
         "api", action=HttpAction(url="http://x", headers={"Authorization": "Bearer s3"})
@@ -128,3 +167,22 @@ async def test_fetch_executions_newest_first(pool: asyncpg.Pool) -> None:
         await store.write_executions(conn, [rec(n=i) for i in range(5)] + [rec("other")])
     rows = await store.fetch_executions(pool, job="j", limit=2)
     assert [r["scheduled_at"] for r in rows] == [T + timedelta(seconds=4), T + timedelta(seconds=3)]
+    older = await store.fetch_executions(pool, job="j", before=rows[-1]["scheduled_at"], limit=9)
+    assert [r["scheduled_at"] for r in older] == [T + timedelta(seconds=n) for n in (2, 1, 0)]
+
+
+async def test_fetch_executions_by_status(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await store.write_executions(
+            conn, [rec(n=1), rec(n=2, status=Status.TIMED_OUT), rec("k", status=Status.TIMED_OUT)]
+        )
+    rows = await store.fetch_executions(pool, status="timed_out")
+    assert sorted(r["job_name"] for r in rows) == ["j", "k"]
+    assert len(await store.fetch_executions(pool, job="j", status="timed_out")) == 1
+
+
+async def test_fetch_jobs_by_name(pool: asyncpg.Pool) -> None:
+    await store.sync_jobs(pool, [make_job("b"), make_job("a", every=5.0)], {})
+    rows = await store.fetch_jobs(pool)
+    assert [r["name"] for r in rows] == ["a", "b"]
+    assert json.loads(rows[0]["spec"])["every"] == 5.0
