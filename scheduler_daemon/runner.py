@@ -278,23 +278,37 @@ class Runner:
             self._row(fire, status, finished_at=_dt(self._clock.time()), error=reason)
         )
 
-    def _row(self, fire: Fire, status: Status, **fields: Any) -> ExecutionRecord:
-        """The row of ``fire``'s current attempt; unset timing fields stay null."""
-        timing: dict[str, Any] = {
-            "started_at": None,
-            "finished_at": None,
-            "drift_ms": None,
-            "duration_ms": None,
-        }
+    def _row(
+        self,
+        fire: Fire,
+        status: Status,
+        *,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        drift_ms: float | None = None,
+        duration_ms: float | None = None,
+        http_status: int | None = None,
+        exit_code: int | None = None,
+        error: str | None = None,
+        output: str | None = None,
+    ) -> ExecutionRecord:
+        """The row of ``fire``'s current attempt (explicit arguments: this is the hot path)."""
         return ExecutionRecord(
-            fire_id=fire.fire_id,
-            job_name=fire.job.name,
-            scheduled_at=fire.scheduled_at,
-            attempt=fire.attempt,
-            trigger=fire.trigger,
-            status=status,
-            node=self._node,
-            **{**timing, **fields},
+            fire.fire_id,
+            fire.job.name,
+            fire.scheduled_at,
+            fire.attempt,
+            fire.trigger,
+            status,
+            started_at,
+            finished_at,
+            drift_ms,
+            duration_ms,
+            http_status,
+            exit_code,
+            error,
+            output,
+            self._node,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------
