@@ -238,9 +238,10 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
 
     def request_stop(self, why: str = "requested") -> None:
-        if not self._stop.is_set():
+        first = not self._stop.is_set()
+        self._stop.set()  # before anything that could fail: a signal handler must not
+        if first:
             log.info("stop_requested", signal=why)
-        self._stop.set()
 
     async def reload(self) -> bool:
         """Re-read the config file; apply it only if it is entirely valid."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -10,13 +11,29 @@ import structlog
 
 
 class _Stdout:
-    """Whatever sys.stdout is at write time (tests and embedders swap it)."""
+    """Whatever sys.stdout is at write time (tests and embedders swap it).
+
+    A daemon must outlive its log reader: when stdout is a pipe nobody reads any more, lines are
+    dropped (stdout is pointed at /dev/null) instead of raising inside signal handlers and tasks.
+    """
 
     def write(self, text: str) -> int:
-        return sys.stdout.write(text)
+        try:
+            return sys.stdout.write(text)
+        except OSError:  # BrokenPipeError, EIO on a closed terminal, ENOSPC on a full disk
+            _silence_stdout()
+            return len(text)
 
     def flush(self) -> None:
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+        except OSError:
+            _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    # Also spares the interpreter's final flush, which would exit with status 120.
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
 def configure_logging(*, level: str = "info", json: bool | None = None) -> None:

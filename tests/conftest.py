@@ -127,3 +127,18 @@ def _exe(pid: int) -> str:
         return os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return ""
+
+
+# Daemons started by tests (tests.test_e2e.start_daemon): killed after each test, so a failing
+# test never leaves a `scheduler-daemon run` behind.
+STARTED_PIDS: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_daemons() -> Iterator[None]:
+    yield
+    while STARTED_PIDS:
+        pid = STARTED_PIDS.pop()
+        with contextlib.suppress(OSError):  # gone already (the usual case)
+            if b"scheduler-daemon" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)

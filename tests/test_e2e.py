@@ -21,6 +21,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from tests.conftest import STARTED_PIDS
+
 DAEMON = Path(sys.executable).with_name("scheduler-daemon")
 REPO = Path(__file__).resolve().parent.parent
 HUGE_BYTES = 50 * 1024 * 1024
@@ -126,6 +128,7 @@ async def start_daemon(config: Path, extra_env: dict[str, str] | None = None) ->
         stderr=asyncio.subprocess.STDOUT,
         env=env,
     )
+    STARTED_PIDS.append(proc.pid)
     return Daemon(proc)
 
 
@@ -359,3 +362,37 @@ async def test_sigterm_lets_attempts_finish_within_the_grace_and_cancels_the_res
     assert rows["inside"]["status"] == "succeeded" and rows["inside"]["output"] == "done\n"
     assert rows["outside"]["status"] == "cancelled"
     assert "grace" in rows["outside"]["error"]
+
+
+async def test_sigterm_stops_the_daemon_even_when_its_log_reader_is_gone(
+    tmp_path: Path, database_url: str
+) -> None:
+    # Regression: with stdout a pipe nobody reads any more (a supervisor or a shell pipeline
+    # that died), logging raised BrokenPipeError inside the SIGTERM handler before the stop event
+    # was set, and the daemon never stopped.
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f'database: {{url: "{database_url}"}}\nshutdown_grace: 1s\n'
+        'jobs:\n  tick: {every: 1s, command: ["true"]}\n'
+    )
+    read_end, write_end = os.pipe()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SCHEDULER_LOG_LEVEL": "info"}
+    proc = await asyncio.create_subprocess_exec(
+        str(DAEMON), "run", "-c", str(config), stdout=write_end, stderr=write_end, env=env
+    )
+    os.close(write_end)
+    try:
+        reader = os.fdopen(read_end, "rb", buffering=0)
+        seen = b""
+        while b"scheduler_started" not in seen:
+            chunk = await asyncio.to_thread(reader.read, 4096)
+            assert chunk, "daemon exited early"
+            seen += chunk
+        reader.close()  # nobody reads the daemon's logs any more
+        await asyncio.sleep(1.5)  # a few fires log into the broken pipe
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

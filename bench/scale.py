@@ -1,0 +1,104 @@
+"""Scale: N jobs that are rarely due. Start time, RSS, one-job SIGHUP reload time, idle CPU.
+
+    python -m bench.scale --jobs 100000 [--idle 30]     # prints one JSON object
+
+The daemon runs on a throwaway embedded PostgreSQL; every job fires once an hour, at an offset
+that keeps it out of the measured window, so what is measured is holding N jobs, not running them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from scheduler_daemon.embedded import EmbeddedPostgres
+
+REPO = Path(__file__).resolve().parent.parent
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def write_config(path: Path, jobs: int, dsn: str, *, extra: str = "") -> None:
+    # Offsets spread over the hour but never in the next ~10 minutes of a benchmark run.
+    base = int(time.time()) % 3600
+    lines = [f'database: {{url: "{dsn}"}}', "state_dir: ./state", "jobs:"]
+    lines += [
+        f'  j{i:07d}: {{every: 1h, offset: {(base + 900 + i % 2400) % 3600}s, command: ["true"]}}'
+        for i in range(jobs)
+    ]
+    path.write_text("\n".join(lines) + "\n" + extra)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_for_line(proc: subprocess.Popen[str], event: str, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"daemon exited before {event}")
+        if f'"event": "{event}"' in line:
+            return time.monotonic()
+    raise TimeoutError(event)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--idle", type=float, default=30)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sd-scale-") as tmp:
+        work = Path(tmp)
+        server = EmbeddedPostgres(work / "pg")
+        dsn = server.start()
+        try:
+            config = work / "config.yaml"
+            write_config(config, args.jobs, dsn)
+            env = {**os.environ, "PYTHONPATH": str(REPO), "SCHEDULER_LOG_LEVEL": "info"}
+            daemon = Path(sys.executable).with_name("scheduler-daemon")
+            began = time.monotonic()
+            proc = subprocess.Popen([str(daemon), "run", "-c", str(config)], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            started = wait_for_line(proc, "scheduler_started", 600) - began
+            synced = wait_for_line(proc, "database_connected", 600) - began
+            rss = rss_mb(proc.pid)
+            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            time.sleep(args.idle)
+            idle_cpu = 100 * (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
+            write_config(config, args.jobs, dsn, extra='  added: {every: 1h, command: ["true"]}\n')
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGHUP)
+            reload_s = wait_for_line(proc, "reload_succeeded", 600) - sent
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+            print(json.dumps({
+                "scheduler": "scheduler_daemon", "jobs": args.jobs,
+                "start_to_scheduling_s": round(started, 2),
+                "start_to_jobs_synced_s": round(synced, 2),
+                "rss_mb": round(rss, 1), "idle_cpu_percent": round(idle_cpu, 2),
+                "one_job_reload_s": round(reload_s, 3),
+            }))
+        finally:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
