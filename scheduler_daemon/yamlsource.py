@@ -18,6 +18,8 @@ Path = tuple[str | int, ...]
 
 _VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+# libyaml's parser (10x faster on large files) where PyYAML was built with it; same nodes, marks.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -41,7 +43,7 @@ class Source:
 
 def parse(text: str, environ: Mapping[str, str]) -> Source:
     """Parse ``text``; raise yaml.YAMLError on syntax errors (the caller adds the file name)."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
     finally:
