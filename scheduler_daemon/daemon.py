@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -221,12 +222,20 @@ class Daemon:
             node=self.config.node,
         )
 
-    async def _sync_jobs(self, pool: asyncpg.Pool | None = None) -> None:
+    async def _sync_jobs(
+        self,
+        pool: asyncpg.Pool | None = None,
+        *,
+        changed: Sequence[JobSpec] | None = None,
+        removed: Sequence[str] | None = None,
+    ) -> None:
+        """Mirror the jobs in the database: all of them, or after a reload just what changed."""
         pool = pool or self._recorder.pool
         if pool is None:
             return  # not connected: the next connection syncs the then-current jobs
-        next_runs = {job.name: self._scheduler.next_fire(job.name) for job in self.config.jobs}
-        await store.sync_jobs(pool, self.config.jobs, next_runs)
+        jobs = self.config.jobs if changed is None else changed
+        next_runs = {job.name: self._scheduler.next_fire(job.name) for job in jobs}
+        await store.sync_jobs(pool, jobs, next_runs, removed=removed)
 
     # -- signals and reload --------------------------------------------------------------------
 
@@ -279,7 +288,9 @@ class Daemon:
         jobs = tuple(new_jobs[n] if n in added | changed else old_jobs[n] for n in new_jobs)
         self.config = new.model_copy(update={"jobs": jobs, **self._restart_only(new)})
         try:
-            await self._sync_jobs()
+            await self._sync_jobs(
+                changed=[new_jobs[n] for n in added | changed], removed=sorted(removed)
+            )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning("jobs_sync_failed", error=str(exc))  # retried at the next connection
         log.info("reload_succeeded", added=len(added), removed=len(removed), changed=len(changed))

@@ -102,11 +102,17 @@ def job_spec(job: JobSpec) -> dict[str, Any]:
 
 
 async def sync_jobs(
-    pool: asyncpg.Pool, jobs: Sequence[JobSpec], next_runs: Mapping[str, datetime | None]
+    pool: asyncpg.Pool,
+    jobs: Sequence[JobSpec],
+    next_runs: Mapping[str, datetime | None],
+    *,
+    removed: Sequence[str] | None = None,
 ) -> None:
     """Make ``jobs`` mirror the configuration: upsert every job, delete the ones removed.
 
     A removed job's row goes (its executions stay): ``jobs`` answers "what is configured now".
+    With ``removed`` given, ``jobs`` is only what changed (a reload): those are upserted and the
+    ``removed`` names deleted, and every other row is left as it is.
     """
     rows = [
         (job.name, json.dumps(job_spec(job), default=str), job.enabled, next_runs.get(job.name))
@@ -120,9 +126,12 @@ async def sync_jobs(
                    next_run_at = EXCLUDED.next_run_at, updated_at = now()""",
             rows,
         )
-        await conn.execute(
-            "DELETE FROM jobs WHERE NOT (name = ANY($1::text[]))", [job.name for job in jobs]
-        )
+        if removed is None:
+            await conn.execute(
+                "DELETE FROM jobs WHERE NOT (name = ANY($1::text[]))", [job.name for job in jobs]
+            )
+        elif removed:
+            await conn.execute("DELETE FROM jobs WHERE name = ANY($1::text[])", list(removed))
 
 
 async def write_executions(conn: asyncpg.Connection, records: Sequence[ExecutionRecord]) -> int:

@@ -186,3 +186,13 @@ async def test_fetch_jobs_by_name(pool: asyncpg.Pool) -> None:
     rows = await store.fetch_jobs(pool)
     assert [r["name"] for r in rows] == ["a", "b"]
     assert json.loads(rows[0]["spec"])["every"] == 5.0
+
+
+async def test_jobs_sync_after_a_reload_touches_only_what_changed(pool: asyncpg.Pool) -> None:
+    await store.sync_jobs(pool, [make_job("a"), make_job("b"), make_job("c")], {})
+    before = {r["name"]: r["updated_at"] for r in await pool.fetch("SELECT * FROM jobs")}
+    await store.sync_jobs(pool, [make_job("b", every=5.0), make_job("d")], {}, removed=["c"])
+    rows = {r["name"]: r for r in await pool.fetch("SELECT * FROM jobs")}
+    assert set(rows) == {"a", "b", "d"}
+    assert rows["a"]["updated_at"] == before["a"]  # untouched
+    assert '"every": 5.0' in rows["b"]["spec"]
