@@ -22,11 +22,16 @@ from scheduler_daemon.embedded import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 HZ = os.sysconf("SC_CLK_TCK")
+LAST_LINE = [""]  # the last awaited log line, for its fields
+
+
+# Offsets spread over the hour but never in the next ~10 minutes of a benchmark run; fixed once
+# so that rewriting the file for the reload changes exactly one job.
+BASE = int(time.time()) % 3600
 
 
 def write_config(path: Path, jobs: int, dsn: str, *, extra: str = "") -> None:
-    # Offsets spread over the hour but never in the next ~10 minutes of a benchmark run.
-    base = int(time.time()) % 3600
+    base = BASE
     lines = [f'database: {{url: "{dsn}"}}', "state_dir: ./state", "jobs:"]
     lines += [
         f'  j{i:07d}: {{every: 1h, offset: {(base + 900 + i % 2400) % 3600}s, command: ["true"]}}'
@@ -55,6 +60,7 @@ def wait_for_line(proc: subprocess.Popen[str], event: str, timeout: float) -> fl
         if not line:
             raise RuntimeError(f"daemon exited before {event}")
         if f'"event": "{event}"' in line:
+            LAST_LINE[0] = line
             return time.monotonic()
     raise TimeoutError(event)
 
@@ -74,8 +80,13 @@ def main() -> int:
             env = {**os.environ, "PYTHONPATH": str(REPO), "SCHEDULER_LOG_LEVEL": "info"}
             daemon = Path(sys.executable).with_name("scheduler-daemon")
             began = time.monotonic()
-            proc = subprocess.Popen([str(daemon), "run", "-c", str(config)], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                [str(daemon), "run", "-c", str(config)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             started = wait_for_line(proc, "scheduler_started", 600) - began
             synced = wait_for_line(proc, "database_connected", 600) - began
             rss = rss_mb(proc.pid)
@@ -86,15 +97,22 @@ def main() -> int:
             sent = time.monotonic()
             proc.send_signal(signal.SIGHUP)
             reload_s = wait_for_line(proc, "reload_succeeded", 600) - sent
+            print(LAST_LINE[0], file=sys.stderr)
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
-            print(json.dumps({
-                "scheduler": "scheduler_daemon", "jobs": args.jobs,
-                "start_to_scheduling_s": round(started, 2),
-                "start_to_jobs_synced_s": round(synced, 2),
-                "rss_mb": round(rss, 1), "idle_cpu_percent": round(idle_cpu, 2),
-                "one_job_reload_s": round(reload_s, 3),
-            }))
+            print(
+                json.dumps(
+                    {
+                        "scheduler": "scheduler_daemon",
+                        "jobs": args.jobs,
+                        "start_to_scheduling_s": round(started, 2),
+                        "start_to_jobs_synced_s": round(synced, 2),
+                        "rss_mb": round(rss, 1),
+                        "idle_cpu_percent": round(idle_cpu, 2),
+                        "one_job_reload_s": round(reload_s, 3),
+                    }
+                )
+            )
         finally:
             server.stop()
     return 0

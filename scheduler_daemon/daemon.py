@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -262,6 +263,7 @@ class Daemon:
         return applied
 
     async def _reload(self) -> bool:
+        began = time.monotonic()
         try:
             new = await asyncio.to_thread(load_config, self.config.path)
         except ConfigError as exc:
@@ -269,6 +271,7 @@ class Daemon:
             log.error("reload_failed", problems=exc.problems)
             return False
         self.reload_error = None
+        loaded = time.monotonic()
         old_jobs = {job.name: job for job in self.config.jobs}
         new_jobs = {job.name: job for job in new.jobs}
         added = new_jobs.keys() - old_jobs.keys()
@@ -293,7 +296,14 @@ class Daemon:
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning("jobs_sync_failed", error=str(exc))  # retried at the next connection
-        log.info("reload_succeeded", added=len(added), removed=len(removed), changed=len(changed))
+        log.info(
+            "reload_succeeded",
+            added=len(added),
+            removed=len(removed),
+            changed=len(changed),
+            load_s=round(loaded - began, 3),
+            apply_s=round(time.monotonic() - loaded, 3),
+        )
         return True
 
     def _restart_only(self, new: Config) -> dict[str, object]:
