@@ -98,11 +98,22 @@ class JobSpec(_Frozen):
     action: Action = Field(discriminator="kind")
     # The job's strings as written where they contained ${...}: shown instead of secrets.
     _templates: dict[str, str] = PrivateAttr(default_factory=dict)
+    _hash: str | None = PrivateAttr(default=None)
 
     def spec_hash(self) -> str:
-        """Stable digest of the resolved spec: equal hashes mean the job is unchanged."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        """Stable digest of the resolved spec: equal hashes mean the job is unchanged.
+
+        Computed once per (immutable) spec: a reload compares every job of two configs.
+        """
+        if self._hash is None:
+            payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, default=str)
+            self._hash = hashlib.sha256(payload.encode()).hexdigest()
+        return self._hash
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> JobSpec:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._hash = None  # the copy may differ: its digest is computed afresh
+        return copy
 
     def redacted(self) -> dict[str, Any]:
         """The spec as JSON-safe data, with no secret in it (for the database and the API)."""

@@ -399,3 +399,12 @@ def test_spec_hash_changes_only_with_the_spec(tmp_path: Path) -> None:
     )
     assert a.jobs[0].spec_hash() == b.jobs[0].spec_hash() != c.jobs[0].spec_hash()
     assert a.jobs[1].spec_hash() == c.jobs[1].spec_hash()
+
+
+def test_spec_hash_is_cached_but_never_stale_on_a_copy(tmp_path: Path) -> None:
+    job = load_config(write(tmp_path, FULL), environ={"API_KEY": "k"}).jobs[0]
+    first = job.spec_hash()
+    assert job.spec_hash() == first
+    changed = job.model_copy(update={"every": 99.0})
+    assert changed.spec_hash() != first
+    assert job.model_copy().spec_hash() == first
