@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+from aiohttp import web
+
 if TYPE_CHECKING:
     from scheduler_daemon.config import JobSpec
 
@@ -120,3 +122,17 @@ def make_job(name: str = "job", **fields: object) -> JobSpec:
     if not any(k in fields for k in ("cron", "every", "at")):
         fields["every"] = 1.0
     return JobSpec(name=name, **fields)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def serve_locally(app: web.Application) -> AsyncIterator[str]:
+    """Run ``app`` on 127.0.0.1 on a free port; yields its base URL."""
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

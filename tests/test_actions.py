@@ -22,7 +22,7 @@ from scheduler_daemon.actions.http import HttpJob
 from scheduler_daemon.actions.python import PythonJob
 from scheduler_daemon.config import CommandAction, HttpAction, PythonAction
 from scheduler_daemon.records import Status
-from tests.fakes import make_job
+from tests.fakes import make_job, serve_locally
 
 HUGE = 200 * 1024 * 1024
 
@@ -70,13 +70,8 @@ async def server() -> AsyncIterator[str]:
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/huge", huge)
     app.router.add_get("/slow", slow)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serve_locally(app) as url:
+        yield url
 
 
 @pytest.fixture

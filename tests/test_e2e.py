@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import STARTED_PIDS
+from tests.fakes import serve_locally
 
 DAEMON = Path(sys.executable).with_name("scheduler-daemon")
 REPO = Path(__file__).resolve().parent.parent
@@ -53,13 +54,8 @@ async def target() -> AsyncIterator[str]:
     app.router.add_get("/fail", fail)
     app.router.add_get("/slow", slow)
     app.router.add_get("/huge", huge)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serve_locally(app) as url:
+        yield url
 
 
 class Daemon:
