@@ -19,9 +19,9 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run_json(module: str, jobs: int, seconds: float) -> dict[str, object]:
+def run_json(module: str, jobs: int, seconds: float, *extra: str) -> dict[str, object]:
     out = subprocess.run(
-        [sys.executable, "-m", module, "--jobs", str(jobs), "--seconds", str(seconds)],
+        [sys.executable, "-m", module, "--jobs", str(jobs), "--seconds", str(seconds), *extra],
         capture_output=True,
         text=True,
         check=True,
@@ -30,12 +30,14 @@ def run_json(module: str, jobs: int, seconds: float) -> dict[str, object]:
     return obj  # type: ignore[no-any-return]
 
 
-def burst(jobs_list: list[int], seconds: float) -> None:
+def compare(scenario: str, jobs_list: list[int], seconds: float) -> None:
+    """Ours, then APScheduler, for each N; a table and bench/results/<scenario>.jsonl."""
     RESULTS.mkdir(exist_ok=True)
+    extra = ("--spread",) if scenario == "spread" else ()
     rows = []
     for jobs in jobs_list:
-        ours = run_json("bench.drift", jobs, seconds)
-        theirs = run_json("bench.aps", jobs, seconds)
+        ours = run_json("bench.drift", jobs, seconds, *extra)
+        theirs = run_json("bench.aps", jobs, seconds, *extra)
         ratio = (theirs["drift_ms_p99"] or 0) / max(float(ours["drift_ms_p99"] or 0), 0.001)  # type: ignore[arg-type]
         row = {
             "scenario": "burst",
@@ -48,7 +50,7 @@ def burst(jobs_list: list[int], seconds: float) -> None:
             "machine": f"{platform.machine()} {platform.python_version()}",
         }
         rows.append(row)
-        with open(RESULTS / "burst.jsonl", "a") as f:
+        with open(RESULTS / f"{scenario}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
     print(
         f"{'jobs':>7} | {'ours p50/p99/max ms':>24} | {'APScheduler p50/p99/max ms':>27} | "
@@ -71,9 +73,11 @@ def main() -> int:
     b = sub.add_parser("burst", help="N jobs all due at the same instant every second")
     b.add_argument("--jobs", type=int, nargs="+", default=[1000, 10000])
     b.add_argument("--seconds", type=float, default=20)
+    sp = sub.add_parser("spread", help="N every-second jobs spread evenly: N fires/s")
+    sp.add_argument("--jobs", type=int, nargs="+", default=[5000, 20000])
+    sp.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
-    if args.scenario == "burst":
-        burst(args.jobs, args.seconds)
+    compare(args.scenario, args.jobs, args.seconds)
     return 0
 
 

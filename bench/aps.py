@@ -14,7 +14,7 @@ import json
 import resource
 import statistics
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -27,7 +27,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(jobs: int, seconds: float) -> dict[str, object]:
+async def run(jobs: int, seconds: float, spread: bool = False) -> dict[str, object]:
     started: dict[str, float] = {}
     lateness_ms: list[float] = []
     missed = 0
@@ -47,9 +47,16 @@ async def run(jobs: int, seconds: float) -> dict[str, object]:
 
     scheduler = AsyncIOScheduler()
     scheduler.add_listener(listener, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+    base = datetime.fromtimestamp(int(time.time()) + 2, UTC)
     for i in range(jobs):
         job_id = f"j{i:06d}"
-        scheduler.add_job(job, "cron", second="*", id=job_id, args=[job_id])
+        if spread:  # every second at offset i/N, like the daemon's `every: 1s, offset: ...`
+            start = base + timedelta(seconds=i / jobs)
+            scheduler.add_job(
+                job, "interval", seconds=1, start_date=start, id=job_id, args=[job_id]
+            )
+        else:
+            scheduler.add_job(job, "cron", second="*", id=job_id, args=[job_id])
     cpu0 = time.process_time()
     scheduler.start()
     await asyncio.sleep(seconds)
@@ -75,8 +82,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="APScheduler burst benchmark")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--spread", action="store_true", help="fires evenly over each second")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.jobs, args.seconds))))
+    print(json.dumps(asyncio.run(run(args.jobs, args.seconds, args.spread))))
     return 0
 
 
