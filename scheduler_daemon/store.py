@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -114,10 +115,8 @@ async def sync_jobs(
     With ``removed`` given, ``jobs`` is only what changed (a reload): those are upserted and the
     ``removed`` names deleted, and every other row is left as it is.
     """
-    rows = [
-        (job.name, json.dumps(job_spec(job), default=str), job.enabled, next_runs.get(job.name))
-        for job in jobs
-    ]
+    # Rendering thousands of specs takes long enough to delay fires: do it off the event loop.
+    rows = await asyncio.to_thread(_job_rows, jobs, next_runs)
     async with pool.acquire() as conn, conn.transaction():
         await conn.executemany(
             """INSERT INTO jobs (name, spec, enabled, next_run_at, updated_at)
@@ -132,6 +131,15 @@ async def sync_jobs(
             )
         elif removed:
             await conn.execute("DELETE FROM jobs WHERE name = ANY($1::text[])", list(removed))
+
+
+def _job_rows(
+    jobs: Sequence[JobSpec], next_runs: Mapping[str, datetime | None]
+) -> list[tuple[str, str, bool, datetime | None]]:
+    return [
+        (job.name, json.dumps(job_spec(job), default=str), job.enabled, next_runs.get(job.name))
+        for job in jobs
+    ]
 
 
 async def write_executions(conn: asyncpg.Connection, records: Sequence[ExecutionRecord]) -> int:
