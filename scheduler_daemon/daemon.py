@@ -85,6 +85,10 @@ class Daemon:
         self._scheduler = Scheduler(
             clock=self._clock, dispatch=self._runner.submit, on_jump=self._on_clock_jump
         )
+        # The config and jobs live as long as the process: keep them out of every GC pass. Done
+        # before the first fire is computed, so this one full collection delays none.
+        gc.collect()
+        gc.freeze()
         # Fires up to this instant that never ran are the catch-up's; the schedule starts after.
         self._resumed_at = datetime.fromtimestamp(self._clock.time(), UTC)
         self._scheduler.set_jobs(config.jobs, after=self._resumed_at)
@@ -95,9 +99,6 @@ class Daemon:
         scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         announcer = asyncio.create_task(self._announce_running(), name="announce-running")
-        # The config and jobs live as long as the process: keep them out of every GC pass.
-        gc.collect()
-        gc.freeze()
         self._notify.ready(self.status_line())
         log.info(
             "daemon_started",
