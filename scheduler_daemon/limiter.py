@@ -26,6 +26,7 @@ class Limiter:
         self._waiters: dict[Priority, deque[asyncio.Future[None]]] = {
             p: deque() for p in PRIORITIES
         }
+        self._queued = 0  # futures in the queues, cancelled ones included
 
     @property
     def capacity(self) -> int:
@@ -47,11 +48,12 @@ class Limiter:
         self._admit()
 
     async def acquire(self, priority: Priority = "normal") -> None:
-        if self._in_use < self._capacity and not self._has_waiters():
+        if self._in_use < self._capacity and not self._queued:
             self._in_use += 1
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[priority].append(fut)
+        self._queued += 1
         self._admit()  # a free slot may be held up only by waiters that were cancelled
         try:
             await fut
@@ -65,14 +67,12 @@ class Limiter:
         self._in_use -= 1
         self._admit()
 
-    def _has_waiters(self) -> bool:
-        return any(self._waiters[p] for p in PRIORITIES)
-
     def _admit(self) -> None:
         for priority in PRIORITIES:
             queue = self._waiters[priority]
             while queue and self._in_use < self._capacity:
                 fut = queue.popleft()
+                self._queued -= 1
                 if fut.done():  # cancelled while waiting
                     continue
                 self._in_use += 1
