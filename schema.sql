@@ -46,6 +46,55 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- Added after version 1 (ALTER ... IF NOT EXISTS keeps older databases working).
 -- The newest scheduled instant handled per job: where catch-up starts after downtime.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS last_scheduled_at timestamptz;
+-- Set by `pause` (admin API or CLI), cleared by `resume`; survives restarts and reloads.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS paused_at timestamptz;
+
+-- One-off runs of configured jobs requested through the admin API (`POST /runs`): kept until
+-- they start, so a restart does not lose them. `id` becomes the fire_id of their executions.
+CREATE TABLE IF NOT EXISTS runs (
+    id           uuid PRIMARY KEY,
+    job_name     text        NOT NULL,
+    run_at       timestamptz NOT NULL,
+    overrides    jsonb,                -- args (python) or params/json (http) for this run only
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    started_at   timestamptz,          -- set when the daemon hands it to the runner
+    cancelled_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS runs_pending_idx ON runs (run_at)
+    WHERE started_at IS NULL AND cancelled_at IS NULL;
+
+-- Monitoring views (README: "Monitoring with SQL"). Recreated at every start.
+CREATE OR REPLACE VIEW job_health AS
+SELECT j.name AS job_name,
+       j.enabled,
+       j.paused_at IS NOT NULL AS paused,
+       j.next_run_at,
+       j.last_run_at,
+       s.runs_24h,
+       s.failures_24h,
+       s.success_rate_24h,
+       s.p95_drift_ms_24h,
+       s.p95_duration_ms_24h
+FROM jobs j
+LEFT JOIN LATERAL (
+    SELECT count(*) AS runs_24h,
+           count(*) FILTER (WHERE e.status IN ('failed', 'timed_out', 'abandoned')) AS failures_24h,
+           round((count(*) FILTER (WHERE e.status = 'succeeded'))::numeric
+                 / NULLIF(count(*) FILTER (WHERE e.status <> 'skipped'), 0), 4) AS success_rate_24h,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY e.drift_ms) AS p95_drift_ms_24h,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY e.duration_ms) AS p95_duration_ms_24h
+    FROM executions e
+    WHERE e.job_name = j.name AND e.scheduled_at > now() - interval '24 hours'
+      AND e.status <> 'running'
+) s ON true;
+
+CREATE OR REPLACE VIEW recent_failures AS
+SELECT job_name, scheduled_at, attempt, trigger, status, finished_at, http_status, exit_code, error
+FROM executions
+WHERE status IN ('failed', 'timed_out', 'abandoned', 'missed')
+  AND finished_at > now() - interval '7 days'
+ORDER BY finished_at DESC;
 
 COMMENT ON TABLE executions IS 'scheduler_daemon: one row per attempt (schema version 1)';
 COMMENT ON TABLE jobs IS 'scheduler_daemon: one row per configured job (schema version 1)';
+COMMENT ON TABLE runs IS 'scheduler_daemon: one-off runs requested through the admin API';

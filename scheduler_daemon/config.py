@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import gc
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -128,6 +129,23 @@ class JobSpec(_Frozen):
         return data
 
 
+class AdminSettings(_Frozen):
+    """The admin HTTP server (`admin:`): off when the section is absent."""
+
+    host: str | None = None  # TCP: host and port ...
+    port: int | None = None
+    unix_socket: Path | None = None  # ... or a unix socket path
+    token: str | None = Field(default=None, repr=False)  # Bearer token; a secret
+    allow_remote: bool = False  # binding beyond loopback needs this
+
+    @property
+    def address(self) -> str:
+        if self.unix_socket is not None:
+            return f"unix:{self.unix_socket}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
 class Config(_Frozen):
     path: Path  # the file it came from (absolute)
     database_url: str | None = None  # None: embedded PostgreSQL under state_dir
@@ -137,6 +155,7 @@ class Config(_Frozen):
     shutdown_grace: float = Field(default=30.0, ge=0)
     node: str = ""  # written to executions.node; default: the host name
     jobs: tuple[JobSpec, ...] = ()
+    admin: AdminSettings | None = None
 
     def job(self, name: str) -> JobSpec | None:
         return next((job for job in self.jobs if job.name == name), None)
@@ -426,6 +445,7 @@ TOP_FIELDS: dict[str, Converter] = {
     "node": _string,
     "defaults": _mapping,
     "jobs": _mapping,
+    "admin": _mapping,
 }
 ENV_OVERRIDES: dict[str, tuple[str, Converter]] = {
     "SCHEDULER_MAX_CONCURRENCY": ("max_concurrency", lambda v: _integer(1)(_env_int(v))),
@@ -556,6 +576,7 @@ def _build_config(
         for name, spec in jobs_data.items()
         if (job := _build_job(str(name), spec, defaults, timezone, source, problems)) is not None
     ]
+    admin = _admin(top["admin"], file.parent, problems) if "admin" in top else None
     state_dir = top.get("state_dir") or environ.get("STATE_DIRECTORY") or "./var"
     state_path = Path(str(state_dir).split(":")[0]).expanduser()
     if not state_path.is_absolute():
@@ -570,10 +591,71 @@ def _build_config(
             shutdown_grace=top.get("shutdown_grace", 30.0),
             node=top.get("node") or socket.gethostname(),
             jobs=tuple(jobs),
+            admin=admin,
         )
     except Exception as exc:  # noqa: BLE001 - reported as a problem, never a traceback
         problems.add((), f"invalid configuration: {exc}")
         return None
+
+
+ADMIN_KEYS = ("listen", "token", "allow_remote")
+
+
+def _admin(data: Mapping[str, Any], base: Path, problems: _Problems) -> AdminSettings | None:
+    """`admin: {listen: 127.0.0.1:8089 | /path/to.sock, token: ..., allow_remote: false}`."""
+    ok = True
+    for key in data:
+        if key not in ADMIN_KEYS:
+            problems.add(("admin", key), f"unknown key {key!r}; expected one of {list(ADMIN_KEYS)}")
+            ok = False
+    allow_remote = data.get("allow_remote", False)
+    if not isinstance(allow_remote, bool):
+        problems.add(("admin", "allow_remote"), f"expected true or false, got {got(allow_remote)}")
+        return None
+    token = data.get("token")
+    if token is not None and not isinstance(token, str):
+        problems.add(("admin", "token"), f"expected a string, got {got(token)}")
+        return None
+    listen = data.get("listen")
+    if not isinstance(listen, str) or not listen.strip():
+        problems.add(
+            ("admin", "listen"),
+            f"expected host:port (127.0.0.1:8089) or a unix socket path, got {got(listen)}",
+        )
+        return None
+    try:
+        where = _listen_address(listen.strip(), base, allow_remote)
+    except Invalid as exc:
+        problems.add(("admin", "listen"), str(exc))
+        return None
+    if not ok:
+        return None
+    return AdminSettings(**where, token=token or None, allow_remote=allow_remote)
+
+
+def _listen_address(listen: str, base: Path, allow_remote: bool) -> dict[str, Any]:
+    if listen.startswith(("unix:", "/", "./", "../")):
+        path = Path(listen.removeprefix("unix:")).expanduser()
+        return {"unix_socket": path if path.is_absolute() else (base / path).resolve()}
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise Invalid(f"expected host:port (127.0.0.1:8089) or a unix socket path, got {listen!r}")
+    if not allow_remote and not _is_loopback(host):
+        raise Invalid(
+            f"{listen!r} is reachable beyond this machine; listen on 127.0.0.1 or a unix "
+            "socket, or set `allow_remote: true` (with a token) if that is what you want"
+        )
+    return {"host": host or "0.0.0.0", "port": int(port_text)}
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _database_url(database: Mapping[str, Any], problems: _Problems) -> str | None:

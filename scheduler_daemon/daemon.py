@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import json
 import signal
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import structlog
+from aiohttp import web
 
-from scheduler_daemon import recovery, store
+from scheduler_daemon import admin, queries, recovery, store
 from scheduler_daemon.actions import Action, build_action
 from scheduler_daemon.actions.http import HttpClient
 from scheduler_daemon.clock import Clock, SystemClock
@@ -22,9 +27,13 @@ from scheduler_daemon.embedded import EmbeddedPostgres
 from scheduler_daemon.errors import ConfigError
 from scheduler_daemon.journal import Journal
 from scheduler_daemon.limiter import Limiter
+from scheduler_daemon.metrics import LiveState, Metrics
 from scheduler_daemon.notify import Notifier
+from scheduler_daemon.oneoff import OneOffRuns
+from scheduler_daemon.queries import OneOffRun
 from scheduler_daemon.recorder import Recorder
-from scheduler_daemon.runner import Runner
+from scheduler_daemon.records import Trigger
+from scheduler_daemon.runner import Fire, Runner
 from scheduler_daemon.scheduler import Scheduler
 
 log = structlog.get_logger("scheduler_daemon.daemon")
@@ -56,6 +65,12 @@ class Daemon:
         self._notify = Notifier()
         self._recovered = False
         self.reload_error: str | None = None  # why the last reload was refused, if it was
+        self.started_at = datetime.now(UTC)
+        self.metrics = Metrics()
+        # Paused jobs (name → since when): PostgreSQL is the truth; a copy in state_dir lets a
+        # restart honour pauses before the database answers.
+        self._paused: dict[str, datetime] = {}
+        self._admin: web.AppRunner | None = None
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -81,10 +96,16 @@ class Daemon:
             recorder=self._recorder,
             action_for=ActionCache(self._http),
             node=config.node,
+            observer=self.metrics,
         )
         self._scheduler = Scheduler(
-            clock=self._clock, dispatch=self._runner.submit, on_jump=self._on_clock_jump
+            clock=self._clock, dispatch=self._dispatch, on_jump=self._on_clock_jump
         )
+        self._oneoff = OneOffRuns(clock=self._clock, start=self._start_run)
+        self._paused = self._read_paused_cache()
+        self.metrics.live = self._live_state()
+        if config.admin is not None:
+            self._admin = await admin.start_server(self, config.admin)
         # The config and jobs live as long as the process: keep them out of every GC pass. Done
         # before the first fire is computed, so this one full collection delays none.
         gc.collect()
@@ -94,7 +115,7 @@ class Daemon:
         self._scheduler.set_jobs(config.jobs, after=self._resumed_at)
         self._background: list[asyncio.Task[None]] = []
         for job in config.jobs:
-            if job.run_on_start and job.enabled:
+            if job.run_on_start and job.enabled and job.name not in self._paused:
                 self._runner.submit(job, self._resumed_at)
         scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
@@ -176,7 +197,10 @@ class Daemon:
         for task in self._background:
             task.cancel()  # catch-up sequences: their running fires are drained below
         await asyncio.gather(scheduler_task, *self._background, return_exceptions=True)
+        await self._oneoff.close()  # pending runs stay in the database for the next start
         await self._runner.drain(self.config.shutdown_grace)
+        if self._admin is not None:
+            await self._admin.cleanup()  # kept up while draining: operators watch the drain
         unwritten = await self._recorder.close(timeout=max(5.0, self.config.shutdown_grace))
         await self._http.close()
         if self._embedded is not None:
@@ -209,13 +233,15 @@ class Daemon:
         abandoned = await store.abandon_running(pool, self.config.node)
         last = await store.last_scheduled(pool)
         await self._sync_jobs(pool)
+        self._set_paused_state(await queries.paused_jobs(pool))
+        self._oneoff.schedule(await queries.pending_runs(pool))
         self._recovered = True
         log.info("database_connected", abandoned=len(abandoned))
         jobs = {job.name: job for job in self.config.jobs}
         now = datetime.fromtimestamp(self._clock.time(), UTC)
         recovery.retry_abandoned(abandoned, jobs, self._runner, now)
         self._background += recovery.catch_up(
-            self.config.jobs,
+            [job for job in self.config.jobs if job.name not in self._paused],
             last,
             resumed_at=self._resumed_at,
             now=now,
@@ -269,9 +295,11 @@ class Daemon:
             new = await asyncio.to_thread(load_config, self.config.path)
         except ConfigError as exc:
             self.reload_error = f"{len(exc.problems)} error(s): {exc.problems[0]}"
+            self.metrics.reloads["failed"] += 1
             log.error("reload_failed", problems=exc.problems)
             return False
         self.reload_error = None
+        self.metrics.reloads["succeeded"] += 1
         loaded = time.monotonic()
         old_jobs = {job.name: job for job in self.config.jobs}
         new_jobs = {job.name: job for job in new.jobs}
@@ -285,6 +313,7 @@ class Daemon:
         now = datetime.fromtimestamp(self._clock.time(), UTC)
         for name in removed:
             self._scheduler.remove(name)
+            self.metrics.forget_job(name)
         for name in added | changed:
             self._scheduler.add(new_jobs[name], after=now)
         self._limiter.resize(new.max_concurrency)
@@ -318,12 +347,145 @@ class Daemon:
             log.warning("reload_needs_restart", settings=sorted(kept))
         return kept
 
+    # -- operator controls (admin API) ---------------------------------------------------------
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._scheduler
+
+    @property
+    def recorder(self) -> Recorder:
+        return self._recorder
+
+    def running(self, job: str) -> list[Fire]:
+        return self._runner.active(job)
+
+    def paused(self) -> Mapping[str, datetime]:
+        return self._paused
+
+    def _dispatch(self, job: JobSpec, fire_at: datetime) -> None:
+        if job.name in self._paused:
+            return  # a paused job's fires are not run and not recorded; resume picks up from now
+        self._runner.submit(job, fire_at)
+
+    async def set_paused(self, job: str, paused: bool) -> datetime | None:
+        """Persist first (a pause must survive a restart), then apply."""
+        pool = self._recorder.pool
+        if pool is None:
+            raise ConnectionError("the database is unavailable: the pause would not persist")
+        since = await queries.set_paused(pool, job, paused)
+        state = dict(self._paused)
+        if since is None:
+            state.pop(job, None)
+        else:
+            state[job] = since
+        self._set_paused_state(state)
+        log.info("job_paused" if paused else "job_resumed", job=job)
+        return since
+
+    def _set_paused_state(self, paused: dict[str, datetime]) -> None:
+        self._paused = paused
+        cache = self._paused_cache()
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps({k: v.isoformat() for k, v in paused.items()}))
+            tmp.replace(cache)
+        except OSError as exc:
+            log.warning("paused_cache_not_written", path=str(cache), error=str(exc))
+
+    def _read_paused_cache(self) -> dict[str, datetime]:
+        try:
+            data = json.loads(self._paused_cache().read_text())
+            return {str(k): datetime.fromisoformat(v) for k, v in data.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("paused_cache_unreadable", path=str(self._paused_cache()), error=str(exc))
+            return {}
+
+    def _paused_cache(self) -> Path:
+        return self.config.state_dir / "paused.json"
+
+    def trigger(self, job: JobSpec, overrides: Mapping[str, Any] | None) -> Fire | None:
+        """Run ``job`` now, as a manual fire (paused or not: the operator asked for it)."""
+        now = datetime.fromtimestamp(self._clock.time(), UTC)
+        return self._runner.submit(job, now, trigger=Trigger.MANUAL, overrides=overrides)
+
+    async def create_run(
+        self, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
+    ) -> OneOffRun:
+        pool = self._recorder.pool
+        if pool is None:
+            raise ConnectionError("the database is unavailable: the run would not persist")
+        run = await queries.create_run(pool, job.name, at, overrides)
+        self._oneoff.schedule([run])
+        log.info("oneoff_run_created", run_id=str(run.id), job=job.name, run_at=at.isoformat())
+        return run
+
+    async def cancel_run(self, run_id: uuid.UUID) -> OneOffRun | None:
+        pool = self._recorder.pool
+        if pool is None:
+            raise ConnectionError("the database is unavailable")
+        run = await queries.cancel_run(pool, run_id)
+        if run is not None and run.state == "cancelled":
+            self._oneoff.cancel(run_id)
+        return run
+
+    async def _start_run(self, run: OneOffRun) -> None:
+        """Claim the run in the database, then hand it to the runner (retried while it is away)."""
+        claimed: bool | None = None
+        while claimed is None:
+            pool = self._recorder.pool
+            if pool is not None:
+                with contextlib.suppress(*DB_ERRORS):
+                    claimed = await queries.mark_run_started(pool, run.id)
+            if claimed is None:
+                await self._clock.sleep(RUN_CLAIM_RETRY)
+        if not claimed:
+            return  # cancelled meanwhile, or started by an earlier process
+        job = self.config.job(run.job_name)
+        if job is None:
+            log.warning("oneoff_run_dropped", run_id=str(run.id), job=run.job_name,
+                        why="the job is no longer configured")  # fmt: skip
+            return
+        self._runner.submit(
+            job, run.run_at, trigger=Trigger.MANUAL, overrides=run.overrides, fire_id=run.id
+        )
+
+    def _live_state(self) -> LiveState:
+        def jobs_by_state() -> dict[str, int]:
+            jobs = self.config.jobs
+            paused = sum(1 for job in jobs if job.name in self._paused)
+            enabled = sum(1 for job in jobs if job.enabled)
+            return {"enabled": enabled, "disabled": len(jobs) - enabled, "paused": paused}
+
+        def journal_bytes() -> int:
+            try:
+                return (self.config.state_dir / "journal" / "executions.jsonl").stat().st_size
+            except OSError:
+                return 0
+
+        return LiveState(
+            running_attempts=lambda: sum(
+                1 for fire in self._runner.active() if fire.state == "running"
+            ),
+            waiting_fires=self._limiter.waiting,  # type: ignore[arg-type]
+            recorder_stats=self._recorder.stats,
+            journal_bytes=journal_bytes,
+            database_up=lambda: self._recorder.connected,
+            jobs_by_state=jobs_by_state,
+        )
+
+
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+RUN_CLAIM_RETRY = 5.0
 
 # How often attempts in flight get their `running` row (see README: crash recovery window).
 RUNNING_ROWS_EVERY = 0.2
 
 # The database connection, its files and this node's identity are fixed for a process's life.
-RESTART_ONLY = ("database_url", "state_dir", "node")
+RESTART_ONLY = ("database_url", "state_dir", "node", "admin")
 
 
 def run_daemon(config_path: Path) -> int:

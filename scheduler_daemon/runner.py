@@ -32,6 +32,22 @@ class RecordSink(Protocol):
     def record(self, rec: ExecutionRecord) -> None: ...
 
 
+class FireObserver(Protocol):
+    """Told of every final attempt and every ended fire (metrics); must return at once."""
+
+    def attempt_finished(self, rec: ExecutionRecord) -> None: ...
+
+    def fire_ended(self, job: str, status: Status) -> None: ...
+
+
+class _NoObserver:
+    def attempt_finished(self, rec: ExecutionRecord) -> None:
+        pass
+
+    def fire_ended(self, job: str, status: Status) -> None:
+        pass
+
+
 ActionFor = Callable[[JobSpec], Action]
 
 
@@ -81,8 +97,10 @@ class Runner:
         action_for: ActionFor,
         node: str,
         rng: random.Random | None = None,
+        observer: FireObserver | None = None,
     ) -> None:
         self._clock = clock
+        self._observer: FireObserver = observer or _NoObserver()
         self._limiter = limiter
         self._recorder = recorder
         self._action_for = action_for
@@ -152,6 +170,7 @@ class Runner:
                 finally:
                     self._limiter.release()
                 if not self._should_retry(fire, outcome_status, outcome):
+                    self._observer.fire_ended(job.name, outcome_status)
                     return
                 delay = backoff_delay(job.retry, fire.attempt, self._rng)
                 if outcome is not None and outcome.retry_after is not None:
@@ -170,7 +189,9 @@ class Runner:
         except asyncio.CancelledError:
             if fire.state == "waiting":
                 self._record_unstarted(fire, Status.CANCELLED, fire.cancel_reason)
-            # running: _attempt recorded it; backoff: the last attempt is already recorded.
+            else:
+                # running: _attempt recorded it; backoff: the last attempt is already recorded.
+                self._observer.fire_ended(job.name, Status.CANCELLED)
         except Exception:
             # A bug of ours, not the job's: keep the daemon alive and say so loudly.
             log.exception("fire_crashed", job=job.name, fire_id=str(fire.fire_id))
@@ -240,6 +261,7 @@ class Runner:
             output=outcome.output if outcome else None,
         )
         self._recorder.record(rec)
+        self._observer.attempt_finished(rec)
         log.info(
             "attempt_finished",
             job=rec.job_name,
@@ -274,9 +296,10 @@ class Runner:
         return announced
 
     def _record_unstarted(self, fire: Fire, status: Status, reason: str) -> None:
-        self._recorder.record(
-            self._row(fire, status, finished_at=_dt(self._clock.time()), error=reason)
-        )
+        rec = self._row(fire, status, finished_at=_dt(self._clock.time()), error=reason)
+        self._recorder.record(rec)
+        self._observer.attempt_finished(rec)
+        self._observer.fire_ended(rec.job_name, status)
 
     def _row(
         self,

@@ -92,6 +92,20 @@ class Scheduler:
         entry = self._jobs.get(name)
         return entry.next_at if entry else None
 
+    def upcoming(self, name: str, count: int) -> list[datetime]:
+        """The job's next ``count`` fire times, from its scheduled next fire on."""
+        entry = self._jobs.get(name)
+        if entry is None or entry.next_at is None:
+            return []
+        times = [entry.next_at]
+        while len(times) < count and (after := entry.trigger.next_after(times[-1])) is not None:
+            times.append(after)
+        return times
+
+    def describe(self, name: str) -> str | None:
+        entry = self._jobs.get(name)
+        return entry.trigger.describe() if entry else None
+
     def __len__(self) -> int:
         return len(self._jobs)
 

@@ -45,13 +45,30 @@ CREATE TEMP TABLE IF NOT EXISTS executions_stage (
 ) ON COMMIT DELETE ROWS
 """
 _COLS = ", ".join(COLUMNS)
-# A final row replaces a `running` placeholder; any other duplicate (a replay) is ignored.
+# Listeners get one JSON event per attempt that reached a final status (README: Events).
+EVENTS_CHANNEL = "scheduler_executions"
+# NOTIFY payloads must stay under 8000 bytes: the error is cut, the output left out.
+_EVENT_ERROR_CHARS = 2000
+# A final row replaces a `running` placeholder; any other duplicate (a replay) is ignored, and
+# only rows actually written are announced, so a replayed batch publishes nothing twice.
 _MERGE = f"""
-INSERT INTO executions ({_COLS})
-SELECT {_COLS} FROM executions_stage
-ON CONFLICT (fire_id, attempt) DO UPDATE SET
-    {", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[5:])}
-WHERE executions.status = 'running'
+WITH merged AS (
+    INSERT INTO executions ({_COLS})
+    SELECT {_COLS} FROM executions_stage
+    ON CONFLICT (fire_id, attempt) DO UPDATE SET
+        {", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[5:])}
+    WHERE executions.status = 'running'
+    RETURNING {_COLS}
+), announced AS (
+    SELECT pg_notify('{EVENTS_CHANNEL}', json_build_object(
+        'job', job_name, 'fire_id', fire_id, 'scheduled_at', scheduled_at, 'attempt', attempt,
+        'trigger', trigger, 'status', status, 'started_at', started_at,
+        'finished_at', finished_at, 'duration_ms', duration_ms, 'drift_ms', drift_ms,
+        'http_status', http_status, 'exit_code', exit_code,
+        'error', left(error, {_EVENT_ERROR_CHARS}), 'node', node)::text)
+    FROM merged WHERE status <> 'running'
+)
+SELECT (SELECT count(*) FROM merged) AS written, (SELECT count(*) FROM announced) AS announced
 """
 _TOUCH_JOBS = """
 UPDATE jobs SET last_run_at = GREATEST(jobs.last_run_at, s.last_run),
@@ -152,9 +169,9 @@ async def write_executions(conn: asyncpg.Connection, records: Sequence[Execution
         await conn.copy_records_to_table(
             "executions_stage", records=[_row(r) for r in latest.values()], columns=COLUMNS
         )
-        status = await conn.execute(_MERGE)
+        written = await conn.fetchval(_MERGE)
         await conn.execute(_TOUCH_JOBS)
-    return int(status.split()[-1])
+    return int(written)
 
 
 def _last_per_attempt(records: Sequence[ExecutionRecord]) -> dict[tuple[Any, int], ExecutionRecord]:

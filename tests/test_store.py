@@ -57,7 +57,7 @@ async def test_schema_applies_concurrently_on_an_empty_database(empty_database_u
     finally:
         for conn in conns:
             await conn.close()
-    assert [t["tablename"] for t in tables] == ["executions", "jobs"]
+    assert [t["tablename"] for t in tables] == ["executions", "jobs", "runs"]
 
 
 async def test_schema_applies_again_cleanly(pool: asyncpg.Pool) -> None:

@@ -1,0 +1,287 @@
+"""The read side and the operator's writes: execution history, job statistics, pauses, one-off runs.
+
+Used by the admin API and by the CLI when it talks to PostgreSQL directly; every function takes a
+pool or a connection, so both share one set of queries.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import asyncpg
+
+Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
+
+EXECUTION_COLUMNS = (
+    "id, fire_id, job_name, scheduled_at, attempt, trigger, status, started_at, finished_at,"
+    " drift_ms, duration_ms, http_status, exit_code, error, output, node"
+)
+FAILED = ("failed", "timed_out", "abandoned", "missed")
+
+
+class BadCursor(ValueError):
+    """A pagination cursor that this version did not hand out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a page ended: the last row's (scheduled_at, id); the next page is strictly older."""
+
+    scheduled_at: datetime
+    id: int
+
+    def encode(self) -> str:
+        micros = round(self.scheduled_at.timestamp() * 1_000_000)
+        return f"{micros}.{self.id}"
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        micros, dot, ident = text.partition(".")
+        try:
+            if not dot:
+                raise ValueError(text)
+            at = datetime.fromtimestamp(int(micros) / 1_000_000, UTC)
+            return cls(at, int(ident))
+        except (ValueError, OverflowError, OSError):
+            raise BadCursor(f"not a cursor from this API: {text!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionFilter:
+    job: str | None = None
+    status: str | None = None
+    trigger: str | None = None
+    since: datetime | None = None  # scheduled at or after
+    until: datetime | None = None  # scheduled before
+
+
+async def executions(
+    db: Db, where: ExecutionFilter, *, after: Cursor | None = None, limit: int = 50
+) -> tuple[list[asyncpg.Record], Cursor | None]:
+    """One page of attempts, newest scheduled first, and the cursor of the next page (or None)."""
+    rows = await db.fetch(
+        f"""SELECT {EXECUTION_COLUMNS} FROM executions
+            WHERE ($1::text IS NULL OR job_name = $1)
+              AND ($2::text IS NULL OR status = $2)
+              AND ($3::text IS NULL OR trigger = $3)
+              AND ($4::timestamptz IS NULL OR scheduled_at >= $4)
+              AND ($5::timestamptz IS NULL OR scheduled_at < $5)
+              AND ($6::timestamptz IS NULL OR (scheduled_at, id) < ($6, $7))
+            ORDER BY scheduled_at DESC, id DESC
+            LIMIT $8""",
+        where.job,
+        where.status,
+        where.trigger,
+        where.since,
+        where.until,
+        after.scheduled_at if after else None,
+        after.id if after else None,
+        limit + 1,
+    )
+    page = list(rows[:limit])
+    more = len(rows) > limit
+    return page, Cursor(page[-1]["scheduled_at"], page[-1]["id"]) if more else None
+
+
+async def jobs(db: Db, name: str | None = None) -> list[asyncpg.Record]:
+    """``jobs`` rows, by name (one, when ``name`` is given)."""
+    return list(
+        await db.fetch("SELECT * FROM jobs WHERE $1::text IS NULL OR name = $1 ORDER BY name", name)
+    )
+
+
+async def job_stats(db: Db, since: datetime, job: str | None = None) -> list[asyncpg.Record]:
+    """Per job since ``since``: attempts by outcome, success rate, duration and drift figures,
+    and the last final attempt. Running rows are left out; skipped fires do not count as runs."""
+    return list(
+        await db.fetch(
+            """SELECT job_name,
+                  count(*) FILTER (WHERE status <> 'skipped') AS runs,
+                  count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+                  count(*) FILTER (WHERE status = ANY($3::text[])) AS failed,
+                  count(*) FILTER (WHERE status = 'skipped') AS skipped,
+                  round((count(*) FILTER (WHERE status = 'succeeded'))::numeric
+                        / NULLIF(count(*) FILTER (WHERE status <> 'skipped'), 0), 4)::float8
+                      AS success_rate,
+                  avg(duration_ms) AS avg_duration_ms,
+                  percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_duration_ms,
+                  avg(drift_ms) AS avg_drift_ms,
+                  percentile_cont(0.95) WITHIN GROUP (ORDER BY drift_ms) AS p95_drift_ms,
+                  max(drift_ms) AS max_drift_ms,
+                  (array_agg(status ORDER BY scheduled_at DESC, id DESC))[1] AS last_status,
+                  max(finished_at) AS last_finished_at
+               FROM executions
+               WHERE scheduled_at >= $1 AND status <> 'running'
+                 AND ($2::text IS NULL OR job_name = $2)
+               GROUP BY job_name ORDER BY job_name""",
+            since,
+            job,
+            list(FAILED),
+        )
+    )
+
+
+async def runs_per_minute(db: Db, since: datetime) -> list[asyncpg.Record]:
+    """Final attempts per minute since ``since``: all of them and the failed ones."""
+    return list(
+        await db.fetch(
+            """SELECT date_trunc('minute', finished_at) AS minute, count(*) AS attempts,
+                      count(*) FILTER (WHERE status = ANY($2::text[])) AS failed
+               FROM executions WHERE finished_at >= $1 AND status <> 'running'
+               GROUP BY 1 ORDER BY 1""",
+            since,
+            list(FAILED),
+        )
+    )
+
+
+async def last_attempts(db: Db, job: str, limit: int = 5) -> list[asyncpg.Record]:
+    page, _ = await executions(db, ExecutionFilter(job=job), limit=limit)
+    return page
+
+
+# -- pauses ------------------------------------------------------------------------------------
+
+
+async def set_paused(db: Db, job: str, paused: bool) -> datetime | None:
+    """Persist a pause (or resume); the pause time, or None when resumed.
+
+    Raises LookupError when the job has no row (not configured, or not synced yet)."""
+    row = await db.fetchrow(
+        """UPDATE jobs SET paused_at = CASE WHEN $2 THEN COALESCE(paused_at, now()) END
+           WHERE name = $1 RETURNING paused_at""",
+        job,
+        paused,
+    )
+    if row is None:
+        raise LookupError(job)
+    paused_at: datetime | None = row["paused_at"]
+    return paused_at
+
+
+async def paused_jobs(db: Db) -> dict[str, datetime]:
+    rows = await db.fetch("SELECT name, paused_at FROM jobs WHERE paused_at IS NOT NULL")
+    return {r["name"]: r["paused_at"] for r in rows}
+
+
+# -- one-off runs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OneOffRun:
+    id: uuid.UUID
+    job_name: str
+    run_at: datetime
+    overrides: Mapping[str, Any] | None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    cancelled_at: datetime | None = None
+
+    @property
+    def state(self) -> str:
+        if self.cancelled_at is not None:
+            return "cancelled"
+        return "started" if self.started_at is not None else "pending"
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> OneOffRun:
+        overrides = row["overrides"]
+        return cls(
+            id=row["id"],
+            job_name=row["job_name"],
+            run_at=row["run_at"],
+            overrides=json.loads(overrides) if isinstance(overrides, str) else overrides,
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            cancelled_at=row["cancelled_at"],
+        )
+
+
+_RUN_COLUMNS = "id, job_name, run_at, overrides, created_at, started_at, cancelled_at"
+
+
+async def create_run(
+    db: Db, job: str, run_at: datetime, overrides: Mapping[str, Any] | None
+) -> OneOffRun:
+    row = await db.fetchrow(
+        f"""INSERT INTO runs (id, job_name, run_at, overrides) VALUES ($1, $2, $3, $4::jsonb)
+            RETURNING {_RUN_COLUMNS}""",
+        uuid.uuid4(),
+        job,
+        run_at,
+        json.dumps(overrides) if overrides is not None else None,
+    )
+    assert row is not None
+    return OneOffRun.from_row(row)
+
+
+async def get_run(db: Db, run_id: uuid.UUID) -> OneOffRun | None:
+    row = await db.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
+    return OneOffRun.from_row(row) if row else None
+
+
+async def list_runs(db: Db, *, pending_only: bool = False, limit: int = 100) -> list[OneOffRun]:
+    rows = await db.fetch(
+        f"""SELECT {_RUN_COLUMNS} FROM runs
+            WHERE NOT $1 OR (started_at IS NULL AND cancelled_at IS NULL)
+            ORDER BY run_at DESC LIMIT $2""",
+        pending_only,
+        limit,
+    )
+    return [OneOffRun.from_row(r) for r in rows]
+
+
+async def pending_runs(db: Db) -> list[OneOffRun]:
+    rows = await db.fetch(
+        f"""SELECT {_RUN_COLUMNS} FROM runs WHERE started_at IS NULL AND cancelled_at IS NULL
+            ORDER BY run_at"""
+    )
+    return [OneOffRun.from_row(r) for r in rows]
+
+
+async def cancel_run(db: Db, run_id: uuid.UUID) -> OneOffRun | None:
+    """Cancel a pending run; returns the run as it now is (None: no such run). A run that has
+    started or was cancelled already is returned unchanged: the caller tells which by its state."""
+    row = await db.fetchrow(
+        f"""UPDATE runs SET cancelled_at = now()
+            WHERE id = $1 AND started_at IS NULL AND cancelled_at IS NULL
+            RETURNING {_RUN_COLUMNS}""",
+        run_id,
+    )
+    if row is not None:
+        return OneOffRun.from_row(row)
+    return await get_run(db, run_id)
+
+
+async def mark_run_started(db: Db, run_id: uuid.UUID) -> bool:
+    """Claim a pending run for starting; False if it was cancelled (or started) meanwhile."""
+    status = await db.execute(
+        "UPDATE runs SET started_at = now() WHERE id = $1 AND started_at IS NULL"
+        " AND cancelled_at IS NULL",
+        run_id,
+    )
+    return str(status).endswith(" 1")
+
+
+def rows_json(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [record_json(r) for r in rows]
+
+
+def record_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row as JSON-safe data: instants in ISO 8601, uuids as strings."""
+    return {key: _json_value(value) for key, value in dict(row).items()}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, float) and value != value:  # NaN is not JSON
+        return None
+    return value
