@@ -239,7 +239,7 @@ class Api:
         body["last_attempts"] = (
             queries.rows_json(await queries.last_attempts(pool, job.name, 10)) if pool else None
         )
-        body["running"] = [
+        body["running_fires"] = [
             {
                 "fire_id": str(f.fire_id),
                 "scheduled_at": f.scheduled_at.isoformat(),

@@ -242,6 +242,16 @@ SPEC: dict[str, Any] = {
                                         "type": ["array", "null"],
                                         "items": _ref("Execution"),
                                     },
+                                    running_fires={
+                                        "type": "array",
+                                        "items": _obj(
+                                            ["fire_id", "scheduled_at", "state", "attempt"],
+                                            fire_id=_STR,
+                                            scheduled_at=_TIME,
+                                            state=_STR,
+                                            attempt={"type": "integer"},
+                                        ),
+                                    },
                                 ),
                             ]
                         },
