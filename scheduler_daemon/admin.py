@@ -22,17 +22,10 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from scheduler_daemon import queries
-from scheduler_daemon.config import (
-    AdminSettings,
-    CommandAction,
-    Config,
-    HttpAction,
-    Invalid,
-    JobSpec,
-    parse_duration,
-)
+from scheduler_daemon.config import AdminSettings, Config, Invalid, JobSpec, parse_duration
 from scheduler_daemon.metrics import Metrics
 from scheduler_daemon.openapi import SPEC
+from scheduler_daemon.overrides import BadOverrides, runner_overrides
 from scheduler_daemon.queries import OneOffRun
 from scheduler_daemon.recorder import Recorder
 from scheduler_daemon.runner import Fire
@@ -486,36 +479,10 @@ async def _body(request: web.Request) -> dict[str, Any] | None:
 
 
 def _overrides(job: JobSpec, body: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Per-run arguments: `args` for python jobs, `params` / `json` for HTTP jobs."""
-    if not body:
-        return None
-    if isinstance(job.action, HttpAction):
-        allowed: tuple[str, ...] = ("params", "json")
-    elif isinstance(job.action, CommandAction):
-        allowed = ()
-    else:
-        allowed = ("args",)
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        accepts = f"accepts only {list(allowed)}" if allowed else "takes no overrides"
-        raise ApiError(400, "bad_overrides", f"a {job.action.kind} job {accepts}; got {unknown}")
-    out: dict[str, Any] = {}
-    if "args" in body:
-        if not isinstance(body["args"], dict):
-            raise ApiError(
-                400, "bad_overrides", "`args` must be a JSON object of keyword arguments"
-            )
-        out.update(body["args"])  # a python job's overrides are its keyword arguments
-    if "params" in body:
-        params = body["params"]
-        if not isinstance(params, dict) or not all(
-            isinstance(v, str | int | float) and not isinstance(v, bool) for v in params.values()
-        ):
-            raise ApiError(400, "bad_overrides", "`params` must map names to strings or numbers")
-        out["params"] = {str(k): str(v) for k, v in params.items()}
-    if "json" in body:
-        out["json"] = body["json"]
-    return out
+    try:
+        return runner_overrides(job, body)
+    except BadOverrides as exc:
+        raise ApiError(400, "bad_overrides", str(exc)) from None
 
 
 def _window_start(request: web.Request) -> datetime:

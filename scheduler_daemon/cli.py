@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import traceback
@@ -49,6 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     nxt.add_argument("-n", type=int, default=5, help="fire times per job (default 5)")
     nxt.add_argument("--after", help="count from this ISO 8601 time (default: now; naive = UTC)")
     nxt.add_argument("jobs", nargs="*", metavar="JOB", help="only these jobs")
+    status = with_config(sub.add_parser("status", help="one line per job: state, next, last"))
+    status.add_argument("--json", action="store_true", help="JSON for scripts")
+    history = with_config(sub.add_parser("history", help="a job's latest attempts"))
+    history.add_argument("job", metavar="JOB")
+    history.add_argument("-n", type=int, default=20, help="attempts to show (default 20)")
+    history.add_argument("--status", help="only attempts with this status (e.g. failed)")
+    history.add_argument("--json", action="store_true", help="JSON for scripts")
+    trigger = with_config(sub.add_parser("trigger", help="run a job now (trigger = manual)"))
+    trigger.add_argument("job", metavar="JOB")
+    trigger.add_argument(
+        "--args", help='python jobs: keyword arguments, e.g. \'{"day": "2026-11-25"}\''
+    )
+    trigger.add_argument("--params", help="HTTP jobs: query parameters (JSON object)")
+    trigger.add_argument("--json", dest="json_body", metavar="JSON", help="HTTP jobs: JSON body")
+    for verb in ("pause", "resume"):
+        p = with_config(sub.add_parser(verb, help=f"{verb} a job (kept across restarts)"))
+        p.add_argument("job", metavar="JOB")
     db = sub.add_parser("db", help="database commands")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     with_config(db_sub.add_parser("init", help="apply schema.sql (idempotent; run does it too)"))
@@ -57,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Commands other than `run` print results on stdout (tables, JSON for scripts): their own
+    # progress logs (e.g. borrowing the embedded PostgreSQL) would get in the way.
+    quiet = "info" if args.command in ("run", "db") else "warning"
     configure_logging(
-        level="debug" if args.debug else os.environ.get("SCHEDULER_LOG_LEVEL", "info")
+        level="debug" if args.debug else os.environ.get("SCHEDULER_LOG_LEVEL", quiet)
     )
     try:
         return _dispatch(args)
@@ -86,7 +107,32 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _next(config, count=args.n, after=args.after, names=args.jobs)
     if args.command == "db":
         return asyncio.run(_db_init(config))
-    raise AssertionError(args.command)
+    return asyncio.run(_operate(config, args))
+
+
+async def _operate(config: Config, args: argparse.Namespace) -> int:
+    from scheduler_daemon import control, tables
+
+    async with control.connect(config) as backend:
+        if args.command == "status":
+            jobs = await backend.jobs()
+            print(json.dumps(jobs, indent=2) if args.json else tables.status(jobs))
+        elif args.command == "history":
+            rows = await backend.history(args.job, args.n, args.status)
+            if not rows and config.job(args.job) is None:
+                known = ", ".join(job.name for job in config.jobs)
+                raise control.ControlError(f"no job named {args.job!r}; known: {known}")
+            print(json.dumps(rows, indent=2, default=str) if args.json else tables.history(rows))
+        elif args.command == "trigger":
+            body = control.overrides_body(args=args.args, params=args.params, json=args.json_body)
+            result = await backend.trigger(args.job, body)
+            print(json.dumps(result))
+        elif args.command in ("pause", "resume"):
+            result = await backend.set_paused(args.job, args.command == "pause")
+            print(json.dumps(result))
+        else:
+            raise AssertionError(args.command)
+    return 0
 
 
 def _check(config: Config) -> int:
@@ -169,5 +215,5 @@ def _print_error(exc: BaseException, *, debug: bool) -> None:
     cur: BaseException | None = exc
     while cur is not None:
         chain.append(f"{type(cur).__name__}: {cur}" if cur is not exc else str(cur))
-        cur = cur.__cause__ or cur.__context__
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
     print("error: " + "\n  caused by: ".join(chain), file=sys.stderr)

@@ -119,6 +119,7 @@ class Daemon:
                 self._runner.submit(job, self._resumed_at)
         scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        controls = asyncio.create_task(self._watch_controls(), name="watch-controls")
         announcer = asyncio.create_task(self._announce_running(), name="announce-running")
         self._notify.ready(self.status_line())
         log.info(
@@ -133,6 +134,7 @@ class Daemon:
         finally:
             heartbeat.cancel()
             announcer.cancel()
+            controls.cancel()
             await self._shutdown(scheduler_task)
         return 0
 
@@ -167,6 +169,25 @@ class Daemon:
         while True:
             await self._clock.sleep(RUNNING_ROWS_EVERY)
             self._runner.announce_running()
+
+    async def _watch_controls(self) -> None:
+        """Pick up pauses and one-off runs written to the database by others (the CLI without
+        the admin API, another replica); the admin API applies its own at once."""
+        while True:
+            await self._clock.sleep(CONTROL_POLL)
+            pool = self._recorder.pool
+            if pool is None or not self._recovered:
+                continue
+            try:
+                paused = await queries.paused_jobs(pool)
+                runs = await queries.pending_runs(pool)
+            except DB_ERRORS as exc:
+                log.debug("controls_not_read", error=str(exc))
+                continue
+            if paused != self._paused:
+                log.info("paused_jobs_changed", paused=sorted(paused))
+                self._set_paused_state(paused)
+            self._oneoff.schedule(runs)
 
     async def _heartbeat(self) -> None:
         """Pings the systemd watchdog: a task on the loop, so a blocked loop stops the pings."""
@@ -480,6 +501,8 @@ class Daemon:
 
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 RUN_CLAIM_RETRY = 5.0
+# How often pauses and one-off runs written by others (the CLI, without the API) are re-read.
+CONTROL_POLL = 2.0
 
 # How often attempts in flight get their `running` row (see README: crash recovery window).
 RUNNING_ROWS_EVERY = 0.2

@@ -154,7 +154,8 @@ async def test_http_sends_method_params_json_headers_and_takes_overrides(
     assert out.output is not None and '"query": {"a": "1"}' in out.output
     assert '"json": {"x": 1}' in out.output and "Bearer t0ken" in out.output
     out = await job.run({"params": {"date": "2026-01-01"}, "json": {"levels": [3]}})
-    assert out.output is not None and '"query": {"date": "2026-01-01"}' in out.output
+    # Override params are merged over the configured ones; a json override replaces the body.
+    assert out.output is not None and '"query": {"a": "1", "date": "2026-01-01"}' in out.output
     assert '"json": {"levels": [3]}' in out.output
 
 

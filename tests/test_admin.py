@@ -37,17 +37,17 @@ def free_port() -> int:
 
 
 def write_config(
-    path: Path, dsn: str, target: str, *, listen: str, token: str | None = "${ADMIN_TOKEN}"
+    path: Path, dsn: str, target: str, *, listen: str | None, token: str | None = "${ADMIN_TOKEN}"
 ) -> None:
-    token_line = f"\n  token: {token}" if token else ""
+    admin = f"admin:\n  listen: {listen}\n" if listen else ""
+    if admin and token:
+        admin += f"  token: {token}\n"
     path.write_text(
         f"""\
 database: {{url: "{dsn}"}}
 state_dir: ./state
 shutdown_grace: 2s
-admin:
-  listen: {listen}{token_line}
-jobs:
+{admin}jobs:
   greet:
     every: 1h
     python: tests.e2e_jobs:greet

@@ -50,7 +50,7 @@ class HttpJob:
         params: Mapping[str, Any] = spec.params
         json_body = spec.json_body
         if overrides:
-            params = overrides.get("params", params)
+            params = {**params, **overrides.get("params", {})}  # merged over the configured
             json_body = overrides.get("json", json_body)
         kwargs: dict[str, Any] = {"headers": spec.headers, "params": params}
         if json_body is not None:

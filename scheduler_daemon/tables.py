@@ -1,0 +1,91 @@
+"""Plain-text tables for the operator commands (`status`, `history`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+
+def status(jobs: Sequence[Mapping[str, Any]], now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    rows = [
+        [
+            job["name"],
+            job["state"],
+            job["schedule"],
+            _when(job["next_fire"], now),
+            job["last_status"] or "-",
+            _when(job["last_finished_at"], now),
+            _percent(job["success_rate"]),
+            _ms(job["p95_drift_ms"]),
+        ]
+        for job in jobs
+    ]
+    header = ["JOB", "STATE", "SCHEDULE", "NEXT", "LAST", "WHEN", "OK 24H", "P95 DRIFT"]
+    return render(header, rows)
+
+
+def history(rows: Sequence[Mapping[str, Any]], now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    table = [
+        [
+            _when(r["scheduled_at"], now),
+            str(r["attempt"]),
+            r["trigger"],
+            r["status"],
+            _ms(r["drift_ms"]),
+            _ms(r["duration_ms"]),
+            _detail(r),
+        ]
+        for r in rows
+    ]
+    return render(["SCHEDULED", "TRY", "TRIGGER", "STATUS", "DRIFT", "DURATION", "DETAIL"], table)
+
+
+def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    if not rows:
+        return "(none)"
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in (header, *rows)]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _detail(row: Mapping[str, Any]) -> str:
+    parts = []
+    if row.get("http_status") is not None:
+        parts.append(f"HTTP {row['http_status']}")
+    if row.get("exit_code") is not None:
+        parts.append(f"exit {row['exit_code']}")
+    if row.get("error"):
+        parts.append(str(row["error"]).splitlines()[0][:80])
+    return "; ".join(parts)
+
+
+def _when(value: str | datetime | None, now: datetime) -> str:
+    if value is None:
+        return "-"
+    at = datetime.fromisoformat(value) if isinstance(value, str) else value
+    seconds = (at - now).total_seconds()
+    text = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{text} ({_ago(seconds)})"
+
+
+def _ago(seconds: float) -> str:
+    size = abs(seconds)
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if size >= span or unit == "s":
+            amount = f"{int(size // span)}{unit}"
+            return f"in {amount}" if seconds > 0 else f"{amount} ago"
+    raise AssertionError
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.1f}%"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
