@@ -617,6 +617,11 @@ def _admin(data: Mapping[str, Any], base: Path, problems: _Problems) -> AdminSet
         problems.add(("admin", "token"), f"expected a string, got {got(token)}")
         return None
     listen = data.get("listen")
+    if "listen" not in data:
+        problems.add(
+            ("admin",), "missing `listen:` (host:port like 127.0.0.1:8089, or a unix socket path)"
+        )
+        return None
     if not isinstance(listen, str) or not listen.strip():
         problems.add(
             ("admin", "listen"),

@@ -23,6 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from scheduler_daemon.records import ExecutionRecord, Status
 
@@ -47,7 +48,8 @@ class _Histogram:
         out: list[tuple[str, float]] = []
         running = 0
         counts = self.counts or [0] * (len(self.bounds) + 1)
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), counts, strict=True):
+        labels = (*(floatToGoString(b) for b in self.bounds), "+Inf")
+        for bound, count in zip(labels, counts, strict=True):
             running += count
             out.append((bound, running))
         return out

@@ -408,3 +408,49 @@ def test_spec_hash_is_cached_but_never_stale_on_a_copy(tmp_path: Path) -> None:
     changed = job.model_copy(update={"every": 99.0})
     assert changed.spec_hash() != first
     assert job.model_copy().spec_hash() == first
+
+
+# -- admin ----------------------------------------------------------------------------------------
+
+
+def _admin_config(tmp_path: Path, admin: str, environ: dict[str, str] | None = None) -> object:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"admin:\n{textwrap.indent(textwrap.dedent(admin), '  ')}jobs: {{}}\n")
+    return load_config(path, environ=environ or {}).admin
+
+
+def test_admin_listens_on_loopback_or_a_unix_socket(tmp_path: Path) -> None:
+    tcp = _admin_config(tmp_path, "listen: 127.0.0.1:8089\ntoken: ${T}\n", {"T": "s3cret"})
+    assert tcp.host == "127.0.0.1" and tcp.port == 8089 and tcp.token == "s3cret"  # type: ignore[attr-defined]
+    assert "s3cret" not in repr(tcp)
+    v6 = _admin_config(tmp_path, 'listen: "[::1]:9000"\n')
+    assert v6.host == "::1" and v6.address == "[::1]:9000"  # type: ignore[attr-defined]
+    unix = _admin_config(tmp_path, "listen: ./run/admin.sock\n")
+    assert unix.unix_socket == tmp_path / "run" / "admin.sock"  # type: ignore[attr-defined]
+    empty = _admin_config(tmp_path, "listen: localhost:1\ntoken: ${T:-}\n")
+    assert empty.token is None  # type: ignore[attr-defined]
+    remote = _admin_config(tmp_path, "listen: 0.0.0.0:8089\nallow_remote: true\ntoken: x\n")
+    assert remote.host == "0.0.0.0"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("admin", "message"),
+    [
+        (
+            "listen: 0.0.0.0:8089\n",
+            "config.yaml:2: admin.listen: '0.0.0.0:8089' is reachable beyond",
+        ),
+        ("listen: 10.0.0.5:80\n", "set `allow_remote: true`"),
+        ("listen: :8089\n", "is reachable beyond this machine"),
+        ("listen: 127.0.0.1\n", "admin.listen: expected host:port (127.0.0.1:8089) or a unix"),
+        ("listen: 127.0.0.1:99999\n", "expected host:port"),
+        ("token: x\n", "config.yaml:1: admin: missing `listen:`"),
+        ("listen: 127.0.0.1:1\nallow_remote: yes-please\n", "admin.allow_remote: expected true"),
+        ("listen: 127.0.0.1:1\ntoken: [1]\n", "admin.token: expected a string"),
+        ("listen: 127.0.0.1:1\nport: 2\n", "config.yaml:3: admin.port: unknown key 'port'"),
+    ],
+)
+def test_admin_mistakes_are_named(tmp_path: Path, admin: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _admin_config(tmp_path, admin)
+    assert message in "\n".join(info.value.problems)
