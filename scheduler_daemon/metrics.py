@@ -48,7 +48,7 @@ class _Histogram:
         out: list[tuple[str, float]] = []
         running = 0
         counts = self.counts or [0] * (len(self.bounds) + 1)
-        labels = (*(floatToGoString(b) for b in self.bounds), "+Inf")
+        labels = (*(floatToGoString(b) for b in self.bounds), "+Inf")  # type: ignore[no-untyped-call]
         for bound, count in zip(labels, counts, strict=True):
             running += count
             out.append((bound, running))
