@@ -141,12 +141,12 @@ class Metrics(Collector):
 
     def _counters(self) -> Iterator[Metric]:
         fires = CounterMetricFamily(
-            "scheduler_fires", "Fires by their final outcome.", labels=["job", "status"]
+            "scheduler_fires", "Fires by their final outcome.", labels=["job_name", "status"]
         )
         for (job, status), n in sorted(self._fire_counts.items()):
             fires.add_metric([job, str(status)], n)
         attempts = CounterMetricFamily(
-            "scheduler_attempts", "Finished attempts by status.", labels=["job", "status"]
+            "scheduler_attempts", "Finished attempts by status.", labels=["job_name", "status"]
         )
         for (job, status), n in sorted(self._attempt_counts.items()):
             attempts.add_metric([job, str(status)], n)
@@ -158,7 +158,7 @@ class Metrics(Collector):
         success = GaugeMetricFamily(
             "scheduler_last_success_timestamp_seconds",
             "When the job's last successful attempt finished (Unix time).",
-            labels=["job"],
+            labels=["job_name"],
         )
         for job, at in sorted(self._last_success.items()):
             success.add_metric([job], at)
@@ -173,7 +173,7 @@ class Metrics(Collector):
                 self._drifts,
             ),
         ):
-            family = HistogramMetricFamily(name, doc, labels=["job"])
+            family = HistogramMetricFamily(name, doc, labels=["job_name"])
             for job, hist in sorted(table.items()):
                 family.add_metric([job], hist.buckets(), hist.total)
             yield family

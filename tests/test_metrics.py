@@ -34,20 +34,20 @@ def test_attempts_fires_histograms_and_last_success_per_job() -> None:
     metrics.attempt_finished(rec("b", Status.SKIPPED))
     metrics.fire_ended("b", Status.SKIPPED)
     got = samples(metrics)
-    assert got[("scheduler_attempts_total", (("job", "a"), ("status", "failed")))] == 1
-    assert got[("scheduler_attempts_total", (("job", "a"), ("status", "succeeded")))] == 1
-    assert got[("scheduler_fires_total", (("job", "a"), ("status", "succeeded")))] == 1
-    assert got[("scheduler_fires_total", (("job", "b"), ("status", "skipped")))] == 1
+    assert got[("scheduler_attempts_total", (("job_name", "a"), ("status", "failed")))] == 1
+    assert got[("scheduler_attempts_total", (("job_name", "a"), ("status", "succeeded")))] == 1
+    assert got[("scheduler_fires_total", (("job_name", "a"), ("status", "succeeded")))] == 1
+    assert got[("scheduler_fires_total", (("job_name", "b"), ("status", "skipped")))] == 1
     drift = "scheduler_drift_seconds_bucket"
-    assert got[(drift, (("job", "a"), ("le", "0.0025")))] == 1
-    assert got[(drift, (("job", "a"), ("le", "0.5")))] == 1
-    assert got[(drift, (("job", "a"), ("le", "1.0")))] == 2
-    assert got[(drift, (("job", "a"), ("le", "+Inf")))] == 2
-    assert got[("scheduler_drift_seconds_count", (("job", "a"),))] == 2
-    assert abs(got[("scheduler_attempt_duration_seconds_sum", (("job", "a"),))] - 3.08) < 1e-9
-    last = ("scheduler_last_success_timestamp_seconds", (("job", "a"),))
+    assert got[(drift, (("job_name", "a"), ("le", "0.0025")))] == 1
+    assert got[(drift, (("job_name", "a"), ("le", "0.5")))] == 1
+    assert got[(drift, (("job_name", "a"), ("le", "1.0")))] == 2
+    assert got[(drift, (("job_name", "a"), ("le", "+Inf")))] == 2
+    assert got[("scheduler_drift_seconds_count", (("job_name", "a"),))] == 2
+    assert abs(got[("scheduler_attempt_duration_seconds_sum", (("job_name", "a"),))] - 3.08) < 1e-9
+    last = ("scheduler_last_success_timestamp_seconds", (("job_name", "a"),))
     assert got[last] == (AT + timedelta(seconds=3)).timestamp()
-    assert ("scheduler_last_success_timestamp_seconds", (("job", "b"),)) not in got
+    assert ("scheduler_last_success_timestamp_seconds", (("job_name", "b"),)) not in got
 
 
 def test_counts_survive_many_scrapes_and_removed_jobs_disappear() -> None:
@@ -56,10 +56,10 @@ def test_counts_survive_many_scrapes_and_removed_jobs_disappear() -> None:
         metrics.attempt_finished(rec("a", Status.SUCCEEDED))
         samples(metrics)
     assert (
-        samples(metrics)[("scheduler_attempts_total", (("job", "a"), ("status", "succeeded")))] == 3
+        samples(metrics)[("scheduler_attempts_total", (("job_name", "a"), ("status", "succeeded")))] == 3
     )
     metrics.forget_job("a")
-    assert not [k for k in samples(metrics) if ("job", "a") in k[1]]
+    assert not [k for k in samples(metrics) if ("job_name", "a") in k[1]]
 
 
 def test_live_gauges_are_read_at_scrape_time() -> None:
