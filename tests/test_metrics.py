@@ -56,7 +56,8 @@ def test_counts_survive_many_scrapes_and_removed_jobs_disappear() -> None:
         metrics.attempt_finished(rec("a", Status.SUCCEEDED))
         samples(metrics)
     assert (
-        samples(metrics)[("scheduler_attempts_total", (("job_name", "a"), ("status", "succeeded")))] == 3
+        samples(metrics)[("scheduler_attempts_total", (("job_name", "a"), ("status", "succeeded")))]
+        == 3
     )
     metrics.forget_job("a")
     assert not [k for k in samples(metrics) if ("job_name", "a") in k[1]]
@@ -89,3 +90,26 @@ def test_live_gauges_are_read_at_scrape_time() -> None:
     assert got[("scheduler_jobs", (("state", "paused"),))] == 1
     pending[0] = 9
     assert samples(metrics)[("scheduler_recorder_pending_rows", ())] == 9
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_exported() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = Path(__file__).resolve().parent.parent / "contrib" / "grafana"
+    exprs = [
+        target["expr"]
+        for panel in json.loads((dashboard / "scheduler_daemon.json").read_text())["panels"]
+        for target in panel["targets"]
+    ]
+    wanted = {name for expr in exprs for name in re.findall(r"\bscheduler_\w+", expr)}
+    metrics = Metrics()
+    metrics.live = LiveState(lambda: 0, lambda p: 0, lambda: dict.fromkeys(
+        ("pending", "written", "failures", "journaled", "rejected", "batches"), 0),
+        lambda: 0, lambda: True, lambda: {})  # fmt: skip
+    metrics.attempt_finished(rec("a", Status.SUCCEEDED))
+    metrics.fire_ended("a", Status.SUCCEEDED)
+    metrics.reloads["succeeded"] += 1
+    exported = {name for name, _ in samples(metrics)}
+    assert wanted and wanted <= exported, wanted - exported

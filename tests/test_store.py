@@ -196,3 +196,24 @@ async def test_jobs_sync_after_a_reload_touches_only_what_changed(pool: asyncpg.
     assert set(rows) == {"a", "b", "d"}
     assert rows["a"]["updated_at"] == before["a"]  # untouched
     assert '"every": 5.0' in rows["b"]["spec"]
+
+
+async def test_monitoring_views_summarise_the_last_day(pool: asyncpg.Pool) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    await store.sync_jobs(pool, [make_job("a"), make_job("b")], {})
+    recent = [
+        rec("a", 0, status=Status.SUCCEEDED, scheduled_at=now - timedelta(minutes=1)),
+        rec("a", 1, status=Status.FAILED, scheduled_at=now - timedelta(minutes=2),
+            finished_at=now - timedelta(minutes=2), error="boom"),
+        rec("a", 2, status=Status.SKIPPED, scheduled_at=now - timedelta(minutes=3)),
+    ]  # fmt: skip
+    old = rec("a", 3, status=Status.FAILED, scheduled_at=now - timedelta(days=2))
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [*recent, old])
+    await pool.execute("UPDATE jobs SET paused_at = now() WHERE name = 'b'")
+    health = {r["job_name"]: r for r in await pool.fetch("SELECT * FROM job_health")}
+    assert health["a"]["runs_24h"] == 3 and health["a"]["failures_24h"] == 1
+    assert float(health["a"]["success_rate_24h"]) == 0.5  # skipped fires are not runs
+    assert health["b"]["paused"] is True and health["b"]["runs_24h"] == 0
+    failures = await pool.fetch("SELECT job_name, error FROM recent_failures")
+    assert [(r["job_name"], r["error"]) for r in failures] == [("a", "boom")]
