@@ -78,7 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Commands other than `run` print results on stdout (tables, JSON for scripts): their own
     # progress logs (e.g. borrowing the embedded PostgreSQL) would get in the way.
     quiet = "info" if args.command in ("run", "db") else "warning"
-    configure_logging(level="debug" if args.debug else os.environ.get("SCHEDULER_LOG_LEVEL", quiet))
+    configure_logging(
+        level="debug" if args.debug else os.environ.get("SCHEDULER_LOG_LEVEL", quiet),
+        cache=args.command == "run",
+    )
     try:
         return _dispatch(args)
     except ConfigError as exc:

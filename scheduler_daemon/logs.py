@@ -36,7 +36,11 @@ def _silence_stdout() -> None:
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
-def configure_logging(*, level: str = "info", json: bool | None = None) -> None:
+def configure_logging(
+    *, level: str = "info", json: bool | None = None, cache: bool = False
+) -> None:
+    """``cache``: loggers keep this configuration for good once used (the daemon's hot path);
+    left off elsewhere, so a later reconfiguration (tests' ``capture_logs``) still applies."""
     if json is None:
         json = not sys.stdout.isatty()
     renderer: Any = (
@@ -57,5 +61,5 @@ def configure_logging(*, level: str = "info", json: bool | None = None) -> None:
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(_Stdout()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import structlog
 
 from scheduler_daemon import store
 from scheduler_daemon.embedded import EmbeddedPostgres
@@ -142,3 +143,11 @@ def _kill_leftover_daemons() -> Iterator[None]:
         with contextlib.suppress(OSError):  # gone already (the usual case)
             if b"scheduler-daemon" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging_config() -> Iterator[None]:
+    """A test that runs the CLI in-process configures structlog (e.g. at warning level); later
+    tests' ``capture_logs`` must still see info events."""
+    yield
+    structlog.reset_defaults()
