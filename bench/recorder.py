@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 import uuid
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import structlog
 import uvloop
 
 from scheduler_daemon import store
@@ -134,6 +136,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=1000, help="the recorder's")
     parser.add_argument("--database-url", help="default: a throwaway embedded PostgreSQL")
     args = parser.parse_args()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout: JSON
     with tempfile.TemporaryDirectory(prefix="sd-recorder-") as tmp:
         server = None
         dsn = args.database_url

@@ -764,6 +764,9 @@ def _build_job(
     return job
 
 
+_NO_RETRY = RetryPolicy()  # frozen: one instance shared by every job without `retry`
+
+
 def _is_reboot(cron: str | None) -> bool:
     return cron is not None and cron.strip().lower() == "@reboot"
 
@@ -781,7 +784,7 @@ def _retry(
     problems: _Problems,
 ) -> RetryPolicy | None:
     if data is None:
-        return RetryPolicy()
+        return _NO_RETRY
     where = origin("retry")
     fields = problems.convert(
         RETRY_FIELDS, data, (*path, "retry"), origin=lambda key: (*where, key)
