@@ -633,6 +633,12 @@ def _admin(data: Mapping[str, Any], base: Path, problems: _Problems) -> AdminSet
     except Invalid as exc:
         problems.add(("admin", "listen"), str(exc))
         return None
+    if allow_remote and not token:
+        problems.add(
+            ("admin", "allow_remote"),
+            "reachable beyond this machine without a token: set admin.token as well",
+        )
+        return None
     if not ok:
         return None
     return AdminSettings(**where, token=token or None, allow_remote=allow_remote)

@@ -448,6 +448,7 @@ def test_admin_listens_on_loopback_or_a_unix_socket(tmp_path: Path) -> None:
         ("listen: 127.0.0.1:1\nallow_remote: yes-please\n", "admin.allow_remote: expected true"),
         ("listen: 127.0.0.1:1\ntoken: [1]\n", "admin.token: expected a string"),
         ("listen: 127.0.0.1:1\nport: 2\n", "config.yaml:3: admin.port: unknown key 'port'"),
+        ("listen: 0.0.0.0:1\nallow_remote: true\n", "admin.allow_remote: reachable beyond this"),
     ],
 )
 def test_admin_mistakes_are_named(tmp_path: Path, admin: str, message: str) -> None:
