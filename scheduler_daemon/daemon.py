@@ -120,6 +120,7 @@ class Daemon:
         scheduler_task = asyncio.create_task(self._scheduler.run(), name="scheduler")
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         controls = asyncio.create_task(self._watch_controls(), name="watch-controls")
+        folder = asyncio.create_task(self._fold_metrics(), name="fold-metrics")
         announcer = asyncio.create_task(self._announce_running(), name="announce-running")
         self._notify.ready(self.status_line())
         log.info(
@@ -135,6 +136,7 @@ class Daemon:
             heartbeat.cancel()
             announcer.cancel()
             controls.cancel()
+            folder.cancel()
             await self._shutdown(scheduler_task)
         return 0
 
@@ -169,6 +171,21 @@ class Daemon:
         while True:
             await self._clock.sleep(RUNNING_ROWS_EVERY)
             self._runner.announce_running()
+
+    async def _fold_metrics(self) -> None:
+        """Fold the metrics' reports a chunk at a time while no fire is starting: folding in the
+        middle of a burst delays its later fires. A backlog past METRICS_FOLD_BACKLOG is folded
+        anyway (sustained load), still a chunk per turn of the loop."""
+        while True:
+            await self._clock.sleep(METRICS_FOLD_EVERY)
+            more = True
+            while more:
+                starts = self._runner.attempts_started
+                await self._clock.sleep(METRICS_QUIET)
+                busy = self._runner.attempts_started != starts
+                if busy and self.metrics.backlog() < METRICS_FOLD_BACKLOG:
+                    continue
+                more = self.metrics.fold(METRICS_FOLD_CHUNK)
 
     async def _watch_controls(self) -> None:
         """Pick up pauses and one-off runs written to the database by others (the CLI without
@@ -501,6 +518,10 @@ class Daemon:
 
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 RUN_CLAIM_RETRY = 5.0
+METRICS_FOLD_EVERY = 0.5
+METRICS_FOLD_CHUNK = 500
+METRICS_QUIET = 0.005  # no attempt started for this long: the loop has time to spare
+METRICS_FOLD_BACKLOG = 20_000
 # How often pauses and one-off runs written by others (the CLI, without the API) are re-read.
 CONTROL_POLL = 2.0
 

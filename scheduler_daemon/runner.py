@@ -108,6 +108,7 @@ class Runner:
         self._rng = rng or random.Random()
         self._active: dict[str, list[Fire]] = {}
         self._accepting = True
+        self.attempts_started = 0  # tells background work whether fires are starting now
 
     # -- submission (synchronous: called from the scheduler loop) ------------------------------
 
@@ -215,6 +216,7 @@ class Runner:
         outcome: Outcome | None = None
         error: str | None = None
         fire.started, fire.due, fire.announced = started, due, False
+        self.attempts_started += 1
         try:
             # The action runs inside this task: no extra task or waiter per attempt.
             if job.timeout is None:

@@ -113,3 +113,17 @@ def test_every_metric_the_grafana_dashboard_queries_is_exported() -> None:
     metrics.reloads["succeeded"] += 1
     exported = {name for name, _ in samples(metrics)}
     assert wanted and wanted <= exported, wanted - exported
+
+
+def test_reports_are_folded_a_chunk_at_a_time() -> None:
+    metrics = Metrics()
+    for _ in range(5):
+        metrics.attempt_finished(rec("a", Status.SUCCEEDED))
+        metrics.fire_ended("a", Status.SUCCEEDED)
+    assert metrics.fold(2) is True
+    assert metrics.fold(2) is True
+    assert metrics.fold(2) is False
+    assert metrics.fold(2) is False
+    got = samples(metrics)
+    assert got[("scheduler_attempts_total", (("job_name", "a"), ("status", "succeeded")))] == 5
+    assert got[("scheduler_fires_total", (("job_name", "a"), ("status", "succeeded")))] == 5
