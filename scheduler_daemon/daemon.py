@@ -86,6 +86,7 @@ class Daemon:
             clock=self._clock,
             on_connect=self._on_db_connect,
             journal=Journal(config.state_dir / "journal" / "executions.jsonl"),
+            events=config.events,
         )
         await self._recorder.start()
         self._http = HttpClient()
@@ -330,7 +331,7 @@ class Daemon:
     async def _reload(self) -> bool:
         began = time.monotonic()
         try:
-            new = await asyncio.to_thread(load_config, self.config.path)
+            new = await asyncio.to_thread(_load_and_hash, self.config.path)
         except ConfigError as exc:
             self.reload_error = f"{len(exc.problems)} error(s): {exc.problems[0]}"
             self.metrics.reloads["failed"] += 1
@@ -529,7 +530,16 @@ CONTROL_POLL = 2.0
 RUNNING_ROWS_EVERY = 0.2
 
 # The database connection, its files and this node's identity are fixed for a process's life.
-RESTART_ONLY = ("database_url", "state_dir", "node", "admin")
+RESTART_ONLY = ("database_url", "state_dir", "node", "admin", "events")
+
+
+def _load_and_hash(path: Path) -> Config:
+    """Load a config and digest every job, in the reload's worker thread: hashing 100k specs on
+    the event loop blocked it for seconds (the comparison itself is then a string compare)."""
+    config = load_config(path)
+    for job in config.jobs:
+        job.spec_hash()
+    return config
 
 
 def run_daemon(config_path: Path) -> int:

@@ -47,6 +47,7 @@ class Recorder:
         buffer_limit: int = 100_000,
         on_connect: OnConnect | None = None,
         journal: Journal | None = None,
+        events: bool = True,
     ) -> None:
         """``on_connect`` runs on every new pool before any write (schema, job sync, recovery);
         ``journal`` is where rows go when the database stays away (None: they stay in memory)."""
@@ -57,6 +58,7 @@ class Recorder:
         self._buffer_limit = buffer_limit
         self._on_connect = on_connect
         self._journal = journal
+        self._events = events
         self._journal_pending = journal is not None and journal.exists()
         self._buffer: deque[ExecutionRecord] = deque()
         self._wake = asyncio.Event()
@@ -219,7 +221,7 @@ class Recorder:
         """Write a batch; if the database refuses it as data, row by row, skipping the bad ones.
         Returns how many rows were handled (an ignored replay counts as handled)."""
         try:
-            await store.write_executions(conn, batch)
+            await store.write_executions(conn, batch, events=self._events)
         except _REJECTED as exc:
             log.error("recorder_batch_rejected", rows=len(batch), error=type(exc).__name__)
             return sum([await self._write_one(conn, rec) for rec in batch])
@@ -228,7 +230,7 @@ class Recorder:
 
     async def _write_one(self, conn: asyncpg.Connection, rec: ExecutionRecord) -> int:
         try:
-            await store.write_executions(conn, [rec])
+            await store.write_executions(conn, [rec], events=self._events)
         except _REJECTED as exc:
             self.rejected += 1
             # Identify the row, never dump it: its output or error may hold anything.

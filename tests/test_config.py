@@ -455,3 +455,14 @@ def test_admin_mistakes_are_named(tmp_path: Path, admin: str, message: str) -> N
     with pytest.raises(ConfigError) as info:
         _admin_config(tmp_path, admin)
     assert message in "\n".join(info.value.problems)
+
+
+def test_events_can_be_turned_off(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("events: false\njobs: {}\n")
+    assert load_config(path, environ={}).events is False
+    path.write_text("jobs: {}\n")
+    assert load_config(path, environ={}).events is True
+    path.write_text("events: maybe\njobs: {}\n")
+    with pytest.raises(ConfigError, match="events"):
+        load_config(path, environ={})

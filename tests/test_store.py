@@ -217,3 +217,27 @@ async def test_monitoring_views_summarise_the_last_day(pool: asyncpg.Pool) -> No
     assert health["b"]["paused"] is True and health["b"]["runs_24h"] == 0
     failures = await pool.fetch("SELECT job_name, error FROM recent_failures")
     assert [(r["job_name"], r["error"]) for r in failures] == [("a", "boom")]
+
+
+async def test_final_attempts_are_announced_once_and_only_when_events_are_on(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    listener = await asyncpg.connect(database_url)
+    got: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    await listener.add_listener(store.EVENTS_CHANNEL, lambda *a: got.put_nowait(json.loads(a[3])))
+    try:
+        async with pool.acquire() as conn:
+            await store.write_executions(conn, [rec("quiet", 1)], events=False)
+            running = rec("loud", 1, status=Status.RUNNING, finished_at=None)
+            await store.write_executions(conn, [running, rec("loud", 2)])
+            await store.write_executions(conn, [rec("loud", 2)])  # a replay: nothing new
+            await store.write_executions(conn, [rec("loud", 1)])  # running -> final
+        first = await asyncio.wait_for(got.get(), 5)
+        second = await asyncio.wait_for(got.get(), 5)
+    finally:
+        await listener.close()
+    # Commit order: the quiet batch announced nothing, `running` rows never are, replays neither.
+    assert (first["job"], first["scheduled_at"][:19]) == ("loud", "2026-01-01T00:00:02")
+    assert (second["job"], second["status"]) == ("loud", "succeeded")
+    assert second["scheduled_at"][:19] == "2026-01-01T00:00:01"
+    assert got.empty()
