@@ -1,0 +1,127 @@
+"""Markdown tables of the latest results of each scenario: python -m bench.table
+
+Reads bench/results/<scenario>.jsonl (written by python -m bench ...) and prints, per scenario,
+the rows of its most recent run — the tables in the README's performance section.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+Row = dict[str, Any]
+
+
+def latest(scenario: str) -> list[Row]:
+    """The rows of the newest run: the last row of each size."""
+    path = RESULTS / f"{scenario}.jsonl"
+    if not path.exists():
+        return []
+    by_size: dict[int, Row] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        by_size[row["size"]] = row
+    return [by_size[size] for size in sorted(by_size)]
+
+
+def ms(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def drift_table(rows: list[Row], unit: str) -> str:
+    out = [
+        f"| {unit} | ours drift p50 / p99 / max (ms) | ours fires recorded / expected | ours CPU | "
+        "APScheduler drift p50 / p99 / max (ms) | APScheduler fires run / dropped | p99 ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        o, a = row["ours"], row["apscheduler"]
+        out.append(
+            f"| {row['size']:,} | {ms(o['drift_ms_p50'])} / {ms(o['drift_ms_p99'])} / "
+            f"{ms(o['drift_ms_max'])} | {o['fires_recorded']:,} / {o['fires_expected']:,} | "
+            f"{o['cpu_s']} s | {ms(a['drift_ms_p50'])} / {ms(a['drift_ms_p99'])} / "
+            f"{ms(a['drift_ms_max'])} | {a['fires_recorded']:,} / {a['fires_dropped_misfire']:,} | "
+            f"{row['p99_ratio']}x |"
+        )
+    return "\n".join(out)
+
+
+def http_table(rows: list[Row]) -> str:
+    out = [
+        "| HTTP jobs (fires/s asked) | ours succeeded/s | ours p99 drift (ms) | ours recorded / "
+        "expected | APScheduler succeeded/s | APScheduler p99 drift (ms) | APScheduler dropped |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        o, a = row["ours"], row["apscheduler"]
+        out.append(
+            f"| {row['size']:,} | {o['succeeded_per_s']:,} | {ms(o['drift_ms_p99'])} | "
+            f"{o['fires_recorded']:,} / {o['fires_expected']:,} | {a['succeeded_per_s']:,} | "
+            f"{ms(a['drift_ms_p99'])} | {a['fires_dropped_misfire']:,} |"
+        )
+    return "\n".join(out)
+
+
+def scale_table(rows: list[Row]) -> str:
+    out = [
+        "| jobs | ours: start → scheduling | start → jobs synced | RSS | idle CPU | one-job "
+        "reload | APScheduler: start → scheduling | RSS | idle CPU | one add_job |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        o, a = row["ours"], row["apscheduler"]
+        out.append(
+            f"| {row['size']:,} | {o['start_to_scheduling_s']} s | {o['start_to_jobs_synced_s']} s"
+            f" | {o['rss_mb']:,.0f} MB | {o['idle_cpu_percent']}% | {o['one_job_reload_s']} s | "
+            f"{a['start_to_scheduling_s']} s | {a['rss_mb']:,.0f} MB | {a['idle_cpu_percent']}% |"
+            f" {a['one_job_add_s'] * 1000:.1f} ms |"
+        )
+    return "\n".join(out)
+
+
+def recorder_table(rows: list[Row]) -> str:
+    out = [
+        "| load | ours rows/s | ours most rows waiting | ours drain | one INSERT per row: rows/s "
+        "| most waiting | drain |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        for label, sides in row.items():
+            if not (isinstance(sides, dict) and "ours" in sides):
+                continue
+            o, b = sides["ours"], sides["per_row_insert"]
+            out.append(
+                f"| {label} | {o['rows_per_s']:,} | {o['max_lag_rows']:,} | {o['drain_s']} s | "
+                f"{b['rows_per_s']:,} | {b['max_lag_rows']:,} | {b['drain_s']} s |"
+            )
+    return "\n".join(out)
+
+
+TABLES: dict[str, Callable[[list[Row]], str]] = {
+    "burst": lambda rows: drift_table(rows, "jobs due at once"),
+    "spread": lambda rows: drift_table(rows, "fires/s"),
+    "http": http_table,
+    "scale": scale_table,
+    "recorder": recorder_table,
+}
+
+
+def main() -> int:
+    for scenario, render in TABLES.items():
+        rows = latest(scenario)
+        if rows:
+            first = rows[0]
+            print(
+                f"### {scenario} ({first.get('machine', '?')}, {first.get('seconds')} s per side)\n"
+            )
+            print(render(rows) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
