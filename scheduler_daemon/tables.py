@@ -58,9 +58,13 @@ def _detail(row: Mapping[str, Any]) -> str:
         parts.append(f"HTTP {row['http_status']}")
     if row.get("exit_code") is not None:
         parts.append(f"exit {row['exit_code']}")
-    if row.get("error"):
-        parts.append(str(row["error"]).splitlines()[0][:80])
-    return "; ".join(parts)
+    error = str(row.get("error") or "")
+    if error and error != f"exit code {row.get('exit_code')}":
+        parts.append(error.splitlines()[0][:80])
+    elif error and row.get("output"):  # the exit code says little: show the output's last line
+        lines = str(row["output"]).strip().splitlines()
+        parts.append(lines[-1][:80] if lines else "")
+    return "; ".join(p for p in parts if p)
 
 
 def _when(value: str | datetime | None, now: datetime) -> str:
