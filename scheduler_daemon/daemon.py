@@ -22,9 +22,9 @@ from scheduler_daemon import admin, queries, recovery, store
 from scheduler_daemon.actions import Action, build_action
 from scheduler_daemon.actions.http import HttpClient
 from scheduler_daemon.clock import Clock, SystemClock
-from scheduler_daemon.config import Config, JobSpec, load_config
+from scheduler_daemon.config import AdminSettings, Config, JobSpec, load_config
 from scheduler_daemon.embedded import EmbeddedPostgres
-from scheduler_daemon.errors import ConfigError
+from scheduler_daemon.errors import AdminUnavailable, ConfigError
 from scheduler_daemon.journal import Journal
 from scheduler_daemon.limiter import Limiter
 from scheduler_daemon.metrics import LiveState, Metrics
@@ -106,7 +106,7 @@ class Daemon:
         self._paused = self._read_paused_cache()
         self.metrics.live = self._live_state()
         if config.admin is not None:
-            self._admin = await admin.start_server(self, config.admin)
+            await self._start_admin(config.admin)
         # The config and jobs live as long as the process: keep them out of every GC pass. Done
         # before the first fire is computed, so this one full collection delays none.
         gc.collect()
@@ -172,6 +172,18 @@ class Daemon:
         while True:
             await self._clock.sleep(RUNNING_ROWS_EVERY)
             self._runner.announce_running()
+
+    async def _start_admin(self, settings: AdminSettings) -> None:
+        try:
+            self._admin = await admin.start_server(self, settings)
+        except OSError as exc:
+            # Nothing has run yet: undo the start-up so far and say why, without a traceback.
+            await self._recorder.close(timeout=5.0)
+            if self._embedded is not None:
+                await self._embedded.astop()
+            raise AdminUnavailable(
+                f"admin: cannot listen on {settings.address}: {exc.strerror or exc}"
+            ) from None
 
     async def _fold_metrics(self) -> None:
         """Fold the metrics' reports a chunk at a time while no fire is starting: folding in the

@@ -15,5 +15,9 @@ class ConfigError(SchedulerDaemonError):
         super().__init__("\n".join(self.problems))
 
 
+class AdminUnavailable(SchedulerDaemonError):
+    """The admin API cannot listen where the config says (address in use, no permission)."""
+
+
 class DatabaseUnavailable(SchedulerDaemonError):
     """PostgreSQL cannot be reached (or the embedded one cannot start)."""

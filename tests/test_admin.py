@@ -579,3 +579,18 @@ async def test_the_api_keeps_to_its_openapi_document(api: Running, database_url:
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 110)
     assert proc.returncode == 0, out.decode()[-4000:]
+
+
+async def test_an_admin_address_in_use_stops_the_start_with_a_clear_error(
+    tmp_path: Path, database_url: str, target: tuple[str, Any]
+) -> None:
+    from scheduler_daemon.errors import AdminUnavailable
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "config.yaml"
+        write_config(path, database_url, target[0], listen=f"127.0.0.1:{port}")
+        with pytest.raises(AdminUnavailable, match=f"admin: cannot listen on 127.0.0.1:{port}"):
+            await asyncio.wait_for(Daemon(load_config(path, environ=ENV)).run(), 30)
