@@ -50,8 +50,9 @@ async def rows(dsn: str) -> list[asyncpg.Record]:
 
 
 def assert_continuous(records: list[asyncpg.Record]) -> None:
-    instants = [r["scheduled_at"] for r in records]
-    assert len(instants) == len(set(instants)), "a fire was written twice"
+    attempts = [(r["scheduled_at"], r["attempt"]) for r in records]
+    assert len(attempts) == len(set(attempts)), "an attempt was written twice"
+    instants = sorted({r["scheduled_at"] for r in records})  # a retried fire has several rows
     step = timedelta(milliseconds=250)
     gaps = [(a, b) for a, b in itertools.pairwise(instants) if b - a != step]
     assert not gaps, f"fires missing from the record: {gaps[:3]}"
@@ -101,4 +102,6 @@ async def test_database_down_across_a_daemon_restart(
     assert not (tmp_path / "state" / "journal" / "executions.jsonl").exists()
     records = await rows(server.dsn())
     assert_continuous(records)  # the downtime itself is covered by catch-up (`missed` rows)
-    assert {r["status"] for r in records} <= {"succeeded", "missed"}
+    # `skipped`: the catch-up run of the latest missed instant can still be running when the
+    # next scheduled fire is due (overlap: skip) on a loaded machine — correct, and recorded.
+    assert {r["status"] for r in records} <= {"succeeded", "missed", "skipped"}
