@@ -280,7 +280,9 @@ class Daemon:
             log.info("database_connected")
             return
         # First connection of this process: before any row of ours is written, settle what the
-        # previous process left behind.
+        # previous process left behind. Its journal first: rows in it are attempts that ended
+        # (not abandoned) and fires that ran (not to catch up) — read after, they ran twice.
+        await self._recorder.replay_journal(pool)
         abandoned = await store.abandon_running(pool, self.config.node)
         last = await store.last_scheduled(pool)
         await self._sync_jobs(pool)

@@ -264,6 +264,11 @@ class Recorder:
         self.journaled += len(rows)
         log.warning("recorder_spilled_to_journal", rows=len(rows), path=str(self._journal.path))
 
+    async def replay_journal(self, pool: asyncpg.Pool) -> None:
+        """Replay a pending journal now (``on_connect`` does, before recovery reads the table)."""
+        if self._journal_pending:
+            await self._replay_journal(pool)
+
     async def _replay_journal(self, pool: asyncpg.Pool) -> None:
         """Write the journal's rows (older than the buffer's), then remove it. Idempotent: a
         replay cut short and done again writes nothing twice."""

@@ -6,11 +6,19 @@ import asyncio
 import os
 import signal
 import textwrap
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+from structlog.testing import capture_logs
 
+from scheduler_daemon import store
+from scheduler_daemon.config import load_config
+from scheduler_daemon.daemon import Daemon
+from scheduler_daemon.journal import Journal
+from scheduler_daemon.records import ExecutionRecord, Status, Trigger, scheduled_fire_id
+from tests.test_admin import wait_until
 from tests.test_e2e import _processes_with, start_daemon
 
 
@@ -81,3 +89,56 @@ async def test_kill_9_then_restart_recovers_and_leaves_no_gap(
     # @reboot fired once per start
     assert len(by_job["boot"]) == 2
     assert all(r["status"] != "running" for r in rows)
+
+
+# -- the previous process's journal (in-process daemon) ------------------------------------------
+
+
+async def test_a_journal_left_by_the_previous_process_is_replayed_before_catch_up(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The fire it holds already ran: catch-up must not run it again."""
+
+    marks = tmp_path / "marks"
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"""\
+database: {{url: "{database_url}"}}
+state_dir: ./state
+jobs:
+  hourly:
+    every: 1h
+    catch_up: latest
+    python: tests.e2e_jobs:mark
+    args: {{path: "{marks}"}}
+"""
+    )
+    now = datetime.now(UTC)
+    ran_at = now.replace(minute=0, second=0, microsecond=0)  # the latest hourly instant
+    config = load_config(path, environ={})
+    pool = await store.connect(database_url)
+    try:
+        await store.apply_schema(pool)
+        await store.sync_jobs(pool, config.jobs, {})
+        # What the database knew before the outage: the instant before.
+        await pool.execute("UPDATE jobs SET last_scheduled_at = $1", ran_at - timedelta(hours=1))
+    finally:
+        await pool.close()
+    # The previous process ran the latest instant during the outage and journaled its row.
+    Journal(config.state_dir / "journal" / "executions.jsonl").append([
+        ExecutionRecord(scheduled_fire_id("hourly", ran_at), "hourly", ran_at, 1, Trigger.SCHEDULE,
+                        Status.SUCCEEDED, ran_at, ran_at, 1.0, 1.0, node=config.node)
+    ])  # fmt: skip
+    daemon = Daemon(config)
+    with capture_logs() as logs:
+        task = asyncio.create_task(daemon.run())
+        await wait_until(lambda: _logged(logs, "database_connected"))
+        await wait_until(lambda: _logged(logs, "journal_replayed"))
+        daemon.request_stop("test")
+        assert await asyncio.wait_for(task, 30) == 0
+    assert not marks.exists()  # the journaled fire was not run again
+    assert not [e for e in logs if e["event"] == "catch_up"]
+
+
+async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
+    return any(e["event"] == event for e in logs)
