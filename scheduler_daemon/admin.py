@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from scheduler_daemon import queries
+from scheduler_daemon import queries, store
 from scheduler_daemon.config import AdminSettings, Config, Invalid, JobSpec, parse_duration
 from scheduler_daemon.metrics import Metrics
 from scheduler_daemon.openapi import SPEC
@@ -39,7 +39,6 @@ OPEN_PATHS = frozenset({"/healthz", "/metrics"})
 MAX_PAGE = 500
 DEFAULT_WINDOW = 24 * 3600.0
 MAX_BODY = 64 * 1024
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _STATUSES = (
     "running", "succeeded", "failed", "timed_out", "cancelled", "skipped", "missed", "abandoned",
 )  # fmt: skip
@@ -128,7 +127,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return ApiError(exc.status, code.get(exc.status, "http_error"), exc.reason).response()
-    except _DB_ERRORS as exc:
+    except store.DB_ERRORS as exc:
         log.warning("admin_database_error", path=request.path, error=str(exc))
         return ApiError(
             503, "database_unavailable", f"the database is unavailable: {exc}"

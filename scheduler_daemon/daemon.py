@@ -71,6 +71,7 @@ class Daemon:
         # restart honour pauses before the database answers.
         self._paused: dict[str, datetime] = {}
         self._admin: web.AppRunner | None = None
+        self._journal = Journal(config.state_dir / "journal" / "executions.jsonl")
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -85,7 +86,7 @@ class Daemon:
             dsn=dsn,
             clock=self._clock,
             on_connect=self._on_db_connect,
-            journal=Journal(config.state_dir / "journal" / "executions.jsonl"),
+            journal=self._journal,
             events=config.events,
         )
         await self._recorder.start()
@@ -211,7 +212,7 @@ class Daemon:
             try:
                 paused = await queries.paused_jobs(pool)
                 runs = await queries.pending_runs(pool)
-            except DB_ERRORS as exc:
+            except store.DB_ERRORS as exc:
                 log.debug("controls_not_read", error=str(exc))
                 continue
             if paused != self._paused:
@@ -377,7 +378,7 @@ class Daemon:
             await self._sync_jobs(
                 changed=[new_jobs[n] for n in added | changed], removed=sorted(removed)
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except store.DB_ERRORS as exc:
             log.warning("jobs_sync_failed", error=str(exc))  # retried at the next connection
         log.info(
             "reload_succeeded",
@@ -423,10 +424,7 @@ class Daemon:
 
     async def set_paused(self, job: str, paused: bool) -> datetime | None:
         """Persist first (a pause must survive a restart), then apply."""
-        pool = self._recorder.pool
-        if pool is None:
-            raise ConnectionError("the database is unavailable: the pause would not persist")
-        since = await queries.set_paused(pool, job, paused)
+        since = await queries.set_paused(self._pool("the pause would not persist"), job, paused)
         state = dict(self._paused)
         if since is None:
             state.pop(job, None)
@@ -435,6 +433,13 @@ class Daemon:
         self._set_paused_state(state)
         log.info("job_paused" if paused else "job_resumed", job=job)
         return since
+
+    def _pool(self, consequence: str) -> asyncpg.Pool:
+        """The recorder's pool for an operator's change; ConnectionError (a 503) when away."""
+        pool = self._recorder.pool
+        if pool is None:
+            raise ConnectionError(f"the database is unavailable: {consequence}")
+        return pool
 
     def _set_paused_state(self, paused: dict[str, datetime]) -> None:
         self._paused = paused
@@ -468,19 +473,15 @@ class Daemon:
     async def create_run(
         self, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
     ) -> OneOffRun:
-        pool = self._recorder.pool
-        if pool is None:
-            raise ConnectionError("the database is unavailable: the run would not persist")
-        run = await queries.create_run(pool, job.name, at, overrides)
+        run = await queries.create_run(
+            self._pool("the run would not persist"), job.name, at, overrides
+        )
         self._oneoff.schedule([run])
         log.info("oneoff_run_created", run_id=str(run.id), job=job.name, run_at=at.isoformat())
         return run
 
     async def cancel_run(self, run_id: uuid.UUID) -> OneOffRun | None:
-        pool = self._recorder.pool
-        if pool is None:
-            raise ConnectionError("the database is unavailable")
-        run = await queries.cancel_run(pool, run_id)
+        run = await queries.cancel_run(self._pool("the run is left as it is"), run_id)
         if run is not None and run.state == "cancelled":
             self._oneoff.cancel(run_id)
         return run
@@ -491,7 +492,7 @@ class Daemon:
         while claimed is None:
             pool = self._recorder.pool
             if pool is not None:
-                with contextlib.suppress(*DB_ERRORS):
+                with contextlib.suppress(*store.DB_ERRORS):
                     claimed = await queries.mark_run_started(pool, run.id)
             if claimed is None:
                 await self._clock.sleep(RUN_CLAIM_RETRY)
@@ -515,7 +516,7 @@ class Daemon:
 
         def journal_bytes() -> int:
             try:
-                return (self.config.state_dir / "journal" / "executions.jsonl").stat().st_size
+                return self._journal.path.stat().st_size
             except OSError:
                 return 0
 
@@ -531,7 +532,6 @@ class Daemon:
         )
 
 
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 RUN_CLAIM_RETRY = 5.0
 METRICS_FOLD_EVERY = 0.5
 METRICS_FOLD_CHUNK = 500

@@ -305,7 +305,7 @@ class Recorder:
         try:
             async with self._clock.timeout(_POOL_CLOSE_TIMEOUT):
                 await pool.close()
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except store.DB_ERRORS:
             pool.terminate()
 
     def _on_failure(self, exc: BaseException) -> None:

@@ -15,6 +15,8 @@ import asyncpg
 from scheduler_daemon.config import JobSpec
 from scheduler_daemon.records import ExecutionRecord, Status
 
+# What a query raises when the database is away, slow or restarting (not a bug, not bad data).
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0
 _SCHEMA_LOCK = 0x5C4ED  # advisory lock id: concurrent starts apply the schema one at a time
@@ -49,9 +51,14 @@ _COLS = ", ".join(COLUMNS)
 EVENTS_CHANNEL = "scheduler_executions"
 # NOTIFY payloads must stay under 8000 bytes: the error is cut, the output left out.
 _EVENT_ERROR_CHARS = 2000
-# A final row replaces a `running` placeholder; any other duplicate (a replay) is ignored, and
-# only rows actually written are announced, so a replayed batch publishes nothing twice.
-_MERGE = f"""
+
+
+def _merge_sql(*, announce: bool) -> str:
+    """A final row replaces a `running` placeholder; any other duplicate (a replay) is ignored,
+    and only rows actually written are announced, so a replayed batch publishes nothing twice.
+    With ``announce`` off the `announced` CTE selects nothing: the statement keeps its shape."""
+    announced_rows = "status <> 'running'" if announce else "false"
+    return f"""
 WITH merged AS (
     INSERT INTO executions ({_COLS})
     SELECT {_COLS} FROM executions_stage
@@ -66,11 +73,14 @@ WITH merged AS (
         'finished_at', finished_at, 'duration_ms', duration_ms, 'drift_ms', drift_ms,
         'http_status', http_status, 'exit_code', exit_code,
         'error', left(error, {_EVENT_ERROR_CHARS}), 'node', node)::text)
-    FROM merged WHERE status <> 'running'
+    FROM merged WHERE {announced_rows}
 )
 SELECT (SELECT count(*) FROM merged) AS written, (SELECT count(*) FROM announced) AS announced
 """
-_MERGE_QUIETLY = _MERGE.replace("FROM merged WHERE status <> 'running'", "FROM merged WHERE false")
+
+
+_MERGE = _merge_sql(announce=True)
+_MERGE_QUIETLY = _merge_sql(announce=False)
 _TOUCH_JOBS = """
 UPDATE jobs SET last_run_at = GREATEST(jobs.last_run_at, s.last_run),
                 last_scheduled_at = GREATEST(jobs.last_scheduled_at, s.last_scheduled)
