@@ -18,6 +18,7 @@ import pytest
 from scheduler_daemon import daemon as daemon_module
 from tests.test_admin import (
     ENV,
+    config,  # noqa: F401 - a fixture, used by name
     free_port,
     listening,
     next_event,
@@ -41,27 +42,19 @@ async def cli(config: Path, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-@pytest.fixture
-def api_config(tmp_path: Path, database_url: str, target: tuple[str, Any]) -> tuple[Path, str]:
-    port = free_port()
-    path = tmp_path / "config.yaml"
-    write_config(path, database_url, target[0], listen=f"127.0.0.1:{port}")
-    return path, f"http://127.0.0.1:{port}"
-
-
 async def test_operator_commands_through_the_admin_api(
-    api_config: tuple[Path, str], database_url: str
+    config: tuple[Path, str], database_url: str
 ) -> None:
-    config, base = api_config
-    async with running_daemon(config, base), listening(database_url) as events:
-        code, out, _ = await cli(config, "trigger", "greet", "--args", '{"name": "cli"}')
+    config_file, base = config
+    async with running_daemon(config_file, base), listening(database_url) as events:
+        code, out, _ = await cli(config_file, "trigger", "greet", "--args", '{"name": "cli"}')
         assert code == 0
         fired = json.loads(out)
         event = await next_event(events, fire_id=fired["fire_id"])
         assert event["trigger"] == "manual" and event["status"] == "succeeded"
-        code, out, _ = await cli(config, "pause", "shell")
+        code, out, _ = await cli(config_file, "pause", "shell")
         assert code == 0 and json.loads(out)["paused"] is True
-        code, out, _ = await cli(config, "status")
+        code, out, _ = await cli(config_file, "status")
         assert code == 0
         lines = {line.split()[0]: line for line in out.splitlines()[1:]}
         assert set(lines) == {"greet", "explode", "ping", "shell"}
@@ -70,15 +63,15 @@ async def test_operator_commands_through_the_admin_api(
         assert "succeeded" in lines["greet"] and "100.0%" in lines["greet"]
 
         async def recorded() -> bool:
-            code, out, _ = await cli(config, "history", "greet", "--json")
+            code, out, _ = await cli(config_file, "history", "greet", "--json")
             return code == 0 and any(r["fire_id"] == fired["fire_id"] for r in json.loads(out))
 
         await wait_until(recorded, timeout=20)
-        code, out, _ = await cli(config, "history", "greet", "-n", "1")
+        code, out, _ = await cli(config_file, "history", "greet", "-n", "1")
         assert code == 0 and "manual" in out and "succeeded" in out
-        code, _, err = await cli(config, "trigger", "nope")
+        code, _, err = await cli(config_file, "trigger", "nope")
         assert code == 1 and "no job named 'nope'" in err and "404 unknown_job" in err
-        code, _, err = await cli(config, "history", "nope")
+        code, _, err = await cli(config_file, "history", "nope")
         assert code == 1 and "known: greet" in err
 
 
