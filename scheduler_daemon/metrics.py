@@ -97,19 +97,19 @@ class Metrics(Collector):
     def attempt_finished(self, rec: ExecutionRecord) -> None:
         self._attempts.append(rec)
         if len(self._attempts) > _FOLD_AT:
-            self._fold()
+            self.fold()
 
     def fire_ended(self, job: str, status: Status) -> None:
         self._ended.append((job, status))
         if len(self._ended) > _FOLD_AT:
-            self._fold()
+            self.fold()
 
     def backlog(self) -> int:
         return max(len(self._attempts), len(self._ended))
 
     def forget_job(self, job: str) -> None:
         """A job removed by a reload: drop its series (their values would never change again)."""
-        self._fold()
+        self.fold()
         for counts in (self._attempt_counts, self._fire_counts):
             for key in [k for k in counts if k[0] == job]:
                 del counts[key]
@@ -129,9 +129,6 @@ class Metrics(Collector):
         for key in ended:
             self._fire_counts[key] += 1
         return bool(self._attempts or self._ended)
-
-    def _fold(self) -> None:
-        self.fold()
 
     def _fold_attempts(self, attempts: list[ExecutionRecord]) -> None:
         for rec in attempts:
@@ -154,7 +151,7 @@ class Metrics(Collector):
         return hist
 
     def collect(self) -> Iterator[Metric]:
-        self._fold()
+        self.fold()
         yield from self._counters()
         yield from self._histograms()
         if self.live is not None:
