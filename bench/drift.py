@@ -23,7 +23,7 @@ from pathlib import Path
 
 import asyncpg
 
-from scheduler_daemon.embedded import EmbeddedPostgres
+from scheduler_daemon.storage.embedded import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -28,10 +28,10 @@ import asyncpg
 import structlog
 import uvloop
 
-from scheduler_daemon import store
-from scheduler_daemon.embedded import EmbeddedPostgres
-from scheduler_daemon.recorder import Recorder
-from scheduler_daemon.records import ExecutionRecord, Status, Trigger
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
+from scheduler_daemon.storage import store
+from scheduler_daemon.storage.embedded import EmbeddedPostgres
+from scheduler_daemon.storage.recorder import Recorder
 
 TICK = 0.01
 _PLACEHOLDERS = ", ".join(f"${i + 1}" for i in range(len(store.COLUMNS)))
@@ -42,7 +42,7 @@ def make_records(n: int) -> list[ExecutionRecord]:
     now = datetime.now(UTC)
     return [
         ExecutionRecord(
-            uuid.uuid4(), f"j{i % 1000:04d}", now, 1, Trigger.SCHEDULE, Status.SUCCEEDED,
+            uuid.uuid4(), f"j{i % 1000:04d}", now, 1, FireKind.SCHEDULE, Status.SUCCEEDED,
             now, now, 0.5, 0.1, node="bench",
         )
         for i in range(n)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scheduler_daemon.embedded import EmbeddedPostgres
+from scheduler_daemon.storage.embedded import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 HZ = os.sysconf("SC_CLK_TCK")

@@ -1,3 +1,3 @@
-from scheduler_daemon.cli import main
+from scheduler_daemon.operation.cli import main
 
 raise SystemExit(main())

@@ -31,8 +31,9 @@ import asyncpg
 import pytest
 import structlog
 
-from scheduler_daemon import store
-from scheduler_daemon.embedded import EmbeddedPostgres
+from scheduler_daemon.storage import store
+from scheduler_daemon.storage.embedded import EmbeddedPostgres
+from tests.helpers import STARTED_PIDS
 
 # Unique per session: two test runs against one external server must not share a template.
 TEMPLATE = f"sdt_template_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -99,6 +100,17 @@ def empty_database_url(pg_server: str) -> Iterator[str]:
     yield from _fresh_database(pg_server, "template0")
 
 
+LAYERS = ("unit", "pg", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its layer (its folder), so `-m "not e2e"` is the fast lane."""
+    for item in items:
+        layer = Path(str(item.fspath)).parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_stray_embedded_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Every test stops the servers it starts; one that outlives the session is killed, and fails
@@ -128,11 +140,6 @@ def _exe(pid: int) -> str:
         return os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return ""
-
-
-# Daemons started by tests (tests.test_e2e.start_daemon): killed after each test, so a failing
-# test never leaves a `scheduler-daemon run` behind.
-STARTED_PIDS: list[int] = []
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,220 @@
+"""Command line: argparse subcommands; wiring only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from scheduler_daemon import __version__
+from scheduler_daemon.errors import ConfigError, SchedulerDaemonError
+from scheduler_daemon.logs import configure_logging
+from scheduler_daemon.specs.config import Config, JobSpec, load_config
+from scheduler_daemon.timing.schedules import build_schedule
+
+
+def _default_config() -> str:
+    return os.environ.get("SCHEDULER_CONFIG", "config.yaml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scheduler-daemon",
+        description="Run recurring jobs from a YAML file and record every execution in PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "-c",
+            "--config",
+            default=_default_config(),
+            help="config file (default: $SCHEDULER_CONFIG, then ./config.yaml)",
+        )
+        return p
+
+    with_config(
+        sub.add_parser("run", help="run in the foreground until SIGTERM/SIGINT; SIGHUP reloads")
+    )
+    with_config(sub.add_parser("check", help="validate the config; exit 1 listing every error"))
+    nxt = with_config(sub.add_parser("next", help="print the next fire times of each job"))
+    nxt.add_argument("-n", type=int, default=5, help="fire times per job (default 5)")
+    nxt.add_argument("--after", help="count from this ISO 8601 time (default: now; naive = UTC)")
+    nxt.add_argument("jobs", nargs="*", metavar="JOB", help="only these jobs")
+    status = with_config(sub.add_parser("status", help="one line per job: state, next, last"))
+    status.add_argument("--json", action="store_true", help="JSON for scripts")
+    history = with_config(sub.add_parser("history", help="a job's latest attempts"))
+    history.add_argument("job", metavar="JOB")
+    history.add_argument("-n", type=int, default=20, help="attempts to show (default 20)")
+    history.add_argument("--status", help="only attempts with this status (e.g. failed)")
+    history.add_argument("--json", action="store_true", help="JSON for scripts")
+    trigger = with_config(sub.add_parser("trigger", help="run a job now (trigger = manual)"))
+    trigger.add_argument("job", metavar="JOB")
+    trigger.add_argument(
+        "--args", help='python jobs: keyword arguments, e.g. \'{"day": "2026-11-25"}\''
+    )
+    trigger.add_argument("--params", help="HTTP jobs: query parameters (JSON object)")
+    trigger.add_argument("--json", dest="json_body", metavar="JSON", help="HTTP jobs: JSON body")
+    for verb in ("pause", "resume"):
+        p = with_config(sub.add_parser(verb, help=f"{verb} a job (kept across restarts)"))
+        p.add_argument("job", metavar="JOB")
+    db = sub.add_parser("db", help="database commands")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    with_config(db_sub.add_parser("init", help="apply schema.sql (idempotent; run does it too)"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Commands other than `run` print results on stdout (tables, JSON for scripts): their own
+    # progress logs (e.g. borrowing the embedded PostgreSQL) would get in the way.
+    quiet = "info" if args.command in ("run", "db") else "warning"
+    configure_logging(
+        level="debug" if args.debug else os.environ.get("SCHEDULER_LOG_LEVEL", quiet),
+        cache=args.command == "run",
+    )
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} error(s) in {args.config}", file=sys.stderr)
+        return 1
+    except SchedulerDaemonError as exc:
+        _print_error(exc, debug=args.debug)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from scheduler_daemon.operation.daemon import run_daemon
+
+        return run_daemon(Path(args.config))
+    config = load_config(args.config)
+    if args.command == "check":
+        return _check(config)
+    if args.command == "next":
+        return _next(config, count=args.n, after=args.after, names=args.jobs)
+    if args.command == "db":
+        return asyncio.run(_db_init(config))
+    return asyncio.run(_operate(config, args))
+
+
+async def _operate(config: Config, args: argparse.Namespace) -> int:
+    from scheduler_daemon.operation import control, tables
+
+    async with control.connect(config) as backend:
+        if args.command == "status":
+            jobs = await backend.jobs()
+            print(json.dumps(jobs, indent=2) if args.json else tables.status(jobs))
+        elif args.command == "history":
+            rows = await backend.history(args.job, args.n, args.status)
+            if not rows and config.job(args.job) is None:
+                known = ", ".join(job.name for job in config.jobs)
+                raise control.ControlError(f"no job named {args.job!r}; known: {known}")
+            print(json.dumps(rows, indent=2, default=str) if args.json else tables.history(rows))
+        elif args.command == "trigger":
+            body = control.overrides_body(args=args.args, params=args.params, json=args.json_body)
+            result = await backend.trigger(args.job, body)
+            print(json.dumps(result))
+        elif args.command in ("pause", "resume"):
+            result = await backend.set_paused(args.job, args.command == "pause")
+            print(json.dumps(result))
+        else:
+            raise AssertionError(args.command)
+    return 0
+
+
+def _check(config: Config) -> int:
+    now = datetime.now(UTC)
+    width = max((len(job.name) for job in config.jobs), default=0)
+    for job in config.jobs:
+        trigger = build_schedule(job)
+        nxt = trigger.next_after(now) if job.enabled else None
+        when = _local(nxt, job).isoformat() if nxt else _no_next(job)
+        print(f"{job.name:<{width}}  {job.action.kind:<7}  {trigger.describe()}  next: {when}")
+    print(f"{config.path}: OK, {len(config.jobs)} job(s)")
+    return 0
+
+
+def _no_next(job: JobSpec) -> str:
+    if not job.enabled:
+        return "disabled"
+    return "at the next start" if job.run_on_start else "never"
+
+
+def _next(config: Config, *, count: int, after: str | None, names: Sequence[str]) -> int:
+    start = _parse_after(after)
+    known = {job.name: job for job in config.jobs}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        print(f"unknown job(s): {', '.join(unknown)}; known: {', '.join(known)}", file=sys.stderr)
+        return 2
+    for job in (known[n] for n in names) if names else config.jobs:
+        trigger = build_schedule(job)
+        t: datetime | None = start
+        for _ in range(count):
+            t = trigger.next_after(t) if t is not None else None
+            if t is None:
+                break
+            print(f"{job.name} {_local(t, job).isoformat()}")
+    return 0
+
+
+def _parse_after(after: str | None) -> datetime:
+    if after is None:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(after)
+    except ValueError:
+        raise ConfigError([f"--after: expected an ISO 8601 date-time, got {after!r}"]) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _local(t: datetime, job: JobSpec) -> datetime:
+    return t.astimezone(ZoneInfo(job.timezone))
+
+
+async def _db_init(config: Config) -> int:
+    from scheduler_daemon.storage import store
+    from scheduler_daemon.storage.embedded import EmbeddedPostgres
+
+    embedded = None
+    dsn = config.database_url
+    if not dsn:
+        embedded = EmbeddedPostgres(config.state_dir / "postgres")
+        dsn = await embedded.astart()
+    try:
+        pool = await store.connect(dsn)
+        try:
+            await store.apply_schema(pool)
+        finally:
+            await pool.close()
+    finally:
+        if embedded is not None:
+            await embedded.astop()
+    print("schema applied")
+    return 0
+
+
+def _print_error(exc: BaseException, *, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc)
+        return
+    chain: list[str] = []
+    cur: BaseException | None = exc
+    while cur is not None:
+        chain.append(f"{type(cur).__name__}: {cur}" if cur is not exc else str(cur))
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+    print("error: " + "\n  caused by: ".join(chain), file=sys.stderr)

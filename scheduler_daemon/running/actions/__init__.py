@@ -1,0 +1,31 @@
+"""Job kinds: each turns a spec into an ``Action`` whose ``run`` yields one attempt's Outcome.
+
+An action never raises for a job's failure (that is an Outcome); the only exception it lets
+through is CancelledError — on timeout, replace or shutdown — after cleaning up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from scheduler_daemon.running.actions.command import CommandAction
+from scheduler_daemon.running.actions.http import HttpAction, HttpClient
+from scheduler_daemon.running.actions.outcome import Outcome
+from scheduler_daemon.running.actions.python import PythonAction
+from scheduler_daemon.specs.config import CommandSpec, HttpSpec, JobSpec
+
+__all__ = ["Action", "HttpClient", "Outcome", "build_action"]
+
+
+class Action(Protocol):
+    async def run(self, overrides: Mapping[str, Any] | None = None) -> Outcome: ...
+
+
+def build_action(job: JobSpec, *, http: HttpClient) -> Action:
+    spec = job.action
+    if isinstance(spec, HttpSpec):
+        return HttpAction(spec, client=http, capture_bytes=job.capture_bytes)
+    if isinstance(spec, CommandSpec):
+        return CommandAction(spec, capture_bytes=job.capture_bytes)
+    return PythonAction(spec, capture_bytes=job.capture_bytes)

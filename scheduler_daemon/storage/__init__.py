@@ -1,0 +1,1 @@
+"""Storage: the database, the batched recorder, the journal, read queries, the embedded server."""

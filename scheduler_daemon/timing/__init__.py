@@ -1,0 +1,1 @@
+"""Time: schedules (pure next_after), the heap loop, catch-up maths, the clock."""

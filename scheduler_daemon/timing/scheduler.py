@@ -1,0 +1,207 @@
+"""The heap of next fire times and the loop that pops what is due.
+
+The loop never awaits I/O: it pops every entry that is due, hands each fire to ``dispatch`` (which
+must return at once, e.g. by creating a task), pushes the job's next fire time and sleeps until the
+new earliest entry, a change of jobs, or stop — whichever comes first. Jobs are replaced and removed
+lazily: each heap entry carries its job's generation; stale entries are dropped when popped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.timing.clock import Clock
+from scheduler_daemon.timing.schedules import Schedule, build_schedule
+
+log = structlog.get_logger("scheduler_daemon.timing.scheduler")
+
+Dispatch = Callable[[JobSpec, datetime], object]
+# (job, its first fire skipped by a forward clock step, now): the catch-up policy decides.
+OnJump = Callable[[JobSpec, datetime, datetime], object]
+
+# A wall-clock step (NTP, manual) must be noticed quickly, so no sleep is longer than this.
+MAX_SLEEP = 1.0
+# In a burst, fires start in chunks of this many while the rest are still being dispatched.
+DISPATCH_CHUNK = 64
+# Wall time moving this much more (or less) than monotonic time between two turns is a step.
+JUMP_THRESHOLD = 1.0
+
+
+@dataclass(slots=True)
+class _Scheduled:
+    job: JobSpec
+    schedule: Schedule
+    generation: int
+    next_at: datetime | None = None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        dispatch: Dispatch,
+        on_jump: OnJump | None = None,
+        max_sleep: float = MAX_SLEEP,
+    ) -> None:
+        self._clock = clock
+        self._dispatch = dispatch
+        self._on_jump = on_jump
+        self._max_sleep = max_sleep
+        # (due timestamp, tie-breaker, job name, generation); tuples compare on the first two only.
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._jobs: dict[str, _Scheduled] = {}
+        self._seq = itertools.count()
+        self._generations = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._stopped = False
+
+    # -- job set -----------------------------------------------------------------------------
+
+    def add(self, job: JobSpec, *, after: datetime | None = None) -> datetime | None:
+        """Schedule ``job`` (replacing one of the same name) from its first fire after ``after``."""
+        entry = _Scheduled(
+            job=job, schedule=build_schedule(job), generation=next(self._generations)
+        )
+        self._jobs[job.name] = entry
+        if job.enabled:
+            start = after if after is not None else self._now()
+            self._push(entry, entry.schedule.next_after(start))
+        self._wake.set()
+        return entry.next_at
+
+    def set_jobs(self, jobs: Iterable[JobSpec], *, after: datetime | None = None) -> None:
+        for job in jobs:
+            self.add(job, after=after)
+
+    def remove(self, name: str) -> None:
+        self._jobs.pop(name, None)  # its heap entries become stale and are dropped when popped
+        self._wake.set()
+
+    def job(self, name: str) -> JobSpec | None:
+        entry = self._jobs.get(name)
+        return entry.job if entry else None
+
+    def next_fire(self, name: str) -> datetime | None:
+        entry = self._jobs.get(name)
+        return entry.next_at if entry else None
+
+    def upcoming(self, name: str, count: int) -> list[datetime]:
+        """The job's next ``count`` fire times, from its scheduled next fire on."""
+        entry = self._jobs.get(name)
+        if entry is None or entry.next_at is None:
+            return []
+        times = [entry.next_at]
+        while len(times) < count and (after := entry.schedule.next_after(times[-1])) is not None:
+            times.append(after)
+        return times
+
+    def describe(self, name: str) -> str | None:
+        entry = self._jobs.get(name)
+        return entry.schedule.describe() if entry else None
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def pop_due(self, now: float) -> list[tuple[JobSpec, datetime]]:
+        """Take every fire due at or before ``now`` and push each job's following fire."""
+        return list(self._iter_due(now))
+
+    def _iter_due(self, now: float) -> Iterator[tuple[JobSpec, datetime]]:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, name, generation = heapq.heappop(heap)
+            entry = self._jobs.get(name)
+            if entry is None or entry.generation != generation or entry.next_at is None:
+                continue  # removed or replaced since this entry was pushed
+            fire_at = entry.next_at
+            # From the scheduled instant, not from now: a late loop still makes every fire.
+            self._push(entry, entry.schedule.next_after(fire_at))
+            yield entry.job, fire_at
+
+    async def run(self) -> None:
+        log.info("scheduler_started", jobs=len(self._jobs))
+        last_wall, last_mono = self._clock.time(), self._clock.monotonic()
+        while not self._stopped:
+            self._wake.clear()
+            wall, mono = self._clock.time(), self._clock.monotonic()
+            self._check_clock_step((wall - last_wall) - (mono - last_mono), wall)
+            last_wall, last_mono = wall, mono
+            for dispatched, (job, fire_at) in enumerate(self._iter_due(wall), 1):
+                self._dispatch(job, fire_at)
+                if dispatched % DISPATCH_CHUNK == 0:
+                    # Let the fires already dispatched begin while the rest of a burst is popped.
+                    await asyncio.sleep(0)
+            if self._stopped:
+                break
+            await self._sleep(self._delay())
+        log.info("scheduler_stopped")
+
+    def _check_clock_step(self, step: float, now: float) -> None:
+        """React to the wall clock stepping (NTP, manual change, resume from suspend)."""
+        if step < -JUMP_THRESHOLD:
+            # Entries keep their instants: nothing already fired fires again; jobs resume when
+            # the clock reaches their next instant.
+            log.warning("clock_jump", direction="backward", seconds=round(-step, 3))
+        elif step > JUMP_THRESHOLD:
+            log.warning("clock_jump", direction="forward", seconds=round(step, 3))
+            if self._on_jump is not None:
+                self._skip_to(datetime.fromtimestamp(now, UTC))
+
+    def _skip_to(self, now: datetime) -> None:
+        """Reschedule every overdue job from ``now``; its skipped fires go to the catch-up policy.
+
+        O(jobs), but only on a clock step: without it a per-second job would fire once for every
+        second the clock skipped.
+        """
+        assert self._on_jump is not None
+        for entry in self._jobs.values():
+            first = entry.next_at
+            if first is None or first > now:
+                continue
+            entry.generation = next(self._generations)  # its heap entry becomes stale
+            self._push(entry, entry.schedule.next_after(now))
+            self._on_jump(entry.job, first, now)
+
+    def _delay(self) -> float:
+        delay = self._max_sleep
+        if self._heap:
+            delay = min(delay, self._heap[0][0] - self._clock.time())
+        return max(delay, 0.0)
+
+    async def _sleep(self, delay: float) -> None:
+        if self._wake.is_set():
+            return
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _push(self, entry: _Scheduled, fire_at: datetime | None) -> None:
+        entry.next_at = fire_at
+        if fire_at is not None:
+            heapq.heappush(
+                self._heap, (fire_at.timestamp(), next(self._seq), entry.job.name, entry.generation)
+            )
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.time(), UTC)

@@ -1,0 +1,304 @@
+"""The installed daemon as a subprocess against real HTTP, commands, Python and PostgreSQL.
+
+These are the few tests that take real seconds: everything time-dependent is covered on the fake
+clock elsewhere; here we check the whole wiring, the signals and what lands in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from tests.helpers import DAEMON, REPO, processes_with, serve_locally, start_daemon
+
+HUGE_BYTES = 50 * 1024 * 1024
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[str]:
+    async def ok(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def fail(_: web.Request) -> web.Response:
+        return web.Response(status=500, text="server exploded")
+
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="too late")
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        chunk = b"x" * 65536
+        for _ in range(HUGE_BYTES // len(chunk)):
+            await resp.write(chunk)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.router.add_get("/fail", fail)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/huge", huge)
+    async with serve_locally(app) as url:
+        yield url
+
+
+async def test_mixed_jobs_end_to_end(tmp_path: Path, target: str, database_url: str) -> None:
+    marker = f"e2e-long-{os.getpid()}"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        textwrap.dedent(f"""
+        database: {{url: "{database_url}"}}
+        state_dir: ./state
+        max_concurrency: 8
+        shutdown_grace: 1s
+        defaults:
+          retry: {{attempts: 1}}
+        jobs:
+          http_ok:     {{every: 1s, http: {{url: "{target}/ok"}}}}
+          http_fail:
+            every: 2s
+            http: {{url: "{target}/fail"}}
+            retry: {{attempts: 2, delay: 200ms}}
+          http_slow:   {{every: 2s, timeout: 500ms, http: {{url: "{target}/slow"}}}}
+          http_huge:
+            {{every: 2s, capture_bytes: 1000, timeout: 20s, http: {{url: "{target}/huge"}}}}
+          cmd_ok:      {{every: 1s, command: ["echo", "hi from a command"]}}
+          cmd_fail:    {{every: 2s, shell: "echo oops >&2; exit 3"}}
+          py_ok:
+            {{every: 1s, python: "tests.e2e_jobs:greet", args: {{name: world, times: 2}}}}
+          py_fail:     {{every: 2s, python: "tests.e2e_jobs:explode", args: {{reason: kaboom}}}}
+          long_cmd:
+            every: 1h
+            offset: 0s
+            shell: "sleep 300 # {marker}"
+            enabled: false
+          long_sh:     {{every: 1s, overlap: skip, shell: "sh -c 'sleep 300' # {marker}"}}
+    """)
+    )
+    daemon = await start_daemon(config)
+    await daemon.wait_for("scheduler_started")
+    await asyncio.sleep(4.2)
+    assert await daemon.stop() == 0
+    await daemon.wait_for("daemon_stopped")
+    assert processes_with(marker) == [], "a child of a cancelled command survived"
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT * FROM executions ORDER BY job_name, scheduled_at, attempt")
+        jobs = await conn.fetch("SELECT name, spec FROM jobs ORDER BY name")
+    finally:
+        await conn.close()
+    by_job: dict[str, list[asyncpg.Record]] = {}
+    for row in rows:
+        by_job.setdefault(row["job_name"], []).append(row)
+
+    def statuses(job: str) -> set[str]:
+        return {r["status"] for r in by_job.get(job, [])}
+
+    assert {j["name"] for j in jobs} >= {"http_ok", "cmd_ok", "py_ok", "long_cmd"}
+    # every-second jobs fired ~4 times in 4.2 s, each once per instant, on epoch-aligned seconds
+    for job in ("http_ok", "cmd_ok", "py_ok"):
+        runs = by_job[job]
+        assert 3 <= len(runs) <= 6, (job, len(runs))
+        assert statuses(job) == {"succeeded"}, [dict(r) for r in runs]
+        assert all(r["scheduled_at"].microsecond == 0 for r in runs)
+        assert len({r["fire_id"] for r in runs}) == len(runs)
+        assert all(0 <= r["drift_ms"] < 1000 for r in runs), [r["drift_ms"] for r in runs]
+    assert by_job["cmd_ok"][0]["output"].strip() == "hi from a command"
+    assert by_job["cmd_ok"][0]["exit_code"] == 0
+    assert (
+        by_job["py_ok"][0]["output"] and "hello world hello world" in by_job["py_ok"][0]["output"]
+    )
+    assert by_job["http_ok"][0]["http_status"] == 200
+
+    # failures: retried per policy (http 500), not retried beyond attempts
+    fail_rows = by_job["http_fail"]
+    assert {r["attempt"] for r in fail_rows} <= {1, 2} and statuses("http_fail") == {"failed"}
+    assert all(r["http_status"] == 500 for r in fail_rows)
+    first_fire = [r for r in fail_rows if r["fire_id"] == fail_rows[0]["fire_id"]]
+    if len(first_fire) == 2:
+        gap = (first_fire[1]["started_at"] - first_fire[0]["finished_at"]).total_seconds()
+        assert 0.15 <= gap < 1.0, gap  # 200 ms backoff
+    assert {r["exit_code"] for r in by_job["cmd_fail"]} == {3}
+    assert "oops" in by_job["cmd_fail"][0]["output"]
+    assert "kaboom" in by_job["py_fail"][0]["error"]
+
+    # timeouts enforced; huge body capped; a stuck command skipped then cancelled at shutdown
+    assert statuses("http_slow") <= {"timed_out", "cancelled"} and "timed_out" in statuses(
+        "http_slow"
+    )
+    assert all(r["duration_ms"] < 1500 for r in by_job["http_slow"] if r["status"] == "timed_out")
+    huge_done = [r for r in by_job["http_huge"] if r["status"] == "succeeded"]
+    assert huge_done and all(len(r["output"].encode()) <= 1100 for r in huge_done)
+    long_rows = by_job["long_sh"]
+    assert statuses("long_sh") == {"skipped", "cancelled"}
+    assert sum(r["status"] == "cancelled" for r in long_rows) == 1
+    assert "long_cmd" not in by_job  # disabled
+
+    # exactly one final row per (fire, attempt)
+    keys = [(r["fire_id"], r["attempt"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    assert all(r["status"] != "running" for r in rows)
+
+
+async def test_sighup_reload_applies_a_valid_file_and_keeps_the_old_on_a_broken_one(
+    tmp_path: Path, database_url: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    base = f'database: {{url: "{database_url}"}}\nstate_dir: ./state\nshutdown_grace: 1s\njobs:\n'
+    config.write_text(
+        base + '  keep: {every: 1s, command: ["true"]}\n  drop: {every: 1s, command: ["true"]}\n'
+        '  change: {every: 1s, command: ["echo", "old"]}\n'
+    )
+    daemon = await start_daemon(config)
+    await daemon.wait_for("scheduler_started")
+    await asyncio.sleep(1.5)
+
+    config.write_text(
+        base + '  keep: {every: 1s, command: ["true"]}\n  added: {every: 1s, command: ["true"]}\n'
+        '  change: {every: 1s, command: ["echo", "new"]}\n'
+    )
+    daemon.proc.send_signal(signal.SIGHUP)
+    reloaded = await daemon.wait_for("reload_succeeded", timeout=10)
+    assert (reloaded["added"], reloaded["removed"], reloaded["changed"]) == (1, 1, 1)
+    await asyncio.sleep(1.5)
+
+    config.write_text(base + '  keep: {every: 1s, command: ["true"], bogus: 1}\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    failed = await daemon.wait_for("reload_failed", timeout=10)
+    assert any("jobs.keep.bogus" in p for p in failed["problems"])
+    await asyncio.sleep(1.5)
+    assert await daemon.stop() == 0
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT job_name, count(*) AS n, max(scheduled_at) AS last FROM executions GROUP BY 1"
+        )
+        outputs = await conn.fetch(
+            "SELECT output, scheduled_at FROM executions WHERE job_name = 'change' ORDER BY 2"
+        )
+    finally:
+        await conn.close()
+    counts = {r["job_name"]: r for r in rows}
+    said = [r["output"].strip() for r in outputs]
+    assert said[0] == "old" and said[-1] == "new"  # the changed job runs its new spec
+    assert said == sorted(said, key=lambda w: w == "new")  # never old again after the reload
+    assert counts["keep"]["n"] >= 4  # kept firing through both reloads
+    assert counts["added"]["n"] >= 2  # the broken file did not stop the running schedule
+    assert counts["drop"]["last"] < counts["added"]["last"]
+
+
+async def test_a_burst_of_sighups_ends_in_the_last_file_with_no_gap(
+    tmp_path: Path, database_url: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    base = f'database: {{url: "{database_url}"}}\nstate_dir: ./state\nshutdown_grace: 1s\njobs:\n'
+    keep = '  keep: {every: 1s, command: ["true"]}\n'
+    config.write_text(base + keep)
+    daemon = await start_daemon(config)
+    await daemon.wait_for("database_connected")
+    await asyncio.sleep(1)
+    for i in range(50):
+        config.write_text(base + keep + f'  v{i}: {{every: 1h, command: ["true"]}}\n')
+        daemon.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.01)
+    config.write_text(base + keep + '  final: {every: 1s, command: ["true"]}\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    await asyncio.sleep(2.5)
+    assert await daemon.stop() == 0
+    assert sum(e["event"] == "reload_succeeded" for e in daemon.events) >= 1
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        jobs = {r["name"] for r in await conn.fetch("SELECT name FROM jobs")}
+        keep_fires = [
+            r["scheduled_at"]
+            for r in await conn.fetch(
+                "SELECT scheduled_at FROM executions WHERE job_name = 'keep' ORDER BY 1"
+            )
+        ]
+        final = await conn.fetchval("SELECT count(*) FROM executions WHERE job_name = 'final'")
+    finally:
+        await conn.close()
+    assert jobs == {"keep", "final"}  # the state of the last file
+    assert final >= 1
+    # the unchanged job kept its schedule through 51 reloads: one fire per second, no gap
+    assert len(keep_fires) >= 4
+    assert all((b - a).total_seconds() == 1 for a, b in itertools.pairwise(keep_fires))
+
+
+async def test_sigterm_lets_attempts_finish_within_the_grace_and_cancels_the_rest(
+    tmp_path: Path, database_url: str
+) -> None:
+    marker = f"e2e-grace-{os.getpid()}"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        textwrap.dedent(f"""
+        database: {{url: "{database_url}"}}
+        shutdown_grace: 2s
+        jobs:
+          inside: {{every: 1h, run_on_start: true, shell: "sleep 1; echo done"}}
+          outside: {{every: 1h, run_on_start: true, shell: "sleep 300 # {marker}"}}
+    """)
+    )
+    daemon = await start_daemon(config)
+    await daemon.wait_for("database_connected")
+    await asyncio.sleep(0.3)
+    began = asyncio.get_running_loop().time()
+    assert await daemon.stop() == 0
+    took = asyncio.get_running_loop().time() - began
+    assert 1.5 <= took < 12, took  # waited for the grace, not for `sleep 300`
+    assert processes_with(marker) == []
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = {r["job_name"]: r for r in await conn.fetch("SELECT * FROM executions")}
+    finally:
+        await conn.close()
+    assert rows["inside"]["status"] == "succeeded" and rows["inside"]["output"] == "done\n"
+    assert rows["outside"]["status"] == "cancelled"
+    assert "grace" in rows["outside"]["error"]
+
+
+async def test_sigterm_stops_the_daemon_even_when_its_log_reader_is_gone(
+    tmp_path: Path, database_url: str
+) -> None:
+    # Regression: with stdout a pipe nobody reads any more (a supervisor or a shell pipeline
+    # that died), logging raised BrokenPipeError inside the SIGTERM handler before the stop event
+    # was set, and the daemon never stopped.
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f'database: {{url: "{database_url}"}}\nshutdown_grace: 1s\n'
+        'jobs:\n  tick: {every: 1s, command: ["true"]}\n'
+    )
+    read_end, write_end = os.pipe()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SCHEDULER_LOG_LEVEL": "info"}
+    proc = await asyncio.create_subprocess_exec(
+        str(DAEMON), "run", "-c", str(config), stdout=write_end, stderr=write_end, env=env
+    )
+    os.close(write_end)
+    try:
+        reader = os.fdopen(read_end, "rb", buffering=0)
+        seen = b""
+        while b"scheduler_started" not in seen:
+            chunk = await asyncio.to_thread(reader.read, 4096)
+            assert chunk, "daemon exited early"
+            seen += chunk
+        reader.close()  # nobody reads the daemon's logs any more
+        await asyncio.sleep(1.5)  # a few fires log into the broken pipe
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

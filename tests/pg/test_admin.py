@@ -1,0 +1,450 @@
+"""The admin API against the running daemon (in this process), real PostgreSQL and real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from scheduler_daemon.operation.daemon import Daemon
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
+from scheduler_daemon.specs.config import load_config
+from scheduler_daemon.storage import store
+from tests.helpers import (
+    ADMIN_TOKEN,
+    AUTH,
+    ENV,
+    JOB_TOKEN,
+    REPO,
+    Running,
+    free_port,
+    listening,
+    next_event,
+    running_daemon,
+    wait_until,
+    write_config,
+)
+
+# -- auth and errors --------------------------------------------------------------------------
+
+
+async def test_health_and_metrics_are_open_everything_else_needs_the_token(api: Running) -> None:
+    status, health = await api.call("GET", "/healthz", auth=False)
+    assert status == 200 and health["status"] == "ok" and health["database"] == "connected"
+    status, metrics = await api.call("GET", "/metrics", auth=False)
+    assert status == 200 and "scheduler_running_attempts" in metrics
+    protected = [("GET", "/jobs"), ("GET", "/executions"), ("GET", "/openapi.json"),
+                 ("POST", "/jobs/greet/trigger"), ("GET", "/stats"), ("GET", "/runs")]  # fmt: skip
+    for method, path in protected:
+        status, body = await api.call(method, path, auth=False)
+        assert (status, body["error"]) == (401, "unauthorized"), path
+        status, body = await api.call(
+            method, path, auth=False, headers={"Authorization": "Bearer wrong"}
+        )
+        assert status == 401, path
+    status, body = await api.call(
+        "GET", "/jobs", auth=False, headers={"Authorization": ADMIN_TOKEN}
+    )
+    assert status == 401  # the scheme is required
+    status, spec = await api.call("GET", "/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.")
+
+
+async def test_without_a_token_reads_work_and_changes_are_refused(
+    tmp_path: Path, database_url: str, target: tuple[str, Any]
+) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    write_config(path, database_url, target[0], listen=f"127.0.0.1:{port}", token=None)
+    async with running_daemon(path, f"http://127.0.0.1:{port}") as api:
+        status, _ = await api.call("GET", "/jobs", auth=False)
+        assert status == 200
+        for path_ in ("/jobs/greet/trigger", "/jobs/greet/pause", "/runs"):
+            status, body = await api.call("POST", path_, auth=False, json={"job": "greet"})
+            assert (status, body["error"]) == (403, "no_token_configured")
+
+
+async def test_errors_are_json_with_stable_codes(api: Running) -> None:
+    cases = [
+        ("GET", "/nowhere", {}, 404, "not_found"),
+        ("DELETE", "/jobs", {}, 405, "method_not_allowed"),
+        ("GET", "/jobs/nope", {}, 404, "unknown_job"),
+        ("POST", "/jobs/nope/trigger", {}, 404, "unknown_job"),
+        ("POST", "/jobs/greet/trigger", {"data": b"{not json"}, 400, "bad_json"),
+        ("POST", "/jobs/greet/trigger", {"json": [1, 2]}, 400, "bad_request"),
+        ("POST", "/jobs/greet/trigger", {"json": {"params": {}}}, 400, "bad_overrides"),
+        ("POST", "/jobs/greet/trigger", {"json": {"args": "x"}}, 400, "bad_overrides"),
+        ("POST", "/jobs/ping/trigger", {"json": {"args": {}}}, 400, "bad_overrides"),
+        ("POST", "/jobs/ping/trigger", {"json": {"params": {"a": [1]}}}, 400, "bad_overrides"),
+        ("POST", "/jobs/shell/trigger", {"json": {"args": {}}}, 400, "bad_overrides"),
+        ("GET", "/executions?limit=0", {}, 400, "bad_parameter"),
+        ("GET", "/executions?limit=501", {}, 400, "bad_parameter"),
+        ("GET", "/executions?limit=ten", {}, 400, "bad_parameter"),
+        ("GET", "/executions?status=great", {}, 400, "bad_parameter"),
+        ("GET", "/executions?trigger=cosmic", {}, 400, "bad_parameter"),
+        ("GET", "/executions?since=yesterday", {}, 400, "bad_parameter"),
+        ("GET", "/executions?since=2026-01-01T00:00:00", {}, 400, "bad_parameter"),
+        ("GET", "/executions?cursor=abc", {}, 400, "bad_cursor"),
+        ("GET", "/stats?window=forever", {}, 400, "bad_parameter"),
+        ("GET", "/stats?window=0s", {}, 400, "bad_parameter"),
+        ("GET", "/runs/not-a-uuid", {}, 404, "unknown_run"),
+        ("GET", f"/runs/{uuid.uuid4()}", {}, 404, "unknown_run"),
+        ("DELETE", f"/runs/{uuid.uuid4()}", {}, 404, "unknown_run"),
+        ("POST", "/runs", {"json": {}}, 400, "bad_request"),
+        ("POST", "/runs", {"json": {"job": "nope"}}, 404, "unknown_job"),
+        ("POST", "/runs", {"json": {"job": "greet", "at": "soon"}}, 400, "bad_parameter"),
+        ("POST", "/jobs/greet/trigger", {"data": b"x" * 70_000}, 413, "body_too_large"),
+    ]
+    for method, path, kwargs, code, error in cases:
+        status, body = await api.call(method, path, **kwargs)
+        assert (status, body["error"]) == (code, error), (method, path, kwargs, body)
+        assert body["message"]
+
+
+# -- manual runs ----------------------------------------------------------------------------------
+
+
+async def test_trigger_with_python_args_runs_them_records_manual_and_publishes_one_event(
+    api: Running, database_url: str
+) -> None:
+    async with listening(database_url) as events:
+        status, body = await api.call(
+            "POST", "/jobs/greet/trigger", json={"args": {"name": "operator", "times": 2}}
+        )
+        assert status == 202 and body["trigger"] == "manual"
+        event = await next_event(events, fire_id=body["fire_id"])
+    assert event["job"] == "greet" and event["status"] == "succeeded" and event["attempt"] == 1
+    assert event["trigger"] == "manual" and event["duration_ms"] >= 0
+    await wait_until(lambda: _has_rows(api, body["fire_id"]))
+    status, page = await api.call("GET", "/jobs/greet/executions?trigger=manual")
+    [row] = page["executions"]
+    assert row["fire_id"] == body["fire_id"] and row["output"] == "hello operator hello operator"
+    assert events.empty()  # one event per final attempt: no `running` row was announced
+
+
+async def _has_rows(api: Running, fire_id: str) -> bool:
+    _, page = await api.call("GET", "/executions?trigger=manual")
+    return any(r["fire_id"] == fire_id for r in page["executions"])
+
+
+async def test_trigger_with_http_params_and_json_reaches_the_target(
+    api: Running, target: tuple[str, list[dict[str, Any]]], database_url: str
+) -> None:
+    async with listening(database_url) as events:
+        status, body = await api.call(
+            "POST",
+            "/jobs/ping/trigger",
+            json={"params": {"level": 7, "date": "2026-11-25"}, "json": {"levels": [1, 2]}},
+        )
+        assert status == 202
+        event = await next_event(events, fire_id=body["fire_id"])
+    assert event["status"] == "succeeded" and event["http_status"] == 200
+    [request] = target[1]
+    assert request["query"] == {"level": "7", "date": "2026-11-25"}
+    assert request["body"] == {"levels": [1, 2]}
+    assert request["auth"] == f"Bearer {JOB_TOKEN}"  # the secret reaches the target, only there
+
+
+async def test_every_final_attempt_is_one_event(api: Running, database_url: str) -> None:
+    async with listening(database_url) as events:
+        _, body = await api.call("POST", "/jobs/explode/trigger")
+        first = await next_event(events, fire_id=body["fire_id"], attempt=1)
+        second = await next_event(events, fire_id=body["fire_id"], attempt=2)
+    assert first["status"] == second["status"] == "failed"
+    assert "ValueError: boom" in second["error"]
+
+
+async def test_overlap_policy_applies_to_manual_fires(api: Running) -> None:
+    job = api.daemon.config.job("greet")
+    assert job is not None
+    api.daemon.trigger(job, {"name": "x"})  # still running when the API asks (no await between)
+    status, body = await api.call("POST", "/jobs/greet/trigger")
+    # Either the first finished already (202) or overlap: skip refused the second (409).
+    assert status in (202, 409)
+    if status == 409:
+        assert body["error"] == "not_started"
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def _rec(job: str, at: datetime, status: Status, **kw: Any) -> ExecutionRecord:
+    drift = kw.pop("drift", 5)
+    started = at + timedelta(milliseconds=drift)
+    return ExecutionRecord(
+        scheduled_fire_id(job, at), job, at, kw.pop("attempt", 1), FireKind.SCHEDULE, status,
+        started, started + timedelta(milliseconds=40), float(drift), 40.0, node="test", **kw,
+    )  # fmt: skip
+
+
+async def _insert(dsn: str, records: list[ExecutionRecord]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await store.write_executions(conn, records)
+    finally:
+        await conn.close()
+
+
+async def test_executions_pages_newest_first_with_filters(api: Running, database_url: str) -> None:
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    records = [
+        _rec(
+            "greet", base + timedelta(minutes=i), Status.FAILED if i % 3 == 0 else Status.SUCCEEDED
+        )
+        for i in range(10)
+    ] + [_rec("greet", base + timedelta(minutes=9), Status.SUCCEEDED, attempt=2)]
+    await _insert(database_url, records)
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        query = "/jobs/greet/executions?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        status, page = await api.call("GET", query)
+        assert status == 200
+        seen += page["executions"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 11 and len({r["id"] for r in seen}) == 11
+    keys = [(r["scheduled_at"], r["id"]) for r in seen]
+    assert keys == sorted(keys, reverse=True)
+    _, failed = await api.call("GET", "/executions?job=greet&status=failed")
+    assert len(failed["executions"]) == 4
+    since = (base + timedelta(minutes=8)).isoformat()
+    until = (base + timedelta(minutes=9)).isoformat()
+    _, window = await api.call("GET", "/executions", params={"since": since, "until": until})
+    assert [r["scheduled_at"] for r in window["executions"]] == [since]
+    _, exact = await api.call("GET", "/executions?limit=11&job=greet")
+    assert exact["next_cursor"] is None and len(exact["executions"]) == 11  # no empty last page
+    _, other = await api.call("GET", "/jobs/removed-job/executions")
+    assert other == {"executions": [], "next_cursor": None}  # history of a removed job is fine
+
+
+async def test_jobs_show_schedule_next_fires_state_and_statistics(
+    api: Running, database_url: str
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    await _insert(database_url, [
+        _rec("greet", now - timedelta(minutes=i), Status.SUCCEEDED, drift=i) for i in range(1, 20)
+    ] + [_rec("greet", now - timedelta(minutes=30), Status.FAILED, error="kaput")])  # fmt: skip
+    status, body = await api.call("GET", "/jobs")
+    assert status == 200
+    jobs = {j["name"]: j for j in body["jobs"]}
+    assert set(jobs) == {"greet", "explode", "ping", "shell"}
+    ping = jobs["ping"]
+    assert ping["schedule_in_words"] == "At 09:00, Monday through Friday (America/Sao_Paulo)"
+    assert len(ping["next_fires"]) == 1 and ping["paused"] is False
+    stats = jobs["greet"]["stats"]
+    assert stats["runs"] == 20 and stats["failed"] == 1 and stats["success_rate"] == 0.95
+    assert stats["last_status"] == "succeeded" and stats["p95_drift_ms"] > stats["avg_drift_ms"]
+    status, one = await api.call("GET", "/jobs/ping?window=1h")
+    assert status == 200 and len(one["next_fires"]) == 5
+    nexts = [datetime.fromisoformat(t) for t in one["next_fires"]]
+    assert all(t.astimezone(UTC).hour == 12 for t in nexts)  # 09:00 in São Paulo (UTC-3)
+    assert one["spec"]["action"]["url"].endswith("/echo")
+    _, stats_body = await api.call("GET", "/stats?window=2h")
+    assert stats_body["totals"]["runs"] == 20 and stats_body["totals"]["failed"] == 1
+    assert sum(m["attempts"] for m in stats_body["per_minute"]) == 20
+
+
+# -- pause, resume, one-off runs, restarts -------------------------------------------------------
+
+
+async def test_a_pause_is_persisted_survives_a_restart_and_stops_fires(
+    config: tuple[Path, str], database_url: str
+) -> None:
+    async with running_daemon(*config) as api:
+        status, body = await api.call("POST", "/jobs/greet/pause")
+        assert status == 200 and body["paused"] is True
+        assert await api.stop() == 0
+    async with running_daemon(*config) as api:
+        _, job = await api.call("GET", "/jobs/greet")
+        assert job["paused"] is True
+        greet = api.daemon.config.job("greet")
+        assert greet is not None
+        api.daemon._dispatch(greet, datetime.now(UTC))  # what the scheduler does when it is due
+        assert api.daemon.running("greet") == []
+        status, body = await api.call("POST", "/jobs/greet/resume")
+        assert status == 200 and body == {"job": "greet", "paused": False, "paused_at": None}
+        api.daemon._dispatch(greet, datetime.now(UTC))
+        assert len(api.daemon.running("greet")) == 1
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT paused_at FROM jobs WHERE name = 'greet'") is None
+    finally:
+        await conn.close()
+
+
+async def test_a_one_off_run_survives_a_restart_and_runs_once(
+    config: tuple[Path, str], database_url: str
+) -> None:
+    at = datetime.now(UTC) + timedelta(seconds=1.5)
+    async with running_daemon(*config) as api:
+        status, run = await api.call(
+            "POST", "/runs", json={"job": "greet", "at": at.isoformat(), "args": {"name": "later"}}
+        )
+        assert status == 201 and run["state"] == "pending"
+        status, later = await api.call(
+            "POST", "/runs", json={"job": "greet", "at": (at + timedelta(days=1)).isoformat()}
+        )
+        assert status == 201
+        assert await api.stop() == 0  # before it is due
+    async with listening(database_url) as events, running_daemon(*config) as api:
+        event = await next_event(events, fire_id=run["id"])
+        assert event["status"] == "succeeded" and event["trigger"] == "manual"
+        status, body = await api.call("GET", f"/runs/{run['id']}")
+        assert body["state"] == "started"
+        status, body = await api.call("DELETE", f"/runs/{run['id']}")
+        assert (status, body["error"]) == (409, "already_started")
+        status, body = await api.call("DELETE", f"/runs/{later['id']}")
+        assert status == 200 and body["state"] == "cancelled"
+        status, body = await api.call("DELETE", f"/runs/{later['id']}")
+        assert status == 200 and body["state"] == "cancelled"
+        _, pending = await api.call("GET", "/runs?pending=1")
+        assert pending["runs"] == []
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT output FROM executions WHERE fire_id = $1", uuid.UUID(run["id"])
+        )
+    finally:
+        await conn.close()
+    assert [r["output"] for r in rows] == ["hello later"]
+
+
+async def test_while_the_database_is_away_reads_of_the_schedule_work_and_history_is_503(
+    tmp_path: Path, target: tuple[str, Any]
+) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    write_config(path, f"postgresql://nobody@127.0.0.1:{free_port()}/none", target[0],
+                 listen=f"127.0.0.1:{port}")  # fmt: skip
+    daemon = Daemon(load_config(path, environ=ENV))
+    task = asyncio.create_task(daemon.run())
+    api = Running(daemon, task, f"http://127.0.0.1:{port}")
+    try:
+
+        async def up() -> bool:
+            try:
+                return (await api.call("GET", "/healthz"))[0] == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_until(up)
+        status, health = await api.call("GET", "/healthz")
+        assert health["status"] == "degraded" and health["database"] == "buffering"
+        assert (await api.call("GET", "/healthz?ready=1"))[0] == 503
+        status, jobs = await api.call("GET", "/jobs")
+        assert status == 200 and jobs["jobs"][0]["stats"] is None
+        for method, path_ in [("GET", "/executions"), ("GET", "/stats"),
+                              ("POST", "/jobs/greet/pause"), ("POST", "/runs")]:  # fmt: skip
+            status, body = await api.call(method, path_, json={"job": "greet"})
+            assert (status, body["error"]) == (503, "database_unavailable"), path_
+    finally:
+        await api.stop()
+
+
+async def test_unix_socket_listener(
+    tmp_path: Path, database_url: str, target: tuple[str, Any]
+) -> None:
+    path = tmp_path / "config.yaml"
+    write_config(path, database_url, target[0], listen="./admin.sock")
+    daemon = Daemon(load_config(path, environ=ENV))
+    task = asyncio.create_task(daemon.run())
+    try:
+        connector = aiohttp.UnixConnector(path=str(tmp_path / "admin.sock"))
+        async with aiohttp.ClientSession(connector=connector) as http:
+
+            async def up() -> bool:
+                try:
+                    async with http.get("http://admin/healthz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until(up)
+            async with http.get("http://admin/jobs", headers=AUTH) as r:
+                assert r.status == 200 and len((await r.json())["jobs"]) == 4
+    finally:
+        daemon.request_stop("test")
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+
+async def test_secrets_appear_nowhere_but_at_the_target(
+    config: tuple[Path, str], database_url: str
+) -> None:
+    with capture_logs() as logs:
+        async with running_daemon(*config) as api, listening(database_url) as events:
+            _, body = await api.call("POST", "/jobs/ping/trigger")
+            await next_event(events, fire_id=body["fire_id"])
+            responses = [
+                (await api.call("GET", path))[1]
+                for path in ("/jobs", "/jobs/ping", "/executions", "/stats", "/openapi.json",
+                             "/metrics", "/healthz", "/runs")
+            ]  # fmt: skip
+    conn = await asyncpg.connect(database_url)
+    try:
+        tables = [
+            [dict(r) for r in await conn.fetch(f"SELECT * FROM {table}")]
+            for table in ("jobs", "executions", "runs")
+        ]
+    finally:
+        await conn.close()
+    for where, data in [("logs", logs), ("api", responses), ("database", tables)]:
+        text = json.dumps(data, default=str)
+        assert JOB_TOKEN not in text, where
+        assert ADMIN_TOKEN not in text, where
+    assert "${JOB_TOKEN}" in json.dumps(tables[0], default=str)  # shown as written
+
+
+# -- the contract ---------------------------------------------------------------------------------
+
+
+async def test_the_api_keeps_to_its_openapi_document(api: Running, database_url: str) -> None:
+    """schemathesis generates requests from /openapi.json: no 5xx, no response off the schema."""
+    await _insert(
+        database_url, [_rec("greet", datetime.now(UTC) - timedelta(minutes=1), Status.SUCCEEDED)]
+    )
+    st = REPO / ".venv" / "bin" / "st"
+    import shutil
+    import sys
+
+    exe = Path(sys.executable).with_name("st")
+    command = str(exe if exe.exists() else shutil.which("st") or st)
+    proc = await asyncio.create_subprocess_exec(
+        command, "run", f"{api.base}/openapi.json",
+        "--header", f"Authorization: Bearer {ADMIN_TOKEN}",
+        "--checks", "not_a_server_error,status_code_conformance,response_schema_conformance,"
+                    "content_type_conformance",
+        "--max-examples", "15", "--generation-deterministic", "--workers", "1",
+        "--phases", "examples,fuzzing",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 110)
+    assert proc.returncode == 0, out.decode()[-4000:]
+
+
+async def test_an_admin_address_in_use_stops_the_start_with_a_clear_error(
+    tmp_path: Path, database_url: str, target: tuple[str, Any]
+) -> None:
+    from scheduler_daemon.errors import AdminUnavailable
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "config.yaml"
+        write_config(path, database_url, target[0], listen=f"127.0.0.1:{port}")
+        with pytest.raises(AdminUnavailable, match=f"admin: cannot listen on 127.0.0.1:{port}"):
+            await asyncio.wait_for(Daemon(load_config(path, environ=ENV)).run(), 30)

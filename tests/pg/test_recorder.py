@@ -1,0 +1,255 @@
+"""The recorder through real outages: rows wait in order and land exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from scheduler_daemon.storage import store
+from scheduler_daemon.storage.embedded import EmbeddedPostgres
+from scheduler_daemon.storage.journal import Journal
+from scheduler_daemon.storage.recorder import Recorder
+from tests.helpers import rec
+
+
+async def _count(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM executions"))
+    finally:
+        await conn.close()
+
+
+async def _until(predicate: object, timeout: float = 30) -> None:
+    async def poll() -> None:
+        while not predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def _apply_schema(pool: asyncpg.Pool) -> None:
+    await store.apply_schema(pool)
+
+
+async def test_rows_are_written_in_batches(database_url: str) -> None:
+    recorder = Recorder(dsn=database_url, batch_size=500, flush_interval=0.05)
+    await recorder.start()
+    for i in range(3000):
+        recorder.record(rec(n=i))
+    assert recorder.pending == 3000  # record() only buffers: no I/O on the caller's path
+    assert await recorder.close(timeout=30) == 0
+    assert await _count(database_url) == 3000
+    assert recorder.stats() == {
+        "written": 3000,
+        "pending": 0,
+        "batches": 6,
+        "failures": 0,
+        "rejected": 0,
+        "journaled": 0,
+    }
+
+
+async def test_a_trickle_is_written_within_the_flush_interval(database_url: str) -> None:
+    recorder = Recorder(dsn=database_url, flush_interval=0.05)
+    await recorder.start()
+    try:
+        recorder.record(rec(n=1))
+        await _until(lambda: recorder.written == 1, timeout=5)
+        recorder.record(rec(n=2))  # after an idle spell: woken by the row, not by a poll
+        await _until(lambda: recorder.written == 2, timeout=5)
+    finally:
+        assert await recorder.close(timeout=10) == 0
+    assert await _count(database_url) == 2
+
+
+async def test_close_flushes_what_is_buffered(database_url: str) -> None:
+    recorder = Recorder(dsn=database_url, flush_interval=60)  # only close() makes it write
+    await recorder.start()
+    for i in range(10):
+        recorder.record(rec(n=i))
+    assert await recorder.close(timeout=10) == 0
+    assert await _count(database_url) == 10
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of this test's own, to stop and start at will."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_an_outage_delays_rows_and_loses_none(own_server: EmbeddedPostgres) -> None:
+    dsn = own_server.dsn()
+    recorder = Recorder(dsn=dsn, batch_size=100, flush_interval=0.05, on_connect=_apply_schema)
+    with capture_logs() as logs:
+        await recorder.start()
+        for i in range(50):
+            recorder.record(rec(n=i))
+        await _until(lambda: recorder.pending == 0)
+
+        await own_server.astop()  # the database goes away while attempts keep finishing
+        for i in range(50, 450):
+            recorder.record(rec(n=i))
+        await _until(lambda: recorder.failures >= 3)  # several retries: one warning
+        assert recorder.pending == 400
+
+        await own_server.astart()
+        await _until(lambda: recorder.pending == 0)
+        assert await recorder.close(timeout=10) == 0
+    events = [e["event"] for e in logs if e["event"].startswith("recorder_db")]
+    assert events == ["recorder_db_unavailable", "recorder_db_recovered"]
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT scheduled_at FROM executions ORDER BY scheduled_at")
+    finally:
+        await conn.close()
+    assert len(rows) == 450 and len({r["scheduled_at"] for r in rows}) == 450
+
+
+async def test_a_database_down_at_start_is_waited_for(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "pg")
+    server.start()
+    dsn = server.dsn()
+    server.stop()
+    connected = asyncio.Event()
+
+    async def on_connect(pool: asyncpg.Pool) -> None:
+        await store.apply_schema(pool)
+        connected.set()
+
+    recorder = Recorder(dsn=dsn, flush_interval=0.05, on_connect=on_connect)
+    await recorder.start()
+    recorder.record(rec())
+    await asyncio.sleep(0.5)
+    assert not connected.is_set() and recorder.pending == 1
+    try:
+        await server.astart()
+        await asyncio.wait_for(connected.wait(), 30)
+        await _until(lambda: recorder.pending == 0)
+        await recorder.close(timeout=10)
+        assert await _count(dsn) == 1
+    finally:
+        server.stop()
+
+
+async def test_close_reports_rows_it_could_not_write(tmp_path: Path) -> None:
+    recorder = Recorder(
+        dsn=f"postgresql://postgres@/postgres?host={tmp_path}&port=1", flush_interval=0.05
+    )
+    await recorder.start()
+    recorder.record(rec())
+    recorder.record(rec(n=1))
+    assert await recorder.close(timeout=0.5) == 2
+
+
+async def test_past_the_limit_without_a_journal_rows_are_kept_and_reported(
+    tmp_path: Path,
+) -> None:
+    nowhere = f"postgresql://postgres@/postgres?host={tmp_path}&port=1"
+    recorder = Recorder(dsn=nowhere, buffer_limit=10, flush_interval=0.05)
+    with capture_logs() as logs:
+        await recorder.start()
+        for i in range(25):
+            recorder.record(rec(n=i))
+        await _until(lambda: recorder.failures > 0)
+        assert await recorder.close(timeout=0.3) == 25  # none dropped, none written
+    full = [e for e in logs if e["event"] == "recorder_buffer_full"]
+    assert len(full) == 1 and full[0]["pending"] == 11 and full[0]["limit"] == 10
+
+
+async def test_close_against_a_stuck_database_journals_the_rest(
+    database_url: str, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "executions.jsonl")
+    blocker = await asyncpg.connect(database_url)
+    recorder = Recorder(dsn=database_url, flush_interval=0.01, journal=journal)
+    await recorder.start()
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")  # writes hang
+        for i in range(5):
+            recorder.record(rec(n=i))
+        assert await recorder.close(timeout=0.5) == 0  # nothing lost: in the journal
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    assert sum(len(b) for b in journal.read(100)) == 5
+    assert await _count(database_url) == 0
+
+
+async def test_a_row_the_database_rejects_does_not_block_the_others(database_url: str) -> None:
+    recorder = Recorder(dsn=database_url, flush_interval=0.05)
+    await recorder.start()
+    recorder.record(rec(n=1))
+    recorder.record(rec(n=2, attempt=0))  # violates CHECK (attempt >= 1)
+    recorder.record(rec(n=3))
+    with capture_logs() as logs:
+        assert await recorder.close(timeout=10) == 0
+    assert await _count(database_url) == 2
+    assert recorder.rejected == 1
+    [rejected] = [e for e in logs if e["event"] == "recorder_row_rejected"]
+    assert rejected["attempt"] == 0 and "output" not in rejected
+
+
+async def test_a_long_outage_spills_to_the_journal_and_replays_it(
+    own_server: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "journal" / "executions.jsonl")
+    recorder = Recorder(
+        dsn=own_server.dsn(),
+        batch_size=50,
+        flush_interval=0.05,
+        buffer_limit=100,
+        on_connect=_apply_schema,
+        journal=journal,
+    )
+    await recorder.start()
+    await _until(lambda: recorder.pool is not None)
+    await own_server.astop()
+    for i in range(350):
+        recorder.record(rec(n=i))
+    await _until(lambda: journal.exists() and recorder.pending <= 100)
+    assert recorder.journaled >= 250
+
+    await own_server.astart()
+    await _until(lambda: recorder.pending == 0 and not journal.exists())
+    assert await recorder.close(timeout=10) == 0
+    assert await _count(own_server.dsn()) == 350
+
+
+async def test_close_during_an_outage_journals_and_the_next_start_replays(
+    own_server: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "executions.jsonl")
+    first = Recorder(
+        dsn=own_server.dsn(), flush_interval=0.05, on_connect=_apply_schema, journal=journal
+    )
+    await first.start()
+    await _until(lambda: first.pool is not None)
+    await own_server.astop()
+    for i in range(20):
+        first.record(rec(n=i))
+    assert await first.close(timeout=10) == 0  # nothing unwritten: it is all in the journal
+    assert journal.exists()
+
+    with journal.path.open("a") as f:
+        f.write('{"fire_id": "torn')  # a crash in the middle of a write
+
+    await own_server.astart()
+    second = Recorder(
+        dsn=own_server.dsn(), flush_interval=0.05, on_connect=_apply_schema, journal=journal
+    )
+    await second.start()
+    await _until(lambda: not journal.exists())
+    second.record(rec(n=0))  # a replayed row arriving again is not written twice
+    assert await second.close(timeout=10) == 0
+    assert await _count(own_server.dsn()) == 20

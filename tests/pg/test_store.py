@@ -1,0 +1,220 @@
+"""Schema, job sync and batched writes against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from scheduler_daemon.running.records import FireKind, Status
+from scheduler_daemon.specs.config import HttpSpec
+from scheduler_daemon.storage import store
+from tests.helpers import T, make_job, rec
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await store.connect(database_url)
+    yield p
+    await p.close()
+
+
+async def test_schema_applies_concurrently_on_an_empty_database(empty_database_url: str) -> None:
+    conns = [await asyncpg.connect(empty_database_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(store.apply_schema(c) for c in conns))  # a connection works too
+        tables = await conns[0].fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+        )
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert [t["tablename"] for t in tables] == ["executions", "jobs", "runs"]
+
+
+async def test_schema_applies_again_cleanly(pool: asyncpg.Pool) -> None:
+    await store.apply_schema(pool)
+    await store.apply_schema(pool)
+    cols = {
+        r["column_name"]
+        for r in await pool.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'executions'"
+        )
+    }
+    assert set(store.COLUMNS) | {"id", "recorded_at"} <= cols
+
+
+async def test_every_column_round_trips(pool: asyncpg.Pool) -> None:
+    full = rec(
+        http_status=503,
+        exit_code=None,
+        error="HTTP 503",
+        output="body\x00with nul",
+        trigger=FireKind.MANUAL,
+        fire_id=uuid.uuid4(),
+        status=Status.FAILED,
+    )
+    async with pool.acquire() as conn:
+        assert await store.write_executions(conn, [full]) == 1
+    [row] = await pool.fetch("SELECT * FROM executions")
+    for column in store.COLUMNS:
+        expected = getattr(full, column)
+        if column == "output":
+            expected = "body\ufffdwith nul"
+        elif column in ("trigger", "status"):
+            expected = str(expected)
+        assert row[column] == expected, column
+
+
+async def test_replaying_a_batch_writes_nothing_twice(pool: asyncpg.Pool) -> None:
+    batch = [rec(n=i) for i in range(100)]
+    async with pool.acquire() as conn:
+        assert await store.write_executions(conn, batch) == 100
+        assert await store.write_executions(conn, batch) == 0
+    assert await pool.fetchval("SELECT count(*) FROM executions") == 100
+
+
+async def test_a_final_row_replaces_a_running_placeholder(pool: asyncpg.Pool) -> None:
+    running = rec(status=Status.RUNNING, finished_at=None, duration_ms=None)
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [running])
+        await store.write_executions(conn, [rec(status=Status.FAILED, error="boom")])
+        await store.write_executions(conn, [rec(status=Status.SUCCEEDED)])  # final stays final
+    rows = await pool.fetch("SELECT status, error FROM executions")
+    assert [(r["status"], r["error"]) for r in rows] == [("failed", "boom")]
+
+
+async def test_the_same_attempt_twice_in_one_batch_keeps_the_last(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [rec(status=Status.RUNNING), rec(status=Status.FAILED)])
+    assert await pool.fetchval("SELECT status FROM executions") == "failed"
+
+
+async def test_running_never_replaces_a_final_status_in_one_batch(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [rec(status=Status.FAILED), rec(status=Status.RUNNING)])
+    assert await pool.fetchval("SELECT status FROM executions") == "failed"
+
+
+async def test_attempts_of_one_fire_are_separate_rows(pool: asyncpg.Pool) -> None:
+    attempts = [rec(attempt=1, status=Status.FAILED), rec(attempt=2, status=Status.SUCCEEDED)]
+    async with pool.acquire() as conn:
+        assert await store.write_executions(conn, attempts) == 2
+        assert await store.write_executions(conn, []) == 0
+    rows = await pool.fetch("SELECT attempt, status FROM executions ORDER BY attempt")
+    assert [(r["attempt"], r["status"]) for r in rows] == [(1, "failed"), (2, "succeeded")]
+
+
+async def test_a_bad_row_rolls_back_its_whole_batch(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        with pytest.raises(asyncpg.CheckViolationError):
+            await store.write_executions(conn, [rec(n=1), rec(n=2, attempt=0)])
+        assert await store.write_executions(conn, [rec(n=3)]) == 1  # the connection still works
+    assert await pool.fetchval("SELECT count(*) FROM executions") == 1
+
+
+async def test_jobs_sync_upserts_redacts_and_removes(pool: asyncpg.Pool) -> None:
+    secret = make_job(
+        "api", action=HttpSpec(url="http://x", headers={"Authorization": "Bearer s3"})
+    )
+    nxt = T + timedelta(minutes=1)
+    await store.sync_jobs(pool, [secret, make_job("b"), make_job("c", enabled=False)], {"api": nxt})
+    await store.sync_jobs(pool, [secret, make_job("c", enabled=False)], {"api": nxt})
+    rows = {r["name"]: r for r in await pool.fetch("SELECT * FROM jobs")}
+    assert set(rows) == {"api", "c"}
+    assert rows["api"]["next_run_at"] == nxt and rows["c"]["enabled"] is False
+    assert "s3" not in rows["api"]["spec"] and '"***"' in rows["api"]["spec"]
+
+
+async def test_writes_stamp_last_run_at_on_jobs(pool: asyncpg.Pool) -> None:
+    await store.sync_jobs(pool, [make_job("j")], {})
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [rec(n=1), rec(n=5), rec(n=3)])
+    last = await pool.fetchval("SELECT last_run_at FROM jobs WHERE name = 'j'")
+    assert last == T + timedelta(seconds=5, milliseconds=3)
+
+
+async def test_fetch_executions_newest_first(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [rec(n=i) for i in range(5)] + [rec("other")])
+    rows = await store.fetch_executions(pool, job="j", limit=2)
+    assert [r["scheduled_at"] for r in rows] == [T + timedelta(seconds=4), T + timedelta(seconds=3)]
+    older = await store.fetch_executions(pool, job="j", before=rows[-1]["scheduled_at"], limit=9)
+    assert [r["scheduled_at"] for r in older] == [T + timedelta(seconds=n) for n in (2, 1, 0)]
+
+
+async def test_fetch_executions_by_status(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await store.write_executions(
+            conn, [rec(n=1), rec(n=2, status=Status.TIMED_OUT), rec("k", status=Status.TIMED_OUT)]
+        )
+    rows = await store.fetch_executions(pool, status="timed_out")
+    assert sorted(r["job_name"] for r in rows) == ["j", "k"]
+    assert len(await store.fetch_executions(pool, job="j", status="timed_out")) == 1
+
+
+async def test_fetch_jobs_by_name(pool: asyncpg.Pool) -> None:
+    await store.sync_jobs(pool, [make_job("b"), make_job("a", every=5.0)], {})
+    rows = await store.fetch_jobs(pool)
+    assert [r["name"] for r in rows] == ["a", "b"]
+    assert json.loads(rows[0]["spec"])["every"] == 5.0
+
+
+async def test_jobs_sync_after_a_reload_touches_only_what_changed(pool: asyncpg.Pool) -> None:
+    await store.sync_jobs(pool, [make_job("a"), make_job("b"), make_job("c")], {})
+    before = {r["name"]: r["updated_at"] for r in await pool.fetch("SELECT * FROM jobs")}
+    await store.sync_jobs(pool, [make_job("b", every=5.0), make_job("d")], {}, removed=["c"])
+    rows = {r["name"]: r for r in await pool.fetch("SELECT * FROM jobs")}
+    assert set(rows) == {"a", "b", "d"}
+    assert rows["a"]["updated_at"] == before["a"]  # untouched
+    assert '"every": 5.0' in rows["b"]["spec"]
+
+
+async def test_monitoring_views_summarise_the_last_day(pool: asyncpg.Pool) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    await store.sync_jobs(pool, [make_job("a"), make_job("b")], {})
+    recent = [
+        rec("a", 0, status=Status.SUCCEEDED, scheduled_at=now - timedelta(minutes=1)),
+        rec("a", 1, status=Status.FAILED, scheduled_at=now - timedelta(minutes=2),
+            finished_at=now - timedelta(minutes=2), error="boom"),
+        rec("a", 2, status=Status.SKIPPED, scheduled_at=now - timedelta(minutes=3)),
+    ]  # fmt: skip
+    old = rec("a", 3, status=Status.FAILED, scheduled_at=now - timedelta(days=2))
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [*recent, old])
+    await pool.execute("UPDATE jobs SET paused_at = now() WHERE name = 'b'")
+    health = {r["job_name"]: r for r in await pool.fetch("SELECT * FROM job_health")}
+    assert health["a"]["runs_24h"] == 3 and health["a"]["failures_24h"] == 1
+    assert float(health["a"]["success_rate_24h"]) == 0.5  # skipped fires are not runs
+    assert health["b"]["paused"] is True and health["b"]["runs_24h"] == 0
+    failures = await pool.fetch("SELECT job_name, error FROM recent_failures")
+    assert [(r["job_name"], r["error"]) for r in failures] == [("a", "boom")]
+
+
+async def test_final_attempts_are_announced_once_and_only_when_events_are_on(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    listener = await asyncpg.connect(database_url)
+    got: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    await listener.add_listener(store.EVENTS_CHANNEL, lambda *a: got.put_nowait(json.loads(a[3])))
+    try:
+        async with pool.acquire() as conn:
+            await store.write_executions(conn, [rec("quiet", 1)], events=False)
+            running = rec("loud", 1, status=Status.RUNNING, finished_at=None)
+            await store.write_executions(conn, [running, rec("loud", 2)])
+            await store.write_executions(conn, [rec("loud", 2)])  # a replay: nothing new
+            await store.write_executions(conn, [rec("loud", 1)])  # running -> final
+        first = await asyncio.wait_for(got.get(), 5)
+        second = await asyncio.wait_for(got.get(), 5)
+    finally:
+        await listener.close()
+    # Commit order: the quiet batch announced nothing, `running` rows never are, replays neither.
+    assert (first["job"], first["scheduled_at"][:19]) == ("loud", "2026-01-01T00:00:02")
+    assert (second["job"], second["status"]) == ("loud", "succeeded")
+    assert second["scheduled_at"][:19] == "2026-01-01T00:00:01"
+    assert got.empty()

@@ -1,0 +1,323 @@
+"""HTTP, command and Python actions against real servers, real processes and real imports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from scheduler_daemon.running.actions import HttpClient, build_action
+from scheduler_daemon.running.actions.command import CommandAction
+from scheduler_daemon.running.actions.http import HttpAction
+from scheduler_daemon.running.actions.python import PythonAction
+from scheduler_daemon.running.records import Status
+from scheduler_daemon.specs.config import CommandSpec, HttpSpec, PythonSpec
+from tests.helpers import make_job, serve_locally
+
+HUGE = 200 * 1024 * 1024
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    async def ok(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def status(request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        headers = {}
+        if code == 503:
+            headers["Retry-After"] = "2"
+        if code == 429:
+            when = datetime.now(UTC) + timedelta(seconds=30)
+            headers["Retry-After"] = format_datetime(when, usegmt=True)
+        return web.Response(status=code, text=f"status {code}", headers=headers)
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else None
+        return web.json_response(
+            {
+                "query": dict(request.query),
+                "json": body,
+                "auth": request.headers.get("Authorization"),
+            }
+        )
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        chunk = b"y" * (1024 * 1024)
+        for _ in range(HUGE // len(chunk)):
+            await resp.write(chunk)
+        return resp
+
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.router.add_get("/status/{code}", status)
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/huge", huge)
+    app.router.add_get("/slow", slow)
+    async with serve_locally(app) as url:
+        yield url
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[HttpClient]:
+    http = HttpClient()
+    yield http
+    await http.close()
+
+
+def http_job(client: HttpClient, url: str, capture: int = 65536, **kw: object) -> HttpAction:
+    return HttpAction(HttpSpec(url=url, **kw), client=client, capture_bytes=capture)  # type: ignore[arg-type]
+
+
+# -- http ---------------------------------------------------------------------------------------
+
+
+async def test_http_success_keeps_status_and_body(server: str, client: HttpClient) -> None:
+    out = await http_job(client, f"{server}/ok").run()
+    assert (out.status, out.http_status, out.output, out.retryable) == (
+        Status.SUCCEEDED,
+        200,
+        '{"ok": true}',
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable", "retry_after"),
+    [
+        (500, True, None),
+        (503, True, 2.0),
+        (404, False, None),
+        (400, False, None),
+        (429, True, 30.0),
+    ],
+)
+async def test_http_failures_are_retryable_only_when_worth_it(
+    server: str, client: HttpClient, code: int, retryable: bool, retry_after: float | None
+) -> None:
+    out = await http_job(client, f"{server}/status/{code}").run()
+    assert (out.status, out.http_status, out.retryable, out.error) == (
+        Status.FAILED,
+        code,
+        retryable,
+        f"HTTP {code}",
+    )
+    if retry_after is None:
+        assert out.retry_after is None
+    else:
+        assert out.retry_after == pytest.approx(retry_after, abs=2)
+
+
+async def test_http_expect_overrides_the_2xx_rule(server: str, client: HttpClient) -> None:
+    assert (await http_job(client, f"{server}/status/404", expect=(404,)).run()).status is (
+        Status.SUCCEEDED
+    )
+    out = await http_job(client, f"{server}/ok", expect=(201,)).run()
+    assert (out.status, out.retryable) == (Status.FAILED, False)
+
+
+async def test_http_connection_refused_is_retryable(client: HttpClient) -> None:
+    out = await http_job(client, "http://127.0.0.1:9/nothing").run()
+    assert (
+        out.status is Status.FAILED and out.retryable and "connection failed" in (out.error or "")
+    )
+
+
+async def test_http_sends_method_params_json_headers_and_takes_overrides(
+    server: str, client: HttpClient
+) -> None:
+    job = http_job(
+        client,
+        f"{server}/echo",
+        method="POST",
+        params={"a": "1"},
+        json_body={"x": 1},
+        headers={"Authorization": "Bearer t0ken"},
+    )
+    out = await job.run()
+    assert out.output is not None and '"query": {"a": "1"}' in out.output
+    assert '"json": {"x": 1}' in out.output and "Bearer t0ken" in out.output
+    out = await job.run({"params": {"date": "2026-01-01"}, "json": {"levels": [3]}})
+    # Override params are merged over the configured ones; a json override replaces the body.
+    assert out.output is not None and '"query": {"a": "1", "date": "2026-01-01"}' in out.output
+    assert '"json": {"levels": [3]}' in out.output
+
+
+async def test_http_huge_body_is_streamed_and_capped(server: str, client: HttpClient) -> None:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = await http_job(client, f"{server}/huge", capture=1000).run()
+    grew_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert out.status is Status.SUCCEEDED and out.output is not None
+    assert out.output.startswith("y" * 1000) and f"{HUGE} bytes total" in out.output
+    assert len(out.output) < 1100
+    assert grew_kib < 100 * 1024  # 200 MB went through; far less than that stayed
+
+
+async def test_http_cancellation_propagates(server: str, client: HttpClient) -> None:
+    task = asyncio.create_task(http_job(client, f"{server}/slow").run())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+# -- command ------------------------------------------------------------------------------------
+
+
+def command(capture: int = 65536, **kw: object) -> CommandAction:
+    return CommandAction(CommandSpec(**kw), capture_bytes=capture)  # type: ignore[arg-type]
+
+
+async def test_command_success_records_exit_code_and_output() -> None:
+    out = await command(argv=("sh", "-c", "echo out; echo err >&2")).run()
+    assert (out.status, out.exit_code) == (Status.SUCCEEDED, 0)
+    assert out.output == "out\nerr\n"
+
+
+async def test_command_failure_is_retryable_with_exit_code() -> None:
+    out = await command(shell="echo nope; exit 7").run()
+    assert (out.status, out.exit_code, out.retryable, out.error) == (
+        Status.FAILED,
+        7,
+        True,
+        "exit code 7",
+    )
+    assert out.output == "nope\n"
+
+
+async def test_command_output_keeps_only_the_tail() -> None:
+    out = await command(capture=1000, shell="yes | head -c 10000000; echo THE-END").run()
+    assert out.output is not None and out.output.rstrip().endswith("THE-END")
+    assert "of 10000008 bytes" in out.output and len(out.output) < 1100
+
+
+async def test_command_env_and_cwd(tmp_path: Path) -> None:
+    out = await command(
+        shell='echo "$GREETING from $(pwd)"', env={"GREETING": "hi"}, cwd=str(tmp_path)
+    ).run()
+    assert out.output == f"hi from {tmp_path}\n"
+    assert (await command(shell="echo $HOME").run()).output == f"{os.environ.get('HOME', '')}\n"
+
+
+async def test_command_that_cannot_start_fails_without_retry(tmp_path: Path) -> None:
+    out = await command(argv=("/no/such/program",)).run()
+    assert (
+        out.status is Status.FAILED
+        and not out.retryable
+        and "/no/such/program" in (out.error or "")
+    )
+    out = await command(argv=("true",), cwd=str(tmp_path / "missing")).run()
+    assert out.status is Status.FAILED and not out.retryable
+
+
+def _group_alive(pgid: int) -> bool:
+    """Is any live (non-zombie) process still in process group ``pgid``?"""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+async def _started_group(job: CommandAction, marker: Path) -> tuple[asyncio.Task[object], int]:
+    task = asyncio.create_task(job.run())
+    for _ in range(200):
+        if marker.exists() and marker.read_text().strip():
+            break
+        await asyncio.sleep(0.02)
+    return task, int(marker.read_text().split()[0])
+
+
+async def test_cancellation_kills_the_whole_group_grandchildren_included(tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    job = command(kill_grace=2.0, shell=f"sleep 300 & echo $$ > {marker}; wait")
+    task, pgid = await _started_group(job, marker)
+    assert _group_alive(pgid)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not _group_alive(pgid)
+
+
+async def test_a_process_that_ignores_sigterm_is_killed_after_kill_grace(tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    job = command(
+        kill_grace=0.3, shell=f"trap '' TERM; echo $$ > {marker}; while :; do sleep 0.05; done"
+    )
+    task, pgid = await _started_group(job, marker)
+    began = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert 0.25 <= time.monotonic() - began < 5
+    assert not _group_alive(pgid)
+
+
+async def test_killed_by_signal_is_named() -> None:
+    out = await command(shell="kill -USR1 $$").run()
+    assert out.status is Status.FAILED and out.error == f"killed by signal {signal.SIGUSR1.name}"
+
+
+# -- python -------------------------------------------------------------------------------------
+
+
+def py(target: str, capture: int = 65536, **args: object) -> PythonAction:
+    return PythonAction(PythonSpec(target=target, args=args), capture_bytes=capture)
+
+
+async def test_python_coroutine_is_awaited_with_args_as_keywords() -> None:
+    out = await py("tests.e2e_jobs:greet", name="ana", times=2).run()
+    assert (out.status, out.output) == (Status.SUCCEEDED, "hello ana hello ana")
+    out = await py("tests.e2e_jobs:greet", name="ana").run({"name": "bia"})
+    assert out.output == "hello bia"
+
+
+async def test_python_plain_function_runs_off_the_loop_thread() -> None:
+    out = await py("threading:current_thread").run()
+    assert out.status is Status.SUCCEEDED
+    assert out.output is not None and threading.current_thread().name not in out.output
+
+
+async def test_python_return_values_are_json_and_capped() -> None:
+    assert (await py("os:getloadavg").run()).output.startswith("[")  # type: ignore[union-attr]
+    assert (await py("json:dumps", capture=5, obj=[1, 2, 3]).run()).output == "[1, 2"
+
+
+async def test_python_exception_fails_and_is_retryable() -> None:
+    out = await py("tests.e2e_jobs:explode", reason="kaboom").run()
+    assert (out.status, out.retryable, out.error) == (Status.FAILED, True, "ValueError: kaboom")
+
+
+@pytest.mark.parametrize("target", ["no_such_module_xyz:run", "os:no_such_function"])
+async def test_python_bad_target_fails_without_retry(target: str) -> None:
+    out = await py(target).run()
+    assert out.status is Status.FAILED and not out.retryable and "cannot load" in (out.error or "")
+
+
+def test_build_action_picks_the_kind() -> None:
+    http = HttpClient()
+    http_job = make_job(action=HttpSpec(url="http://x"))
+    assert isinstance(build_action(http_job, http=http), HttpAction)
+    assert isinstance(build_action(make_job(), http=http), CommandAction)
+    assert isinstance(
+        build_action(make_job(action=PythonSpec(target="m:f")), http=http), PythonAction
+    )

@@ -1,0 +1,307 @@
+"""Overlap, priorities, retries, timeouts and drain, all on the fake clock."""
+
+import asyncio
+import random
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from scheduler_daemon.running.actions.outcome import Outcome
+from scheduler_daemon.running.limiter import Limiter
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
+from scheduler_daemon.running.runner import Runner, backoff_delay
+from scheduler_daemon.specs.config import JobSpec, RetryPolicy
+from tests.helpers import FakeClock, make_job
+
+T0 = 1_767_225_600.0
+
+OK = Outcome(status=Status.SUCCEEDED, retryable=False)
+FAIL = Outcome(status=Status.FAILED, retryable=True, error="boom")
+FATAL = Outcome(status=Status.FAILED, retryable=False, error="HTTP 404", http_status=404)
+
+
+class ScriptedAction:
+    """Each run takes ``duration`` seconds of fake time, then returns (or raises) the next step."""
+
+    def __init__(self, clock: FakeClock, *steps: tuple[float, Outcome | BaseException]) -> None:
+        self.clock = clock
+        self.steps = list(steps)
+        self.starts: list[float] = []
+        self.overrides: list[Mapping[str, Any] | None] = []
+        self.cancelled = 0
+
+    async def run(self, overrides: Mapping[str, Any] | None = None) -> Outcome:
+        step = self.steps[min(len(self.starts), len(self.steps) - 1)]
+        self.starts.append(self.clock.time())
+        self.overrides.append(overrides)
+        try:
+            await self.clock.sleep(step[0])
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if isinstance(step[1], BaseException):
+            raise step[1]
+        return step[1]
+
+
+class Sink:
+    """Collects records; `running` placeholders apart from final rows."""
+
+    def __init__(self) -> None:
+        self.records: list[ExecutionRecord] = []
+        self.running: list[ExecutionRecord] = []
+
+    def record(self, rec: ExecutionRecord) -> None:
+        (self.running if rec.status is Status.RUNNING else self.records).append(rec)
+
+    def statuses(self) -> list[str]:
+        return [str(r.status) for r in self.records]
+
+
+class Rig:
+    def __init__(self, capacity: int = 10) -> None:
+        self.clock = FakeClock(T0)
+        self.sink = Sink()
+        self.actions: dict[str, ScriptedAction] = {}
+        self.limiter = Limiter(capacity)
+        self.runner = Runner(
+            clock=self.clock,
+            limiter=self.limiter,
+            recorder=self.sink,
+            action_for=lambda job: self.actions[job.name],
+            node="test-node",
+            rng=random.Random(7),
+        )
+
+    def script(self, name: str, *steps: tuple[float, Outcome | BaseException]) -> ScriptedAction:
+        self.actions[name] = ScriptedAction(self.clock, *steps)
+        return self.actions[name]
+
+    def fire(self, job: JobSpec, at: float | None = None, **kw: Any) -> None:
+        when = datetime.fromtimestamp(self.clock.time() if at is None else at, UTC)
+        self.runner.submit(job, when, **kw)
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return Rig()
+
+
+async def test_a_successful_fire_is_one_record_with_drift_and_duration(rig: Rig) -> None:
+    rig.script("j", (2.5, OK))
+    rig.fire(make_job("j"), at=T0 - 0.04)  # dispatched 40 ms late
+    await rig.clock.advance(10)
+    [rec] = rig.sink.records
+    assert rec.status is Status.SUCCEEDED and rec.attempt == 1 and rec.trigger is FireKind.SCHEDULE
+    assert rec.drift_ms == pytest.approx(40.0)
+    assert rec.duration_ms == pytest.approx(2500.0)
+    assert rec.started_at == datetime.fromtimestamp(T0, UTC)
+    assert rec.finished_at == datetime.fromtimestamp(T0 + 2.5, UTC)
+    assert rec.node == "test-node"
+
+
+async def test_retries_are_spaced_by_exponential_backoff(rig: Rig) -> None:
+    action = rig.script("j", (1, FAIL), (1, FAIL), (1, FAIL), (1, OK))
+    job = make_job("j", retry=RetryPolicy(attempts=4, delay=2, backoff=3, max_delay=10))
+    rig.fire(job)
+    await rig.clock.advance(100)
+    # attempt n+1 starts `delay * backoff**(n-1)` (capped at max_delay) after attempt n finished
+    assert [s - T0 for s in action.starts] == [0, 1 + 2, 3 + 1 + 6, 10 + 1 + 10]
+    assert rig.sink.statuses() == ["failed", "failed", "failed", "succeeded"]
+    assert [r.attempt for r in rig.sink.records] == [1, 2, 3, 4]
+    assert len({r.fire_id for r in rig.sink.records}) == 1
+    assert all(
+        r.drift_ms == pytest.approx(0) for r in rig.sink.records
+    )  # each against its due time
+
+
+async def test_retries_stop_after_the_configured_attempts(rig: Rig) -> None:
+    rig.script("j", (0, FAIL))
+    rig.fire(make_job("j", retry=RetryPolicy(attempts=3, delay=1)))
+    await rig.clock.advance(100)
+    assert rig.sink.statuses() == ["failed"] * 3
+
+
+async def test_a_non_retryable_failure_is_not_retried(rig: Rig) -> None:
+    rig.script("j", (0, FATAL))
+    rig.fire(make_job("j", retry=RetryPolicy(attempts=5, delay=1)))
+    await rig.clock.advance(100)
+    [rec] = rig.sink.records
+    assert rec.status is Status.FAILED and rec.http_status == 404 and rec.error == "HTTP 404"
+
+
+async def test_retry_after_is_honoured_when_longer_than_the_backoff(rig: Rig) -> None:
+    throttled = Outcome(status=Status.FAILED, retryable=True, http_status=429, retry_after=30.0)
+    action = rig.script("j", (0, throttled), (0, OK))
+    rig.fire(make_job("j", retry=RetryPolicy(attempts=2, delay=1)))
+    await rig.clock.advance(100)
+    assert [s - T0 for s in action.starts] == [0, 30]
+
+
+def test_backoff_jitter_stays_within_its_fraction() -> None:
+    policy = RetryPolicy(attempts=5, delay=10, backoff=2, max_delay=60, jitter=0.2)
+    rng = random.Random(1)
+    delays = [backoff_delay(policy, 3, rng) for _ in range(500)]
+    assert min(delays) >= 32 and max(delays) <= 48
+    assert max(delays) - min(delays) > 10  # it really is jittered
+    assert backoff_delay(policy.model_copy(update={"jitter": 0}), 9, rng) == 60
+
+
+async def test_timeout_cancels_the_attempt_and_is_retried(rig: Rig) -> None:
+    action = rig.script("j", (1000, OK), (1, OK))
+    rig.fire(make_job("j", timeout=5.0, retry=RetryPolicy(attempts=2, delay=1)))
+    await rig.clock.advance(100)
+    assert rig.sink.statuses() == ["timed_out", "succeeded"]
+    assert rig.sink.records[0].duration_ms == pytest.approx(5000)
+    assert rig.sink.records[0].error == "timed out after 5s"
+    assert action.cancelled == 1
+    assert [s - T0 for s in action.starts] == [0, 6]
+
+
+async def test_overlap_skip_records_the_skipped_fire(rig: Rig) -> None:
+    rig.script("j", (10, OK))
+    job = make_job("j", overlap="skip")
+    rig.fire(job)
+    await rig.clock.advance(1)
+    rig.fire(job)
+    await rig.clock.advance(20)
+    assert sorted(rig.sink.statuses()) == ["skipped", "succeeded"]
+    skipped = next(r for r in rig.sink.records if r.status is Status.SKIPPED)
+    assert skipped.started_at is None and "overlap: skip" in (skipped.error or "")
+
+
+async def test_overlap_allow_runs_up_to_max_instances(rig: Rig) -> None:
+    rig.script("j", (10, OK))
+    job = make_job("j", overlap="allow", max_instances=2)
+    for _ in range(3):
+        rig.fire(job)
+        await rig.clock.advance(1)
+    assert len(rig.runner.active("j")) == 2
+    await rig.clock.advance(20)
+    assert sorted(rig.sink.statuses()) == ["skipped", "succeeded", "succeeded"]
+
+
+async def test_overlap_replace_cancels_the_running_fire(rig: Rig) -> None:
+    action = rig.script("j", (10, OK))
+    job = make_job("j", overlap="replace")
+    rig.fire(job)
+    await rig.clock.advance(3)
+    rig.fire(job)
+    await rig.clock.advance(20)
+    assert rig.sink.statuses() == ["cancelled", "succeeded"]
+    assert "replaced" in (rig.sink.records[0].error or "")
+    assert action.cancelled == 1
+
+
+async def test_slots_are_admitted_by_priority() -> None:
+    rig = Rig(capacity=1)
+    for name in ("busy", "low", "normal", "high"):
+        rig.script(name, (1, OK))
+    rig.fire(make_job("busy"))
+    await rig.clock.advance(0.5)
+    for prio in ("low", "normal", "high"):
+        rig.fire(make_job(prio, priority=prio))
+    await rig.clock.advance(10)
+    assert [r.job_name for r in rig.sink.records] == ["busy", "high", "normal", "low"]
+    # waiting for a slot counts as drift: measured to when the action actually began
+    assert [r.drift_ms for r in rig.sink.records] == pytest.approx([0, 500, 1500, 2500])
+
+
+async def test_an_action_that_raises_fails_the_attempt_not_the_daemon(rig: Rig) -> None:
+    rig.script("j", (0, RuntimeError("bug in action")))
+    rig.fire(make_job("j", retry=RetryPolicy(attempts=3)))
+    await rig.clock.advance(10)
+    [rec] = rig.sink.records
+    assert rec.status is Status.FAILED and "bug in action" in (rec.error or "")
+
+
+async def test_manual_fire_gets_a_random_fire_id_and_overrides(rig: Rig) -> None:
+    action = rig.script("j", (0, OK))
+    job = make_job("j", overlap="allow", max_instances=5)
+    rig.fire(job, trigger=FireKind.MANUAL, overrides={"date": "2026-01-01"})
+    rig.fire(job, trigger=FireKind.MANUAL)
+    rig.fire(job)
+    rig.fire(job)
+    await rig.clock.advance(1)
+    ids = [r.fire_id for r in rig.sink.records]
+    manual = [r for r in rig.sink.records if r.trigger is FireKind.MANUAL]
+    assert len(manual) == 2 and manual[0].fire_id != manual[1].fire_id
+    scheduled = [r for r in rig.sink.records if r.trigger is FireKind.SCHEDULE]
+    assert scheduled[0].fire_id == scheduled[1].fire_id  # same job and instant: same fire
+    assert len(set(ids)) == 3
+    assert {"date": "2026-01-01"} in action.overrides
+
+
+async def test_drain_lets_short_attempts_finish_and_cancels_long_ones(rig: Rig) -> None:
+    rig.limiter.resize(2)
+    rig.script("short", (3, OK))
+    rig.script("long", (100, OK))
+    rig.script("queued", (1, OK))
+    rig.fire(make_job("short"))
+    rig.fire(make_job("long"))
+    rig.fire(make_job("queued"))  # waits for a slot
+    await rig.clock.advance(1)
+    drain = asyncio.create_task(rig.runner.drain(grace=10))
+    await rig.clock.advance(20)
+    await asyncio.wait_for(drain, 1)
+    by_job = {r.job_name: r for r in rig.sink.records}
+    assert by_job["short"].status is Status.SUCCEEDED
+    assert by_job["long"].status is Status.CANCELLED
+    assert "grace" in (by_job["long"].error or "")
+    assert by_job["long"].finished_at == datetime.fromtimestamp(T0 + 11, UTC)
+    assert by_job["queued"].status is Status.CANCELLED and by_job["queued"].started_at is None
+    assert rig.runner.active() == []
+
+
+async def test_drain_does_not_start_retries(rig: Rig) -> None:
+    action = rig.script("j", (0, FAIL))
+    rig.fire(make_job("j", retry=RetryPolicy(attempts=5, delay=5)))
+    await rig.clock.advance(1)  # first attempt failed, now in backoff
+    drain = asyncio.create_task(rig.runner.drain(grace=30))
+    await rig.clock.advance(0)
+    await asyncio.wait_for(drain, 1)
+    assert len(action.starts) == 1 and rig.sink.statuses() == ["failed"]
+
+
+async def test_fires_after_drain_are_recorded_as_cancelled(rig: Rig) -> None:
+    await rig.runner.drain(grace=1)
+    rig.fire(make_job("j"))
+    assert rig.sink.statuses() == ["cancelled"]
+
+
+async def test_attempts_in_flight_get_one_running_row_when_announced(rig: Rig) -> None:
+    rig.script("slow", (5, OK))
+    rig.script("quick", (0, OK))
+    rig.fire(make_job("slow"))
+    rig.fire(make_job("quick"))
+    await rig.clock.advance(1)
+    assert rig.runner.announce_running() == 1  # only the attempt still in flight
+    assert rig.runner.announce_running() == 0  # once per attempt
+    [running] = rig.sink.running
+    assert (running.job_name, running.attempt, running.finished_at) == ("slow", 1, None)
+    assert running.started_at == datetime.fromtimestamp(T0, UTC)
+    await rig.clock.advance(10)
+    assert sorted(r.job_name for r in rig.sink.records) == ["quick", "slow"]
+    assert rig.sink.records[-1].fire_id == running.fire_id
+
+
+async def test_each_retry_is_announced_afresh(rig: Rig) -> None:
+    rig.script("j", (2, FAIL), (2, OK))
+    rig.fire(make_job("j", retry=RetryPolicy(attempts=2, delay=1)))
+    await rig.clock.advance(1)
+    rig.runner.announce_running()
+    await rig.clock.advance(2)  # attempt 1 failed, attempt 2 in flight
+    rig.runner.announce_running()
+    assert [r.attempt for r in rig.sink.running] == [1, 2]
+
+
+async def test_a_fire_can_resume_at_a_later_attempt(rig: Rig) -> None:
+    rig.script("j", (0, OK))
+    fire_id = uuid.uuid4()
+    rig.fire(make_job("j", retry=RetryPolicy(attempts=3)), fire_id=fire_id, attempt=2)
+    await rig.clock.advance(1)
+    [rec] = rig.sink.records
+    assert (rec.fire_id, rec.attempt, rec.status) == (fire_id, 2, Status.SUCCEEDED)

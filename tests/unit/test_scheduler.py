@@ -1,0 +1,177 @@
+"""The heap loop on the fake clock: what fires when, with no real sleeping."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.timing.scheduler import MAX_SLEEP, Scheduler
+from tests.helpers import FakeClock, make_job
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def ts(dt: datetime) -> float:
+    return dt.timestamp()
+
+
+class Harness:
+    def __init__(self, start: float = T0 + 0.25) -> None:
+        self.clock = FakeClock(start)
+        self.fired: list[tuple[str, float, float]] = []  # (job, scheduled, dispatched at)
+        self.scheduler = Scheduler(clock=self.clock, dispatch=self._dispatch)
+
+    def _dispatch(self, job: JobSpec, at: datetime) -> None:
+        self.fired.append((job.name, ts(at), self.clock.time()))
+
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.fired]
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[Harness]:
+    harness = Harness()
+    task = asyncio.create_task(harness.scheduler.run())
+    yield harness
+    harness.scheduler.stop()
+    await harness.clock.advance(MAX_SLEEP)
+    await asyncio.wait_for(task, 1)
+
+
+async def test_every_job_fires_on_the_epoch_grid_exactly_on_time(h: Harness) -> None:
+    h.scheduler.add(make_job("ten", every=10.0))
+    await h.clock.advance(60)
+    assert [at for _, at, _ in h.fired] == [T0 + 10 * k for k in range(1, 7)]
+    assert all(dispatched == at for _, at, dispatched in h.fired)  # no drift on the fake clock
+
+
+async def test_jobs_fire_in_due_order_and_simultaneous_fires_all_happen(h: Harness) -> None:
+    h.scheduler.set_jobs(
+        [make_job("a", every=2.0), make_job("b", every=3.0), make_job("c", every=6.0)]
+    )
+    await h.clock.advance(6)
+    assert sorted((n, at - T0) for n, at, _ in h.fired) == sorted(
+        [("a", 2), ("a", 4), ("a", 6), ("b", 3), ("b", 6), ("c", 6)]
+    )
+    assert [at for _, at, _ in h.fired] == sorted(at for _, at, _ in h.fired)
+
+
+async def test_removed_job_stops_firing(h: Harness) -> None:
+    h.scheduler.add(make_job("gone", every=1.0))
+    await h.clock.advance(3)
+    h.scheduler.remove("gone")
+    await h.clock.advance(5)
+    assert h.names() == ["gone"] * 3
+    assert h.scheduler.next_fire("gone") is None
+
+
+async def test_replacing_a_job_leaves_no_stale_entry(h: Harness) -> None:
+    h.scheduler.add(make_job("j", every=1.0))
+    await h.clock.advance(2)
+    h.scheduler.add(make_job("j", every=5.0), after=datetime.fromtimestamp(h.clock.time(), UTC))
+    await h.clock.advance(10)
+    assert [at - T0 for _, at, _ in h.fired] == [1, 2, 5, 10]
+
+
+async def test_disabled_job_never_fires(h: Harness) -> None:
+    h.scheduler.add(make_job("off", every=1.0, enabled=False))
+    await h.clock.advance(10)
+    assert h.fired == []
+
+
+async def test_one_shot_fires_once(h: Harness) -> None:
+    at = datetime.fromtimestamp(T0 + 30, UTC)
+    h.scheduler.add(make_job("once", at=at))
+    await h.clock.advance(100)
+    assert h.fired == [("once", T0 + 30, T0 + 30)]
+
+
+async def test_a_job_added_while_the_loop_sleeps_fires_on_time(h: Harness) -> None:
+    await h.clock.advance(0.5)
+    h.scheduler.add(make_job("late", every=0.5))
+    await h.clock.advance(1)
+    assert [at - T0 for _, at, _ in h.fired] == [1.0, 1.5]
+
+
+async def test_sleeps_are_bounded_so_clock_steps_are_noticed(h: Harness) -> None:
+    h.scheduler.add(make_job("hourly", every=3600.0))
+    await h.clock.advance(0)
+    assert h.clock.pending_sleepers == 1
+    # The loop wakes at least once per MAX_SLEEP even when nothing is due for an hour.
+    for _ in range(3):
+        await h.clock.advance(MAX_SLEEP)
+        assert h.clock.pending_sleepers == 1
+    h.clock.jump(3600)  # wall clock stepped forward: the next wake-up sees the job due
+    await h.clock.advance(MAX_SLEEP)
+    assert h.names() == ["hourly"]
+
+
+def test_pop_due_after_a_stall_returns_every_missed_fire_in_order() -> None:
+    clock = FakeClock(T0 + 0.5)
+    scheduler = Scheduler(clock=clock, dispatch=lambda job, at: None)
+    scheduler.set_jobs([make_job("s", every=1.0)])
+    due = scheduler.pop_due(T0 + 5.5)
+    assert [ts(at) - T0 for _, at in due] == [1, 2, 3, 4, 5]
+    assert scheduler.next_fire("s") == datetime.fromtimestamp(T0 + 6, UTC)
+    assert scheduler.pop_due(T0 + 5.9) == []
+
+
+def test_heap_work_is_per_fire_not_per_job() -> None:
+    clock = FakeClock(T0 + 0.5)
+    scheduler = Scheduler(clock=clock, dispatch=lambda job, at: None)
+    scheduler.set_jobs(make_job(f"j{i}", every=float(10 + i)) for i in range(1000))
+    expected = sum(
+        1
+        for i in range(1000)
+        if ts(scheduler.next_fire(f"j{i}")) <= T0 + 100  # type: ignore[arg-type]
+    )
+    assert len(scheduler.pop_due(T0 + 100)) >= expected > 0
+    assert len(scheduler._heap) == 1000  # one live entry per job: popping pushes exactly one
+
+
+class JumpHarness(Harness):
+    def __init__(self) -> None:
+        super().__init__()
+        self.jumps: list[tuple[str, float, float]] = []
+        self.scheduler = Scheduler(clock=self.clock, dispatch=self._dispatch, on_jump=self._jump)
+
+    def _jump(self, job: JobSpec, first: datetime, now: datetime) -> None:
+        self.jumps.append((job.name, ts(first), ts(now)))
+
+
+@pytest.fixture
+async def jh() -> AsyncIterator[JumpHarness]:
+    harness = JumpHarness()
+    task = asyncio.create_task(harness.scheduler.run())
+    yield harness
+    harness.scheduler.stop()
+    await harness.clock.advance(MAX_SLEEP)
+    await asyncio.wait_for(task, 1)
+
+
+async def test_a_forward_clock_step_goes_to_catch_up_not_a_fire_storm(jh: JumpHarness) -> None:
+    jh.scheduler.add(make_job("sec", every=1.0))
+    jh.scheduler.add(make_job("daily", every=86400.0))
+    await jh.clock.advance(3)
+    assert len(jh.fired) == 3
+    jh.clock.jump(3600)  # NTP steps the clock an hour ahead
+    await jh.clock.advance(MAX_SLEEP)
+    # the skipped hour is handed over once, from the first skipped instant; no burst of 3600 fires
+    assert jh.jumps == [("sec", T0 + 4, T0 + 3604)]  # noticed at the next wake-up
+    assert len(jh.fired) == 3
+    await jh.clock.advance(2)
+    assert [at - T0 for _, at, _ in jh.fired[3:]] == [3605, 3606]  # then on the grid again
+
+
+async def test_a_backward_clock_step_repeats_no_fire(jh: JumpHarness) -> None:
+    jh.scheduler.add(make_job("sec", every=1.0))
+    await jh.clock.advance(5)
+    made = [at for _, at, _ in jh.fired]
+    jh.clock.jump(-30)
+    await jh.clock.advance(40)
+    later = [at for _, at, _ in jh.fired[len(made) :]]
+    assert later and min(later) > max(made)  # instants already fired are not fired again
+    assert later == sorted(set(later))
+    assert jh.jumps == []
