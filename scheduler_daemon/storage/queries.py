@@ -15,13 +15,13 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from scheduler_daemon.running.records import Status
+from scheduler_daemon.storage import rows
+
 Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
-EXECUTION_COLUMNS = (
-    "id, fire_id, job_name, scheduled_at, attempt, trigger, status, started_at, finished_at,"
-    " drift_ms, duration_ms, http_status, exit_code, error, output, node"
-)
-FAILED = ("failed", "timed_out", "abandoned", "missed")
+EXECUTION_COLUMNS = ", ".join(("id", *rows.COLUMNS))
+FAILED = tuple(s.value for s in (Status.FAILED, Status.TIMED_OUT, Status.ABANDONED, Status.MISSED))
 
 
 class BadCursor(ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -14,6 +15,7 @@ import asyncpg
 
 from scheduler_daemon.running.records import ExecutionRecord, Status
 from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.storage import rows
 
 # What a query raises when the database is away, slow or restarting (not a bug, not bad data).
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -21,36 +23,23 @@ CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0
 _SCHEMA_LOCK = 0x5C4ED  # advisory lock id: concurrent starts apply the schema one at a time
 
-COLUMNS = (
-    "fire_id",
-    "job_name",
-    "scheduled_at",
-    "attempt",
-    "trigger",
-    "status",
-    "started_at",
-    "finished_at",
-    "drift_ms",
-    "duration_ms",
-    "http_status",
-    "exit_code",
-    "error",
-    "output",
-    "node",
-)
-_STAGE_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS executions_stage (
-    fire_id uuid, job_name text, scheduled_at timestamptz, attempt integer, trigger text,
-    status text, started_at timestamptz, finished_at timestamptz, drift_ms double precision,
-    duration_ms double precision, http_status integer, exit_code integer, error text,
-    output text, node text
-) ON COMMIT DELETE ROWS
-"""
+COLUMNS = rows.COLUMNS
+_STAGE_DDL = rows.staging_ddl("executions_stage")
 _COLS = ", ".join(COLUMNS)
 # Listeners get one JSON event per attempt that reached a final status (README: Events).
 EVENTS_CHANNEL = "scheduler_executions"
 # NOTIFY payloads must stay under 8000 bytes: the error is cut, the output left out.
 _EVENT_ERROR_CHARS = 2000
+
+
+def _event_fields() -> str:
+    """The event's keys and values: every column but ``output``; ``job_name`` is called ``job``."""
+    keys = {"job_name": "job"}
+    values = {"error": f"left(error, {_EVENT_ERROR_CHARS})"}
+    return ", ".join(f"'{keys.get(c, c)}', {values.get(c, c)}" for c in COLUMNS if c != "output")
+
+
+_EVENT_FIELDS = _event_fields()
 
 
 def _merge_sql(*, announce: bool) -> str:
@@ -63,16 +52,11 @@ WITH merged AS (
     INSERT INTO executions ({_COLS})
     SELECT {_COLS} FROM executions_stage
     ON CONFLICT (fire_id, attempt) DO UPDATE SET
-        {", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[5:])}
+        {", ".join(f"{c} = EXCLUDED.{c}" for c in rows.OUTCOME)}
     WHERE executions.status = 'running'
     RETURNING {_COLS}
 ), announced AS (
-    SELECT pg_notify('{EVENTS_CHANNEL}', json_build_object(
-        'job', job_name, 'fire_id', fire_id, 'scheduled_at', scheduled_at, 'attempt', attempt,
-        'trigger', trigger, 'status', status, 'started_at', started_at,
-        'finished_at', finished_at, 'duration_ms', duration_ms, 'drift_ms', drift_ms,
-        'http_status', http_status, 'exit_code', exit_code,
-        'error', left(error, {_EVENT_ERROR_CHARS}), 'node', node)::text)
+    SELECT pg_notify('{EVENTS_CHANNEL}', json_build_object({_EVENT_FIELDS})::text)
     FROM merged WHERE {announced_rows}
 )
 SELECT (SELECT count(*) FROM merged) AS written, (SELECT count(*) FROM announced) AS announced
@@ -202,58 +186,18 @@ def _last_per_attempt(records: Sequence[ExecutionRecord]) -> dict[tuple[Any, int
 
 
 def _row(rec: ExecutionRecord) -> tuple[Any, ...]:
-    return (
-        rec.fire_id,
-        rec.job_name,
-        rec.scheduled_at,
-        rec.attempt,
-        str(rec.trigger),
-        str(rec.status),
-        rec.started_at,
-        rec.finished_at,
-        rec.drift_ms,
-        rec.duration_ms,
-        rec.http_status,
-        rec.exit_code,
-        _text(rec.error),
-        _text(rec.output),
-        rec.node,
-    )
+    if _has_nul(rec.error) or _has_nul(rec.output):
+        rec = dataclasses.replace(rec, error=_text(rec.error), output=_text(rec.output))
+    return rows.values(rec)
+
+
+def _has_nul(value: str | None) -> bool:
+    return value is not None and "\x00" in value
 
 
 def _text(value: str | None) -> str | None:
     # PostgreSQL text cannot hold NUL bytes; a command's output may.
     return value.replace("\x00", "\ufffd") if value else value
-
-
-async def fetch_executions(
-    db: asyncpg.Pool | asyncpg.Connection,
-    *,
-    job: str | None = None,
-    status: str | None = None,
-    before: datetime | None = None,
-    limit: int = 100,
-) -> list[asyncpg.Record]:
-    """Executions newest first, optionally of one job / one status / scheduled before an instant
-    (``before`` pages back: pass the oldest ``scheduled_at`` of the previous page)."""
-    return list(
-        await db.fetch(
-            """SELECT * FROM executions
-               WHERE ($1::text IS NULL OR job_name = $1)
-                 AND ($2::text IS NULL OR status = $2)
-                 AND ($3::timestamptz IS NULL OR scheduled_at < $3)
-               ORDER BY scheduled_at DESC, attempt DESC, id DESC LIMIT $4""",
-            job,
-            status,
-            before,
-            limit,
-        )
-    )
-
-
-async def fetch_jobs(db: asyncpg.Pool | asyncpg.Connection) -> list[asyncpg.Record]:
-    """The ``jobs`` rows, by name."""
-    return list(await db.fetch("SELECT * FROM jobs ORDER BY name"))
 
 
 async def abandon_running(pool: asyncpg.Pool, node: str) -> list[asyncpg.Record]:

@@ -13,7 +13,7 @@ import pytest
 
 from scheduler_daemon.running.records import FireKind, Status
 from scheduler_daemon.specs.config import HttpSpec
-from scheduler_daemon.storage import store
+from scheduler_daemon.storage import queries, store
 from tests.helpers import T, make_job, rec
 
 
@@ -139,28 +139,30 @@ async def test_writes_stamp_last_run_at_on_jobs(pool: asyncpg.Pool) -> None:
     assert last == T + timedelta(seconds=5, milliseconds=3)
 
 
-async def test_fetch_executions_newest_first(pool: asyncpg.Pool) -> None:
+async def test_executions_newest_first(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         await store.write_executions(conn, [rec(n=i) for i in range(5)] + [rec("other")])
-    rows = await store.fetch_executions(pool, job="j", limit=2)
+    rows, _ = await queries.executions(pool, queries.ExecutionFilter(job="j"), limit=2)
     assert [r["scheduled_at"] for r in rows] == [T + timedelta(seconds=4), T + timedelta(seconds=3)]
-    older = await store.fetch_executions(pool, job="j", before=rows[-1]["scheduled_at"], limit=9)
+    where = queries.ExecutionFilter(job="j", until=rows[-1]["scheduled_at"])
+    older, _ = await queries.executions(pool, where, limit=9)
     assert [r["scheduled_at"] for r in older] == [T + timedelta(seconds=n) for n in (2, 1, 0)]
 
 
-async def test_fetch_executions_by_status(pool: asyncpg.Pool) -> None:
+async def test_executions_by_status(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         await store.write_executions(
             conn, [rec(n=1), rec(n=2, status=Status.TIMED_OUT), rec("k", status=Status.TIMED_OUT)]
         )
-    rows = await store.fetch_executions(pool, status="timed_out")
+    rows, _ = await queries.executions(pool, queries.ExecutionFilter(status="timed_out"))
     assert sorted(r["job_name"] for r in rows) == ["j", "k"]
-    assert len(await store.fetch_executions(pool, job="j", status="timed_out")) == 1
+    both = queries.ExecutionFilter(job="j", status="timed_out")
+    assert len((await queries.executions(pool, both))[0]) == 1
 
 
-async def test_fetch_jobs_by_name(pool: asyncpg.Pool) -> None:
+async def test_jobs_by_name(pool: asyncpg.Pool) -> None:
     await store.sync_jobs(pool, [make_job("b"), make_job("a", every=5.0)], {})
-    rows = await store.fetch_jobs(pool)
+    rows = await queries.jobs(pool)
     assert [r["name"] for r in rows] == ["a", "b"]
     assert json.loads(rows[0]["spec"])["every"] == 5.0
 
