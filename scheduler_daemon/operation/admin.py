@@ -8,24 +8,28 @@ a 4xx, a database that is away is a 503. The contract is `openapi.json` (served 
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from pydantic import BaseModel
 
+from scheduler_daemon.operation import api_models as m
+from scheduler_daemon.operation.api_models import ApiError, Error
 from scheduler_daemon.operation.metrics import Metrics
-from scheduler_daemon.operation.openapi import SPEC
+from scheduler_daemon.operation.openapi import Reply, Route, document
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
+from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire
-from scheduler_daemon.specs.config import AdminSettings, Config, Invalid, JobSpec, parse_duration
+from scheduler_daemon.specs.config import AdminSettings, Config, JobSpec
 from scheduler_daemon.storage import queries, store
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
@@ -35,14 +39,7 @@ from scheduler_daemon.timing.scheduler import Scheduler
 log = structlog.get_logger("scheduler_daemon.operation.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz", "/metrics"})
-MAX_PAGE = 500
-DEFAULT_WINDOW = 24 * 3600.0
 MAX_BODY = 64 * 1024
-_STATUSES = (
-    "running", "succeeded", "failed", "timed_out", "cancelled", "skipped", "missed", "abandoned",
-)  # fmt: skip
-_TRIGGERS = ("schedule", "manual", "catchup")
 
 
 class Controlled(Protocol):
@@ -74,22 +71,14 @@ class Controlled(Protocol):
     async def cancel_run(self, run_id: uuid.UUID) -> OneOffRun | None: ...
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-    def response(self) -> web.Response:
-        body = {"error": self.code, "message": self.message, **self.extra}
-        return web.json_response(body, status=self.status, dumps=_dumps)
+def _reply(body: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(
+        text=body.model_dump_json(by_alias=True), status=status, content_type="application/json"
+    )
 
 
-def _dumps(data: Any) -> str:
-    return json.dumps(data, default=str)
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=_dumps)
+def _refusal(exc: ApiError) -> web.Response:
+    return _reply(Error(error=exc.code, message=exc.message), status=exc.status)
 
 
 # -- the application -----------------------------------------------------------------------------
@@ -98,22 +87,24 @@ def _json(data: Any, status: int = 200) -> web.Response:
 def build_app(target: Controlled) -> web.Application:
     app = web.Application(middlewares=[_errors, _auth(target)], client_max_size=MAX_BODY)
     api = Api(target)
-    app.router.add_get("/healthz", api.healthz)
-    app.router.add_get("/metrics", api.metrics)
-    app.router.add_get("/openapi.json", api.openapi)
-    app.router.add_get("/jobs", api.list_jobs)
-    app.router.add_get("/jobs/{name}", api.get_job)
-    app.router.add_get("/jobs/{name}/executions", api.job_executions)
-    app.router.add_post("/jobs/{name}/trigger", api.trigger)
-    app.router.add_post("/jobs/{name}/pause", api.pause)
-    app.router.add_post("/jobs/{name}/resume", api.resume)
-    app.router.add_get("/executions", api.executions)
-    app.router.add_get("/stats", api.stats)
-    app.router.add_get("/runs", api.list_runs)
-    app.router.add_post("/runs", api.create_run)
-    app.router.add_get("/runs/{id}", api.get_run)
-    app.router.add_delete("/runs/{id}", api.cancel_run)
+    for route in ROUTES:
+        handler = _endpoint(api, route)
+        if route.method == "GET":
+            app.router.add_get(route.path, handler)  # and HEAD
+        else:
+            app.router.add_route(route.method, route.path, handler)
     return app
+
+
+def _endpoint(api: Api, route: Route) -> Handler:
+    """The route's handler, called with its query string checked against the route's model."""
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        query = route.query.parse(request.query.items())
+        response: web.StreamResponse = await route.handler(api, request, query)
+        return response
+
+    return endpoint
 
 
 @web.middleware
@@ -121,20 +112,19 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return exc.response()
+        return _refusal(exc)
     except web.HTTPException as exc:  # routing: 404 for unknown paths, 405 for wrong methods
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
-        return ApiError(exc.status, code.get(exc.status, "http_error"), exc.reason).response()
+        return _refusal(ApiError(exc.status, code.get(exc.status, "http_error"), exc.reason))
     except store.DB_ERRORS as exc:
         log.warning("admin_database_error", path=request.path, error=str(exc))
-        return ApiError(
-            503, "database_unavailable", f"the database is unavailable: {exc}"
-        ).response()
+        message = f"the database is unavailable: {exc}"
+        return _refusal(ApiError(503, "database_unavailable", message))
     except Exception:
         log.exception("admin_handler_crashed", path=request.path)
-        return ApiError(500, "internal", "internal error (logged by the daemon)").response()
+        return _refusal(ApiError(500, "internal", "internal error (logged by the daemon)"))
 
 
 def _auth(target: Controlled) -> Middleware:
@@ -171,93 +161,84 @@ class Api:
 
     # -- health and metrics ------------------------------------------------------------------
 
-    async def healthz(self, request: web.Request) -> web.Response:
+    async def healthz(self, request: web.Request, query: m.HealthQuery) -> web.Response:
         recorder = self.t.recorder
-        database = "connected" if recorder.connected else "buffering"
+        connected = recorder.connected
         problems = []
-        if database != "connected":
+        if not connected:
             problems.append(f"database unreachable: {recorder.pending} rows buffered")
         if self.t.reload_error:
             problems.append(f"last reload failed: {self.t.reload_error}")
-        body = {
-            "status": "degraded" if problems else "ok",
-            "problems": problems,
-            "database": database,
-            "pending_rows": recorder.pending,
-            "config": {
-                "path": str(self.t.config.path),
-                "jobs": len(self.t.config.jobs),
-                "last_reload": "failed" if self.t.reload_error else "ok",
-                "reload_error": self.t.reload_error,
-            },
-            "started_at": self.t.started_at.isoformat(),
-            "uptime_s": round((datetime.now(UTC) - self.t.started_at).total_seconds(), 1),
-        }
+        body = m.Health(
+            status="degraded" if problems else "ok",
+            problems=problems,
+            database="connected" if connected else "buffering",
+            pending_rows=recorder.pending,
+            config=m.ConfigState(
+                path=str(self.t.config.path),
+                jobs=len(self.t.config.jobs),
+                last_reload="failed" if self.t.reload_error else "ok",
+                reload_error=self.t.reload_error,
+            ),
+            started_at=self.t.started_at,
+            uptime_s=round((datetime.now(UTC) - self.t.started_at).total_seconds(), 1),
+        )
         # Liveness: 200 while the loop answers. Readiness/alerting: ?ready=1 is 503 when degraded.
-        ready = request.query.get("ready") in ("1", "true")
-        return _json(body, status=503 if ready and problems else 200)
+        return _reply(body, status=503 if query.ready and problems else 200)
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: web.Request, query: m.Query) -> web.Response:
         return web.Response(
             body=self.t.metrics.exposition(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
-    async def openapi(self, request: web.Request) -> web.Response:
-        return _json(SPEC)
+    async def openapi(self, request: web.Request, query: m.Query) -> web.Response:
+        return web.json_response(spec())
 
     # -- jobs ------------------------------------------------------------------------------------
 
-    async def list_jobs(self, request: web.Request) -> web.Response:
-        since = _window_start(request)
+    async def list_jobs(self, request: web.Request, query: m.WindowQuery) -> web.Response:
+        since = query.start(datetime.now(UTC))
         stats = await self._stats_by_job(since)
-        return _json(
-            {
-                "since": since.isoformat(),
-                "jobs": [
-                    self._job_summary(job, stats.get(job.name), 1) for job in self.t.config.jobs
-                ],
-            }
-        )
+        jobs = [self._job_summary(job, stats.get(job.name), 1) for job in self.t.config.jobs]
+        return _reply(m.JobList(since=since, jobs=jobs))
 
-    async def get_job(self, request: web.Request) -> web.Response:
+    async def get_job(self, request: web.Request, query: m.WindowQuery) -> web.Response:
         job = self._job(request)
-        since = _window_start(request)
+        since = query.start(datetime.now(UTC))
         stats = await self._stats_by_job(since, job.name)
-        body = self._job_summary(job, stats.get(job.name), 5)
-        body["spec"] = job.redacted()
-        body["since"] = since.isoformat()
+        summary = self._job_summary(job, stats.get(job.name), 5)
         pool = self._pool_or_none()
-        body["last_attempts"] = (
-            queries.rows_json(await queries.last_attempts(pool, job.name, 10)) if pool else None
-        )
-        body["running_fires"] = [
-            {
-                "fire_id": str(f.fire_id),
-                "scheduled_at": f.scheduled_at.isoformat(),
-                "state": f.state,
-                "attempt": f.attempt,
-            }
+        last = await queries.last_attempts(pool, job.name, 10) if pool else None
+        running = [
+            m.RunningFire(
+                fire_id=f.fire_id, scheduled_at=f.scheduled_at, state=f.state, attempt=f.attempt
+            )
             for f in self.t.running(job.name)
-        ]  # fmt: skip
-        return _json(body)
+        ]
+        body = m.JobDetail(
+            **dict(summary),
+            spec=job.redacted(),
+            since=since,
+            last_attempts=[_execution(r) for r in last] if last is not None else None,
+            running_fires=running,
+        )
+        return _reply(body)
 
-    def _job_summary(
-        self, job: JobSpec, stats: Mapping[str, Any] | None, upcoming: int
-    ) -> dict[str, Any]:
+    def _job_summary(self, job: JobSpec, stats: Mapping[str, Any] | None, upcoming: int) -> m.Job:
         paused_at = self.t.paused().get(job.name)
-        return {
-            "name": job.name,
-            "kind": job.action.kind,
-            "schedule": self.t.scheduler.describe(job.name),
-            "schedule_in_words": schedule_in_words(job),
-            "enabled": job.enabled,
-            "paused": paused_at is not None,
-            "paused_at": paused_at.isoformat() if paused_at else None,
-            "next_fires": [t.isoformat() for t in self.t.scheduler.upcoming(job.name, upcoming)],
-            "running": len(self.t.running(job.name)),
-            "stats": queries.record_json(stats) if stats else None,
-        }
+        return m.Job(
+            name=job.name,
+            kind=job.action.kind,
+            schedule=self.t.scheduler.describe(job.name),
+            schedule_in_words=schedule_in_words(job),
+            enabled=job.enabled,
+            paused=paused_at is not None,
+            paused_at=paused_at,
+            next_fires=self.t.scheduler.upcoming(job.name, upcoming),
+            running=len(self.t.running(job.name)),
+            stats=m.JobStats.model_validate(dict(stats)) if stats else None,
+        )
 
     async def _stats_by_job(
         self, since: datetime, job: str | None = None
@@ -270,68 +251,77 @@ class Api:
 
     # -- history ---------------------------------------------------------------------------------
 
-    async def job_executions(self, request: web.Request) -> web.Response:
-        job = self._job(request, must_be_configured=False)
-        return await self._page(request, job.name if job else request.match_info["name"])
+    async def job_executions(self, request: web.Request, query: m.HistoryQuery) -> web.Response:
+        return await self._page(query, request.match_info["name"])
 
-    async def executions(self, request: web.Request) -> web.Response:
-        return await self._page(request, _one_of(request, "job", None))
+    async def executions(self, request: web.Request, query: m.ExecutionsQuery) -> web.Response:
+        return await self._page(query, query.job)
 
-    async def _page(self, request: web.Request, job: str | None) -> web.Response:
+    async def _page(self, query: m.HistoryQuery, job: str | None) -> web.Response:
         where = queries.ExecutionFilter(
             job=job,
-            status=_one_of(request, "status", _STATUSES),
-            trigger=_one_of(request, "trigger", _TRIGGERS),
-            since=_instant(request, "since"),
-            until=_instant(request, "until"),
+            status=query.status,
+            trigger=query.trigger,
+            since=query.since,
+            until=query.until,
         )
-        limit = _int(request, "limit", default=50, low=1, high=MAX_PAGE)
-        cursor_text = request.query.get("cursor")
         try:
-            cursor = queries.Cursor.decode(cursor_text) if cursor_text else None
+            cursor = queries.Cursor.decode(query.cursor) if query.cursor else None
         except queries.BadCursor as exc:
             raise ApiError(400, "bad_cursor", str(exc)) from None
-        rows, next_cursor = await queries.executions(self._pool(), where, after=cursor, limit=limit)
-        return _json(
-            {
-                "executions": queries.rows_json(rows),
-                "next_cursor": next_cursor.encode() if next_cursor else None,
-            }
+        rows, next_cursor = await queries.executions(
+            self._pool(), where, after=cursor, limit=query.limit
+        )
+        return _reply(
+            m.ExecutionPage(
+                executions=[_execution(r) for r in rows],
+                next_cursor=next_cursor.encode() if next_cursor else None,
+            )
         )
 
-    async def stats(self, request: web.Request) -> web.Response:
-        since = _window_start(request)
+    async def stats(self, request: web.Request, query: m.WindowQuery) -> web.Response:
+        since = query.start(datetime.now(UTC))
         pool = self._pool()
-        per_job = queries.rows_json(await queries.job_stats(pool, since))
-        minutes = queries.rows_json(await queries.runs_per_minute(pool, since))
         kinds = {job.name: job.action.kind for job in self.t.config.jobs}
-        for row in per_job:
-            row["kind"] = kinds.get(row["job_name"])  # None: no longer configured
-        runs = sum(r["runs"] for r in per_job)
-        succeeded = sum(r["succeeded"] for r in per_job)
-        return _json(
-            {
-                "since": since.isoformat(),
-                "totals": {
-                    "runs": runs,
-                    "succeeded": succeeded,
-                    "failed": sum(r["failed"] for r in per_job),
-                    "skipped": sum(r["skipped"] for r in per_job),
-                    "success_rate": round(succeeded / runs, 4) if runs else None,
-                },
-                "jobs": per_job,
-                "http_response_times": [
-                    {k: r[k] for k in ("job_name", "avg_duration_ms", "p95_duration_ms", "runs")}
-                    for r in per_job
-                    if r["kind"] == "http"
-                ],
-                "per_minute": minutes,
-            }
+        per_job = [
+            m.JobStatsOfKind.model_validate({**row, "kind": kinds.get(row["job_name"])})
+            for row in await queries.job_stats(pool, since)
+        ]  # kind None: no longer configured
+        minutes = [
+            m.Minute.model_validate(dict(r)) for r in await queries.runs_per_minute(pool, since)
+        ]
+        runs = sum(r.runs for r in per_job)
+        succeeded = sum(r.succeeded for r in per_job)
+        totals = m.Totals(
+            runs=runs,
+            succeeded=succeeded,
+            failed=sum(r.failed for r in per_job),
+            skipped=sum(r.skipped for r in per_job),
+            success_rate=round(succeeded / runs, 4) if runs else None,
+        )
+        times = [
+            m.ResponseTimes(
+                job_name=r.job_name,
+                avg_duration_ms=r.avg_duration_ms,
+                p95_duration_ms=r.p95_duration_ms,
+                runs=r.runs,
+            )
+            for r in per_job
+            if r.kind == "http"
+        ]
+        return _reply(
+            m.StatsReport(
+                since=since,
+                totals=totals,
+                jobs=per_job,
+                http_response_times=times,
+                per_minute=minutes,
+            )
         )
 
     # -- actions ---------------------------------------------------------------------------------
 
-    async def trigger(self, request: web.Request) -> web.Response:
+    async def trigger(self, request: web.Request, query: m.Query) -> web.Response:
         job = self._job(request)
         overrides = _overrides(job, await _body(request))
         fire = self.t.trigger(job, overrides)
@@ -345,21 +335,19 @@ class Api:
         log.info(
             "manual_trigger", job=job.name, fire_id=str(fire.fire_id), overrides=bool(overrides)
         )
-        return _json(
-            {
-                "fire_id": str(fire.fire_id),
-                "job": job.name,
-                "trigger": "manual",
-                "scheduled_at": fire.scheduled_at.isoformat(),
-                "executions": f"/jobs/{job.name}/executions?trigger=manual",
-            },
-            status=202,
+        body = m.Triggered(
+            fire_id=fire.fire_id,
+            job=job.name,
+            trigger=FireKind.MANUAL,
+            scheduled_at=fire.scheduled_at,
+            executions=f"/jobs/{job.name}/executions?trigger=manual",
         )
+        return _reply(body, status=202)
 
-    async def pause(self, request: web.Request) -> web.Response:
+    async def pause(self, request: web.Request, query: m.Query) -> web.Response:
         return await self._set_paused(request, True)
 
-    async def resume(self, request: web.Request) -> web.Response:
+    async def resume(self, request: web.Request, query: m.Query) -> web.Response:
         return await self._set_paused(request, False)
 
     async def _set_paused(self, request: web.Request, paused: bool) -> web.Response:
@@ -371,59 +359,51 @@ class Api:
             raise ApiError(
                 503, "not_synced", f"job {job.name!r} is not in the database yet; try again"
             ) from None
-        return _json(
-            {
-                "job": job.name,
-                "paused": paused_at is not None,
-                "paused_at": paused_at.isoformat() if paused_at else None,
-            }
-        )
+        return _reply(m.PauseState(job=job.name, paused=paused_at is not None, paused_at=paused_at))
 
     # -- one-off runs ----------------------------------------------------------------------------
 
-    async def list_runs(self, request: web.Request) -> web.Response:
-        pending = request.query.get("pending") in ("1", "true")
-        limit = _int(request, "limit", default=100, low=1, high=MAX_PAGE)
-        runs = await queries.list_runs(self._pool(), pending_only=pending, limit=limit)
-        return _json({"runs": [_run_json(r) for r in runs]})
+    async def list_runs(self, request: web.Request, query: m.RunsQuery) -> web.Response:
+        runs = await queries.list_runs(self._pool(), pending_only=query.pending, limit=query.limit)
+        return _reply(m.RunList(runs=[_run(r) for r in runs]))
 
-    async def create_run(self, request: web.Request) -> web.Response:
+    async def create_run(self, request: web.Request, query: m.Query) -> web.Response:
         body = await _body(request)
         if body is None or not isinstance(body.get("job"), str):
             raise ApiError(400, "bad_request", 'expected a JSON object with "job": "<name>"')
         job = self.t.config.job(body["job"])
         if job is None:
             raise ApiError(404, "unknown_job", f"no job named {body['job']!r} is configured")
-        at = _parse_instant(body.get("at"), "at") or datetime.now(UTC)
+        at = _at(body.get("at")) or datetime.now(UTC)
         rest = {k: v for k, v in body.items() if k not in ("job", "at")}
         overrides = _overrides(job, rest or None)
         self._pool()
         run = await self.t.create_run(job, at, overrides)
-        return _json(_run_json(run), status=201)
+        return _reply(_run(run), status=201)
 
-    async def get_run(self, request: web.Request) -> web.Response:
+    async def get_run(self, request: web.Request, query: m.Query) -> web.Response:
         run = await queries.get_run(self._pool(), _run_id(request))
         if run is None:
             raise ApiError(404, "unknown_run", "no such run")
-        return _json(_run_json(run))
+        return _reply(_run(run))
 
-    async def cancel_run(self, request: web.Request) -> web.Response:
+    async def cancel_run(self, request: web.Request, query: m.Query) -> web.Response:
         self._pool()
         run = await self.t.cancel_run(_run_id(request))
         if run is None:
             raise ApiError(404, "unknown_run", "no such run")
         if run.state == "started":
             raise ApiError(409, "already_started", "the run has started; it cannot be cancelled")
-        return _json(_run_json(run))
+        return _reply(_run(run))
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _job(self, request: web.Request, *, must_be_configured: bool = True) -> JobSpec:
+    def _job(self, request: web.Request) -> JobSpec:
         name = request.match_info["name"]
         job = self.t.config.job(name)
-        if job is None and must_be_configured:
+        if job is None:
             raise ApiError(404, "unknown_job", f"no job named {name!r} is configured")
-        return job  # type: ignore[return-value]
+        return job
 
     def _pool(self) -> asyncpg.Pool:
         pool = self._pool_or_none()
@@ -440,18 +420,22 @@ class Api:
         return recorder.pool if recorder.connected else None
 
 
-def _run_json(run: OneOffRun) -> dict[str, Any]:
-    return {
-        "id": str(run.id),
-        "job": run.job_name,
-        "run_at": run.run_at.isoformat(),
-        "overrides": run.overrides,
-        "state": run.state,
-        "created_at": run.created_at.isoformat() if run.created_at else None,
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "cancelled_at": run.cancelled_at.isoformat() if run.cancelled_at else None,
-        "executions": f"/executions?job={run.job_name}&trigger=manual",
-    }
+def _execution(row: Mapping[str, Any]) -> m.Execution:
+    return m.Execution.model_validate(dict(row))
+
+
+def _run(run: OneOffRun) -> m.Run:
+    return m.Run(
+        id=run.id,
+        job=run.job_name,
+        run_at=run.run_at,
+        overrides=dict(run.overrides) if run.overrides is not None else None,
+        state=run.state,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        cancelled_at=run.cancelled_at,
+        executions=f"/executions?job={run.job_name}&trigger=manual",
+    )
 
 
 def _run_id(request: web.Request) -> uuid.UUID:
@@ -484,64 +468,89 @@ def _overrides(job: JobSpec, body: Mapping[str, Any] | None) -> dict[str, Any] |
         raise ApiError(400, "bad_overrides", str(exc)) from None
 
 
-def _window_start(request: web.Request) -> datetime:
-    text = request.query.get("window")
-    seconds = DEFAULT_WINDOW
-    if text:
-        try:
-            seconds = parse_duration(text)
-        except Invalid as exc:
-            raise ApiError(400, "bad_parameter", f"window: {exc}") from None
-        if not 0 < seconds <= 366 * 86400:
-            raise ApiError(400, "bad_parameter", "window: expected between 1s and 366d")
-    return datetime.now(UTC) - timedelta(seconds=seconds)
-
-
-def _one_of(request: web.Request, key: str, allowed: tuple[str, ...] | None) -> str | None:
-    value = request.query.get(key)
+def _at(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
-    if allowed is not None and value not in allowed:
-        raise ApiError(
-            400, "bad_parameter", f"{key}: expected one of {list(allowed)}, got {value!r}"
-        )
-    if "\x00" in value:
-        raise ApiError(400, "bad_parameter", f"{key}: contains a NUL character")
-    return value
-
-
-def _int(request: web.Request, key: str, *, default: int, low: int, high: int) -> int:
-    text = request.query.get(key)
-    if text is None or text == "":
-        return default
-    if not re.fullmatch(r"[0-9]{1,9}", text) or not low <= int(text) <= high:
-        raise ApiError(400, "bad_parameter", f"{key}: expected a number from {low} to {high}")
-    return int(text)
-
-
-def _instant(request: web.Request, key: str) -> datetime | None:
-    return _parse_instant(request.query.get(key), key)
-
-
-def _parse_instant(value: Any, key: str) -> datetime | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ApiError(400, "bad_parameter", f"{key}: expected an ISO 8601 date-time")
     try:
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(
-            400,
-            "bad_parameter",
-            f"{key}: expected ISO 8601 like 2026-11-25T14:00:00Z, got {value!r}",
-        ) from None
-    if at.tzinfo is None:
-        raise ApiError(400, "bad_parameter", f"{key}: add a UTC offset or Z to {value!r}")
-    try:
-        return at.astimezone(UTC)
-    except OverflowError:
-        raise ApiError(400, "bad_parameter", f"{key}: out of range") from None
+        return m.parse_instant(value)
+    except ValueError as exc:
+        raise ApiError(400, "bad_parameter", f"at: {exc}") from None
+
+
+# -- the routes and their document -----------------------------------------------------------------
+
+_ANY_OBJECT = {"type": "object"}
+ROUTES: tuple[Route, ...] = (
+    Route(method="GET", path="/healthz", handler=Api.healthz, open=True, query=m.HealthQuery,
+          summary="Is it up: database connected or buffering, last reload",
+          replies=(Reply(status=200, description="Up", model=m.Health),
+                   Reply(status=503, description="Degraded (only with ready=1)", model=m.Health))),
+    Route(method="GET", path="/metrics", handler=Api.metrics, open=True,
+          summary="Prometheus metrics",
+          replies=(Reply(status=200, description="Prometheus text format", media_type="text/plain",
+                         schema={"type": "string"}),)),
+    Route(method="GET", path="/openapi.json", handler=Api.openapi, summary="This document",
+          replies=(Reply(status=200, description="OpenAPI 3.1 document", schema=_ANY_OBJECT),)),
+    Route(method="GET", path="/jobs", handler=Api.list_jobs, query=m.WindowQuery,
+          summary="Every configured job: state, next fires, statistics",
+          replies=(Reply(status=200, description="Jobs", model=m.JobList),), errors=(503,)),
+    Route(method="GET", path="/jobs/{name}", handler=Api.get_job, query=m.WindowQuery,
+          summary="One job: redacted spec, next fires, last attempts, statistics",
+          replies=(Reply(status=200, description="The job", model=m.JobDetail),),
+          errors=(404, 503)),
+    Route(method="GET", path="/jobs/{name}/executions", handler=Api.job_executions,
+          query=m.HistoryQuery, summary="A job's attempts, newest first (keyset pagination)",
+          replies=(Reply(status=200, description="A page", model=m.ExecutionPage),),
+          errors=(503,)),
+    Route(method="POST", path="/jobs/{name}/trigger", handler=Api.trigger, body=m.Overrides,
+          summary="Run the job now (trigger = manual), optionally with other arguments",
+          replies=(Reply(status=202, description="Started; its attempts appear in executions",
+                         model=m.Triggered),),
+          errors=(403, 404, 409, 413)),
+    *(
+        Route(method="POST", path=f"/jobs/{{name}}/{verb}", handler=handler,
+              summary=f"{verb.capitalize()} the job (persisted: survives restarts)",
+              replies=(Reply(status=200, description="Done", model=m.PauseState),),
+              errors=(403, 404, 503))
+        for verb, handler in (("pause", Api.pause), ("resume", Api.resume))
+    ),
+    Route(method="GET", path="/executions", handler=Api.executions, query=m.ExecutionsQuery,
+          summary="Attempts of every job, newest first (keyset pagination)",
+          replies=(Reply(status=200, description="A page", model=m.ExecutionPage),),
+          errors=(503,)),
+    Route(method="GET", path="/stats", handler=Api.stats, query=m.WindowQuery,
+          summary="Success rate by job, HTTP response times, runs per minute",
+          replies=(Reply(status=200, description="Statistics", model=m.StatsReport),),
+          errors=(503,)),
+    Route(method="GET", path="/runs", handler=Api.list_runs, query=m.RunsQuery,
+          summary="One-off runs, newest first",
+          replies=(Reply(status=200, description="Runs", model=m.RunList),), errors=(503,)),
+    Route(method="POST", path="/runs", handler=Api.create_run, body=m.RunRequest,
+          body_required=True, summary="Schedule a one-off run of a configured job (persisted)",
+          replies=(Reply(status=201, description="Scheduled", model=m.Run),),
+          errors=(403, 404, 413, 503)),
+    Route(method="GET", path="/runs/{id}", handler=Api.get_run, summary="One run",
+          replies=(Reply(status=200, description="The run", model=m.Run),), errors=(404, 503)),
+    Route(method="DELETE", path="/runs/{id}", handler=Api.cancel_run,
+          summary="Cancel a pending run",
+          replies=(Reply(status=200, description="Cancelled (or was already)", model=m.Run),),
+          errors=(403, 404, 409, 503)),
+)  # fmt: skip
+OPEN_PATHS = frozenset(route.path for route in ROUTES if route.open)
+_INFO = {
+    "title": "scheduler_daemon admin API",
+    "version": "1",
+    "description": "Health, metrics, jobs, execution history, statistics, manual and one-off "
+    "runs, pause and resume. Send `Authorization: Bearer <admin.token>` to every endpoint but "
+    "/healthz and /metrics when a token is configured. Every endpoint refuses a query parameter "
+    "it does not take (400 unknown_parameter).",
+}
+
+
+@functools.cache
+def spec() -> dict[str, Any]:
+    """The OpenAPI document (built on first use: generating the schemas takes a moment)."""
+    return document(ROUTES, _INFO)
 
 
 async def start_server(target: Controlled, settings: AdminSettings) -> web.AppRunner:

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import asyncpg
 
@@ -21,6 +21,7 @@ from scheduler_daemon.storage import rows
 Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
 EXECUTION_COLUMNS = ", ".join(("id", *rows.COLUMNS))
+RunState: TypeAlias = Literal["pending", "started", "cancelled"]
 FAILED = tuple(s.value for s in (Status.FAILED, Status.TIMED_OUT, Status.ABANDONED, Status.MISSED))
 
 
@@ -183,7 +184,7 @@ class OneOffRun:
     cancelled_at: datetime | None = None
 
     @property
-    def state(self) -> str:
+    def state(self) -> RunState:
         if self.cancelled_at is not None:
             return "cancelled"
         return "started" if self.started_at is not None else "pending"
