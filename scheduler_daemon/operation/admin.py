@@ -382,14 +382,16 @@ class Api:
         return _reply(_run(run), status=201)
 
     async def get_run(self, request: web.Request, query: m.Query) -> web.Response:
-        run = await queries.get_run(self._pool(), _run_id(request))
+        run_id = _run_id(request)  # a malformed id is a 404 even while the database is away
+        run = await queries.get_run(self._pool(), run_id)
         if run is None:
             raise ApiError(404, "unknown_run", "no such run")
         return _reply(_run(run))
 
     async def cancel_run(self, request: web.Request, query: m.Query) -> web.Response:
+        run_id = _run_id(request)
         self._pool()
-        run = await self.t.cancel_run(_run_id(request))
+        run = await self.t.cancel_run(run_id)
         if run is None:
             raise ApiError(404, "unknown_run", "no such run")
         if run.state == "started":
