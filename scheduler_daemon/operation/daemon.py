@@ -14,7 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,19 @@ import structlog
 from aiohttp import web
 
 from scheduler_daemon.errors import AdminUnavailable, ConfigError
-from scheduler_daemon.operation import admin, recovery
+from scheduler_daemon.operation import admin
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.operation.notify import Notifier
 from scheduler_daemon.operation.oneoff import OneOffRuns
 from scheduler_daemon.operation.pauses import Pauses, watch_controls
+from scheduler_daemon.operation.recovery import Recovery
 from scheduler_daemon.operation.reload import ReloadPlan, load_for_reload, plan_reload
 from scheduler_daemon.running.actions import ActionCache, HttpClient
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire, Runner
 from scheduler_daemon.specs.config import Config, JobSpec, load_config
-from scheduler_daemon.storage import queries, store
+from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.queries import OneOffRun
@@ -54,17 +55,13 @@ class Daemon:
         self._notify = Notifier()
         self.reload_error: str | None = None  # why the last reload was refused, if it was
         self.started_at = datetime.now(UTC)
-        self._resumed_at = self._now()  # set again when the schedule starts
-        self._recovered = False  # the first connection settled what the last process left
         self.metrics = Metrics()
         self._admin: web.AppRunner | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}
-        self._catchups: set[asyncio.Task[None]] = set()  # catch-up sequences in progress
         self._journal = Journal(config.state_dir / "journal" / "executions.jsonl")
         # The recorder connects in the background: a database that is down at start delays the
         # rows, never the schedule. Each (re)connection applies the schema and syncs the jobs.
         self.database = open_database(config, clock=self._clock)
-        self.database.on_connect(self._on_db_connect)
         self._recorder = Recorder(
             database=self.database, clock=self._clock, journal=self._journal, events=config.events
         )
@@ -78,9 +75,6 @@ class Daemon:
             node=config.node,
             observer=self.metrics,
         )
-        self._scheduler = Scheduler(
-            clock=self._clock, dispatch=self._dispatch, on_jump=self._on_clock_jump
-        )
         self._pauses = Pauses(cache=config.state_dir / "paused.json")
         self._oneoff = OneOffRuns(
             clock=self._clock,
@@ -88,7 +82,28 @@ class Daemon:
             job=lambda name: self.config.job(name),
             submit=self._runner.submit,
         )
-        self.metrics.live = self._live_state()
+        self._recovery = Recovery(
+            clock=self._clock,
+            runner=self._runner,
+            recorder=self._recorder,
+            node=config.node,
+            jobs=lambda: self.config.jobs,
+            pauses=self._pauses,
+            runs=self._oneoff,
+            sync_jobs=self._sync_jobs,
+        )
+        self.database.on_connect(self._recovery.on_connect)
+        self._scheduler = Scheduler(
+            clock=self._clock, dispatch=self._dispatch, on_jump=self._recovery.on_clock_jump
+        )
+        self.metrics.live = LiveState.of(
+            runner=self._runner,
+            limiter=self._limiter,
+            recorder=self._recorder,
+            journal=self._journal.path,
+            jobs=lambda: self.config.jobs,
+            paused=self._pauses,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -132,11 +147,11 @@ class Daemon:
         gc.collect()
         gc.freeze()
         # Fires up to this instant that never ran are the catch-up's; the schedule starts after.
-        self._resumed_at = self._now()
-        self._scheduler.set_jobs(config.jobs, after=self._resumed_at)
+        resumed_at = self._recovery.resumed_at = self._now()
+        self._scheduler.set_jobs(config.jobs, after=resumed_at)
         for job in config.jobs:
             if job.run_on_start and job.enabled and job.name not in self._pauses:
-                self._runner.submit(job, self._resumed_at)
+                self._runner.submit(job, resumed_at)
         self._loops = {
             name: asyncio.create_task(loop, name=name)
             for name, loop in self._background_loops().items()
@@ -158,7 +173,7 @@ class Daemon:
             "watch-controls": watch_controls(
                 clock=self._clock,
                 database=self.database,
-                ready=lambda: self._recovered,
+                ready=lambda: self._recovery.done,
                 pauses=self._pauses,
                 runs=self._oneoff,
             ),
@@ -194,9 +209,8 @@ class Daemon:
         for name, task in self._loops.items():
             if name != "scheduler":  # stop() ends its loop between two fires
                 task.cancel()
-        for task in self._catchups:
-            task.cancel()  # catch-up sequences: their running fires are drained below
-        await asyncio.gather(*self._loops.values(), *self._catchups, return_exceptions=True)
+        await self._recovery.close()  # catch-up sequences: their running fires are drained below
+        await asyncio.gather(*self._loops.values(), return_exceptions=True)
         await self._oneoff.close()  # pending runs stay in the database for the next start
         await self._runner.drain(grace)
         if self._admin is not None:
@@ -216,57 +230,7 @@ class Daemon:
             parts.append(f"last reload FAILED: {self.reload_error}")
         return ", ".join(parts)
 
-    # -- the database and recovery -------------------------------------------------------------
-
-    async def _on_db_connect(self, pool: asyncpg.Pool) -> None:
-        if self._recovered:
-            await self._sync_jobs(pool)
-            log.info("database_connected")
-            return
-        # First connection of this process: before any row of ours is written, settle what the
-        # previous process left behind. Its journal first: rows in it are attempts that ended
-        # (not abandoned) and fires that ran (not to catch up) — read after, they ran twice.
-        await self._recorder.replay_journal(pool)
-        abandoned = await store.abandon_running(pool, self.config.node)
-        last = await store.last_scheduled(pool)
-        await self._sync_jobs(pool)
-        self._pauses.adopt(await queries.paused_jobs(pool))
-        self._oneoff.schedule(await queries.pending_runs(pool))
-        self._recovered = True
-        log.info("database_connected", abandoned=len(abandoned))
-        jobs = {job.name: job for job in self.config.jobs}
-        now = self._now()
-        recovery.retry_abandoned(abandoned, jobs, self._runner, now)
-        unpaused = [job for job in self.config.jobs if job.name not in self._pauses]
-        self._track_catchups(
-            recovery.catch_up(
-                unpaused,
-                last,
-                resumed_at=self._resumed_at,
-                now=now,
-                runner=self._runner,
-                recorder=self._recorder,
-                node=self.config.node,
-            )
-        )
-
-    def _on_clock_jump(self, job: JobSpec, first_skipped: datetime, now: datetime) -> None:
-        task = recovery.catch_up_job(
-            job,
-            last=first_skipped - timedelta(microseconds=1),
-            until=now,
-            now=now,
-            runner=self._runner,
-            recorder=self._recorder,
-            node=self.config.node,
-            why="the wall clock jumped forward",
-        )
-        self._track_catchups([] if task is None else [task])
-
-    def _track_catchups(self, tasks: Sequence[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            self._catchups.add(task)
-            task.add_done_callback(self._catchups.discard)
+    # -- the database --------------------------------------------------------------------------
 
     async def _sync_jobs(
         self,
@@ -377,40 +341,10 @@ class Daemon:
         self, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
     ) -> OneOffRun:
         pool = self.database.require("the run would not persist")
-        run = await queries.create_run(pool, job.name, at, overrides)
-        self._oneoff.schedule([run])
-        log.info("oneoff_run_created", run_id=str(run.id), job=job.name, run_at=at.isoformat())
-        return run
+        return await self._oneoff.create(pool, job, at, overrides)
 
     async def cancel_run(self, run_id: uuid.UUID) -> OneOffRun | None:
-        run = await queries.cancel_run(self.database.require("the run is left as it is"), run_id)
-        if run is not None and run.state == "cancelled":
-            self._oneoff.cancel(run_id)
-        return run
-
-    def _live_state(self) -> LiveState:
-        def jobs_by_state() -> dict[str, int]:
-            jobs = self.config.jobs
-            paused = sum(1 for job in jobs if job.name in self._pauses)
-            enabled = sum(1 for job in jobs if job.enabled)
-            return {"enabled": enabled, "disabled": len(jobs) - enabled, "paused": paused}
-
-        def journal_bytes() -> int:
-            try:
-                return self._journal.path.stat().st_size
-            except OSError:
-                return 0
-
-        return LiveState(
-            running_attempts=lambda: sum(
-                1 for fire in self._runner.active() if fire.state == "running"
-            ),
-            waiting_fires=self._limiter.waiting,  # type: ignore[arg-type]
-            recorder_stats=self._recorder.stats,
-            journal_bytes=journal_bytes,
-            database_up=lambda: self._recorder.connected,
-            jobs_by_state=jobs_by_state,
-        )
+        return await self._oneoff.cancel(self.database.require("the run is left as it is"), run_id)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.time(), UTC)

@@ -76,10 +76,24 @@ class OneOffRuns:
     def _done(self, run_id: uuid.UUID, _: asyncio.Task[None]) -> None:
         self._waiting.pop(run_id, None)
 
-    def cancel(self, run_id: uuid.UUID) -> None:
-        task = self._waiting.pop(run_id, None)
-        if task is not None:
-            task.cancel()
+    async def create(
+        self, db: queries.Db, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
+    ) -> OneOffRun:
+        """Store a run of ``job`` at ``at`` (it survives a restart), then wait for it."""
+        run = await queries.create_run(db, job.name, at, overrides)
+        self.schedule([run])
+        log.info("oneoff_run_created", run_id=str(run.id), job=job.name, run_at=at.isoformat())
+        return run
+
+    async def cancel(self, db: queries.Db, run_id: uuid.UUID) -> OneOffRun | None:
+        """Cancel a pending run in the database, then stop waiting for it; the run as it now
+        is (None: no such run; one started already is returned unchanged)."""
+        run = await queries.cancel_run(db, run_id)
+        if run is not None and run.state == "cancelled":
+            task = self._waiting.pop(run_id, None)
+            if task is not None:
+                task.cancel()
+        return run
 
     def pending(self) -> int:
         return len(self._waiting)
