@@ -96,14 +96,7 @@ class Daemon:
         self._scheduler = Scheduler(
             clock=self._clock, dispatch=self._dispatch, on_jump=self._recovery.on_clock_jump
         )
-        self.metrics.live = LiveState.of(
-            runner=self._runner,
-            limiter=self._limiter,
-            recorder=self._recorder,
-            journal=self._journal.path,
-            jobs=lambda: self.config.jobs,
-            paused=self._pauses,
-        )
+        self.metrics.live = self._live_state()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -345,6 +338,16 @@ class Daemon:
 
     async def cancel_run(self, run_id: uuid.UUID) -> OneOffRun | None:
         return await self._oneoff.cancel(self.database.require("the run is left as it is"), run_id)
+
+    def _live_state(self) -> LiveState:
+        return LiveState.of(
+            runner=self._runner,
+            limiter=self._limiter,
+            recorder=self._recorder,
+            journal=self._journal.path,
+            jobs=lambda: self.config.jobs,
+            paused=self._pauses,
+        )
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.time(), UTC)
