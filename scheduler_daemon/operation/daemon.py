@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-import time
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
@@ -259,7 +258,7 @@ class Daemon:
         """Re-read the config file; apply it only if it is entirely valid."""
         self._notify.reloading()
         try:
-            began = time.monotonic()
+            began = self._clock.monotonic()
             try:
                 new = await asyncio.to_thread(load_for_reload, self.config.path)
             except ConfigError as exc:
@@ -269,7 +268,7 @@ class Daemon:
                 return False
             self.reload_error = None
             self.metrics.reloads["succeeded"] += 1
-            loaded = time.monotonic()
+            loaded = self._clock.monotonic()
             plan = plan_reload(self.config, new)
             await self._apply(plan)
             log.info(
@@ -278,7 +277,7 @@ class Daemon:
                 removed=len(plan.removed),
                 changed=len(plan.changed),
                 load_s=round(loaded - began, 3),
-                apply_s=round(time.monotonic() - loaded, 3),
+                apply_s=round(self._clock.monotonic() - loaded, 3),
             )
             return True
         finally:
