@@ -106,9 +106,11 @@ class Daemon:
         try:
             async with self.database:
                 self._pauses.load_cache()  # before any connection brings the database's view
-                await self._recorder.start()
                 await self._start_admin()
                 self._start_schedule()
+                # Only now: the first connection's recovery needs the instant the schedule
+                # resumed at, and syncs each job's next fire.
+                await self._recorder.start()
                 try:
                     await self._serve()
                 finally:
@@ -126,8 +128,8 @@ class Daemon:
         try:
             self._admin = await admin.start_server(self, settings)
         except OSError as exc:
-            # Nothing has run yet: undo the start-up so far and say why, without a traceback.
-            await self._recorder.close(timeout=5.0)
+            # Nothing has run yet (the database is closed on the way out): say why, without a
+            # traceback.
             raise AdminUnavailable(
                 f"admin: cannot listen on {settings.address}: {exc.strerror or exc}"
             ) from None
