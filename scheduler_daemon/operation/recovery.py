@@ -31,6 +31,8 @@ SyncJobs = Callable[[asyncpg.Pool], Awaitable[None]]
 
 
 class Recovery:
+    """The database's on-connect hook (after the schema), and the catch-up sequences."""
+
     def __init__(
         self,
         *,
@@ -79,15 +81,29 @@ class Recovery:
         retry_abandoned(abandoned, {job.name: job for job in jobs}, self._runner, now)
         unpaused = [job for job in jobs if job.name not in self._pauses]
         self._track(
-            catch_up(unpaused, last, resumed_at=self.resumed_at, now=now, runner=self._runner,
-                     recorder=self._recorder, node=self._node)
-        )  # fmt: skip
+            catch_up(
+                unpaused,
+                last,
+                resumed_at=self.resumed_at,
+                now=now,
+                runner=self._runner,
+                recorder=self._recorder,
+                node=self._node,
+            )
+        )
 
     def on_clock_jump(self, job: JobSpec, first_skipped: datetime, now: datetime) -> None:
         """The scheduler skipped ``job``'s fires from ``first_skipped`` to ``now``."""
-        task = catch_up_job(job, last=first_skipped - timedelta(microseconds=1), until=now,
-                            now=now, runner=self._runner, recorder=self._recorder,
-                            node=self._node, why="the wall clock jumped forward")  # fmt: skip
+        task = catch_up_job(
+            job,
+            last=first_skipped - timedelta(microseconds=1),
+            until=now,
+            now=now,
+            runner=self._runner,
+            recorder=self._recorder,
+            node=self._node,
+            why="the wall clock jumped forward",
+        )
         self._track([] if task is None else [task])
 
     async def close(self) -> None:
