@@ -187,23 +187,10 @@ def _local(t: datetime, job: JobSpec) -> datetime:
 
 
 async def _db_init(config: Config) -> int:
-    from scheduler_daemon.storage import store
-    from scheduler_daemon.storage.embedded import EmbeddedPostgres
+    from scheduler_daemon.storage.database import open_database
 
-    embedded = None
-    dsn = config.database_url
-    if not dsn:
-        embedded = EmbeddedPostgres(config.state_dir / "postgres")
-        dsn = await embedded.astart()
-    try:
-        pool = await store.connect(dsn)
-        try:
-            await store.apply_schema(pool)
-        finally:
-            await pool.close()
-    finally:
-        if embedded is not None:
-            await embedded.astop()
+    async with open_database(config) as database:
+        await database.connect()  # applies the schema
     print("schema applied")
     return 0
 

@@ -2,23 +2,25 @@
 
 With `admin:` configured the CLI asks the running daemon (the same answers the API gives); without
 it, it reads PostgreSQL directly and writes what the daemon then picks up: pauses and one-off runs
-are rows the daemon re-reads every few seconds (``CONTROL_POLL`` in daemon.py).
+are rows the daemon re-reads every few seconds (``CONTROL_POLL`` in pauses.py).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import aiohttp
+import asyncpg
 
 from scheduler_daemon.errors import SchedulerDaemonError
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
 from scheduler_daemon.specs.config import Config, JobSpec
 from scheduler_daemon.storage import queries
+from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.timing.schedule_text import schedule_in_words
 from scheduler_daemon.timing.schedules import build_schedule
 
@@ -132,31 +134,20 @@ def _state(enabled: bool, paused: bool, running: int) -> str:
 class DbBackend:
     """Straight to PostgreSQL: the schedule is computed from the config, like the daemon does."""
 
-    def __init__(self, config: Config, pool: Any) -> None:
+    def __init__(self, config: Config, pool: asyncpg.Pool) -> None:
         self._config, self._pool = config, pool
 
     @classmethod
     @asynccontextmanager
     async def open(cls, config: Config) -> AsyncIterator[DbBackend]:
-        from scheduler_daemon.storage import store
-        from scheduler_daemon.storage.embedded import EmbeddedPostgres
-
-        embedded = None
-        dsn = config.database_url
-        try:
-            if not dsn:  # borrowed from the running daemon, or started for this command
-                embedded = EmbeddedPostgres(config.state_dir / "postgres")
-                dsn = await embedded.astart()
-            pool = await store.connect(dsn, max_size=2)
-            await store.apply_schema(pool)
-        except (OSError, TimeoutError) as exc:
-            raise ControlError(f"cannot reach PostgreSQL: {exc}") from exc
-        try:
+        async with AsyncExitStack() as stack:
+            try:
+                # The embedded server: borrowed from the running daemon, or started for this.
+                database = await stack.enter_async_context(open_database(config, max_size=2))
+                pool = await database.connect()
+            except (OSError, TimeoutError) as exc:
+                raise ControlError(f"cannot reach PostgreSQL: {exc}") from exc
             yield cls(config, pool)
-        finally:
-            await pool.close()
-            if embedded is not None:
-                await embedded.astop()
 
     async def jobs(self) -> list[dict[str, Any]]:
         now = datetime.now(UTC)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import bisect
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -27,12 +28,23 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import ExecutionRecord, Status
+from scheduler_daemon.running.runner import Runner
+from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.storage.recorder import Recorder
+from scheduler_daemon.timing.clock import Clock
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 DRIFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300)
 # Reports kept before folding them all at once: a bound on memory if the folding task stalls.
 _FOLD_AT = 1_000_000
+# The folding loop: every FOLD_EVERY seconds, FOLD_CHUNK reports at a time, each chunk after
+# FOLD_QUIET seconds in which no attempt started (a backlog past FOLD_BACKLOG: regardless).
+FOLD_EVERY = 0.5
+FOLD_CHUNK = 500
+FOLD_QUIET = 0.005
+FOLD_BACKLOG = 20_000
 
 
 @dataclass(slots=True)
@@ -75,6 +87,40 @@ class LiveState:
     journal_bytes: Callable[[], int]
     database_up: Callable[[], bool]
     jobs_by_state: Callable[[], dict[str, int]]  # enabled / disabled / paused
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        runner: Runner,
+        limiter: Limiter,
+        recorder: Recorder,
+        journal: Path,
+        jobs: Callable[[], Sequence[JobSpec]],
+        paused: Container[str],
+    ) -> LiveState:
+        """Read from the daemon's parts; ``jobs``: the configured jobs, now."""
+
+        def jobs_by_state() -> dict[str, int]:
+            current = jobs()
+            paused_now = sum(1 for job in current if job.name in paused)
+            enabled = sum(1 for job in current if job.enabled)
+            return {"enabled": enabled, "disabled": len(current) - enabled, "paused": paused_now}
+
+        def journal_bytes() -> int:
+            try:
+                return journal.stat().st_size
+            except OSError:
+                return 0
+
+        return cls(
+            running_attempts=lambda: sum(1 for fire in runner.active() if fire.state == "running"),
+            waiting_fires=limiter.waiting,  # type: ignore[arg-type]
+            recorder_stats=recorder.stats,
+            journal_bytes=journal_bytes,
+            database_up=lambda: recorder.connected,
+            jobs_by_state=jobs_by_state,
+        )
 
 
 class Metrics(Collector):
@@ -129,6 +175,21 @@ class Metrics(Collector):
         for key in ended:
             self._fire_counts[key] += 1
         return bool(self._attempts or self._ended)
+
+    async def fold_when_quiet(self, clock: Clock, attempts_started: Callable[[], int]) -> None:
+        """Fold the reports a chunk at a time while no fire is starting: folding in the middle
+        of a burst delays its later fires. A backlog past FOLD_BACKLOG is folded anyway
+        (sustained load), still a chunk per turn of the loop. Runs until cancelled."""
+        while True:
+            await clock.sleep(FOLD_EVERY)
+            more = True
+            while more:
+                starts = attempts_started()
+                await clock.sleep(FOLD_QUIET)
+                busy = attempts_started() != starts
+                if busy and self.backlog() < FOLD_BACKLOG:
+                    continue
+                more = self.fold(FOLD_CHUNK)
 
     def _fold_attempts(self, attempts: list[ExecutionRecord]) -> None:
         for rec in attempts:

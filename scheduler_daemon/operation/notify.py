@@ -9,10 +9,16 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import structlog
 
+from scheduler_daemon.timing.clock import Clock
+
 log = structlog.get_logger("scheduler_daemon.operation.notify")
+
+# The status line is refreshed (and the watchdog pinged, when it wants less) this often.
+HEARTBEAT_MAX = 10.0
 
 
 class Notifier:
@@ -56,6 +62,15 @@ class Notifier:
 
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
+
+    async def heartbeat(self, clock: Clock, status: Callable[[], str]) -> None:
+        """Ping the watchdog and refresh STATUS= until cancelled: a task on the loop, so a
+        blocked loop stops the pings (and systemd restarts us)."""
+        interval = min(self.watchdog_interval or HEARTBEAT_MAX, HEARTBEAT_MAX)
+        while True:
+            self.watchdog()
+            self.status(status())
+            await clock.sleep(interval)
 
     def close(self) -> None:
         if self._socket is not None:

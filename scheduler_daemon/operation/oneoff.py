@@ -1,19 +1,27 @@
-"""One-off runs requested through the admin API: each waits for its instant, then starts once.
+"""One-off runs (the admin API's or the CLI's): each waits for its instant, then starts once.
 
 The runs live in PostgreSQL (`runs`), so a restart reloads the pending ones; a run is claimed in
-the database just before it starts, so a run cancelled meanwhile, or started by an earlier
-process, does not start again.
+the database just before it starts (retried while the database is away), so a run cancelled
+meanwhile, or started by an earlier process, does not start again. It then runs as a manual fire
+whose fire_id is the run's id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Protocol
 
+import asyncpg
 import structlog
 
+from scheduler_daemon.running.records import FireKind
+from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.storage import queries, store
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.timing.clock import Clock
 
@@ -21,14 +29,41 @@ log = structlog.get_logger("scheduler_daemon.operation.oneoff")
 
 # Waits are re-checked against the wall clock at least this often (clock steps, suspend).
 MAX_WAIT = 60.0
+# How long a due run waits before it tries again to claim itself while the database is away.
+RUN_CLAIM_RETRY = 5.0
 
-Start = Callable[[OneOffRun], Awaitable[None]]
+
+class PoolSource(Protocol):
+    @property
+    def pool(self) -> asyncpg.Pool | None: ...
+
+
+class Submit(Protocol):
+    def __call__(
+        self,
+        job: JobSpec,
+        scheduled_at: datetime,
+        *,
+        trigger: FireKind,
+        overrides: Mapping[str, Any] | None,
+        fire_id: uuid.UUID,
+    ) -> object: ...
 
 
 class OneOffRuns:
-    def __init__(self, *, clock: Clock, start: Start) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        database: PoolSource,
+        job: Callable[[str], JobSpec | None],
+        submit: Submit,
+    ) -> None:
+        """``job``: the configured job of that name, now; ``submit``: the runner's."""
         self._clock = clock
-        self._start = start
+        self._database = database
+        self._job = job
+        self._submit = submit
         self._waiting: dict[uuid.UUID, asyncio.Task[None]] = {}
 
     def schedule(self, runs: Iterable[OneOffRun]) -> None:
@@ -41,15 +76,30 @@ class OneOffRuns:
     def _done(self, run_id: uuid.UUID, _: asyncio.Task[None]) -> None:
         self._waiting.pop(run_id, None)
 
-    def cancel(self, run_id: uuid.UUID) -> None:
-        task = self._waiting.pop(run_id, None)
-        if task is not None:
-            task.cancel()
+    async def create(
+        self, db: queries.Db, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
+    ) -> OneOffRun:
+        """Store a run of ``job`` at ``at`` (it survives a restart), then wait for it."""
+        run = await queries.create_run(db, job.name, at, overrides)
+        self.schedule([run])
+        log.info("oneoff_run_created", run_id=str(run.id), job=job.name, run_at=at.isoformat())
+        return run
+
+    async def cancel(self, db: queries.Db, run_id: uuid.UUID) -> OneOffRun | None:
+        """Cancel a pending run in the database, then stop waiting for it; the run as it now
+        is (None: no such run; one started already is returned unchanged)."""
+        run = await queries.cancel_run(db, run_id)
+        if run is not None and run.state == "cancelled":
+            task = self._waiting.pop(run_id, None)
+            if task is not None:
+                task.cancel()
+        return run
 
     def pending(self) -> int:
         return len(self._waiting)
 
     async def close(self) -> None:
+        """Stop waiting (pending runs stay in the database for the next start)."""
         tasks = list(self._waiting.values())
         for task in tasks:
             task.cancel()
@@ -63,3 +113,24 @@ class OneOffRuns:
             await self._start(run)
         except Exception:
             log.exception("oneoff_run_failed_to_start", run_id=str(run.id), job=run.job_name)
+
+    async def _start(self, run: OneOffRun) -> None:
+        if not await self._claim(run):
+            return  # cancelled meanwhile, or started by an earlier process
+        job = self._job(run.job_name)
+        if job is None:
+            log.warning("oneoff_run_dropped", run_id=str(run.id), job=run.job_name,
+                        why="the job is no longer configured")  # fmt: skip
+            return
+        self._submit(
+            job, run.run_at, trigger=FireKind.MANUAL, overrides=run.overrides, fire_id=run.id
+        )
+
+    async def _claim(self, run: OneOffRun) -> bool:
+        """Mark the run started in the database, trying again while the database is away."""
+        while True:
+            pool = self._database.pool
+            if pool is not None:
+                with contextlib.suppress(*store.DB_ERRORS):
+                    return await queries.mark_run_started(pool, run.id)
+            await self._clock.sleep(RUN_CLAIM_RETRY)

@@ -1,21 +1,125 @@
-"""After a restart: retry abandoned attempts, and catch up on the fires missed while down."""
+"""After a restart: retry abandoned attempts, and catch up on the fires missed while down.
+
+:class:`Recovery` is the database's on-connect hook: on the first connection of a process it
+settles what the previous one left behind; on every later one it re-syncs the jobs. It also owns
+the catch-up sequences in progress (after a restart or a forward clock jump).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
 
+from scheduler_daemon.operation.oneoff import OneOffRuns
+from scheduler_daemon.operation.pauses import Pauses
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
 from scheduler_daemon.running.runner import RecordSink, Runner
 from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.storage import queries, store
+from scheduler_daemon.storage.recorder import Recorder
 from scheduler_daemon.timing.catchup import CatchUpPlan, plan_catch_up
+from scheduler_daemon.timing.clock import Clock
 from scheduler_daemon.timing.schedules import build_schedule
 
 log = structlog.get_logger("scheduler_daemon.operation.recovery")
+
+SyncJobs = Callable[[asyncpg.Pool], Awaitable[None]]
+
+
+class Recovery:
+    """The database's on-connect hook (after the schema), and the catch-up sequences."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        runner: Runner,
+        recorder: Recorder,
+        node: str,
+        jobs: Callable[[], Sequence[JobSpec]],
+        pauses: Pauses,
+        runs: OneOffRuns,
+        sync_jobs: SyncJobs,
+    ) -> None:
+        """``jobs``: the configured jobs, now; ``sync_jobs``: mirror them all in the database."""
+        self._clock = clock
+        self._runner = runner
+        self._recorder = recorder
+        self._node = node
+        self._jobs = jobs
+        self._pauses = pauses
+        self._runs = runs
+        self._sync_jobs = sync_jobs
+        self._catchups: set[asyncio.Task[None]] = set()
+        self.done = False  # the first connection settled what the last process left
+        # Fires up to this instant that never ran are the catch-up's (the daemon sets it when
+        # its schedule starts: the schedule takes the fires after it).
+        self.resumed_at = self._now()
+
+    async def on_connect(self, pool: asyncpg.Pool) -> None:
+        if self.done:
+            await self._sync_jobs(pool)
+            log.info("database_connected")
+            return
+        # First connection of this process: before any row of ours is written, settle what the
+        # previous process left behind. Its journal first: rows in it are attempts that ended
+        # (not abandoned) and fires that ran (not to catch up) — read after, they ran twice.
+        await self._recorder.replay_journal(pool)
+        abandoned = await store.abandon_running(pool, self._node)
+        last = await store.last_scheduled(pool)
+        await self._sync_jobs(pool)
+        self._pauses.adopt(await queries.paused_jobs(pool))
+        self._runs.schedule(await queries.pending_runs(pool))
+        self.done = True
+        log.info("database_connected", abandoned=len(abandoned))
+        jobs = self._jobs()
+        now = self._now()
+        retry_abandoned(abandoned, {job.name: job for job in jobs}, self._runner, now)
+        unpaused = [job for job in jobs if job.name not in self._pauses]
+        self._track(
+            catch_up(
+                unpaused,
+                last,
+                resumed_at=self.resumed_at,
+                now=now,
+                runner=self._runner,
+                recorder=self._recorder,
+                node=self._node,
+            )
+        )
+
+    def on_clock_jump(self, job: JobSpec, first_skipped: datetime, now: datetime) -> None:
+        """The scheduler skipped ``job``'s fires from ``first_skipped`` to ``now``."""
+        task = catch_up_job(
+            job,
+            last=first_skipped - timedelta(microseconds=1),
+            until=now,
+            now=now,
+            runner=self._runner,
+            recorder=self._recorder,
+            node=self._node,
+            why="the wall clock jumped forward",
+        )
+        self._track([] if task is None else [task])
+
+    async def close(self) -> None:
+        """Cancel the catch-up sequences (the runner drains their running fires)."""
+        tasks = list(self._catchups)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _track(self, tasks: Iterable[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            self._catchups.add(task)
+            task.add_done_callback(self._catchups.discard)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.time(), UTC)
 
 
 def retry_abandoned(

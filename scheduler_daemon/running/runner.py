@@ -27,6 +27,9 @@ from scheduler_daemon.timing.clock import Clock
 
 log = structlog.get_logger("scheduler_daemon.running.runner")
 
+# How often attempts in flight get their `running` row (see README: crash recovery window).
+RUNNING_ROWS_EVERY = 0.2
+
 
 class RecordSink(Protocol):
     def record(self, rec: ExecutionRecord) -> None: ...
@@ -296,6 +299,13 @@ class Runner:
                 )
                 announced += 1
         return announced
+
+    async def announce_running_every(self, period: float = RUNNING_ROWS_EVERY) -> None:
+        """``announce_running`` every ``period`` seconds until cancelled: attempt starts become
+        durable in batches, and ``period`` is the crash-recovery window (README)."""
+        while True:
+            await self._clock.sleep(period)
+            self.announce_running()
 
     def _record_unstarted(self, fire: Fire, status: Status, reason: str) -> None:
         rec = self._row(fire, status, finished_at=_dt(self._clock.time()), error=reason)

@@ -3,8 +3,9 @@
 ``record`` only appends to an in-memory buffer and wakes the writer task. The writer waits up to
 ``flush_interval`` (or until a batch is full), then writes a batch with COPY. A row leaves the
 buffer only once its batch is committed (or fsynced to the journal), so nothing is lost in
-between; on a database error the rows stay, in order, and the writer retries with capped
-exponential backoff on a fresh pool. Past ``buffer_limit`` rows during an outage, and at close if
+between; on a database error the rows stay, in order, and the writer retries on a fresh pool
+(the :class:`Database` owns the pool and the capped exponential backoff; the writer is what keeps
+trying while the database is away). Past ``buffer_limit`` rows during an outage, and at close if
 the database is still unreachable, the buffer spills to the journal, which is replayed first when
 the database is back — in this process or the next. Without a journal, rows are never dropped:
 the buffer keeps growing and ``recorder_buffer_full`` says so.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice
 
 import asyncpg
@@ -23,40 +24,36 @@ import structlog
 
 from scheduler_daemon.running.records import ExecutionRecord
 from scheduler_daemon.storage import store
+from scheduler_daemon.storage.database import Database
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.timing.clock import Clock, SystemClock
 
 log = structlog.get_logger("scheduler_daemon.storage.recorder")
 
-OnConnect = Callable[[asyncpg.Pool], Awaitable[None]]
 # The database refuses a row as data: isolate it so the rest of its batch gets through.
 _REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-_MIN_BACKOFF = 0.1
-_MAX_BACKOFF = 5.0
-_POOL_CLOSE_TIMEOUT = 5.0
 
 
 class Recorder:
     def __init__(
         self,
         *,
-        dsn: str,
+        database: Database,
         clock: Clock | None = None,
         batch_size: int = 1000,
         flush_interval: float = 0.2,
         buffer_limit: int = 100_000,
-        on_connect: OnConnect | None = None,
         journal: Journal | None = None,
         events: bool = True,
     ) -> None:
-        """``on_connect`` runs on every new pool before any write (schema, job sync, recovery);
-        ``journal`` is where rows go when the database stays away (None: they stay in memory)."""
-        self.dsn = dsn
+        """``database``'s on-connect hooks run on every new pool before any write (schema, job
+        sync, recovery); ``journal`` is where rows go when the database stays away (None: they
+        stay in memory)."""
+        self.database = database
         self._clock: Clock = clock or SystemClock()
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._buffer_limit = buffer_limit
-        self._on_connect = on_connect
         self._journal = journal
         self._events = events
         self._journal_pending = journal is not None and journal.exists()
@@ -64,8 +61,6 @@ class Recorder:
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._pool: asyncpg.Pool | None = None
-        self._outage = False
         self._over_limit = False
         # Counters for metrics (see ``stats``).
         self.written = 0  # rows committed (journal replays included)
@@ -98,12 +93,12 @@ class Recorder:
 
     @property
     def pool(self) -> asyncpg.Pool | None:
-        """The current pool, or None while disconnected (others may query through it)."""
-        return self._pool
+        """The database's pool, or None while disconnected (others may query through it)."""
+        return self.database.pool
 
     @property
     def connected(self) -> bool:
-        return self._pool is not None and not self._outage
+        return self.database.connected
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics."""
@@ -140,7 +135,6 @@ class Recorder:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self._spill()  # what is still in memory waits in the journal, if there is one
-        await self._close_pool()
         if self._buffer:
             log.error("recorder_unwritten", pending=len(self._buffer))
         return len(self._buffer)
@@ -153,11 +147,10 @@ class Recorder:
     # -- the writer ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        backoff = _MIN_BACKOFF
         while True:
             if self._closing and not self._has_rows():
                 return
-            if self._pool is not None and not self._has_rows():
+            if self.database.pool is not None and not self._has_rows():
                 await self._wait(None)  # idle: until a row arrives or close()
                 continue
             if not self._closing and 0 < len(self._buffer) < self._batch_size:
@@ -170,10 +163,7 @@ class Recorder:
                 self._on_failure(exc)
                 if await self._after_failure():
                     return
-                await self._clock.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
-                continue
-            backoff = _MIN_BACKOFF
+                await self.database.pause_before_retry()
 
     def _has_rows(self) -> bool:
         return bool(self._buffer) or self._journal_pending
@@ -181,12 +171,12 @@ class Recorder:
     async def _write_some(self) -> None:
         """Connect if needed (even with nothing to write: ``on_connect`` does recovery and job
         sync), then replay the journal (older rows first), then write one batch."""
-        pool = await self._ensure_pool()
+        pool = await self.database.connect()
         if self._journal_pending:
             await self._replay_journal(pool)
         if self._buffer:
             await self._flush_batch(pool)
-        self._recovered()
+        self.database.succeeded(pending=len(self._buffer), failures=self.failures)
 
     async def _after_failure(self) -> bool:
         """Move rows out of memory if they must; True when the writer can stop (closing)."""
@@ -284,44 +274,6 @@ class Recorder:
         self.written += replayed
         log.info("journal_replayed", rows=replayed, path=str(self._journal.path))
 
-    # -- the connection --------------------------------------------------------------------------
-
-    async def _ensure_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            pool = await store.connect(self.dsn)
-            try:
-                if self._on_connect is not None:
-                    await self._on_connect(pool)
-            except BaseException:
-                pool.terminate()
-                raise
-            self._pool = pool
-        return self._pool
-
-    async def _close_pool(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:
-            async with self._clock.timeout(_POOL_CLOSE_TIMEOUT):
-                await pool.close()
-        except store.DB_ERRORS:
-            pool.terminate()
-
     def _on_failure(self, exc: BaseException) -> None:
         self.failures += 1
-        if not self._outage:
-            self._outage = True
-            log.warning(
-                "recorder_db_unavailable",
-                error=f"{type(exc).__name__}: {exc}",
-                pending=len(self._buffer),
-            )
-        if self._pool is not None:
-            self._pool.terminate()  # start afresh on the next try: its connections may be dead
-            self._pool = None
-
-    def _recovered(self) -> None:
-        if self._outage:
-            self._outage = False
-            log.info("recorder_db_recovered", pending=len(self._buffer), failures=self.failures)
+        self.database.failed(exc, pending=len(self._buffer))

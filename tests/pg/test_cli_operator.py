@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from scheduler_daemon.operation import daemon as daemon_module
+from scheduler_daemon.operation import pauses as pauses_module
 from tests.helpers import (
     ENV,
     REPO,
@@ -80,7 +81,7 @@ async def test_operator_commands_straight_to_postgresql(
     target: tuple[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(daemon_module, "CONTROL_POLL", 0.05)
+    monkeypatch.setattr(pauses_module, "CONTROL_POLL", 0.05)
     config = tmp_path / "config.yaml"
     port = free_port()
     write_config(config, database_url, target[0], listen=f"127.0.0.1:{port}")

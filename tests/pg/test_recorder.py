@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -11,6 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from scheduler_daemon.storage import store
+from scheduler_daemon.storage.database import Database, OnConnect
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.recorder import Recorder
@@ -37,8 +38,24 @@ async def _apply_schema(pool: asyncpg.Pool) -> None:
     await store.apply_schema(pool)
 
 
+_opened: list[Database] = []
+
+
+def _database(dsn: str, *hooks: OnConnect) -> Database:
+    database = Database(dsn=dsn, on_connect=hooks)
+    _opened.append(database)
+    return database
+
+
+@pytest.fixture(autouse=True)
+async def _close_databases() -> AsyncIterator[None]:
+    yield
+    while _opened:
+        await _opened.pop().close()
+
+
 async def test_rows_are_written_in_batches(database_url: str) -> None:
-    recorder = Recorder(dsn=database_url, batch_size=500, flush_interval=0.05)
+    recorder = Recorder(database=_database(database_url), batch_size=500, flush_interval=0.05)
     await recorder.start()
     for i in range(3000):
         recorder.record(rec(n=i))
@@ -56,7 +73,7 @@ async def test_rows_are_written_in_batches(database_url: str) -> None:
 
 
 async def test_a_trickle_is_written_within_the_flush_interval(database_url: str) -> None:
-    recorder = Recorder(dsn=database_url, flush_interval=0.05)
+    recorder = Recorder(database=_database(database_url), flush_interval=0.05)
     await recorder.start()
     try:
         recorder.record(rec(n=1))
@@ -69,7 +86,9 @@ async def test_a_trickle_is_written_within_the_flush_interval(database_url: str)
 
 
 async def test_close_flushes_what_is_buffered(database_url: str) -> None:
-    recorder = Recorder(dsn=database_url, flush_interval=60)  # only close() makes it write
+    recorder = Recorder(
+        database=_database(database_url), flush_interval=60
+    )  # only close() makes it write
     await recorder.start()
     for i in range(10):
         recorder.record(rec(n=i))
@@ -88,7 +107,7 @@ def own_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
 
 async def test_an_outage_delays_rows_and_loses_none(own_server: EmbeddedPostgres) -> None:
     dsn = own_server.dsn()
-    recorder = Recorder(dsn=dsn, batch_size=100, flush_interval=0.05, on_connect=_apply_schema)
+    recorder = Recorder(database=_database(dsn, _apply_schema), batch_size=100, flush_interval=0.05)
     with capture_logs() as logs:
         await recorder.start()
         for i in range(50):
@@ -125,7 +144,7 @@ async def test_a_database_down_at_start_is_waited_for(tmp_path: Path) -> None:
         await store.apply_schema(pool)
         connected.set()
 
-    recorder = Recorder(dsn=dsn, flush_interval=0.05, on_connect=on_connect)
+    recorder = Recorder(database=_database(dsn, on_connect), flush_interval=0.05)
     await recorder.start()
     recorder.record(rec())
     await asyncio.sleep(0.5)
@@ -142,7 +161,8 @@ async def test_a_database_down_at_start_is_waited_for(tmp_path: Path) -> None:
 
 async def test_close_reports_rows_it_could_not_write(tmp_path: Path) -> None:
     recorder = Recorder(
-        dsn=f"postgresql://postgres@/postgres?host={tmp_path}&port=1", flush_interval=0.05
+        database=_database(f"postgresql://postgres@/postgres?host={tmp_path}&port=1"),
+        flush_interval=0.05,
     )
     await recorder.start()
     recorder.record(rec())
@@ -154,7 +174,7 @@ async def test_past_the_limit_without_a_journal_rows_are_kept_and_reported(
     tmp_path: Path,
 ) -> None:
     nowhere = f"postgresql://postgres@/postgres?host={tmp_path}&port=1"
-    recorder = Recorder(dsn=nowhere, buffer_limit=10, flush_interval=0.05)
+    recorder = Recorder(database=_database(nowhere), buffer_limit=10, flush_interval=0.05)
     with capture_logs() as logs:
         await recorder.start()
         for i in range(25):
@@ -170,7 +190,7 @@ async def test_close_against_a_stuck_database_journals_the_rest(
 ) -> None:
     journal = Journal(tmp_path / "executions.jsonl")
     blocker = await asyncpg.connect(database_url)
-    recorder = Recorder(dsn=database_url, flush_interval=0.01, journal=journal)
+    recorder = Recorder(database=_database(database_url), flush_interval=0.01, journal=journal)
     await recorder.start()
     try:
         tx = blocker.transaction()
@@ -187,7 +207,7 @@ async def test_close_against_a_stuck_database_journals_the_rest(
 
 
 async def test_a_row_the_database_rejects_does_not_block_the_others(database_url: str) -> None:
-    recorder = Recorder(dsn=database_url, flush_interval=0.05)
+    recorder = Recorder(database=_database(database_url), flush_interval=0.05)
     await recorder.start()
     recorder.record(rec(n=1))
     recorder.record(rec(n=2, attempt=0))  # violates CHECK (attempt >= 1)
@@ -205,11 +225,10 @@ async def test_a_long_outage_spills_to_the_journal_and_replays_it(
 ) -> None:
     journal = Journal(tmp_path / "journal" / "executions.jsonl")
     recorder = Recorder(
-        dsn=own_server.dsn(),
+        database=_database(own_server.dsn(), _apply_schema),
         batch_size=50,
         flush_interval=0.05,
         buffer_limit=100,
-        on_connect=_apply_schema,
         journal=journal,
     )
     await recorder.start()
@@ -231,7 +250,7 @@ async def test_close_during_an_outage_journals_and_the_next_start_replays(
 ) -> None:
     journal = Journal(tmp_path / "executions.jsonl")
     first = Recorder(
-        dsn=own_server.dsn(), flush_interval=0.05, on_connect=_apply_schema, journal=journal
+        database=_database(own_server.dsn(), _apply_schema), flush_interval=0.05, journal=journal
     )
     await first.start()
     await _until(lambda: first.pool is not None)
@@ -246,7 +265,7 @@ async def test_close_during_an_outage_journals_and_the_next_start_replays(
 
     await own_server.astart()
     second = Recorder(
-        dsn=own_server.dsn(), flush_interval=0.05, on_connect=_apply_schema, journal=journal
+        database=_database(own_server.dsn(), _apply_schema), flush_interval=0.05, journal=journal
     )
     await second.start()
     await _until(lambda: not journal.exists())

@@ -15,7 +15,7 @@ from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.actions.python import PythonAction
 from scheduler_daemon.specs.config import CommandSpec, HttpSpec, JobSpec
 
-__all__ = ["Action", "HttpClient", "Outcome", "build_action"]
+__all__ = ["Action", "ActionCache", "HttpClient", "Outcome", "build_action"]
 
 
 class Action(Protocol):
@@ -29,3 +29,20 @@ def build_action(job: JobSpec, *, http: HttpClient) -> Action:
     if isinstance(spec, CommandSpec):
         return CommandAction(spec, capture_bytes=job.capture_bytes)
     return PythonAction(spec, capture_bytes=job.capture_bytes)
+
+
+class ActionCache:
+    """One Action per job spec, built on first use and rebuilt when the spec changes (a reload
+    keeps an unchanged job's spec object, so its action is kept too)."""
+
+    def __init__(self, http: HttpClient) -> None:
+        self._http = http
+        self._actions: dict[str, tuple[JobSpec, Action]] = {}
+
+    def __call__(self, job: JobSpec) -> Action:
+        cached = self._actions.get(job.name)
+        if cached is not None and cached[0] is job:
+            return cached[1]
+        action = build_action(job, http=self._http)
+        self._actions[job.name] = (job, action)
+        return action

@@ -1,0 +1,72 @@
+"""What a reload changes: the job set's differences and the settings only a restart can change.
+
+Pure: ``plan_reload(old, new)`` compares two validated configs; the daemon applies the plan
+(scheduler, limiter, metrics, the ``jobs`` table) and logs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler_daemon.specs.config import Config, JobSpec, load_config
+
+# The database connection, its files and this node's identity are fixed for a process's life.
+RESTART_ONLY = ("database_url", "state_dir", "node", "admin", "events")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    added: tuple[str, ...]  # job names, in the new config's order
+    changed: tuple[str, ...]  # same name, different spec_hash()
+    removed: tuple[str, ...]  # sorted
+    unchanged: tuple[str, ...]
+    restart_only: tuple[str, ...]  # settings that differ but keep their running values (sorted)
+    config: Config  # what to run from now on
+
+    def scheduled(self) -> list[JobSpec]:
+        """The jobs to (re)schedule: the added and the changed ones."""
+        names = {*self.added, *self.changed}
+        return [job for job in self.config.jobs if job.name in names]
+
+
+def plan_reload(old: Config, new: Config) -> ReloadPlan:
+    """Compare ``old`` (running) with ``new`` (just loaded and valid).
+
+    The config to adopt is ``new`` with two exceptions: an unchanged job keeps its OLD spec
+    object (its scheduled entry and cached action stay valid), and a restart-only setting keeps
+    its running value."""
+    old_jobs = {job.name: job for job in old.jobs}
+    added, changed, unchanged = [], [], []
+    jobs = []
+    for job in new.jobs:
+        before = old_jobs.get(job.name)
+        if before is None:
+            added.append(job.name)
+        elif before.spec_hash() != job.spec_hash():
+            changed.append(job.name)
+        else:
+            unchanged.append(job.name)
+            job = before
+        jobs.append(job)
+    new_names = {job.name for job in new.jobs}
+    kept = {
+        key: getattr(old, key) for key in RESTART_ONLY if getattr(old, key) != getattr(new, key)
+    }
+    return ReloadPlan(
+        added=tuple(added),
+        changed=tuple(changed),
+        removed=tuple(sorted(old_jobs.keys() - new_names)),
+        unchanged=tuple(unchanged),
+        restart_only=tuple(sorted(kept)),
+        config=new.model_copy(update={"jobs": tuple(jobs), **kept}),
+    )
+
+
+def load_for_reload(path: Path) -> Config:
+    """Load a config and digest every job, in the reload's worker thread: hashing 100k specs on
+    the event loop blocked it for seconds (the comparison itself is then a string compare)."""
+    config = load_config(path)
+    for job in config.jobs:
+        job.spec_hash()
+    return config

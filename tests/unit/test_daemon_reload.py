@@ -1,0 +1,70 @@
+"""Applying a reload plan: a Daemon object, never started (no database, no process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from scheduler_daemon.operation.daemon import Daemon
+from scheduler_daemon.specs.config import load_config
+from tests.helpers import FakeClock
+
+BEFORE = """\
+database: {url: "postgresql:///nowhere"}
+node: n1
+max_concurrency: 4
+jobs:
+  kept: {every: 1h, command: ["true"]}
+  changed: {every: 1h, command: ["true"]}
+  removed: {every: 1h, command: ["true"]}
+"""
+AFTER = """\
+database: {url: "postgresql:///nowhere"}
+node: n2
+max_concurrency: 8
+jobs:
+  kept: {every: 1h, command: ["true"]}
+  changed: {every: 30m, command: ["true"]}
+  added: {every: 1h, command: ["true"]}
+"""
+
+
+async def test_a_reload_applies_the_plan_and_keeps_restart_only_settings(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(BEFORE)
+    daemon = Daemon(load_config(path), clock=FakeClock())
+    daemon.scheduler.set_jobs(daemon.config.jobs)
+    kept = daemon.config.job("kept")
+    path.write_text(AFTER)
+    with capture_logs() as logs:
+        assert await daemon.reload() is True
+    events = {e["event"]: e for e in logs}
+    assert {k: events["reload_succeeded"][k] for k in ("added", "removed", "changed")} == {
+        "added": 1,
+        "removed": 1,
+        "changed": 1,
+    }
+    assert events["reload_needs_restart"]["settings"] == ["node"]
+    assert daemon.config.node == "n1" and daemon.config.max_concurrency == 8
+    assert daemon.config.job("kept") is kept
+    assert daemon.scheduler.job("removed") is None
+    assert daemon.scheduler.job("added") is daemon.config.job("added")
+    assert daemon.scheduler.job("changed") is daemon.config.job("changed")
+    assert daemon.reload_error is None and daemon.metrics.reloads["succeeded"] == 1
+
+
+async def test_an_invalid_file_leaves_everything_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(BEFORE)
+    daemon = Daemon(load_config(path), clock=FakeClock())
+    daemon.scheduler.set_jobs(daemon.config.jobs)
+    running = daemon.config
+    path.write_text(BEFORE.replace("every: 1h", "every: soon", 1))
+    with capture_logs() as logs:
+        assert await daemon.reload() is False
+    assert [e["event"] for e in logs] == ["reload_failed"]
+    assert daemon.config is running
+    assert daemon.reload_error is not None and "1 error(s)" in daemon.reload_error
+    assert daemon.metrics.reloads["failed"] == 1
+    assert "last reload FAILED" in daemon.status_line()

@@ -1,0 +1,92 @@
+"""The reload plan: which jobs a new config adds, changes, removes or keeps, and the settings
+only a restart can change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scheduler_daemon.operation.reload import RESTART_ONLY, plan_reload
+from scheduler_daemon.specs.config import AdminSettings, Config, JobSpec
+from tests.helpers import make_job
+
+A, B, C = make_job("a"), make_job("b"), make_job("c")
+A_SLOWER = make_job("a", every=5.0)
+B_AGAIN = make_job("b")  # an equal spec in another object (the new file's)
+
+
+def config(*jobs: JobSpec, **settings: Any) -> Config:
+    fields: dict[str, Any] = {"path": Path("/etc/jobs.yaml"), "state_dir": Path("/var/lib/s")}
+    return Config(jobs=jobs, **(fields | settings))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "added", "changed", "removed", "unchanged"),
+    [
+        ((A, B), (A, B), (), (), (), ("a", "b")),
+        ((A,), (A, B), ("b",), (), (), ("a",)),
+        ((A, B), (B,), (), (), ("a",), ("b",)),
+        ((A, B), (A_SLOWER, B_AGAIN), (), ("a",), (), ("b",)),
+        ((A, B), (C, A_SLOWER), ("c",), ("a",), ("b",), ()),
+        ((), (B, A), ("b", "a"), (), (), ()),
+        ((C, B, A), (), (), (), ("a", "b", "c"), ()),
+    ],
+    ids=["same", "add", "remove", "change", "all-three", "from-empty", "to-empty"],
+)
+def test_jobs_are_told_apart_by_name_and_spec_hash(
+    old: tuple[JobSpec, ...],
+    new: tuple[JobSpec, ...],
+    added: tuple[str, ...],
+    changed: tuple[str, ...],
+    removed: tuple[str, ...],
+    unchanged: tuple[str, ...],
+) -> None:
+    plan = plan_reload(config(*old), config(*new))
+    assert (plan.added, plan.changed, plan.removed, plan.unchanged) == (
+        added,
+        changed,
+        removed,
+        unchanged,
+    )
+    assert [job.name for job in plan.config.jobs] == [job.name for job in new]
+    assert [job.name for job in plan.scheduled()] == [
+        job.name for job in new if job.name in {*added, *changed}
+    ]
+
+
+def test_unchanged_jobs_keep_their_old_spec_object() -> None:
+    plan = plan_reload(config(A, B), config(A_SLOWER, B_AGAIN))
+    a, b = plan.config.jobs
+    assert a is A_SLOWER  # changed: the new spec
+    assert b is B and b is not B_AGAIN  # unchanged: scheduled entries and cached actions stay
+
+
+ADMIN = AdminSettings(host="127.0.0.1", port=8089)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "restart_only"),
+    [
+        ({}, {}, ()),
+        ({}, {"max_concurrency": 8, "shutdown_grace": 5.0, "timezone": "Europe/Paris"}, ()),
+        ({"database_url": "postgresql:///a"}, {"database_url": "postgresql:///b"},
+         ("database_url",)),
+        ({}, {"state_dir": Path("/srv/s")}, ("state_dir",)),
+        ({"node": "n1"}, {"node": "n2", "events": False}, ("events", "node")),
+        ({}, {"admin": ADMIN}, ("admin",)),
+        ({"admin": ADMIN}, {}, ("admin",)),
+    ],
+    ids=["none", "reloadable", "database", "state_dir", "node+events", "admin-on", "admin-off"],
+)  # fmt: skip
+def test_restart_only_settings_keep_their_running_values(
+    old: dict[str, Any], new: dict[str, Any], restart_only: tuple[str, ...]
+) -> None:
+    running, loaded = config(A, **old), config(A, **new)
+    plan = plan_reload(running, loaded)
+    assert plan.restart_only == restart_only
+    for key in RESTART_ONLY:
+        assert getattr(plan.config, key) == getattr(running, key)
+    for key in ("max_concurrency", "shutdown_grace", "timezone"):
+        assert getattr(plan.config, key) == getattr(loaded, key)
