@@ -26,11 +26,11 @@ from aiohttp import web
 
 from scheduler_daemon.operation.daemon import Daemon
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
-from scheduler_daemon.specs.config import load_config
+from scheduler_daemon.specs import load_config
 from scheduler_daemon.storage import store
 
 if TYPE_CHECKING:
-    from scheduler_daemon.specs.config import JobSpec
+    from scheduler_daemon.specs import JobSpec
 
 REPO = Path(__file__).resolve().parent.parent
 DAEMON = Path(sys.executable).with_name("scheduler-daemon")
@@ -141,7 +141,7 @@ def _done(waiter: asyncio.Future[None] | _Timer) -> bool:
 
 def make_job(name: str = "job", **fields: object) -> JobSpec:
     """A JobSpec with a harmless default action and schedule; override any field."""
-    from scheduler_daemon.specs.config import CommandSpec, JobSpec
+    from scheduler_daemon.specs import CommandSpec, JobSpec
 
     fields.setdefault("action", CommandSpec(argv=("true",)))
     if not any(k in fields for k in ("cron", "every", "at")):

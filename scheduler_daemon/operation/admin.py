@@ -25,7 +25,7 @@ from scheduler_daemon.operation.metrics import Metrics
 from scheduler_daemon.operation.openapi import SPEC
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
 from scheduler_daemon.running.runner import Fire
-from scheduler_daemon.specs.config import AdminSettings, Config, Invalid, JobSpec, parse_duration
+from scheduler_daemon.specs import AdminSpec, Config, Invalid, JobSpec, parse_duration
 from scheduler_daemon.storage import queries, store
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
@@ -544,7 +544,7 @@ def _parse_instant(value: Any, key: str) -> datetime | None:
         raise ApiError(400, "bad_parameter", f"{key}: out of range") from None
 
 
-async def start_server(target: Controlled, settings: AdminSettings) -> web.AppRunner:
+async def start_server(target: Controlled, settings: AdminSpec) -> web.AppRunner:
     runner = web.AppRunner(build_app(target), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site: web.BaseSite

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from scheduler_daemon import __version__
 from scheduler_daemon.errors import ConfigError, SchedulerDaemonError
 from scheduler_daemon.logs import configure_logging
-from scheduler_daemon.specs.config import Config, JobSpec, load_config
+from scheduler_daemon.specs import Config, JobSpec, load_config
 from scheduler_daemon.timing.schedules import build_schedule
 
 

@@ -28,7 +28,7 @@ from scheduler_daemon.running.actions.http import HttpClient
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire, Runner
-from scheduler_daemon.specs.config import AdminSettings, Config, JobSpec, load_config
+from scheduler_daemon.specs import AdminSpec, Config, JobSpec, load_config
 from scheduler_daemon.storage import queries, store
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from scheduler_daemon.storage.journal import Journal
@@ -175,7 +175,7 @@ class Daemon:
             await self._clock.sleep(RUNNING_ROWS_EVERY)
             self._runner.announce_running()
 
-    async def _start_admin(self, settings: AdminSettings) -> None:
+    async def _start_admin(self, settings: AdminSpec) -> None:
         try:
             self._admin = await admin.start_server(self, settings)
         except OSError as exc:
@@ -545,7 +545,7 @@ CONTROL_POLL = 2.0
 RUNNING_ROWS_EVERY = 0.2
 
 # The database connection, its files and this node's identity are fixed for a process's life.
-RESTART_ONLY = ("database_url", "state_dir", "node", "admin", "events")
+RESTART_ONLY = ("database", "state_dir", "node", "admin", "events")
 
 
 def _load_and_hash(path: Path) -> Config:

@@ -11,7 +11,7 @@ import structlog
 
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
 from scheduler_daemon.running.runner import RecordSink, Runner
-from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.timing.catchup import CatchUpPlan, plan_catch_up
 from scheduler_daemon.timing.schedules import build_schedule
 

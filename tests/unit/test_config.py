@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from scheduler_daemon.errors import ConfigError
-from scheduler_daemon.specs.config import (
+from scheduler_daemon.specs import (
     CommandSpec,
     HttpSpec,
     PythonSpec,
-    RetryPolicy,
+    RetrySpec,
     load_config,
     parse_duration,
 )
@@ -93,7 +93,7 @@ def test_a_full_config_loads_into_frozen_objects(tmp_path: Path) -> None:
         30.0,
         "Europe/Berlin",
     )
-    assert prices.retry == RetryPolicy(attempts=5, delay=2, backoff=2, max_delay=60, jitter=0.1)
+    assert prices.retry == RetrySpec(attempts=5, delay=2, backoff=2, max_delay=60, jitter=0.1)
     assert prices.action == HttpSpec(
         method="POST",
         url="https://api.example.com/prices",
