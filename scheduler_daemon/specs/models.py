@@ -16,11 +16,12 @@ from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from scheduler_daemon.specs import values as v
 from scheduler_daemon.specs.cron import REBOOT
 from scheduler_daemon.specs.redaction import redact
-from scheduler_daemon.specs.spec import Problem, Spec, problems_error, problems_of
+from scheduler_daemon.specs.spec import PROBLEM, Problem, Spec, problems_error, problems_of
 
 Overlap = Literal["skip", "allow", "replace"]
 Priority = Literal["high", "normal", "low"]
@@ -305,8 +306,10 @@ class Config(Spec):
     def _jobs_by_name(
         cls, value: Any, handler: Callable[[Any], tuple[JobSpec, ...]], info: ValidationInfo
     ) -> tuple[JobSpec, ...]:
+        if isinstance(value, tuple | list) and all(isinstance(job, JobSpec) for job in value):
+            return handler(value)  # jobs built in code
         if not isinstance(value, dict):
-            return handler(value)  # jobs built in code (or a wrong type, worded by the handler)
+            raise PydanticCustomError(PROBLEM, f"expected a mapping of jobs, got {v.got(value)}")
         defaults: dict[str, Any] = info.data.get("defaults", {})
         timezone: str = info.data.get("timezone", "UTC")
         jobs: list[JobSpec] = []
