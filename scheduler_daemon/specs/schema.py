@@ -24,7 +24,8 @@ def config_schema() -> dict[str, Any]:
     if not job["required"]:
         del job["required"]
     job["description"] = (
-        "A job: exactly one schedule (cron, every, at) and one action (http, command, shell, python)"
+        "A job: exactly one schedule (cron, every, at) "
+        "and one action (http, command, shell, python)"
     )
     properties = schema["properties"]
     properties["jobs"] = {

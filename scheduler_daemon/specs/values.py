@@ -43,7 +43,8 @@ def got(value: Any) -> str:
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-DURATION_TEXT = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*)+$"
+# Each part ends in its unit, so the pattern cannot backtrack badly (editors run it as you type).
+DURATION_TEXT = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$|^\s*\d+(\.\d+)?\s*$"
 
 
 def parse_duration(value: Any) -> float:
