@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} error(s) in {getattr(args, 'config', '')}", file=sys.stderr)
+        print(f"{len(exc.problems)} error(s) in {args.config}", file=sys.stderr)
         return 1
     except SchedulerDaemonError as exc:
         _print_error(exc, debug=args.debug)

@@ -103,21 +103,23 @@ def _with_environment(
     data: dict[str, Any], environ: Mapping[str, str]
 ) -> tuple[dict[str, Any], dict[Loc, str]]:
     """The file's settings with the environment's over them, and which ones it set."""
-    data = dict(data)
     overridden: dict[Loc, str] = {}
     for var, loc in ENV_OVERRIDES.items():
         value = environ.get(var)
-        if not value:
-            continue
-        node = data
-        for key in loc[:-1]:
-            inner = node.get(str(key))
-            node[str(key)] = node = dict(inner) if isinstance(inner, dict) else {}
-        node[str(loc[-1])] = _typed(value)
-        overridden[loc] = var
+        if value:
+            data = _with(data, loc, _typed(value))
+            overridden[loc] = var
     if "state_dir" not in data and environ.get("STATE_DIRECTORY"):
-        data["state_dir"] = environ["STATE_DIRECTORY"]  # systemd's StateDirectory=
+        data = {**data, "state_dir": environ["STATE_DIRECTORY"]}  # systemd's StateDirectory=
     return data, overridden
+
+
+def _with(data: Any, loc: Loc, value: Any) -> dict[str, Any]:
+    """A copy of the mapping ``data`` (or a new one) with ``value`` at ``loc``."""
+    node = dict(data) if isinstance(data, dict) else {}
+    key = str(loc[0])
+    node[key] = _with(node.get(key), loc[1:], value) if len(loc) > 1 else value
+    return node
 
 
 def _typed(text: str) -> Any:

@@ -145,7 +145,7 @@ class JobSpec(CommandOptions, PythonOptions):
         if isinstance(action, PythonSpec):
             return {**fields, "python": action.target, "args": action.args}
         if isinstance(action, CommandSpec):
-            own = action.model_dump(exclude_unset=True, exclude={"argv"})
+            own = action.model_dump(exclude_none=True, exclude={"argv"})
             command = {"command": action.argv} if action.argv is not None else {}
             return {**fields, **own, **command}
         return data
@@ -173,6 +173,13 @@ class JobSpec(CommandOptions, PythonOptions):
             if key in data and kind != "python":
                 problems.append(((key,), f"`{key}` only applies to python jobs"))
         return problems
+
+    def __eq__(self, other: object) -> bool:
+        # Fields only: the derived action, digest and templates are caches of them.
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(self.spec_hash())
 
     @property
     def action(self) -> ActionSpec:

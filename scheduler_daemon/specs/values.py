@@ -7,6 +7,7 @@ Each kind is a ``Value`` used as ``Annotated`` metadata on a spec field: it repl
 
 from __future__ import annotations
 
+import abc
 import functools
 import ipaddress
 import re
@@ -73,14 +74,15 @@ def _duration_text(value: str) -> float | None:
         return None
 
 
-class Value:
+class Value(abc.ABC):
     """A kind of config value, used as ``Annotated`` metadata: its parser and its JSON Schema."""
 
+    @abc.abstractmethod
     def convert(self, value: Any, context: Mapping[str, Any]) -> Any:
-        raise NotImplementedError
+        """The value as the spec keeps it; raise Invalid ("expected X, got Y") if it is none."""
 
-    def json_schema(self) -> JsonSchemaValue:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def json_schema(self) -> JsonSchemaValue: ...
 
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
@@ -248,7 +250,10 @@ class OneOf(Value):
     def __get_pydantic_json_schema__(
         self, schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        return handler(schema)
+        return handler(schema)  # the Literal's: this annotation instance has no options yet
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"enum": list(self.options)}
 
     def convert(self, value: Any, context: Mapping[str, Any]) -> str:
         if value not in self.options:

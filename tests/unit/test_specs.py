@@ -135,3 +135,17 @@ def test_a_job_may_not_name_itself(tmp_path: Path) -> None:
     assert problems == [
         f"{tmp_path / 'config.yaml'}:5: jobs.a.name: unknown key 'name' (a job is named by its key)"
     ]
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        JobSpec(name="c", every=1.0, command=("x",), env={"A": "b"}),
+        JobSpec(name="s", every=1.0, shell="ls", cwd="/tmp"),
+        JobSpec(name="p", every=1.0, python="m:f", args={"n": 1}),
+        JobSpec(name="h", every=1.0, http=HttpSpec(url="http://x", json_body={"a": 1})),
+    ],
+    ids=lambda job: job.name,
+)
+def test_a_jobs_action_builds_the_same_job(job: JobSpec) -> None:
+    assert JobSpec(name=job.name, every=1.0, action=job.action) == job  # type: ignore[call-arg]
