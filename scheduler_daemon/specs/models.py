@@ -28,7 +28,7 @@ Priority = Literal["high", "normal", "low"]
 CatchUp = Literal["none", "latest", "all"]
 
 Seconds = Annotated[float, v.Duration()]
-OptionalSeconds = Annotated[float | None, v.Duration(optional=True)]
+PositiveSecondsOrNone = Annotated[float | None, v.Duration(positive=True, optional=True)]
 StrMap = Annotated[dict[str, str], v.StrMap()]
 
 SCHEDULE_KEYS = ("cron", "every", "at")
@@ -99,7 +99,7 @@ class JobSpec(CommandOptions, PythonOptions):
     timezone: Annotated[str, v.Zone()] = "UTC"  # resolved: the job's own or the config's
     at: Annotated[datetime | None, v.DateTime()] = None  # aware: naive is in `timezone`
     enabled: Annotated[bool, v.Boolean()] = True
-    timeout: Annotated[float | None, v.Duration(positive=True, optional=True)] = None  # per try
+    timeout: PositiveSecondsOrNone = None  # per attempt; none: no timeout
     retry: RetrySpec = RetrySpec()  # frozen: one instance shared by every job without `retry`
     overlap: Annotated[Overlap, v.OneOf()] = "skip"  # a fire while the job still runs
     max_instances: Annotated[int, v.Integer(1)] = 1  # with overlap: allow
@@ -108,7 +108,7 @@ class JobSpec(CommandOptions, PythonOptions):
     # After downtime: run none, the latest, or all of the fires missed meanwhile.
     catch_up: Annotated[CatchUp, v.OneOf()] = "latest"
     catch_up_limit: Annotated[int, v.Integer(0)] = 100  # most fires run or recorded as missed
-    starting_deadline: OptionalSeconds = None  # a fire later than this is not run
+    starting_deadline: PositiveSecondsOrNone = None  # a fire later than this is not run
     # Fire once at every start; cron "@reboot" implies it.
     run_on_start: Annotated[bool, v.Boolean()] = Field(default=False, validate_default=True)
     # The action: exactly one of these (`shell:` comes with the command options).

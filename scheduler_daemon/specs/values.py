@@ -426,9 +426,7 @@ class Statuses(Value):
 
 
 class Body(Value):
-    def convert(self, value: Any, context: Mapping[str, Any]) -> str | None:
-        if value is None:
-            return None
+    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
         if not isinstance(value, str):
             raise Invalid(f"expected a string (use `json:` for structured data), got {got(value)}")
         return value

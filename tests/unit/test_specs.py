@@ -50,6 +50,9 @@ BROKEN_JOBS: list[tuple[dict[str, Any], str, str]] = [
     ({"every": "1s", "shell": "x", "retry": {"atempts": 2}}, "retry.atempts", "'attempts'?"),
     ({"every": "1s", "shell": "x", "retry": [1]}, "retry", "expected a mapping, got a list"),
     ({"every": "1s", "shell": "x", "overlap": "sometimes"}, "overlap", "skip, allow, replace"),
+    ({"every": "1s", "shell": "x", "starting_deadline": 0}, "starting_deadline", "> 0, got 0"),
+    ({"every": "1s", "http": {"url": "http://x", "body": None}}, "http.body", "got nothing"),
+    ({"every": "1s", "shell": None}, "shell", "expected a non-empty string, got nothing (null)"),
 ]
 
 
