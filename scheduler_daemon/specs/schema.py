@@ -1,8 +1,8 @@
 """The JSON Schema of config.yaml, from the spec models, for editors (YAML language server).
 
-pydantic describes the models as Python builds them; two places read differently in a file:
-`jobs:` is a mapping of name → job (the name is the key, not a field), and `defaults:` takes any
-job field but the schedule and the action.
+pydantic describes the models as Python builds them; three things read differently in a file:
+`jobs:` is a mapping of name → job (the name is the key, not a field), `defaults:` takes any job
+field but the schedule and the action, and a job has exactly one schedule and one action.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ def config_schema() -> dict[str, Any]:
     job["required"] = [key for key in job.get("required", []) if key != "name"]
     if not job["required"]:
         del job["required"]
+    job["allOf"] = [
+        {"oneOf": [{"required": [key]} for key in SCHEDULE_KEYS]},
+        {"oneOf": [{"required": [key]} for key in ACTION_KEYS]},
+    ]
     job["description"] = (
         "A job: exactly one schedule (cron, every, at) "
         "and one action (http, command, shell, python)"

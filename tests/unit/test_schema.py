@@ -54,6 +54,9 @@ JOB = {"every": "10s", "command": ["true"]}
         {"jobs": {"a": JOB}, "defaults": {"every": "1s"}},  # no schedule from defaults
         {"jobs": {"a": JOB}, "admin": {"token": "x"}},  # listen is required
         {"defaults": {}},  # no jobs
+        {"jobs": {"a": {"every": "1s"}}},  # no action
+        {"jobs": {"a": {**JOB, "shell": "x"}}},  # two actions
+        {"jobs": {"a": {**JOB, "cron": "* * * * *"}}},  # two schedules
     ],
 )
 def test_the_schema_rejects_mistakes(validator: Any, config: dict[str, Any]) -> None:
