@@ -313,8 +313,8 @@ class Config(Spec):
     def _jobs_by_name(
         cls, value: Any, handler: Callable[[Any], tuple[JobSpec, ...]], info: ValidationInfo
     ) -> tuple[JobSpec, ...]:
-        if isinstance(value, tuple | list) and all(isinstance(job, JobSpec) for job in value):
-            return handler(value)  # jobs built in code
+        if isinstance(value, tuple) and all(isinstance(job, JobSpec) for job in value):
+            return handler(value)  # jobs built in code (a file or JSON names them: a mapping)
         if not isinstance(value, dict):
             raise PydanticCustomError(PROBLEM, f"expected a mapping of jobs, got {v.got(value)}")
         defaults: dict[str, Any] = info.data.get("defaults", {})

@@ -314,6 +314,15 @@ def test_state_dir_defaults_to_systemd_state_directory(tmp_path: Path) -> None:
             "got 'forever'",
         ),
         ("jobs:\n  a: [1, 2]\n", 2, "jobs.a", "expected a mapping of job fields, got a list"),
+        ("jobs: []\n", 1, "jobs", "expected a mapping of jobs, got a list"),
+        ("database: {url: 'mysql://x'}\njobs: {}\n", 1, "database.url", "a postgresql:// URL"),
+        ("database: {uri: x}\njobs: {}\n", 1, "database.uri", "did you mean 'url'?"),
+        (
+            "jobs:\n  a:\n    every: 1s\n    command: [x]\n    starting_deadline: 0\n",
+            5,
+            "jobs.a.starting_deadline",
+            "expected a duration > 0, got 0",
+        ),
     ],
 )
 def test_broken_configs_name_file_line_and_field(
