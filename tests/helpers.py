@@ -26,11 +26,11 @@ from aiohttp import web
 
 from scheduler_daemon.operation.daemon import Daemon
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
-from scheduler_daemon.specs.config import load_config
+from scheduler_daemon.specs import Config, load_config
 from scheduler_daemon.storage import store
 
 if TYPE_CHECKING:
-    from scheduler_daemon.specs.config import JobSpec
+    from scheduler_daemon.specs import JobSpec
 
 REPO = Path(__file__).resolve().parent.parent
 DAEMON = Path(sys.executable).with_name("scheduler-daemon")
@@ -139,9 +139,21 @@ def _done(waiter: asyncio.Future[None] | _Timer) -> bool:
     return waiter.cancelled if isinstance(waiter, _Timer) else waiter.done()
 
 
+def make_config(
+    *jobs: JobSpec, path: Path = Path("/etc/scheduler/config.yaml"), **settings: Any
+) -> Config:
+    """A validated Config holding ``jobs``; other settings as the model's fields
+    (``database=DatabaseSpec(url=...)``, ``admin=AdminSpec(listen=...)``, ``state_dir=Path``)."""
+    state_dir = settings.pop("state_dir", Path("/var/lib/scheduler"))
+    base = Config.model_validate(
+        {"state_dir": str(state_dir), "jobs": {}}, context={"path": path, "base": path.parent}
+    )
+    return base.model_copy(update={"jobs": tuple(jobs), **settings})
+
+
 def make_job(name: str = "job", **fields: object) -> JobSpec:
     """A JobSpec with a harmless default action and schedule; override any field."""
-    from scheduler_daemon.specs.config import CommandSpec, JobSpec
+    from scheduler_daemon.specs import CommandSpec, JobSpec
 
     fields.setdefault("action", CommandSpec(argv=("true",)))
     if not any(k in fields for k in ("cron", "every", "at")):

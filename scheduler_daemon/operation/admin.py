@@ -29,7 +29,7 @@ from scheduler_daemon.operation.openapi import Reply, Route, document
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire
-from scheduler_daemon.specs.config import AdminSettings, Config, JobSpec
+from scheduler_daemon.specs import AdminSpec, Config, JobSpec
 from scheduler_daemon.storage import queries, store
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
@@ -556,7 +556,7 @@ def spec() -> dict[str, Any]:
     return document(ROUTES, _INFO)
 
 
-async def start_server(target: Controlled, settings: AdminSettings) -> web.AppRunner:
+async def start_server(target: Controlled, settings: AdminSpec) -> web.AppRunner:
     runner = web.AppRunner(build_app(target), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site: web.BaseSite

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from scheduler_daemon.running.records import FireKind, Status
-from scheduler_daemon.specs.config import Invalid, parse_duration
+from scheduler_daemon.specs import Invalid, parse_duration
 from scheduler_daemon.storage import rows
 from scheduler_daemon.storage.queries import RunState
 

@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo
 from scheduler_daemon import __version__
 from scheduler_daemon.errors import ConfigError, SchedulerDaemonError
 from scheduler_daemon.logs import configure_logging
-from scheduler_daemon.specs.config import Config, JobSpec, load_config
+from scheduler_daemon.specs import Config, JobSpec, load_config
+from scheduler_daemon.specs.schema import config_schema
 from scheduler_daemon.timing.schedules import build_schedule
 
 
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("pause", "resume"):
         p = with_config(sub.add_parser(verb, help=f"{verb} a job (kept across restarts)"))
         p.add_argument("job", metavar="JOB")
+    sub.add_parser(
+        "schema", help="print the config's JSON Schema (for editors: yaml-language-server)"
+    )
     db = sub.add_parser("db", help="database commands")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     with_config(db_sub.add_parser("init", help="apply schema.sql (idempotent; run does it too)"))
@@ -97,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "schema":
+        print(json.dumps(config_schema(), indent=2))
+        return 0
     if args.command == "run":
         from scheduler_daemon.operation.daemon import run_daemon
 

@@ -18,7 +18,7 @@ import asyncpg
 
 from scheduler_daemon.errors import SchedulerDaemonError
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
-from scheduler_daemon.specs.config import Config, JobSpec
+from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.storage import queries
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.timing.schedule_text import schedule_in_words

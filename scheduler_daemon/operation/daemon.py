@@ -33,7 +33,7 @@ from scheduler_daemon.running.actions import ActionCache, HttpClient
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire, Runner
-from scheduler_daemon.specs.config import Config, JobSpec, load_config
+from scheduler_daemon.specs import Config, JobSpec, load_config
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.storage.journal import Journal

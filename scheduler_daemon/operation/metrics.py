@@ -31,7 +31,7 @@ from prometheus_client.utils import floatToGoString
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import ExecutionRecord, Status
 from scheduler_daemon.running.runner import Runner
-from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage.recorder import Recorder
 from scheduler_daemon.timing.clock import Clock
 

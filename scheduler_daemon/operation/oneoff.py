@@ -20,7 +20,7 @@ import asyncpg
 import structlog
 
 from scheduler_daemon.running.records import FireKind
-from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage import queries, store
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.timing.clock import Clock

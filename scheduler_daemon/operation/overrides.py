@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from scheduler_daemon.specs.config import CommandSpec, HttpSpec, JobSpec
+from scheduler_daemon.specs import CommandSpec, HttpSpec, JobSpec
 
 
 class BadOverrides(ValueError):

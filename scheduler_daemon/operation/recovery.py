@@ -18,7 +18,7 @@ from scheduler_daemon.operation.oneoff import OneOffRuns
 from scheduler_daemon.operation.pauses import Pauses
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
 from scheduler_daemon.running.runner import RecordSink, Runner
-from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage import queries, store
 from scheduler_daemon.storage.recorder import Recorder
 from scheduler_daemon.timing.catchup import CatchUpPlan, plan_catch_up

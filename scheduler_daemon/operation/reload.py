@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler_daemon.specs.config import Config, JobSpec, load_config
+from scheduler_daemon.specs import Config, JobSpec, load_config
 
 # The database connection, its files and this node's identity are fixed for a process's life.
-RESTART_ONLY = ("database_url", "state_dir", "node", "admin", "events")
+RESTART_ONLY = ("database", "state_dir", "node", "admin", "events")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from scheduler_daemon.specs.config import Priority
+from scheduler_daemon.specs import Priority
 
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
 

@@ -22,7 +22,7 @@ from scheduler_daemon.running.actions import Action
 from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
-from scheduler_daemon.specs.config import JobSpec, RetryPolicy
+from scheduler_daemon.specs import JobSpec, RetrySpec
 from scheduler_daemon.timing.clock import Clock
 
 log = structlog.get_logger("scheduler_daemon.running.runner")
@@ -54,7 +54,7 @@ class _NoObserver:
 ActionFor = Callable[[JobSpec], Action]
 
 
-def backoff_delay(policy: RetryPolicy, failed_attempt: int, rng: random.Random) -> float:
+def backoff_delay(policy: RetrySpec, failed_attempt: int, rng: random.Random) -> float:
     """Seconds to wait after attempt ``failed_attempt`` (1-based) failed.
 
     Exponential from ``delay`` by ``backoff``, capped at ``max_delay``, then ± ``jitter``.

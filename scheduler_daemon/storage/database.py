@@ -18,7 +18,7 @@ from types import TracebackType
 import asyncpg
 import structlog
 
-from scheduler_daemon.specs.config import Config
+from scheduler_daemon.specs import Config
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from scheduler_daemon.timing.clock import Clock, SystemClock

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from scheduler_daemon.running.records import ExecutionRecord, Status
-from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage import rows
 
 # What a query raises when the database is away, slow or restarting (not a bug, not bad data).

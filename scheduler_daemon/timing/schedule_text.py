@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cron_descriptor import CasingTypeEnum, ExpressionDescriptor, Options
 
-from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.specs.cron import REBOOT
 from scheduler_daemon.timing.schedules import format_seconds
 

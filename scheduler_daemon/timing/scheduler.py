@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.timing.clock import Clock
 from scheduler_daemon.timing.schedules import Schedule, build_schedule
 

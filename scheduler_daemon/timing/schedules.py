@@ -16,7 +16,7 @@ from croniter import CroniterBadDateError, croniter
 from scheduler_daemon.specs.cron import REBOOT, expand_cron, validate_cron
 
 if TYPE_CHECKING:
-    from scheduler_daemon.specs.config import JobSpec
+    from scheduler_daemon.specs import JobSpec
 
 _MICRO = timedelta(microseconds=1)
 _CHUNK = timedelta(days=7)  # no zone has two offset changes within a week

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from scheduler_daemon.operation.daemon import Daemon
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
-from scheduler_daemon.specs.config import load_config
+from scheduler_daemon.specs import load_config
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.journal import Journal
 from tests.helpers import processes_with, start_daemon, wait_until

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from scheduler_daemon.operation.daemon import Daemon
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
-from scheduler_daemon.specs.config import load_config
+from scheduler_daemon.specs import load_config
 from scheduler_daemon.storage import store
 from tests.helpers import (
     ADMIN_TOKEN,

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from scheduler_daemon.operation.daemon import Daemon
 from scheduler_daemon.operation.notify import Notifier
-from scheduler_daemon.specs.config import load_config
+from scheduler_daemon.specs import load_config
 from scheduler_daemon.timing.clock import Clock
 
 

@@ -9,12 +9,15 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from scheduler_daemon.specs.config import Config
+from scheduler_daemon.specs import Config, DatabaseSpec
 from scheduler_daemon.storage.database import Database, open_database
+from tests.helpers import make_config
 
 
 def config(tmp_path: Path, url: str) -> Config:
-    return Config(path=tmp_path / "config.yaml", state_dir=tmp_path, database_url=url)
+    return make_config(
+        path=tmp_path / "config.yaml", state_dir=tmp_path, database=DatabaseSpec(url=url)
+    )
 
 
 async def test_open_database_applies_the_schema_on_connect(

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from scheduler_daemon.running.records import FireKind, Status
-from scheduler_daemon.specs.config import HttpSpec
+from scheduler_daemon.specs import HttpSpec
 from scheduler_daemon.storage import queries, store
 from tests.helpers import T, make_job, rec
 

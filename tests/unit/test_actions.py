@@ -21,7 +21,7 @@ from scheduler_daemon.running.actions.command import CommandAction
 from scheduler_daemon.running.actions.http import HttpAction
 from scheduler_daemon.running.actions.python import PythonAction
 from scheduler_daemon.running.records import Status
-from scheduler_daemon.specs.config import CommandSpec, HttpSpec, PythonSpec
+from scheduler_daemon.specs import CommandSpec, HttpSpec, PythonSpec
 from tests.helpers import make_job, serve_locally
 
 HUGE = 200 * 1024 * 1024

@@ -23,7 +23,7 @@ from scheduler_daemon.operation.admin import ROUTES, build_app, spec
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire
-from scheduler_daemon.specs.config import Config, JobSpec, load_config
+from scheduler_daemon.specs import Config, JobSpec, load_config
 from scheduler_daemon.storage.queries import OneOffRun
 from tests.helpers import ADMIN_TOKEN, AUTH, ENV, T, write_config
 

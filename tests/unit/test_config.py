@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from scheduler_daemon.errors import ConfigError
-from scheduler_daemon.specs.config import (
+from scheduler_daemon.specs import (
     CommandSpec,
     HttpSpec,
     PythonSpec,
-    RetryPolicy,
+    RetrySpec,
     load_config,
     parse_duration,
 )
@@ -93,7 +93,7 @@ def test_a_full_config_loads_into_frozen_objects(tmp_path: Path) -> None:
         30.0,
         "Europe/Berlin",
     )
-    assert prices.retry == RetryPolicy(attempts=5, delay=2, backoff=2, max_delay=60, jitter=0.1)
+    assert prices.retry == RetrySpec(attempts=5, delay=2, backoff=2, max_delay=60, jitter=0.1)
     assert prices.action == HttpSpec(
         method="POST",
         url="https://api.example.com/prices",
@@ -314,6 +314,15 @@ def test_state_dir_defaults_to_systemd_state_directory(tmp_path: Path) -> None:
             "got 'forever'",
         ),
         ("jobs:\n  a: [1, 2]\n", 2, "jobs.a", "expected a mapping of job fields, got a list"),
+        ("jobs: []\n", 1, "jobs", "expected a mapping of jobs, got a list"),
+        ("database: {url: 'mysql://x'}\njobs: {}\n", 1, "database.url", "a postgresql:// URL"),
+        ("database: {uri: x}\njobs: {}\n", 1, "database.uri", "did you mean 'url'?"),
+        (
+            "jobs:\n  a:\n    every: 1s\n    command: [x]\n    starting_deadline: 0\n",
+            5,
+            "jobs.a.starting_deadline",
+            "expected a duration > 0, got 0",
+        ),
     ],
 )
 def test_broken_configs_name_file_line_and_field(

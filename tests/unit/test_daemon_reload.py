@@ -7,7 +7,7 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from scheduler_daemon.operation.daemon import Daemon
-from scheduler_daemon.specs.config import load_config
+from scheduler_daemon.specs import load_config
 from tests.helpers import FakeClock
 
 BEFORE = """\

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from scheduler_daemon.operation.oneoff import RUN_CLAIM_RETRY, OneOffRuns
 from scheduler_daemon.running.records import FireKind
-from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage.queries import OneOffRun
 from tests.helpers import FakeClock, make_job
 

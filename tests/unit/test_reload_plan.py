@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from scheduler_daemon.operation.reload import RESTART_ONLY, plan_reload
-from scheduler_daemon.specs.config import AdminSettings, Config, JobSpec
-from tests.helpers import make_job
+from scheduler_daemon.specs import AdminSpec, Config, DatabaseSpec, JobSpec
+from tests.helpers import make_config, make_job
 
 A, B, C = make_job("a"), make_job("b"), make_job("c")
 A_SLOWER = make_job("a", every=5.0)
@@ -18,8 +18,7 @@ B_AGAIN = make_job("b")  # an equal spec in another object (the new file's)
 
 
 def config(*jobs: JobSpec, **settings: Any) -> Config:
-    fields: dict[str, Any] = {"path": Path("/etc/jobs.yaml"), "state_dir": Path("/var/lib/s")}
-    return Config(jobs=jobs, **(fields | settings))
+    return make_config(*jobs, **settings)
 
 
 @pytest.mark.parametrize(
@@ -63,7 +62,7 @@ def test_unchanged_jobs_keep_their_old_spec_object() -> None:
     assert b is B and b is not B_AGAIN  # unchanged: scheduled entries and cached actions stay
 
 
-ADMIN = AdminSettings(host="127.0.0.1", port=8089)
+ADMIN = AdminSpec.model_validate({"listen": "127.0.0.1:8089"})
 
 
 @pytest.mark.parametrize(
@@ -71,8 +70,8 @@ ADMIN = AdminSettings(host="127.0.0.1", port=8089)
     [
         ({}, {}, ()),
         ({}, {"max_concurrency": 8, "shutdown_grace": 5.0, "timezone": "Europe/Paris"}, ()),
-        ({"database_url": "postgresql:///a"}, {"database_url": "postgresql:///b"},
-         ("database_url",)),
+        ({"database": DatabaseSpec(url="postgresql:///a")},
+         {"database": DatabaseSpec(url="postgresql:///b")}, ("database",)),
         ({}, {"state_dir": Path("/srv/s")}, ("state_dir",)),
         ({"node": "n1"}, {"node": "n2", "events": False}, ("events", "node")),
         ({}, {"admin": ADMIN}, ("admin",)),

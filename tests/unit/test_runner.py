@@ -13,7 +13,7 @@ from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
 from scheduler_daemon.running.runner import Runner, backoff_delay
-from scheduler_daemon.specs.config import JobSpec, RetryPolicy
+from scheduler_daemon.specs import JobSpec, RetrySpec
 from tests.helpers import FakeClock, make_job
 
 T0 = 1_767_225_600.0
@@ -105,7 +105,7 @@ async def test_a_successful_fire_is_one_record_with_drift_and_duration(rig: Rig)
 
 async def test_retries_are_spaced_by_exponential_backoff(rig: Rig) -> None:
     action = rig.script("j", (1, FAIL), (1, FAIL), (1, FAIL), (1, OK))
-    job = make_job("j", retry=RetryPolicy(attempts=4, delay=2, backoff=3, max_delay=10))
+    job = make_job("j", retry=RetrySpec(attempts=4, delay=2, backoff=3, max_delay=10))
     rig.fire(job)
     await rig.clock.advance(100)
     # attempt n+1 starts `delay * backoff**(n-1)` (capped at max_delay) after attempt n finished
@@ -120,14 +120,14 @@ async def test_retries_are_spaced_by_exponential_backoff(rig: Rig) -> None:
 
 async def test_retries_stop_after_the_configured_attempts(rig: Rig) -> None:
     rig.script("j", (0, FAIL))
-    rig.fire(make_job("j", retry=RetryPolicy(attempts=3, delay=1)))
+    rig.fire(make_job("j", retry=RetrySpec(attempts=3, delay=1)))
     await rig.clock.advance(100)
     assert rig.sink.statuses() == ["failed"] * 3
 
 
 async def test_a_non_retryable_failure_is_not_retried(rig: Rig) -> None:
     rig.script("j", (0, FATAL))
-    rig.fire(make_job("j", retry=RetryPolicy(attempts=5, delay=1)))
+    rig.fire(make_job("j", retry=RetrySpec(attempts=5, delay=1)))
     await rig.clock.advance(100)
     [rec] = rig.sink.records
     assert rec.status is Status.FAILED and rec.http_status == 404 and rec.error == "HTTP 404"
@@ -136,13 +136,13 @@ async def test_a_non_retryable_failure_is_not_retried(rig: Rig) -> None:
 async def test_retry_after_is_honoured_when_longer_than_the_backoff(rig: Rig) -> None:
     throttled = Outcome(status=Status.FAILED, retryable=True, http_status=429, retry_after=30.0)
     action = rig.script("j", (0, throttled), (0, OK))
-    rig.fire(make_job("j", retry=RetryPolicy(attempts=2, delay=1)))
+    rig.fire(make_job("j", retry=RetrySpec(attempts=2, delay=1)))
     await rig.clock.advance(100)
     assert [s - T0 for s in action.starts] == [0, 30]
 
 
 def test_backoff_jitter_stays_within_its_fraction() -> None:
-    policy = RetryPolicy(attempts=5, delay=10, backoff=2, max_delay=60, jitter=0.2)
+    policy = RetrySpec(attempts=5, delay=10, backoff=2, max_delay=60, jitter=0.2)
     rng = random.Random(1)
     delays = [backoff_delay(policy, 3, rng) for _ in range(500)]
     assert min(delays) >= 32 and max(delays) <= 48
@@ -152,7 +152,7 @@ def test_backoff_jitter_stays_within_its_fraction() -> None:
 
 async def test_timeout_cancels_the_attempt_and_is_retried(rig: Rig) -> None:
     action = rig.script("j", (1000, OK), (1, OK))
-    rig.fire(make_job("j", timeout=5.0, retry=RetryPolicy(attempts=2, delay=1)))
+    rig.fire(make_job("j", timeout=5.0, retry=RetrySpec(attempts=2, delay=1)))
     await rig.clock.advance(100)
     assert rig.sink.statuses() == ["timed_out", "succeeded"]
     assert rig.sink.records[0].duration_ms == pytest.approx(5000)
@@ -212,7 +212,7 @@ async def test_slots_are_admitted_by_priority() -> None:
 
 async def test_an_action_that_raises_fails_the_attempt_not_the_daemon(rig: Rig) -> None:
     rig.script("j", (0, RuntimeError("bug in action")))
-    rig.fire(make_job("j", retry=RetryPolicy(attempts=3)))
+    rig.fire(make_job("j", retry=RetrySpec(attempts=3)))
     await rig.clock.advance(10)
     [rec] = rig.sink.records
     assert rec.status is Status.FAILED and "bug in action" in (rec.error or "")
@@ -258,7 +258,7 @@ async def test_drain_lets_short_attempts_finish_and_cancels_long_ones(rig: Rig) 
 
 async def test_drain_does_not_start_retries(rig: Rig) -> None:
     action = rig.script("j", (0, FAIL))
-    rig.fire(make_job("j", retry=RetryPolicy(attempts=5, delay=5)))
+    rig.fire(make_job("j", retry=RetrySpec(attempts=5, delay=5)))
     await rig.clock.advance(1)  # first attempt failed, now in backoff
     drain = asyncio.create_task(rig.runner.drain(grace=30))
     await rig.clock.advance(0)
@@ -290,7 +290,7 @@ async def test_attempts_in_flight_get_one_running_row_when_announced(rig: Rig) -
 
 async def test_each_retry_is_announced_afresh(rig: Rig) -> None:
     rig.script("j", (2, FAIL), (2, OK))
-    rig.fire(make_job("j", retry=RetryPolicy(attempts=2, delay=1)))
+    rig.fire(make_job("j", retry=RetrySpec(attempts=2, delay=1)))
     await rig.clock.advance(1)
     rig.runner.announce_running()
     await rig.clock.advance(2)  # attempt 1 failed, attempt 2 in flight
@@ -301,7 +301,7 @@ async def test_each_retry_is_announced_afresh(rig: Rig) -> None:
 async def test_a_fire_can_resume_at_a_later_attempt(rig: Rig) -> None:
     rig.script("j", (0, OK))
     fire_id = uuid.uuid4()
-    rig.fire(make_job("j", retry=RetryPolicy(attempts=3)), fire_id=fire_id, attempt=2)
+    rig.fire(make_job("j", retry=RetrySpec(attempts=3)), fire_id=fire_id, attempt=2)
     await rig.clock.advance(1)
     [rec] = rig.sink.records
     assert (rec.fire_id, rec.attempt, rec.status) == (fire_id, 2, Status.SUCCEEDED)

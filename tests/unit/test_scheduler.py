@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from scheduler_daemon.specs.config import JobSpec
+from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.timing.scheduler import MAX_SLEEP, Scheduler
 from tests.helpers import FakeClock, make_job
 

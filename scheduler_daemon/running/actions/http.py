@@ -12,7 +12,7 @@ import aiohttp
 
 from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.records import Status
-from scheduler_daemon.specs.config import HttpSpec
+from scheduler_daemon.specs import HttpSpec
 
 _CHUNK = 64 * 1024
 

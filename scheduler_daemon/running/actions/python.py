@@ -11,7 +11,7 @@ from typing import Any
 
 from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.records import Status
-from scheduler_daemon.specs.config import PythonSpec
+from scheduler_daemon.specs import PythonSpec
 
 
 class PythonAction:

@@ -1,0 +1,372 @@
+"""The config specs: each field, its type, default and limits written once.
+
+The fields are what a user writes (YAML or JSON); what the rest of the daemon reads on top of
+them — ``JobSpec.action``, ``Config.database_url``, ``AdminSpec.host`` — is derived from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from scheduler_daemon.specs import values as v
+from scheduler_daemon.specs.cron import REBOOT
+from scheduler_daemon.specs.redaction import redact
+from scheduler_daemon.specs.spec import PROBLEM, Problem, Spec, problems_error, problems_of
+
+Overlap = Literal["skip", "allow", "replace"]
+Priority = Literal["high", "normal", "low"]
+CatchUp = Literal["none", "latest", "all"]
+
+Seconds = Annotated[float, v.Duration()]
+PositiveSecondsOrNone = Annotated[float | None, v.Duration(positive=True, optional=True)]
+StrMap = Annotated[dict[str, str], v.StrMap()]
+
+SCHEDULE_KEYS = ("cron", "every", "at")
+ACTION_KEYS = ("http", "command", "shell", "python")
+COMMAND_ONLY = ("env", "cwd", "kill_grace")
+PYTHON_ONLY = ("args",)
+
+
+class RetrySpec(Spec):
+    attempts: Annotated[int, v.Integer(1)] = 1  # total attempts, 1 = no retry
+    delay: Seconds = 1.0  # before the 2nd attempt
+    backoff: Annotated[float, v.Number(1)] = 2.0  # delay multiplier per further attempt
+    max_delay: Seconds = 300.0  # cap on one delay
+    jitter: Annotated[float, v.Number(0, 1)] = 0.0  # ± fraction of the delay, random
+
+
+class HttpSpec(Spec):
+    kind: ClassVar[Literal["http"]] = "http"
+    method: Annotated[str, v.Method()] = "GET"
+    url: Annotated[str, v.Url(), Field(description="an http:// or https:// URL")]
+    headers: StrMap = Field(default_factory=dict)
+    params: StrMap = Field(default_factory=dict)
+    json_body: Any = Field(default=None, alias="json")
+    body: Annotated[str | None, v.Body()] = None
+    expect: Annotated[tuple[int, ...], v.Statuses()] = ()  # empty: any 2xx
+
+    @classmethod
+    def key_rules(cls, data: Mapping[str, Any]) -> list[Problem]:
+        both = {"json", "body"} <= data.keys()
+        return [((), "expected `json` or `body`, got both")] if both else []
+
+
+class CommandOptions(Spec):
+    """What a command or shell job may add; a job writes them beside `command:` / `shell:`."""
+
+    shell: Annotated[str | None, v.Text()] = None  # run by /bin/sh -c
+    env: StrMap = Field(default_factory=dict)  # added to the command's environment
+    cwd: Annotated[str | None, v.Text()] = None
+    kill_grace: Seconds = 5.0  # SIGTERM → SIGKILL delay on timeout or cancel
+
+
+class CommandSpec(CommandOptions):
+    kind: ClassVar[Literal["command"]] = "command"
+    argv: Annotated[tuple[str, ...] | None, v.Argv()] = None  # a job's `command:`
+
+
+class PythonOptions(Spec):
+    args: Annotated[dict[str, Any], v.AnyMapping()] = Field(default_factory=dict)  # kwargs
+
+
+class PythonSpec(PythonOptions):
+    kind: ClassVar[Literal["python"]] = "python"
+    target: Annotated[str, v.PyTarget()]  # a job's `python:`, "package.module:function"
+
+
+ActionSpec = HttpSpec | CommandSpec | PythonSpec
+PyTarget = Annotated[str | None, v.PyTarget()]
+
+
+class JobSpec(CommandOptions, PythonOptions):
+    """One job as a user writes it; ``action`` is the http, command or python part of it."""
+
+    name: Annotated[str, v.JobName()]
+    # Exactly one of cron / every / at.
+    cron: Annotated[str | None, v.Cron()] = None
+    every: Annotated[float | None, v.Duration(positive=True)] = None
+    offset: Seconds = 0.0  # shifts an `every` schedule off the epoch grid
+    timezone: Annotated[str, v.Zone()] = "UTC"  # resolved: the job's own or the config's
+    at: Annotated[datetime | None, v.DateTime()] = None  # aware: naive is in `timezone`
+    enabled: Annotated[bool, v.Boolean()] = True
+    timeout: PositiveSecondsOrNone = None  # per attempt; none: no timeout
+    retry: RetrySpec = RetrySpec()  # frozen: one instance shared by every job without `retry`
+    overlap: Annotated[Overlap, v.OneOf()] = "skip"  # a fire while the job still runs
+    max_instances: Annotated[int, v.Integer(1)] = 1  # with overlap: allow
+    priority: Annotated[Priority, v.OneOf()] = "normal"  # admission order when slots are full
+    capture_bytes: Annotated[int, v.Size()] = 65536  # body / output tail kept in `output`
+    # After downtime: run none, the latest, or all of the fires missed meanwhile.
+    catch_up: Annotated[CatchUp, v.OneOf()] = "latest"
+    catch_up_limit: Annotated[int, v.Integer(0)] = 100  # most fires run or recorded as missed
+    starting_deadline: PositiveSecondsOrNone = None  # a fire later than this is not run
+    # Fire once at every start; cron "@reboot" implies it.
+    run_on_start: Annotated[bool, v.Boolean()] = Field(default=False, validate_default=True)
+    # The action: exactly one of these (`shell:` comes with the command options).
+    http: HttpSpec | None = None
+    command: Annotated[tuple[str, ...] | None, v.Argv()] = None
+    python: PyTarget = None
+    # The job's strings as written where they contained ${...}: shown instead of secrets.
+    _templates: dict[str, str] | None = PrivateAttr(default=None)
+    _hash: str | None = PrivateAttr(default=None)
+    _action: ActionSpec | None = PrivateAttr(default=None)
+
+    @field_validator("at")
+    @classmethod
+    def _aware(cls, at: datetime | None, info: ValidationInfo) -> datetime | None:
+        if at is None or at.tzinfo is not None:
+            return at
+        return at.replace(tzinfo=ZoneInfo(info.data.get("timezone", "UTC")))
+
+    @field_validator("run_on_start")
+    @classmethod
+    def _reboot(cls, run_on_start: bool, info: ValidationInfo) -> bool:
+        cron = info.data.get("cron")
+        return run_on_start or (cron is not None and cron.strip().lower() == REBOOT)
+
+    @classmethod
+    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """A job built in code may give its action spec as ``action=`` instead of its keys."""
+        action = data.get("action")
+        if action is None:
+            return data
+        fields = {k: val for k, val in data.items() if k != "action"}
+        if isinstance(action, HttpSpec):
+            return {**fields, "http": action}
+        if isinstance(action, PythonSpec):
+            return {**fields, "python": action.target, "args": action.args}
+        if isinstance(action, CommandSpec):
+            own = action.model_dump(exclude_none=True, exclude={"argv"})
+            command = {"command": action.argv} if action.argv is not None else {}
+            return {**fields, **own, **command}
+        return data
+
+    @classmethod
+    def key_rules(cls, data: Mapping[str, Any]) -> list[Problem]:
+        problems: list[Problem] = []
+        schedules = [k for k in SCHEDULE_KEYS if k in data]
+        if len(schedules) != 1:
+            got = " and ".join(schedules) if schedules else "none"
+            problems.append(((), f"expected exactly one of cron, every, at, got {got}"))
+        actions = [k for k in ACTION_KEYS if k in data]
+        if len(actions) != 1:
+            got = " and ".join(actions) if actions else "none"
+            problems.append(
+                ((), f"expected exactly one action (http, command, shell, python), got {got}")
+            )
+        if "offset" in data and "every" not in data:
+            problems.append((("offset",), "`offset` only applies to `every` schedules"))
+        kind = actions[0] if len(actions) == 1 else None
+        for key in COMMAND_ONLY:
+            if key in data and kind not in ("command", "shell"):
+                problems.append(((key,), f"`{key}` only applies to command and shell jobs"))
+        for key in PYTHON_ONLY:
+            if key in data and kind != "python":
+                problems.append(((key,), f"`{key}` only applies to python jobs"))
+        return problems
+
+    def __eq__(self, other: object) -> bool:
+        # Fields only: the derived action, digest and templates are caches of them.
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(self.spec_hash())
+
+    @property
+    def action(self) -> ActionSpec:
+        """What the job runs; built from its fields on first use."""
+        if self._action is None:
+            self._action = self._build_action()
+        return self._action
+
+    def _build_action(self) -> ActionSpec:
+        if self.http is not None:
+            return self.http
+        if self.python is not None:
+            return PythonSpec.model_construct(target=self.python, args=self.args)
+        return CommandSpec.model_construct(
+            argv=self.command,
+            shell=self.shell,
+            env=self.env,
+            cwd=self.cwd,
+            kill_grace=self.kill_grace,
+        )
+
+    def spec_hash(self) -> str:
+        """Stable digest of the resolved spec: equal hashes mean the job is unchanged.
+
+        Computed once per (immutable) spec: a reload compares every job of two configs.
+        """
+        if self._hash is None:
+            payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, default=str)
+            self._hash = hashlib.sha256(payload.encode()).hexdigest()
+        return self._hash
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> JobSpec:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._hash = None  # the copy may differ: its digest and action are derived afresh
+        copy._action = None
+        return copy
+
+    def redacted(self) -> dict[str, Any]:
+        """The spec as JSON-safe data, with no secret in it (for the database and the API).
+
+        Its action is one mapping (`action: {kind, ...}`) whatever keys the job was written with.
+        """
+        data: dict[str, Any] = self.model_dump(
+            mode="json", exclude={*ACTION_KEYS, *COMMAND_ONLY, *PYTHON_ONLY}
+        )
+        action = self.action
+        data["action"] = {"kind": action.kind, **action.model_dump(mode="json")}
+        return redact(data, self._templates or {})
+
+    def with_templates(self, templates: dict[str, str]) -> None:
+        """Remember the job's ${...} strings as written (dotted places in the redacted dump)."""
+        self._templates = templates
+
+
+class AdminSpec(Spec):
+    """The admin HTTP server (`admin:`): off when the section is absent."""
+
+    listen: Annotated[
+        v.ListenAddress,
+        v.Listen(),
+        Field(description="host:port like 127.0.0.1:8089, or a unix socket path"),
+    ]
+    token: Annotated[str | None, v.Secret()] = Field(default=None, repr=False)  # Bearer token
+    allow_remote: Annotated[bool, v.Boolean()] = False  # binding beyond loopback needs this
+
+    def value_rules(self) -> list[Problem]:
+        if not self.allow_remote and not self.listen.is_loopback:
+            return [
+                (
+                    ("listen",),
+                    f"{self.listen.text!r} is reachable beyond this machine; listen on 127.0.0.1 "
+                    "or a unix socket, or set `allow_remote: true` (with a token) if that is "
+                    "what you want",
+                )
+            ]
+        if self.allow_remote and not self.token:
+            return [
+                (
+                    ("allow_remote",),
+                    "reachable beyond this machine without a token: set admin.token as well",
+                )
+            ]
+        return []
+
+    @property
+    def host(self) -> str | None:
+        return self.listen.host
+
+    @property
+    def port(self) -> int | None:
+        return self.listen.port
+
+    @property
+    def unix_socket(self) -> Path | None:
+        return self.listen.unix_socket
+
+    @property
+    def address(self) -> str:
+        if self.unix_socket is not None:
+            return f"unix:{self.unix_socket}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class DatabaseSpec(Spec):
+    url: Annotated[str | None, v.PostgresUrl()] = None  # None: embedded PostgreSQL
+
+
+class Config(Spec):
+    """A whole config file; ``path`` is where it was read from (validation context ``path``)."""
+
+    database: DatabaseSpec = DatabaseSpec()
+    state_dir: Annotated[Path, v.Directory()] = Field(default=Path("var"), validate_default=True)
+    timezone: Annotated[str, v.Zone()] = "UTC"  # the zone of jobs without their own
+    max_concurrency: Annotated[int, v.Integer(1)] = 64  # global running attempts
+    shutdown_grace: Seconds = 30.0  # SIGTERM: how long in-flight attempts may finish
+    node: Annotated[str, v.Text()] = Field(default_factory=socket.gethostname)  # executions.node
+    events: Annotated[bool, v.Boolean()] = True  # NOTIFY each final attempt (~20% of COPY speed)
+    admin: AdminSpec | None = None
+    # Any job field but its schedule and action; a job's own value wins, mappings key by key.
+    defaults: Annotated[dict[str, Any], v.AnyMapping()] = Field(default_factory=dict)
+    jobs: tuple[JobSpec, ...]  # written as a mapping: name → job fields
+    _path: Path = PrivateAttr(default=Path("config.yaml"))
+
+    def model_post_init(self, context: Any) -> None:
+        if isinstance(context, Mapping) and "path" in context:
+            self._path = Path(context["path"])
+
+    @field_validator("jobs", mode="wrap")
+    @classmethod
+    def _jobs_by_name(
+        cls, value: Any, handler: Callable[[Any], tuple[JobSpec, ...]], info: ValidationInfo
+    ) -> tuple[JobSpec, ...]:
+        if isinstance(value, tuple) and all(isinstance(job, JobSpec) for job in value):
+            return handler(value)  # jobs built in code (a file or JSON names them: a mapping)
+        if not isinstance(value, dict):
+            raise PydanticCustomError(PROBLEM, f"expected a mapping of jobs, got {v.got(value)}")
+        defaults: dict[str, Any] = info.data.get("defaults", {})
+        timezone: str = info.data.get("timezone", "UTC")
+        jobs: list[JobSpec] = []
+        problems: list[Problem] = []
+        for name, body in value.items():
+            if not isinstance(body, dict):
+                problems.append(((name,), f"expected a mapping of job fields, got {v.got(body)}"))
+                continue
+            if "name" in body:
+                problems.append(((name, "name"), "unknown key 'name' (a job is named by its key)"))
+            fields = {**with_defaults(body, defaults), "name": str(name)}
+            fields.setdefault("timezone", timezone)
+            try:
+                jobs.append(JobSpec.model_validate(fields, context=info.context))
+            except ValidationError as exc:
+                problems += [((name, *_under_job(loc)), m) for loc, m in problems_of(exc)]
+        if problems:
+            raise problems_error("jobs", problems, value)
+        return tuple(jobs)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def database_url(self) -> str | None:
+        return self.database.url
+
+    def job(self, name: str) -> JobSpec | None:
+        return next((job for job in self.jobs if job.name == name), None)
+
+
+def _under_job(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """A bad name is the job's key: reported at the job, not at a `name` field it never wrote."""
+    return () if loc == ("name",) else loc
+
+
+def with_defaults(own: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's fields over the config's defaults: mappings merged key by key; the schedule, the
+    action and the options of another kind of action are never taken from defaults."""
+    kind = next((k for k in ACTION_KEYS if k in own), None)
+    skipped = {*SCHEDULE_KEYS, *ACTION_KEYS}
+    if kind not in ("command", "shell"):
+        skipped.update(COMMAND_ONLY)
+    if kind != "python":
+        skipped.update(PYTHON_ONLY)
+    merged = {k: val for k, val in defaults.items() if k not in skipped}
+    for key, value in own.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged

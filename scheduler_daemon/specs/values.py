@@ -1,0 +1,544 @@
+"""Config values: how each kind is parsed and how the JSON Schema describes it, in one place.
+
+Each kind is a ``Value`` used as ``Annotated`` metadata on a spec field: it replaces pydantic's own
+(lax) parsing, so a value is accepted only as today's converters accepted it, and a refusal reads
+"expected X, got Y" whether the value came from YAML or JSON.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import ipaddress
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationInfo
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
+
+from scheduler_daemon.specs.cron import validate_cron
+
+
+class Invalid(Exception):
+    """A value does not convert; the message reads "expected X, got Y"."""
+
+
+def got(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    return repr(value) if isinstance(value, str) else f"{value!r}"
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# Each part ends in its unit, so the pattern cannot backtrack badly (editors run it as you type).
+DURATION_TEXT = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)\s*)+$|^\s*\d+(\.\d+)?\s*$"
+
+
+def parse_duration(value: Any) -> float:
+    """`500ms`, `10s`, `5m`, `1h30m`, `2d` or a number of seconds → seconds (≥ 0)."""
+    expected = "expected a duration like 10s, 5m, 1h30m or a number of seconds"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise Invalid(f"{expected}, got {got(value)}")
+    seconds = float(value) if isinstance(value, int | float) else _duration_text(value)
+    if seconds is None:
+        raise Invalid(f"{expected}, got {got(value)}")
+    if seconds < 0 or seconds != seconds:
+        raise Invalid(f"expected a duration ≥ 0, got {got(value)}")
+    return seconds
+
+
+@functools.lru_cache(maxsize=4096)
+def _duration_text(value: str) -> float | None:
+    """Seconds in ``value`` (None: not a duration); cached: 100k jobs share a few texts."""
+    text = value.strip().replace(" ", "")
+    parts = _DURATION_PART.findall(text)
+    if text and "".join(n + u for n, u in parts) == text:
+        return sum(float(n) * _UNITS[u] for n, u in parts)
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+class Value(abc.ABC):
+    """A kind of config value, used as ``Annotated`` metadata: its parser and its JSON Schema."""
+
+    @abc.abstractmethod
+    def convert(self, value: Any, context: Mapping[str, Any]) -> Any:
+        """The value as the spec keeps it; raise Invalid ("expected X, got Y") if it is none."""
+
+    @abc.abstractmethod
+    def json_schema(self) -> JsonSchemaValue: ...
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.with_info_plain_validator_function(self._validate)
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return self.json_schema()
+
+    def _validate(self, value: Any, info: ValidationInfo) -> Any:
+        try:
+            return self.convert(value, info.context or {})
+        except Invalid as exc:
+            raise PydanticCustomError("invalid_value", str(exc)) from None
+
+
+_DURATION_SCHEMA: JsonSchemaValue = {
+    "anyOf": [
+        {"type": "string", "pattern": DURATION_TEXT},
+        {"type": "number", "minimum": 0},
+    ],
+    "description": "500ms, 10s, 5m, 1h30m, 2d or a number of seconds",
+}
+
+
+@dataclass(frozen=True)
+class Duration(Value):
+    """Seconds; ``positive``: more than zero; ``optional``: null means none."""
+
+    positive: bool = False
+    optional: bool = False
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> float | None:
+        if value is None and self.optional:
+            return None
+        seconds = parse_duration(value)
+        if self.positive and seconds <= 0:
+            raise Invalid(f"expected a duration > 0, got {got(value)}")
+        return seconds
+
+    def json_schema(self) -> JsonSchemaValue:
+        if self.optional:
+            return {"anyOf": [*_DURATION_SCHEMA["anyOf"], {"type": "null"}]}
+        return dict(_DURATION_SCHEMA)
+
+
+_SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+
+
+class Size(Value):
+    """Bytes: 65536, 64KiB, 1MiB, 1MB."""
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+        if not match:
+            raise Invalid(
+                f"expected a size in bytes such as 65536, 64KiB or 1MiB, got {got(value)}"
+            )
+        return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*\d+\s*([KMG]i?B|B)?\s*$"},
+            ]
+        }
+
+
+@dataclass(frozen=True)
+class Integer(Value):
+    minimum: int
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"expected an integer ≥ {self.minimum}, got {got(value)}")
+        if value < self.minimum:
+            raise Invalid(f"expected an integer ≥ {self.minimum}, got {value}")
+        return value
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "integer", "minimum": self.minimum}
+
+
+@dataclass(frozen=True)
+class Number(Value):
+    minimum: float
+    maximum: float | None = None
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> float:
+        bounds = (
+            f"between {self.minimum:g} and {self.maximum:g}"
+            if self.maximum is not None
+            else f"≥ {self.minimum:g}"
+        )
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid(f"expected a number {bounds}, got {got(value)}")
+        if value < self.minimum or (self.maximum is not None and value > self.maximum):
+            raise Invalid(f"expected a number {bounds}, got {value:g}")
+        return float(value)
+
+    def json_schema(self) -> JsonSchemaValue:
+        schema: JsonSchemaValue = {"type": "number", "minimum": self.minimum}
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        return schema
+
+
+@dataclass(frozen=True)
+class Text(Value):
+    """A non-empty string; ``optional``: null means none."""
+
+    optional: bool = False
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> str | None:
+        if value is None and self.optional:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise Invalid(f"expected a non-empty string, got {got(value)}")
+        return value
+
+    def json_schema(self) -> JsonSchemaValue:
+        text = {"type": "string", "minLength": 1}
+        return {"anyOf": [text, {"type": "null"}]} if self.optional else text
+
+
+class Boolean(Value):
+    def convert(self, value: Any, context: Mapping[str, Any]) -> bool:
+        if not isinstance(value, bool):
+            raise Invalid(f"expected true or false, got {got(value)}")
+        return value
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "boolean"}
+
+
+@dataclass(frozen=True)
+class OneOf(Value):
+    """One of the options of the field's ``Literal`` type (written only there)."""
+
+    options: tuple[str, ...] = ()
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        options = get_args(source)
+        return core_schema.with_info_plain_validator_function(
+            OneOf(options)._validate,
+            json_schema_input_schema=core_schema.literal_schema(list(options)),
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(schema)  # the Literal's: this annotation instance has no options yet
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"enum": list(self.options)}
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
+        if value not in self.options:
+            raise Invalid(f"expected one of {', '.join(self.options)}, got {got(value)}")
+        return str(value)
+
+
+class Zone(Value):
+    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
+        if not isinstance(value, str):
+            raise Invalid(f"expected an IANA time zone such as Europe/Berlin, got {got(value)}")
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise Invalid(
+                f"expected an IANA time zone such as Europe/Berlin, got {value!r}"
+            ) from None
+        return value
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "string", "description": "an IANA time zone such as Europe/Berlin"}
+
+
+class Cron(Value):
+    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
+        if not isinstance(value, str):
+            raise Invalid(f"expected a cron expression string, got {got(value)}")
+        try:
+            validate_cron(value)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+        return value
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {
+            "type": "string",
+            "description": "5 fields (minute first), 6 fields (seconds first) or an @alias",
+        }
+
+
+class DateTime(Value):
+    """ISO 8601; a naive value is made aware in the job's zone by the job."""
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                pass
+        raise Invalid(
+            f"expected an ISO 8601 date-time such as 2026-12-01T02:00:00Z, got {got(value)}"
+        )
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "string", "description": "ISO 8601 date-time such as 2026-12-01T02:00:00Z"}
+
+
+class StrMap(Value):
+    """Names to strings; numbers and booleans are taken as their text (`limit: 5`)."""
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise Invalid(f"expected a mapping of names to strings, got {got(value)}")
+        bad = [k for k, v in value.items() if isinstance(v, dict | list) or v is None]
+        if bad:
+            raise Invalid(f"expected string values, got {got(value[bad[0]])} for {bad[0]!r}")
+        return {str(k): v if isinstance(v, str) else _scalar_text(v) for k, v in value.items()}
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "number", "boolean"]},
+        }
+
+
+def _scalar_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+class AnyMapping(Value):
+    def convert(self, value: Any, context: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise Invalid(f"expected a mapping, got {got(value)}")
+        return value
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "object"}
+
+
+class Argv(Value):
+    """A list of arguments, or one string split like a shell would (no shell runs it)."""
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> tuple[str, ...] | None:
+        if isinstance(value, tuple):  # already an argv (a spec built in code)
+            value = list(value)
+        if isinstance(value, str):
+            try:
+                argv = tuple(shlex.split(value))
+            except ValueError as exc:
+                raise Invalid(f"expected a command line, got {value!r} ({exc})") from None
+        elif isinstance(value, list) and all(
+            isinstance(v, str | int | float) and not isinstance(v, bool) for v in value
+        ):
+            argv = tuple(str(v) for v in value)
+        else:
+            raise Invalid(
+                f'expected a list of arguments such as ["./run.sh", "--all"], got {got(value)}'
+            )
+        if not argv:
+            raise Invalid("expected at least the program to run, got an empty command")
+        return argv
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {
+            "anyOf": [
+                {"type": "array", "items": {"type": ["string", "number"]}, "minItems": 1},
+                {"type": "string", "minLength": 1},
+            ]
+        }
+
+
+_PY_TARGET = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+
+
+class PyTarget(Value):
+    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
+        if not isinstance(value, str) or not _PY_TARGET.fullmatch(value):
+            raise Invalid(f'expected "package.module:function", got {got(value)}')
+        return value
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "string", "pattern": f"^{_PY_TARGET.pattern}$"}
+
+
+class Url(Value):
+    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
+        if not isinstance(value, str) or not re.match(r"https?://[^/\s]+", value):
+            raise Invalid(f"expected an http:// or https:// URL, got {got(value)}")
+        return value
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "string", "pattern": r"^https?://[^/\s]+"}
+
+
+class Method(Value):
+    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z]+", value):
+            raise Invalid(f"expected an HTTP method such as GET or POST, got {got(value)}")
+        return value.upper()
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "string", "pattern": "^[A-Za-z]+$"}
+
+
+class Statuses(Value):
+    """HTTP status codes that count as success: one or a list (empty: any 2xx)."""
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> tuple[int, ...]:
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
+                raise Invalid(f"expected HTTP status codes (100-599), got {got(item)}")
+        return tuple(items)
+
+    def json_schema(self) -> JsonSchemaValue:
+        code = {"type": "integer", "minimum": 100, "maximum": 599}
+        return {"anyOf": [code, {"type": "array", "items": code}]}
+
+
+class Body(Value):
+    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
+        if not isinstance(value, str):
+            raise Invalid(f"expected a string (use `json:` for structured data), got {got(value)}")
+        return value
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "string"}
+
+
+_JOB_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class JobName(Value):
+    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
+        if not isinstance(value, str) or not _JOB_NAME.fullmatch(value):
+            raise Invalid(
+                f"expected a job name of letters, digits, '_', '.', '-', got {got(value)}"
+            )
+        return value
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "string", "pattern": f"^{_JOB_NAME.pattern}$"}
+
+
+JOB_NAME_PATTERN = f"^{_JOB_NAME.pattern}$"
+
+
+class PostgresUrl(Value):
+    """A postgresql:// URL; empty or null: the embedded PostgreSQL."""
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> str | None:
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str) or not re.match(r"postgres(ql)?://", value):
+            raise Invalid(
+                f"expected a postgresql:// URL or nothing (embedded PostgreSQL), got {got(value)}"
+            )
+        return value
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"anyOf": [{"type": "string"}, {"type": "null"}]}
+
+
+class Directory(Value):
+    """A directory; relative to the config file's folder (``context["base"]``)."""
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> Path:
+        if isinstance(value, Path):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise Invalid(f"expected a non-empty string, got {got(value)}")
+        # $STATE_DIRECTORY may list several directories (colon-separated): the first is ours.
+        path = Path(value.split(":")[0]).expanduser()
+        if not path.is_absolute():
+            path = Path(context.get("base", ".")) / path
+        return path.resolve()
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "string", "minLength": 1}
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """Where the admin server listens: a TCP host and port, or a unix socket."""
+
+    host: str | None = None
+    port: int | None = None
+    unix_socket: Path | None = None
+    text: str = field(default="", compare=False)  # as written, for messages
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.unix_socket is not None or self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host or "").is_loopback
+        except ValueError:
+            return False
+
+
+class Listen(Value):
+    """`127.0.0.1:8089`, `[::1]:9000`, or a unix socket path (relative to the config file)."""
+
+    expected = "expected host:port (127.0.0.1:8089) or a unix socket path"
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> ListenAddress:
+        if isinstance(value, ListenAddress):
+            return value
+        if not isinstance(value, str) or not value.strip():
+            raise Invalid(f"{self.expected}, got {got(value)}")
+        listen = value.strip()
+        if listen.startswith(("unix:", "/", "./", "../")):
+            path = Path(listen.removeprefix("unix:")).expanduser()
+            base = Path(context.get("base", "."))
+            socket = path if path.is_absolute() else (base / path).resolve()
+            return ListenAddress(unix_socket=socket, text=listen)
+        host, sep, port_text = listen.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise Invalid(f"{self.expected}, got {listen!r}")
+        return ListenAddress(host=host or "0.0.0.0", port=int(port_text), text=listen)
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "string", "description": "host:port (127.0.0.1:8089) or a socket path"}
+
+
+class Secret(Value):
+    """A string whose value is never shown; empty means none."""
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> str | None:
+        if value is not None and not isinstance(value, str):
+            raise Invalid(f"expected a string, got {got(value)}")
+        return value or None
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"anyOf": [{"type": "string"}, {"type": "null"}]}
