@@ -33,6 +33,7 @@ from scheduler_daemon.specs import AdminSpec, Config, JobSpec
 from scheduler_daemon.storage import queries, store
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
+from scheduler_daemon.storage.store import Row
 from scheduler_daemon.timing.schedule_text import schedule_in_words
 from scheduler_daemon.timing.scheduler import Scheduler
 
@@ -226,7 +227,7 @@ class Api:
         )
         return _reply(body)
 
-    def _job_summary(self, job: JobSpec, stats: Mapping[str, Any] | None, upcoming: int) -> m.Job:
+    def _job_summary(self, job: JobSpec, stats: Row | None, upcoming: int) -> m.Job:
         paused_at = self.t.paused().get(job.name)
         return m.Job(
             name=job.name,
@@ -241,9 +242,7 @@ class Api:
             stats=m.JobStats.model_validate(dict(stats)) if stats else None,
         )
 
-    async def _stats_by_job(
-        self, since: datetime, job: str | None = None
-    ) -> dict[str, Mapping[str, Any]]:
+    async def _stats_by_job(self, since: datetime, job: str | None = None) -> dict[str, Row]:
         pool = self._pool_or_none()
         if pool is None:
             return {}  # the schedule is still answered while the database is away
@@ -423,7 +422,7 @@ class Api:
         return recorder.pool if recorder.connected else None
 
 
-def _execution(row: Mapping[str, Any]) -> m.Execution:
+def _execution(row: Row) -> m.Execution:
     return m.Execution.model_validate(dict(row))
 
 

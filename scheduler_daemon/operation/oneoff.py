@@ -23,6 +23,7 @@ from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage import queries, store
 from scheduler_daemon.storage.queries import OneOffRun
+from scheduler_daemon.storage.store import Db
 from scheduler_daemon.timing.clock import Clock
 
 log = structlog.get_logger("scheduler_daemon.operation.oneoff")
@@ -77,7 +78,7 @@ class OneOffRuns:
         self._waiting.pop(run_id, None)
 
     async def create(
-        self, db: queries.Db, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
+        self, db: Db, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
     ) -> OneOffRun:
         """Store a run of ``job`` at ``at`` (it survives a restart), then wait for it."""
         run = await queries.create_run(db, job.name, at, overrides)
@@ -85,7 +86,7 @@ class OneOffRuns:
         log.info("oneoff_run_created", run_id=str(run.id), job=job.name, run_at=at.isoformat())
         return run
 
-    async def cancel(self, db: queries.Db, run_id: uuid.UUID) -> OneOffRun | None:
+    async def cancel(self, db: Db, run_id: uuid.UUID) -> OneOffRun | None:
         """Cancel a pending run in the database, then stop waiting for it; the run as it now
         is (None: no such run; one started already is returned unchanged)."""
         run = await queries.cancel_run(db, run_id)

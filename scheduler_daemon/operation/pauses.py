@@ -15,6 +15,7 @@ import structlog
 
 from scheduler_daemon.operation.oneoff import OneOffRuns, PoolSource
 from scheduler_daemon.storage import queries, store
+from scheduler_daemon.storage.store import Db
 from scheduler_daemon.timing.clock import Clock
 
 log = structlog.get_logger("scheduler_daemon.operation.pauses")
@@ -57,7 +58,7 @@ class Pauses(Mapping[str, datetime]):
             log.info("paused_jobs_changed", paused=sorted(paused))
             self.adopt(paused)
 
-    async def set(self, db: queries.Db, job: str, paused: bool) -> datetime | None:
+    async def set(self, db: Db, job: str, paused: bool) -> datetime | None:
         """Persist first (a pause must survive a restart), then apply; since when, or None."""
         since = await queries.set_paused(db, job, paused)
         state = dict(self._paused)

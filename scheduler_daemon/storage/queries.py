@@ -17,8 +17,7 @@ import asyncpg
 
 from scheduler_daemon.running.records import Status
 from scheduler_daemon.storage import rows
-
-Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
+from scheduler_daemon.storage.store import Db, Row
 
 EXECUTION_COLUMNS = ", ".join(("id", *rows.COLUMNS))
 RunState: TypeAlias = Literal["pending", "started", "cancelled"]
@@ -190,7 +189,7 @@ class OneOffRun:
         return "started" if self.started_at is not None else "pending"
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> OneOffRun:
+    def from_row(cls, row: Row) -> OneOffRun:
         overrides = row["overrides"]
         return cls(
             id=row["id"],
@@ -269,11 +268,11 @@ async def mark_run_started(db: Db, run_id: uuid.UUID) -> bool:
     return str(status).endswith(" 1")
 
 
-def rows_json(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def rows_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return [record_json(r) for r in rows]
 
 
-def record_json(row: Mapping[str, Any]) -> dict[str, Any]:
+def record_json(row: Row) -> dict[str, Any]:
     """A row as JSON-safe data: instants in ISO 8601, uuids as strings."""
     return {key: _json_value(value) for key, value in dict(row).items()}
 

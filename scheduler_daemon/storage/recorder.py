@@ -26,6 +26,7 @@ from scheduler_daemon.running.records import ExecutionRecord
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import Database
 from scheduler_daemon.storage.journal import Journal
+from scheduler_daemon.storage.store import Conn
 from scheduler_daemon.timing.clock import Clock, SystemClock
 
 log = structlog.get_logger("scheduler_daemon.storage.recorder")
@@ -207,7 +208,7 @@ class Recorder:
         if self._over_limit and len(self._buffer) <= self._buffer_limit:
             self._over_limit = False
 
-    async def _write(self, conn: asyncpg.Connection, batch: Sequence[ExecutionRecord]) -> int:
+    async def _write(self, conn: Conn, batch: Sequence[ExecutionRecord]) -> int:
         """Write a batch; if the database refuses it as data, row by row, skipping the bad ones.
         Returns how many rows were handled (an ignored replay counts as handled)."""
         try:
@@ -218,7 +219,7 @@ class Recorder:
         self.batches += 1
         return len(batch)
 
-    async def _write_one(self, conn: asyncpg.Connection, rec: ExecutionRecord) -> int:
+    async def _write_one(self, conn: Conn, rec: ExecutionRecord) -> int:
         try:
             await store.write_executions(conn, [rec], events=self._events)
         except _REJECTED as exc:

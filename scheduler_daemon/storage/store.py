@@ -9,13 +9,19 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from scheduler_daemon.running.records import ExecutionRecord, Status
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage import rows
+
+# Where statements run: one connection (plain or from a pool), or a pool.
+Conn: TypeAlias = "asyncpg.Connection | asyncpg.pool.PoolConnectionProxy"  # one, for a transaction
+Db: TypeAlias = "asyncpg.Pool | Conn"
+# A row as asyncpg returns it, or one written out by hand (tests, the API's stand-ins).
+Row: TypeAlias = "asyncpg.Record | Mapping[str, Any]"
 
 # What a query raises when the database is away, slow or restarting (not a bug, not bad data).
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -98,7 +104,7 @@ async def connect(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.
     return pool
 
 
-async def apply_schema(db: asyncpg.Pool | asyncpg.Connection) -> None:
+async def apply_schema(db: Db) -> None:
     """Apply schema.sql (idempotent); concurrent callers take turns on an advisory lock."""
     if isinstance(db, asyncpg.Pool):
         async with db.acquire() as conn:
@@ -155,7 +161,7 @@ def _job_rows(
 
 
 async def write_executions(
-    conn: asyncpg.Connection, records: Sequence[ExecutionRecord], *, events: bool = True
+    conn: Conn, records: Sequence[ExecutionRecord], *, events: bool = True
 ) -> int:
     """Write a batch in one transaction (COPY, then merge); replaying a batch is harmless.
     ``events``: NOTIFY each final attempt written (off: COPY is ~20% faster)."""
