@@ -39,7 +39,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,17 +82,29 @@ async def _create_template(server: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def cluster_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def clusters_root() -> Iterator[Path]:
+    """Where this session's clusters live: not under pytest's temp root, whose mode every pytest
+    session that starts resets to 0700, which would lock PostgreSQL (not root: ``nobody``) out of
+    a starting server's files when several sessions run at once."""
+    root = Path(tempfile.mkdtemp(prefix="sdt-clusters-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_template(clusters_root: Path) -> Path:
     # Started and stopped once, through the public API: a cleanly shut down cluster to copy.
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("cluster-template") / "server")
+    server = EmbeddedPostgres(clusters_root / "template")
     server.start()
     server.stop()
     return server.pgdata
 
 
 @pytest.fixture
-def cluster_dir(tmp_path: Path, cluster_template: Path) -> Path:
-    return copy_cluster(cluster_template, tmp_path / "pg")
+def cluster_dir(clusters_root: Path, cluster_template: Path) -> Iterator[Path]:
+    place = Path(tempfile.mkdtemp(dir=clusters_root))
+    yield copy_cluster(cluster_template, place / "pg")
+    shutil.rmtree(place, ignore_errors=True)  # 40 MB each
 
 
 @pytest.fixture
@@ -102,18 +116,14 @@ def own_server(cluster_dir: Path) -> Iterator[EmbeddedPostgres]:
 
 
 @pytest.fixture(scope="session")
-def pg_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def pg_server(request: pytest.FixtureRequest, clusters_root: Path) -> Iterator[str]:
     external = os.environ.get("SCHEDULER_TEST_DATABASE_URL")
     embedded = None
     if external:
         server = external
     else:
         template: Path = request.getfixturevalue("cluster_template")
-        embedded = EmbeddedPostgres(
-            copy_cluster(template, tmp_path_factory.mktemp("pg") / "server")
-        )
+        embedded = EmbeddedPostgres(copy_cluster(template, clusters_root / "server"))
         server = embedded.start()
     try:
         asyncio.run(_create_template(server))
@@ -157,13 +167,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _no_stray_embedded_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def _no_stray_embedded_servers(
+    tmp_path_factory: pytest.TempPathFactory, clusters_root: Path
+) -> Iterator[None]:
     """Every test stops the servers it starts; one that outlives the session is killed, and fails
-    the run (only this session's: its command line names this session's temp directory; with
-    the separator, so that pytest-1 does not match another session's pytest-12)."""
-    base = os.path.join(tmp_path_factory.getbasetemp(), "")
+    the run (only this session's: its command line names this session's directories; with the
+    separator, so that pytest-1 does not match another session's pytest-12)."""
+    bases = [os.path.join(tmp_path_factory.getbasetemp(), ""), os.path.join(clusters_root, "")]
     yield
-    leftovers = [pid for pid in _pids_with(base) if _exe(pid).endswith("/postgres")]
+    leftovers = [
+        pid for base in bases for pid in _pids_with(base) if _exe(pid).endswith("/postgres")
+    ]
     for pid in leftovers:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
