@@ -93,10 +93,11 @@ def clusters_root() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def cluster_template(clusters_root: Path) -> Path:
-    # Started and stopped once, through the public API: a cleanly shut down cluster to copy.
+    # start()'s first steps alone (permissions as root, then initdb): a new cluster, never started.
     server = EmbeddedPostgres(clusters_root / "template")
-    server.start()
-    server.stop()
+    server.data_dir.mkdir(parents=True)
+    server._prepare_permissions()
+    server._initdb()
     return server.pgdata
 
 

@@ -1,7 +1,8 @@
 """status / history / trigger / pause / resume: the installed CLI against a running daemon.
 
 Through the admin API when the config has `admin:`, else straight to PostgreSQL (the daemon picks
-up pauses and queued runs from there).
+up pauses and queued runs from there). The daemon runs in the test's loop; each command is a
+process of its own (~0.5 s of imports each), hence the e2e layer.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,6 +28,15 @@ from tests.helpers import (
 )
 
 CLI = Path(sys.executable).with_name("scheduler-daemon")
+NO_TARGET = "http://127.0.0.1:9"  # the `ping` job's URL: none of these tests makes it fire
+
+
+@pytest.fixture
+def config(tmp_path: Path, database_url: str) -> tuple[Path, str]:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    write_config(path, database_url, NO_TARGET, listen=f"127.0.0.1:{port}")
+    return path, f"http://127.0.0.1:{port}"
 
 
 async def cli(config: Path, *args: str) -> tuple[int, str, str]:
@@ -74,19 +83,16 @@ async def test_operator_commands_through_the_admin_api(
 
 
 async def test_operator_commands_straight_to_postgresql(
-    tmp_path: Path,
-    database_url: str,
-    target: tuple[str, Any],
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(daemon_module, "CONTROL_POLL", 0.05)
     config = tmp_path / "config.yaml"
     port = free_port()
-    write_config(config, database_url, target[0], listen=f"127.0.0.1:{port}")
+    write_config(config, database_url, NO_TARGET, listen=f"127.0.0.1:{port}")
     async with running_daemon(config, f"http://127.0.0.1:{port}") as running:
         # The CLI reads the same jobs without `admin:`: it must go to the database.
         direct = tmp_path / "direct.yaml"
-        write_config(direct, database_url, target[0], listen=None)
+        write_config(direct, database_url, NO_TARGET, listen=None)
         code, out, err = await cli(direct, "pause", "greet")
         assert code == 0, err
         assert json.loads(out)["paused"] is True
