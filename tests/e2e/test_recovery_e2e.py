@@ -25,10 +25,7 @@ from tests.helpers import processes_with, query_value, start_daemon, wait_until
 FINISHED = "attempt_finished"
 
 
-async def test_kill_9_then_restart_recovers_and_leaves_no_gap(
-    tmp_path: Path, database_url: str
-) -> None:
-    marker = f"recovery-slow-{os.getpid()}"
+def _recovery_config(tmp_path: Path, database_url: str, marker: str) -> Path:
     config = tmp_path / "config.yaml"
     config.write_text(
         textwrap.dedent(f"""
@@ -46,6 +43,14 @@ async def test_kill_9_then_restart_recovers_and_leaves_no_gap(
           boot: {{cron: "@reboot", command: ["true"]}}
     """)
     )
+    return config
+
+
+async def test_kill_9_then_restart_recovers_and_leaves_no_gap(
+    tmp_path: Path, database_url: str
+) -> None:
+    marker = f"recovery-slow-{os.getpid()}"
+    config = _recovery_config(tmp_path, database_url, marker)
     try:
         first = await start_daemon(config)
         await first.wait_for("database_connected")
