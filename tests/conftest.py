@@ -5,8 +5,8 @@ Layers (one folder each; every test gets the folder's marker, set below):
   the FakeClock (tests/helpers.py) and never sleeps; local HTTP servers and child commands are fine.
 - ``tests/pg`` (marker ``pg``): against a real PostgreSQL (the fixtures below); the daemon, when
   needed, runs in the test's own event loop.
-- ``tests/e2e`` (marker ``e2e``): the installed ``scheduler-daemon`` as a subprocess, signals and
-  all; the only tests that take real seconds.
+- ``tests/e2e`` (marker ``e2e``): the installed ``scheduler-daemon`` (daemon or CLI) as a
+  subprocess, signals and all, and the embedded server's own lifecycle; real seconds.
 
 ``pytest -m "not e2e"`` is the fast lane (unit + pg); ``pytest`` runs everything. No test sleeps
 for a fixed time: tests wait for a log event (``DaemonProcess.wait_for``) or a condition
@@ -21,8 +21,9 @@ Fixtures
   template (one CREATE DATABASE; ~0.2 s with the drop), dropped after the test (WITH (FORCE):
   connections a test leaves open do not block it).
 - ``empty_database_url`` (function): the same without the schema (for schema and ``db init`` tests).
-- ``cluster_template`` (session): a data directory made by initdb once per run; every embedded
-  server of the run (``pg_server``'s included) starts from a copy of it (~0.05 s, not ~1.2 s).
+- ``cluster_template`` (session): a data directory made by initdb once per run, never started;
+  every embedded server of the run (``pg_server``'s included) starts from a copy of it (a copy
+  costs ~0.3 s, initdb ~1.2 s). All live outside pytest's temp root (see ``clusters_root``).
 - ``cluster_dir`` (function): a copy of it for this test alone, not started:
   ``EmbeddedPostgres(cluster_dir)``; ``own_server``: the same, started, stopped after the test
   (for tests that stop and start the database under the code they test). Tests of initdb itself
@@ -176,20 +177,19 @@ def _no_stray_embedded_servers(
     separator, so that pytest-1 does not match another session's pytest-12)."""
     bases = [os.path.join(tmp_path_factory.getbasetemp(), ""), os.path.join(clusters_root, "")]
     yield
-    leftovers = [
-        pid for base in bases for pid in _pids_with(base) if _exe(pid).endswith("/postgres")
-    ]
+    leftovers = [pid for pid in _pids_with(bases) if _exe(pid).endswith("/postgres")]
     for pid in leftovers:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     assert not leftovers, f"embedded PostgreSQL left running (now killed): pids {leftovers}"
 
 
-def _pids_with(text: str) -> list[int]:
+def _pids_with(texts: list[str]) -> list[int]:
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            if any(text in cmdline for text in texts):
                 found.append(int(proc.name))
         except OSError:
             continue
