@@ -1,4 +1,16 @@
-"""Shared fixtures: one PostgreSQL server for the whole run, a fresh database for each test.
+"""Shared fixtures, and the test layers.
+
+Layers (one folder each; every test gets the folder's marker, set below):
+- ``tests/unit`` (marker ``unit``): no database, no daemon process; time-dependent code runs on
+  the FakeClock (tests/helpers.py) and never sleeps; local HTTP servers and child commands are fine.
+- ``tests/pg`` (marker ``pg``): against a real PostgreSQL (the fixtures below); the daemon, when
+  needed, runs in the test's own event loop.
+- ``tests/e2e`` (marker ``e2e``): the installed ``scheduler-daemon`` (daemon or CLI) as a
+  subprocess, signals and all, and the embedded server's own lifecycle; real seconds.
+
+``pytest -m "not e2e"`` is the fast lane (unit + pg); ``pytest`` runs everything. No test sleeps
+for a fixed time: tests wait for a log event (``DaemonProcess.wait_for``) or a condition
+(``wait_until``). Shared helpers live in tests/helpers.py only; no test module imports another.
 
 Fixtures
 - ``pg_server`` (session): DSN of the server itself (its ``postgres`` database, superuser), for
@@ -9,6 +21,13 @@ Fixtures
   template (one CREATE DATABASE; ~0.2 s with the drop), dropped after the test (WITH (FORCE):
   connections a test leaves open do not block it).
 - ``empty_database_url`` (function): the same without the schema (for schema and ``db init`` tests).
+- ``cluster_template`` (session): a data directory made by initdb once per run, never started;
+  every embedded server of the run (``pg_server``'s included) starts from a copy of it (a copy
+  costs ~0.3 s, initdb ~1.2 s). All live outside pytest's temp root (see ``clusters_root``).
+- ``cluster_dir`` (function): a copy of it for this test alone, not started:
+  ``EmbeddedPostgres(cluster_dir)``; ``own_server``: the same, started, stopped after the test
+  (for tests that stop and start the database under the code they test). Tests of initdb itself
+  (a first start, as root, ...) use an empty directory instead.
 
 Helpers: ``with_database(dsn, name)`` points a DSN at another database.
 
@@ -21,7 +40,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +54,7 @@ import structlog
 
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
-from tests.helpers import STARTED_PIDS
+from tests.helpers import STARTED_PIDS, copy_cluster
 
 # Unique per session: two test runs against one external server must not share a template.
 TEMPLATE = f"sdt_template_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -62,13 +83,49 @@ async def _create_template(server: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def clusters_root() -> Iterator[Path]:
+    """Where this session's clusters live: not under pytest's temp root, whose mode every pytest
+    session that starts resets to 0700, which would lock PostgreSQL (not root: ``nobody``) out of
+    a starting server's files when several sessions run at once."""
+    root = Path(tempfile.mkdtemp(prefix="sdt-clusters-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_template(clusters_root: Path) -> Path:
+    # start()'s first steps alone (permissions as root, then initdb): a new cluster, never started.
+    server = EmbeddedPostgres(clusters_root / "template")
+    server.data_dir.mkdir(parents=True)
+    server._prepare_permissions()
+    server._initdb()
+    return server.pgdata
+
+
+@pytest.fixture
+def cluster_dir(clusters_root: Path, cluster_template: Path) -> Iterator[Path]:
+    place = Path(tempfile.mkdtemp(dir=clusters_root))
+    yield copy_cluster(cluster_template, place / "pg")
+    shutil.rmtree(place, ignore_errors=True)  # 40 MB each
+
+
+@pytest.fixture
+def own_server(cluster_dir: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(cluster_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(request: pytest.FixtureRequest, clusters_root: Path) -> Iterator[str]:
     external = os.environ.get("SCHEDULER_TEST_DATABASE_URL")
     embedded = None
     if external:
         server = external
     else:
-        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "server")
+        template: Path = request.getfixturevalue("cluster_template")
+        embedded = EmbeddedPostgres(copy_cluster(template, clusters_root / "server"))
         server = embedded.start()
     try:
         asyncio.run(_create_template(server))
@@ -112,23 +169,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _no_stray_embedded_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def _no_stray_embedded_servers(
+    tmp_path_factory: pytest.TempPathFactory, clusters_root: Path
+) -> Iterator[None]:
     """Every test stops the servers it starts; one that outlives the session is killed, and fails
-    the run (only this session's: its command line names this session's temp directory)."""
-    base = str(tmp_path_factory.getbasetemp())
+    the run (only this session's: its command line names this session's directories; with the
+    separator, so that pytest-1 does not match another session's pytest-12)."""
+    bases = [os.path.join(tmp_path_factory.getbasetemp(), ""), os.path.join(clusters_root, "")]
     yield
-    leftovers = [pid for pid in _pids_with(base) if _exe(pid).endswith("/postgres")]
+    leftovers = [pid for pid in _pids_with(bases) if _exe(pid).endswith("/postgres")]
     for pid in leftovers:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     assert not leftovers, f"embedded PostgreSQL left running (now killed): pids {leftovers}"
 
 
-def _pids_with(text: str) -> list[int]:
+def _pids_with(texts: list[str]) -> list[int]:
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            if any(text in cmdline for text in texts):
                 found.append(int(proc.name))
         except OSError:
             continue

@@ -11,6 +11,7 @@ import heapq
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -38,6 +39,7 @@ DAEMON = Path(sys.executable).with_name("scheduler-daemon")
 # `scheduler-daemon run` behind.
 STARTED_PIDS: list[int] = []
 T = datetime(2026, 1, 1, tzinfo=UTC)
+Event = dict[str, Any]  # one JSON log line of the daemon
 
 
 class _Timer:
@@ -211,12 +213,21 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
         await asyncio.sleep(0.02)
 
 
+async def query_value(dsn: str, sql: str, *args: object) -> Any:
+    """The first column of the first row of ``sql`` (for ``wait_until`` conditions on rows)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
 class DaemonProcess:
     """A running `scheduler-daemon run` subprocess and the events it logged."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Event] = []
         self.raw: list[str] = []
         self._reader = asyncio.create_task(self._read())
         self._seen = asyncio.Condition()
@@ -234,13 +245,45 @@ class DaemonProcess:
                 self.events.append(event)
                 self._seen.notify_all()
 
-    async def wait_for(self, name: str, timeout: float = 60) -> dict[str, Any]:
-        async def seen() -> dict[str, Any]:
+    def mark(self) -> int:
+        """A position in the log: pass it as ``since`` to wait only for what comes after."""
+        return len(self.events)
+
+    def after(self, event: Event) -> int:
+        """The position just after ``event`` (one ``wait_for`` returned): a ``since``."""
+        return next(i for i, e in enumerate(self.events) if e is event) + 1
+
+    def matching(self, name: str | tuple[str, ...], since: int = 0, **fields: Any) -> list[Event]:
+        """The events logged from ``since`` on named ``name`` (or any of the names) whose
+        ``fields`` have the given values."""
+        names = (name,) if isinstance(name, str) else name
+        return [
+            event
+            for event in self.events[since:]
+            if event.get("event") in names and all(event.get(k) == v for k, v in fields.items())
+        ]
+
+    async def wait_for(
+        self,
+        name: str | tuple[str, ...],
+        timeout: float = 60,
+        *,
+        count: int = 1,
+        since: int = 0,
+        **fields: Any,
+    ) -> Event:
+        """The ``count``-th event that ``matching`` selects, once the daemon has logged it.
+
+        E.g. ``wait_for("attempt_finished", count=3, job="tick", since=mark)``: the third attempt
+        of ``tick`` that finished after ``mark``.
+        """
+
+        async def seen() -> Event:
             async with self._seen:
                 while True:
-                    for event in self.events:
-                        if event.get("event") == name:
-                            return event
+                    found = self.matching(name, since, **fields)
+                    if len(found) >= count:
+                        return found[count - 1]
                     if self.proc.returncode is not None:
                         raise AssertionError("daemon exited; output:\n" + "\n".join(self.raw))
                     await self._seen.wait()
@@ -249,9 +292,8 @@ class DaemonProcess:
             return await asyncio.wait_for(seen(), timeout)
         except TimeoutError:
             tail = "\n".join(self.raw[-40:])
-            raise AssertionError(
-                f"no {name!r} event within {timeout}s; last output:\n{tail}"
-            ) from None
+            what = f"{count} x {name!r} {fields or ''}".rstrip()
+            raise AssertionError(f"no {what} within {timeout}s; last output:\n{tail}") from None
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         self.proc.send_signal(sig)
@@ -279,6 +321,25 @@ async def start_daemon(config: Path, extra_env: dict[str, str] | None = None) ->
     )
     STARTED_PIDS.append(proc.pid)
     return DaemonProcess(proc)
+
+
+def copy_cluster(template: Path, data_dir: Path) -> Path:
+    """Copy ``template``, a PostgreSQL data directory, to ``data_dir/pgdata`` for an
+    ``EmbeddedPostgres(data_dir)`` to start without running initdb; returns ``data_dir``.
+
+    Modes are kept (PostgreSQL refuses a group- or world-readable data directory) and, as root,
+    owners too: the server runs as the data directory's owner (``nobody`` for the template), and
+    copies made by root would otherwise belong to root, unreadable to it.
+    """
+    pgdata = data_dir / "pgdata"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(template, pgdata, symlinks=True)
+    if os.geteuid() == 0:
+        for copy in (pgdata, *pgdata.rglob("*")):
+            source = template / copy.relative_to(pgdata)
+            owner = source.lstat()
+            os.chown(copy, owner.st_uid, owner.st_gid, follow_symlinks=False)
+    return data_dir
 
 
 def processes_with(marker: str) -> list[int]:

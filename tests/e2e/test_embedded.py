@@ -1,4 +1,9 @@
-"""The embedded PostgreSQL: start, reuse after a crash, stale pid files, nothing left behind."""
+"""The embedded PostgreSQL: start, reuse after a crash, stale pid files, nothing left behind.
+
+Tests of what happens to an existing cluster start from a copy of the run's one initdb
+(``cluster_dir``); those of a first start (initdb included: as root, odd paths, the daemon's
+default) run initdb themselves.
+"""
 
 from __future__ import annotations
 
@@ -42,8 +47,8 @@ async def _select_one(dsn: str) -> int:
         await conn.close()
 
 
-async def test_start_stop_leaves_no_process_and_keeps_data(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "pg")
+async def test_start_stop_leaves_no_process_and_keeps_data(cluster_dir: Path) -> None:
+    server = EmbeddedPostgres(cluster_dir)
     dsn = await server.astart()
     conn = await asyncpg.connect(dsn)
     await conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
@@ -52,7 +57,7 @@ async def test_start_stop_leaves_no_process_and_keeps_data(tmp_path: Path) -> No
     await server.astop()
     assert postgres_processes(server.pgdata) == []
 
-    again = EmbeddedPostgres(tmp_path / "pg")
+    again = EmbeddedPostgres(cluster_dir)
     dsn = await again.astart()
     conn = await asyncpg.connect(dsn)
     assert await conn.fetchval("SELECT x FROM kept") == 42
@@ -60,11 +65,11 @@ async def test_start_stop_leaves_no_process_and_keeps_data(tmp_path: Path) -> No
     await again.astop()
 
 
-async def test_a_server_left_running_is_reused(tmp_path: Path) -> None:
-    first = EmbeddedPostgres(tmp_path / "pg")
+async def test_a_server_left_running_is_reused(cluster_dir: Path) -> None:
+    first = EmbeddedPostgres(cluster_dir)
     await first.astart()
     pids = postgres_processes(first.pgdata)
-    second = EmbeddedPostgres(tmp_path / "pg")  # as after a kill -9 of the daemon
+    second = EmbeddedPostgres(cluster_dir)  # as after a kill -9 of the daemon
     dsn = await second.astart()
     assert await _select_one(dsn) == 1
     assert postgres_processes(second.pgdata) == pids
@@ -73,10 +78,8 @@ async def test_a_server_left_running_is_reused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("stale_pid", ["dead", "reused"])
-async def test_a_stale_pid_file_does_not_block_start(tmp_path: Path, stale_pid: str) -> None:
-    server = EmbeddedPostgres(tmp_path / "pg")
-    await server.astart()
-    await server.astop()
+async def test_a_stale_pid_file_does_not_block_start(cluster_dir: Path, stale_pid: str) -> None:
+    server = EmbeddedPostgres(cluster_dir)  # a cluster cleanly shut down
     # After a crash the pid is gone, or after a reboot it belongs to another program (here: us).
     pid = 999_999 if stale_pid == "dead" else os.getpid()
     lines = [str(pid), str(server.pgdata), "1700000000", "5432", "/nonexistent", "", "0 0", "ready"]
@@ -96,9 +99,9 @@ sys.stdin.read()  # a daemon at work, until killed
 """
 
 
-async def test_a_live_owner_keeps_its_server_and_a_dead_ones_is_adopted(tmp_path: Path) -> None:
+async def test_a_live_owner_keeps_its_server_and_a_dead_ones_is_adopted(cluster_dir: Path) -> None:
     owner = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-c", _OWNER, str(tmp_path / "pg")),
+        *(sys.executable, "-c", _OWNER, str(cluster_dir)),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
@@ -107,14 +110,14 @@ async def test_a_live_owner_keeps_its_server_and_a_dead_ones_is_adopted(tmp_path
         assert owner.stdout is not None
         while not (line := await owner.stdout.readline()).startswith(b"postgresql://"):
             assert line, "the owner process died before its server was up"  # (logs come first)
-        guest = EmbeddedPostgres(tmp_path / "pg")  # as `scheduler-daemon db init` beside it
+        guest = EmbeddedPostgres(cluster_dir)  # as `scheduler-daemon db init` beside it
         assert await _select_one(await guest.astart()) == 1 and guest.borrowed
         await guest.astop()
         assert postgres_processes(guest.pgdata), "stopped the server under its live owner"
     finally:
         owner.kill()  # kill -9 of the daemon: its server stays up
         await owner.wait()
-    heir = EmbeddedPostgres(tmp_path / "pg")
+    heir = EmbeddedPostgres(cluster_dir)
     assert await _select_one(await heir.astart()) == 1 and not heir.borrowed
     await heir.astop()
     assert postgres_processes(heir.pgdata) == []
@@ -130,11 +133,9 @@ async def test_concurrent_starts_on_one_directory_share_one_server(tmp_path: Pat
 
 
 async def test_a_server_that_cannot_start_reports_its_log_and_leaves_nothing(
-    tmp_path: Path,
+    cluster_dir: Path,
 ) -> None:
-    server = EmbeddedPostgres(tmp_path / "pg")
-    await server.astart()
-    await server.astop()
+    server = EmbeddedPostgres(cluster_dir)  # a cluster cleanly shut down
     with (server.pgdata / "postgresql.conf").open("a") as conf:
         conf.write("no_such_setting = 1\n")
     with pytest.raises(DatabaseUnavailable, match="no_such_setting"):
@@ -226,7 +227,7 @@ async def test_the_daemon_runs_on_the_embedded_database_by_default(tmp_path: Pat
     daemon = await start_daemon(config)
     started = await daemon.wait_for("embedded_postgres_started")
     await daemon.wait_for("database_connected")
-    await asyncio.sleep(2.2)
+    await daemon.wait_for("attempt_finished", count=2, job="tick")
     dsn_host = started["psql"].split("host=")[1].split()[0]
     assert await daemon.stop(signal.SIGINT) == 0
     pgdata = tmp_path / "state" / "postgres" / "pgdata"

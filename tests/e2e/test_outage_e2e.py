@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import textwrap
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from tests.helpers import start_daemon
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    pg = EmbeddedPostgres(tmp_path / "pg")
-    pg.start()
-    yield pg
-    pg.stop()
+FINISHED = "attempt_finished"
 
 
 def write_config(path: Path, dsn: str) -> None:
@@ -59,48 +50,51 @@ def assert_continuous(records: list[asyncpg.Record]) -> None:
 
 
 async def test_database_restarted_under_the_daemon(
-    tmp_path: Path, server: EmbeddedPostgres
+    tmp_path: Path, own_server: EmbeddedPostgres
 ) -> None:
     config = tmp_path / "config.yaml"
-    write_config(config, server.dsn())
+    write_config(config, own_server.dsn())
     daemon = await start_daemon(config)
     await daemon.wait_for("database_connected")
-    await asyncio.sleep(1)
-    await server.astop()
+    await daemon.wait_for(FINISHED, count=4, job="tick")
+    await own_server.astop()
     await daemon.wait_for("recorder_db_unavailable")
-    await asyncio.sleep(3)  # jobs keep running on schedule meanwhile
-    await server.astart()
+    # jobs keep running on schedule meanwhile (~3 s of them)
+    await daemon.wait_for(FINISHED, count=12, job="tick", since=daemon.mark())
+    await own_server.astart()
     await daemon.wait_for("recorder_db_recovered")
-    await asyncio.sleep(1)
+    await daemon.wait_for(FINISHED, count=4, job="tick", since=daemon.mark())
     assert await daemon.stop() == 0
-    records = await rows(server.dsn())
+    records = await rows(own_server.dsn())
     assert len(records) >= 20
     assert_continuous(records)
     assert {r["status"] for r in records} == {"succeeded"}
 
 
 async def test_database_down_across_a_daemon_restart(
-    tmp_path: Path, server: EmbeddedPostgres
+    tmp_path: Path, own_server: EmbeddedPostgres
 ) -> None:
     config = tmp_path / "config.yaml"
-    write_config(config, server.dsn())
+    write_config(config, own_server.dsn())
     daemon = await start_daemon(config)
     await daemon.wait_for("database_connected")
-    await asyncio.sleep(1)
-    await server.astop()
-    await asyncio.sleep(1.5)
+    await daemon.wait_for(FINISHED, count=4, job="tick")
+    await own_server.astop()
+    await daemon.wait_for(FINISHED, count=4, job="tick", since=daemon.mark())  # rows unwritten
     assert await daemon.stop() == 0  # SIGTERM during the outage: rows go to the journal
     stopped = await daemon.wait_for("daemon_stopped")
     assert stopped["unwritten_records"] == 0
     assert (tmp_path / "state" / "journal" / "executions.jsonl").exists()
 
-    await server.astart()
+    await own_server.astart()
     again = await start_daemon(config)
     await again.wait_for("journal_replayed")
-    await asyncio.sleep(1)
+    # live fires after the catch-up: the record must join up with what the downtime left
+    await again.wait_for(FINISHED, count=2, job="tick", trigger="schedule")
     assert await again.stop() == 0
     assert not (tmp_path / "state" / "journal" / "executions.jsonl").exists()
-    records = await rows(server.dsn())
+    records = await rows(own_server.dsn())
+    assert len(records) >= 4 + 4 + 2  # the journal's rows (the middle 4) included
     assert_continuous(records)  # the downtime itself is covered by catch-up (`missed` rows)
     # `skipped`: the catch-up run of the latest missed instant can still be running when the
     # next scheduled fire is due (overlap: skip) on a loaded machine — correct, and recorded.

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import textwrap
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,12 @@ from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, 
 from scheduler_daemon.specs import load_config
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.journal import Journal
-from tests.helpers import processes_with, start_daemon, wait_until
+from tests.helpers import processes_with, query_value, start_daemon, wait_until
+
+FINISHED = "attempt_finished"
 
 
-async def test_kill_9_then_restart_recovers_and_leaves_no_gap(
-    tmp_path: Path, database_url: str
-) -> None:
-    marker = f"recovery-slow-{os.getpid()}"
+def _recovery_config(tmp_path: Path, database_url: str, marker: str) -> Path:
     config = tmp_path / "config.yaml"
     config.write_text(
         textwrap.dedent(f"""
@@ -42,18 +43,33 @@ async def test_kill_9_then_restart_recovers_and_leaves_no_gap(
           boot: {{cron: "@reboot", command: ["true"]}}
     """)
     )
+    return config
+
+
+async def test_kill_9_then_restart_recovers_and_leaves_no_gap(
+    tmp_path: Path, database_url: str
+) -> None:
+    marker = f"recovery-slow-{os.getpid()}"
+    config = _recovery_config(tmp_path, database_url, marker)
     try:
         first = await start_daemon(config)
         await first.wait_for("database_connected")
-        await asyncio.sleep(2.5)
+        # in the database before the kill: `boot`'s row, `slow` running, a tick
+        await wait_until(lambda: _rows(database_url, BOOT, TICK, SLOW_RUNNING))
         first.proc.send_signal(signal.SIGKILL)
         await first.proc.wait()
-        await asyncio.sleep(3)  # downtime: ~3 fires of `tick` are missed
+        # Downtime: two whole `tick` instants pass (one run by catch-up, one recorded missed).
+        killed_at = time.time()
+        await wait_until(lambda: _past(math.floor(killed_at) + 2.1))
 
         second = await start_daemon(config)
         connected = await second.wait_for("database_connected")
         assert connected["abandoned"] >= 1
-        await asyncio.sleep(2.5)
+        await second.wait_for(FINISHED, job="boot")
+        await second.wait_for(FINISHED, job="tick", trigger="catchup")
+        await second.wait_for(FINISHED, job="tick", trigger="schedule")
+        # the abandoned attempt's retry has started (and is cut by the SIGTERM below)
+        await wait_until(lambda: _rows(database_url, SLOW_RETRY), timeout=30)
         assert await second.stop() == 0
     finally:
         for pid in processes_with(marker):
@@ -88,6 +104,24 @@ async def test_kill_9_then_restart_recovers_and_leaves_no_gap(
     # @reboot fired once per start
     assert len(by_job["boot"]) == 2
     assert all(r["status"] != "running" for r in rows)
+
+
+BOOT = "job_name = 'boot'"
+TICK = "job_name = 'tick'"
+SLOW_RUNNING = "job_name = 'slow' AND status = 'running'"
+SLOW_RETRY = "job_name = 'slow' AND attempt = 2"
+
+
+async def _rows(dsn: str, *conditions: str) -> bool:
+    """Has executions a row meeting each condition?"""
+    for where in conditions:
+        if not await query_value(dsn, f"SELECT count(*) FROM executions WHERE {where}"):
+            return False
+    return True
+
+
+async def _past(instant: float) -> bool:
+    return time.time() >= instant
 
 
 # -- the previous process's journal (in-process daemon) ------------------------------------------

@@ -80,7 +80,8 @@ async def test_the_daemon_speaks_the_notify_protocol(tmp_path: Path, database_ur
         daemon.proc.send_signal(signal.SIGHUP)
         reloading = await listener.expect("RELOADING", "1")
         assert int(reloading["MONOTONIC_USEC"]) > 0
-        assert "READY" in await listener.expect("READY", "1")
+        reloaded = await listener.expect("READY", "1")
+        assert "1 jobs" in reloaded["STATUS"] and "FAILED" not in reloaded["STATUS"]
 
         config.write_text("jobs: {broken")
         daemon.proc.send_signal(signal.SIGHUP)

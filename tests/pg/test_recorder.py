@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -96,15 +96,6 @@ async def test_close_flushes_what_is_buffered(database_url: str) -> None:
     assert await _count(database_url) == 10
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    """A PostgreSQL of this test's own, to stop and start at will."""
-    server = EmbeddedPostgres(tmp_path / "pg")
-    server.start()
-    yield server
-    server.stop()
-
-
 async def test_an_outage_delays_rows_and_loses_none(own_server: EmbeddedPostgres) -> None:
     dsn = own_server.dsn()
     recorder = Recorder(database=_database(dsn, _apply_schema), batch_size=100, flush_interval=0.05)
@@ -133,11 +124,9 @@ async def test_an_outage_delays_rows_and_loses_none(own_server: EmbeddedPostgres
     assert len(rows) == 450 and len({r["scheduled_at"] for r in rows}) == 450
 
 
-async def test_a_database_down_at_start_is_waited_for(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "pg")
-    server.start()
-    dsn = server.dsn()
-    server.stop()
+async def test_a_database_down_at_start_is_waited_for(own_server: EmbeddedPostgres) -> None:
+    dsn = own_server.dsn()
+    own_server.stop()
     connected = asyncio.Event()
 
     async def on_connect(pool: asyncpg.Pool) -> None:
@@ -147,16 +136,13 @@ async def test_a_database_down_at_start_is_waited_for(tmp_path: Path) -> None:
     recorder = Recorder(database=_database(dsn, on_connect), flush_interval=0.05)
     await recorder.start()
     recorder.record(rec())
-    await asyncio.sleep(0.5)
+    await _until(lambda: recorder.failures >= 2)  # it tried, failed, and tries again
     assert not connected.is_set() and recorder.pending == 1
-    try:
-        await server.astart()
-        await asyncio.wait_for(connected.wait(), 30)
-        await _until(lambda: recorder.pending == 0)
-        await recorder.close(timeout=10)
-        assert await _count(dsn) == 1
-    finally:
-        server.stop()
+    await own_server.astart()
+    await asyncio.wait_for(connected.wait(), 30)
+    await _until(lambda: recorder.pending == 0)
+    await recorder.close(timeout=10)
+    assert await _count(dsn) == 1
 
 
 async def test_close_reports_rows_it_could_not_write(tmp_path: Path) -> None:

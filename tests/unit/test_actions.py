@@ -22,7 +22,7 @@ from scheduler_daemon.running.actions.http import HttpAction
 from scheduler_daemon.running.actions.python import PythonAction
 from scheduler_daemon.running.records import Status
 from scheduler_daemon.specs import CommandSpec, HttpSpec, PythonSpec
-from tests.helpers import make_job, serve_locally
+from tests.helpers import make_job, serve_locally, wait_until
 
 HUGE = 200 * 1024 * 1024
 
@@ -60,16 +60,11 @@ async def server() -> AsyncIterator[str]:
             await resp.write(chunk)
         return resp
 
-    async def slow(_: web.Request) -> web.Response:
-        await asyncio.sleep(30)
-        return web.Response(text="late")
-
     app = web.Application()
     app.router.add_get("/ok", ok)
     app.router.add_get("/status/{code}", status)
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/huge", huge)
-    app.router.add_get("/slow", slow)
     async with serve_locally(app) as url:
         yield url
 
@@ -169,12 +164,22 @@ async def test_http_huge_body_is_streamed_and_capped(server: str, client: HttpCl
     assert grew_kib < 100 * 1024  # 200 MB went through; far less than that stayed
 
 
-async def test_http_cancellation_propagates(server: str, client: HttpClient) -> None:
-    task = asyncio.create_task(http_job(client, f"{server}/slow").run())
-    await asyncio.sleep(0.2)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+async def test_http_cancellation_propagates(client: HttpClient) -> None:
+    arrived = asyncio.Event()
+
+    async def hang(_: web.Request) -> web.Response:
+        arrived.set()
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app.router.add_get("/hang", hang)
+    async with serve_locally(app) as url:
+        task = asyncio.create_task(http_job(client, f"{url}/hang").run())
+        await asyncio.wait_for(arrived.wait(), 10)  # the request is in flight
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
 
 # -- command ------------------------------------------------------------------------------------
@@ -240,10 +245,11 @@ def _group_alive(pgid: int) -> bool:
 
 async def _started_group(job: CommandAction, marker: Path) -> tuple[asyncio.Task[object], int]:
     task = asyncio.create_task(job.run())
-    for _ in range(200):
-        if marker.exists() and marker.read_text().strip():
-            break
-        await asyncio.sleep(0.02)
+
+    async def started() -> bool:
+        return marker.exists() and bool(marker.read_text().strip())
+
+    await wait_until(started)
     return task, int(marker.read_text().split()[0])
 
 

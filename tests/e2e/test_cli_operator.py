@@ -1,7 +1,8 @@
 """status / history / trigger / pause / resume: the installed CLI against a running daemon.
 
 Through the admin API when the config has `admin:`, else straight to PostgreSQL (the daemon picks
-up pauses and queued runs from there).
+up pauses and queued runs from there). The daemon runs in the test's loop; each command is a
+process of its own (~0.5 s of imports each), hence the e2e layer.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import asyncio
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,12 +24,22 @@ from tests.helpers import (
     free_port,
     listening,
     next_event,
+    query_value,
     running_daemon,
     wait_until,
     write_config,
 )
 
 CLI = Path(sys.executable).with_name("scheduler-daemon")
+NO_TARGET = "http://127.0.0.1:9"  # the `ping` job's URL: none of these tests makes it fire
+
+
+@pytest.fixture
+def config(tmp_path: Path, database_url: str) -> tuple[Path, str]:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    write_config(path, database_url, NO_TARGET, listen=f"127.0.0.1:{port}")
+    return path, f"http://127.0.0.1:{port}"
 
 
 async def cli(config: Path, *args: str) -> tuple[int, str, str]:
@@ -38,8 +49,7 @@ async def cli(config: Path, *args: str) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await proc.wait(), out.decode(), err.decode()
 
 
 async def test_operator_commands_through_the_admin_api(
@@ -62,11 +72,13 @@ async def test_operator_commands_through_the_admin_api(
         assert "At 09:00, Monday through Friday (America/Sao_Paulo)" in lines["ping"]
         assert "succeeded" in lines["greet"] and "100.0%" in lines["greet"]
 
-        async def recorded() -> bool:
-            code, out, _ = await cli(config_file, "history", "greet", "--json")
-            return code == 0 and any(r["fire_id"] == fired["fire_id"] for r in json.loads(out))
+        async def recorded() -> bool:  # polled in the database: a CLI process costs ~0.5 s
+            sql = "SELECT count(*) FROM executions WHERE fire_id = $1 AND status <> 'running'"
+            return bool(await query_value(database_url, sql, uuid.UUID(fired["fire_id"])))
 
         await wait_until(recorded, timeout=20)
+        code, out, _ = await cli(config_file, "history", "greet", "--json")
+        assert code == 0 and any(r["fire_id"] == fired["fire_id"] for r in json.loads(out))
         code, out, _ = await cli(config_file, "history", "greet", "-n", "1")
         assert code == 0 and "manual" in out and "succeeded" in out
         code, _, err = await cli(config_file, "trigger", "nope")
@@ -76,19 +88,16 @@ async def test_operator_commands_through_the_admin_api(
 
 
 async def test_operator_commands_straight_to_postgresql(
-    tmp_path: Path,
-    database_url: str,
-    target: tuple[str, Any],
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pauses_module, "CONTROL_POLL", 0.05)
     config = tmp_path / "config.yaml"
     port = free_port()
-    write_config(config, database_url, target[0], listen=f"127.0.0.1:{port}")
+    write_config(config, database_url, NO_TARGET, listen=f"127.0.0.1:{port}")
     async with running_daemon(config, f"http://127.0.0.1:{port}") as running:
         # The CLI reads the same jobs without `admin:`: it must go to the database.
         direct = tmp_path / "direct.yaml"
-        write_config(direct, database_url, target[0], listen=None)
+        write_config(direct, database_url, NO_TARGET, listen=None)
         code, out, err = await cli(direct, "pause", "greet")
         assert code == 0, err
         assert json.loads(out)["paused"] is True
