@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+# Gates a test opens: a greet with ``hold=KEY`` runs until the test sets HELD[KEY] (in-process
+# daemons only), so "still running" is a fact, not a race.
+HELD: dict[str, asyncio.Event] = {}
 
-async def greet(name: str, times: int = 1) -> str:
+
+async def greet(name: str, times: int = 1, hold: str | None = None) -> str:
     await asyncio.sleep(0)
+    if hold is not None:
+        await HELD.setdefault(hold, asyncio.Event()).wait()
     return " ".join([f"hello {name}"] * times)
 
 

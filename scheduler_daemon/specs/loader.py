@@ -85,7 +85,9 @@ def _validate(
     data, overridden = _with_environment(data, environ)
     try:
         with _gc_paused():
-            config = Config.model_validate(data, context={"base": file.parent, "path": file})
+            config = Config.model_validate(
+                data, context={"base": file.parent, "path": file}, by_name=False
+            )
     except ValidationError as exc:
         for loc, message in problems_of(exc):
             if loc in overridden:

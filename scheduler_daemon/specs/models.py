@@ -330,7 +330,8 @@ class Config(Spec):
             fields = {**with_defaults(body, defaults), "name": str(name)}
             fields.setdefault("timezone", timezone)
             try:
-                jobs.append(JobSpec.model_validate(fields, context=info.context))
+                # by_name=False: a user writes `json:`, never the field name behind it.
+                jobs.append(JobSpec.model_validate(fields, context=info.context, by_name=False))
             except ValidationError as exc:
                 problems += [((name, *_under_job(loc)), m) for loc, m in problems_of(exc)]
         if problems:

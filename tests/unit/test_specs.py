@@ -152,3 +152,13 @@ def test_a_job_may_not_name_itself(tmp_path: Path) -> None:
 )
 def test_a_jobs_action_builds_the_same_job(job: JobSpec) -> None:
     assert JobSpec(name=job.name, every=1.0, action=job.action) == job  # type: ignore[call-arg]
+
+
+def test_a_field_is_written_as_its_key_never_as_the_name_behind_it(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text('jobs:\n  a:\n    every: 1s\n    http: {url: "http://x", json_body: {a: 1}}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert caught.value.problems == [
+        f"{path}:4: jobs.a.http.json_body: unknown key 'json_body'; did you mean 'json'?"
+    ]
