@@ -18,8 +18,7 @@ Fixtures
   CREATE DATABASE), else an embedded PostgreSQL started once per session from the same wheel the
   daemon uses, stopped at the end.
 - ``database_url`` (function): DSN of a brand-new database with schema.sql applied, cloned from a
-  template (one CREATE DATABASE, FILE_COPY where the server has it: ~0.05 s), dropped after the
-  test (WITH (FORCE):
+  template (one CREATE DATABASE; ~0.35 s with the drop), dropped after the test (WITH (FORCE):
   connections a test leaves open do not block it).
 - ``empty_database_url`` (function): the same without the schema (for schema and ``db init`` tests).
 - ``cluster_template`` (session): a data directory made by initdb once per run, never started;
@@ -29,7 +28,6 @@ Fixtures
   ``EmbeddedPostgres(cluster_dir)``; ``own_server``: the same, started, stopped after the test
   (for tests that stop and start the database under the code they test). Tests of initdb itself
   (a first start, as root, ...) use an empty directory instead.
-
 - ``target``, ``config``, ``api``: a local HTTP target, a config with an admin listener, and a
   daemon running it in the test's loop (``tests.helpers.Running``), for the admin API's tests.
 
@@ -72,8 +70,6 @@ from tests.helpers import (
 )
 
 # Unique per session: two test runs against one external server must not share a template.
-# Options of each test's CREATE DATABASE, as the server supports them (set once per run).
-CREATE_DATABASE: list[str] = []
 TEMPLATE = f"sdt_template_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
 
@@ -95,10 +91,6 @@ async def _create_template(server: str) -> None:
     conn = await asyncpg.connect(with_database(server, TEMPLATE))
     try:
         await store.apply_schema(conn)
-        if int(await conn.fetchval("SHOW server_version_num")) >= 150000:
-            # Copying the few files of a small template beats WAL-logging each block (0.4 s →
-            # 0.05 s per test); PostgreSQL 15 made WAL_LOG the default and FILE_COPY an option.
-            CREATE_DATABASE.append("STRATEGY FILE_COPY")
     finally:
         await conn.close()
 
@@ -120,10 +112,6 @@ def cluster_template(clusters_root: Path) -> Path:
     server.data_dir.mkdir(parents=True)
     server._prepare_permissions()
     server._initdb()
-    # Test clusters hold nothing worth a crash-safe write: creating a database per test and the
-    # recorder's commits cost several times less without fsync.
-    with (server.pgdata / "postgresql.conf").open("a") as conf:
-        conf.write("\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
     return server.pgdata
 
 
@@ -165,8 +153,7 @@ def pg_server(request: pytest.FixtureRequest, clusters_root: Path) -> Iterator[s
 
 def _fresh_database(server: str, template: str) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
-    options = " ".join(CREATE_DATABASE)
-    asyncio.run(_admin(server, f"CREATE DATABASE {name} TEMPLATE {template} {options}"))
+    asyncio.run(_admin(server, f"CREATE DATABASE {name} TEMPLATE {template}"))
     try:
         yield with_database(server, name)
     finally:
