@@ -1,41 +1,29 @@
-"""The admin HTTP API: health, metrics, jobs, history, statistics, manual runs, pause and resume.
+"""The admin HTTP API as a server: its routes, authentication, error replies and listener.
 
 Served by aiohttp on loopback or a unix socket (config `admin:`). Every endpoint but /healthz and
 /metrics needs the bearer token when one is configured; endpoints that change anything are refused
 when none is. Errors are JSON: {"error": "<stable code>", "message": "<for humans>"}; bad input is
-a 4xx, a database that is away is a 503. The contract is `openapi.json` (served at /openapi.json).
+a 4xx, a database that is away is a 503. ROUTES is the one list of endpoints: it builds the app and
+the OpenAPI document (served at /openapi.json). What each endpoint does is api_handlers.py.
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
-import json
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import asyncpg
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from pydantic import BaseModel
 
 from scheduler_daemon.operation import api_models as m
+from scheduler_daemon.operation.api_handlers import Api, Controlled, reply
 from scheduler_daemon.operation.api_models import ApiError, Error
-from scheduler_daemon.operation.metrics import Metrics
 from scheduler_daemon.operation.openapi import Reply, Route, document
-from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
-from scheduler_daemon.running.records import FireKind
-from scheduler_daemon.running.runner import Fire
-from scheduler_daemon.specs import AdminSpec, Config, JobSpec
-from scheduler_daemon.storage import queries, store
-from scheduler_daemon.storage.queries import OneOffRun
-from scheduler_daemon.storage.recorder import Recorder
-from scheduler_daemon.storage.store import Row
-from scheduler_daemon.timing.schedule_text import schedule_in_words
-from scheduler_daemon.timing.scheduler import Scheduler
+from scheduler_daemon.specs import AdminSpec
+from scheduler_daemon.storage import store
 
 log = structlog.get_logger("scheduler_daemon.operation.admin")
 
@@ -43,43 +31,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 64 * 1024
 
 
-class Controlled(Protocol):
-    """What the API reads and drives: the running daemon (tests may pass a stand-in)."""
-
-    config: Config
-    reload_error: str | None
-    started_at: datetime
-    metrics: Metrics
-
-    @property
-    def scheduler(self) -> Scheduler: ...
-
-    @property
-    def recorder(self) -> Recorder: ...
-
-    def running(self, job: str) -> list[Fire]: ...
-
-    def paused(self) -> Mapping[str, datetime]: ...
-
-    async def set_paused(self, job: str, paused: bool) -> datetime | None: ...
-
-    def trigger(self, job: JobSpec, overrides: Mapping[str, Any] | None) -> Fire | None: ...
-
-    async def create_run(
-        self, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
-    ) -> OneOffRun: ...
-
-    async def cancel_run(self, run_id: uuid.UUID) -> OneOffRun | None: ...
-
-
-def _reply(body: BaseModel, status: int = 200) -> web.Response:
-    return web.Response(
-        text=body.model_dump_json(by_alias=True), status=status, content_type="application/json"
-    )
-
-
 def _refusal(exc: ApiError) -> web.Response:
-    return _reply(Error(error=exc.code, message=exc.message), status=exc.status)
+    return reply(Error(error=exc.code, message=exc.message), status=exc.status)
 
 
 # -- the application -----------------------------------------------------------------------------
@@ -88,7 +41,7 @@ def _refusal(exc: ApiError) -> web.Response:
 def build_app(target: Controlled) -> web.Application:
     spec()  # generated now (~25 ms, once), not while the loop is serving fires
     app = web.Application(middlewares=[_errors, _auth(target)], client_max_size=MAX_BODY)
-    api = Api(target)
+    api = Api(target, document=spec)
     for route in ROUTES:
         handler = _endpoint(api, route)
         if route.method == "GET":
@@ -155,328 +108,6 @@ def _auth(target: Controlled) -> Middleware:
         return await handler(request)
 
     return auth
-
-
-class Api:
-    def __init__(self, target: Controlled) -> None:
-        self.t = target
-
-    # -- health and metrics ------------------------------------------------------------------
-
-    async def healthz(self, request: web.Request, query: m.HealthQuery) -> web.Response:
-        recorder = self.t.recorder
-        connected = recorder.connected
-        problems = []
-        if not connected:
-            problems.append(f"database unreachable: {recorder.pending} rows buffered")
-        if self.t.reload_error:
-            problems.append(f"last reload failed: {self.t.reload_error}")
-        body = m.Health(
-            status="degraded" if problems else "ok",
-            problems=problems,
-            database="connected" if connected else "buffering",
-            pending_rows=recorder.pending,
-            config=m.ConfigState(
-                path=str(self.t.config.path),
-                jobs=len(self.t.config.jobs),
-                last_reload="failed" if self.t.reload_error else "ok",
-                reload_error=self.t.reload_error,
-            ),
-            started_at=self.t.started_at,
-            uptime_s=round((datetime.now(UTC) - self.t.started_at).total_seconds(), 1),
-        )
-        # Liveness: 200 while the loop answers. Readiness/alerting: ?ready=1 is 503 when degraded.
-        return _reply(body, status=503 if query.ready and problems else 200)
-
-    async def metrics(self, request: web.Request, query: m.Query) -> web.Response:
-        return web.Response(
-            body=self.t.metrics.exposition(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
-
-    async def openapi(self, request: web.Request, query: m.Query) -> web.Response:
-        return web.json_response(spec())
-
-    # -- jobs ------------------------------------------------------------------------------------
-
-    async def list_jobs(self, request: web.Request, query: m.WindowQuery) -> web.Response:
-        since = query.start(datetime.now(UTC))
-        stats = await self._stats_by_job(since)
-        jobs = [self._job_summary(job, stats.get(job.name), 1) for job in self.t.config.jobs]
-        return _reply(m.JobList(since=since, jobs=jobs))
-
-    async def get_job(self, request: web.Request, query: m.WindowQuery) -> web.Response:
-        job = self._job(request)
-        since = query.start(datetime.now(UTC))
-        stats = await self._stats_by_job(since, job.name)
-        summary = self._job_summary(job, stats.get(job.name), 5)
-        pool = self._pool_or_none()
-        last = await queries.last_attempts(pool, job.name, 10) if pool else None
-        running = [
-            m.RunningFire(
-                fire_id=f.fire_id, scheduled_at=f.scheduled_at, state=f.state, attempt=f.attempt
-            )
-            for f in self.t.running(job.name)
-        ]
-        body = m.JobDetail(
-            **dict(summary),
-            spec=job.redacted(),
-            since=since,
-            last_attempts=[_execution(r) for r in last] if last is not None else None,
-            running_fires=running,
-        )
-        return _reply(body)
-
-    def _job_summary(self, job: JobSpec, stats: Row | None, upcoming: int) -> m.Job:
-        paused_at = self.t.paused().get(job.name)
-        return m.Job(
-            name=job.name,
-            kind=job.action.kind,
-            schedule=self.t.scheduler.describe(job.name),
-            schedule_in_words=schedule_in_words(job),
-            enabled=job.enabled,
-            paused=paused_at is not None,
-            paused_at=paused_at,
-            next_fires=self.t.scheduler.upcoming(job.name, upcoming),
-            running=len(self.t.running(job.name)),
-            stats=m.JobStats.model_validate(dict(stats)) if stats else None,
-        )
-
-    async def _stats_by_job(self, since: datetime, job: str | None = None) -> dict[str, Row]:
-        pool = self._pool_or_none()
-        if pool is None:
-            return {}  # the schedule is still answered while the database is away
-        rows = await queries.job_stats(pool, since, job)
-        return {row["job_name"]: row for row in rows}
-
-    # -- history ---------------------------------------------------------------------------------
-
-    async def job_executions(self, request: web.Request, query: m.HistoryQuery) -> web.Response:
-        return await self._page(query, request.match_info["name"])
-
-    async def executions(self, request: web.Request, query: m.ExecutionsQuery) -> web.Response:
-        return await self._page(query, query.job)
-
-    async def _page(self, query: m.HistoryQuery, job: str | None) -> web.Response:
-        where = queries.ExecutionFilter(
-            job=job,
-            status=query.status,
-            trigger=query.trigger,
-            since=query.since,
-            until=query.until,
-        )
-        try:
-            cursor = queries.Cursor.decode(query.cursor) if query.cursor else None
-        except queries.BadCursor as exc:
-            raise ApiError(400, "bad_cursor", str(exc)) from None
-        rows, next_cursor = await queries.executions(
-            self._pool(), where, after=cursor, limit=query.limit
-        )
-        return _reply(
-            m.ExecutionPage(
-                executions=[_execution(r) for r in rows],
-                next_cursor=next_cursor.encode() if next_cursor else None,
-            )
-        )
-
-    async def stats(self, request: web.Request, query: m.WindowQuery) -> web.Response:
-        since = query.start(datetime.now(UTC))
-        pool = self._pool()
-        kinds = {job.name: job.action.kind for job in self.t.config.jobs}
-        per_job = [
-            m.JobStatsOfKind.model_validate({**row, "kind": kinds.get(row["job_name"])})
-            for row in await queries.job_stats(pool, since)
-        ]  # kind None: no longer configured
-        minutes = [
-            m.Minute.model_validate(dict(r)) for r in await queries.runs_per_minute(pool, since)
-        ]
-        runs = sum(r.runs for r in per_job)
-        succeeded = sum(r.succeeded for r in per_job)
-        totals = m.Totals(
-            runs=runs,
-            succeeded=succeeded,
-            failed=sum(r.failed for r in per_job),
-            skipped=sum(r.skipped for r in per_job),
-            success_rate=round(succeeded / runs, 4) if runs else None,
-        )
-        times = [
-            m.ResponseTimes(
-                job_name=r.job_name,
-                avg_duration_ms=r.avg_duration_ms,
-                p95_duration_ms=r.p95_duration_ms,
-                runs=r.runs,
-            )
-            for r in per_job
-            if r.kind == "http"
-        ]
-        return _reply(
-            m.StatsReport(
-                since=since,
-                totals=totals,
-                jobs=per_job,
-                http_response_times=times,
-                per_minute=minutes,
-            )
-        )
-
-    # -- actions ---------------------------------------------------------------------------------
-
-    async def trigger(self, request: web.Request, query: m.Query) -> web.Response:
-        job = self._job(request)
-        overrides = _overrides(job, await _body(request))
-        fire = self.t.trigger(job, overrides)
-        if fire is None:
-            raise ApiError(
-                409,
-                "not_started",
-                f"job {job.name!r} did not start: its overlap policy ({job.overlap}) refused "
-                "it, or the daemon is shutting down (the refusal is recorded in executions)",
-            )
-        log.info(
-            "manual_trigger", job=job.name, fire_id=str(fire.fire_id), overrides=bool(overrides)
-        )
-        body = m.Triggered(
-            fire_id=fire.fire_id,
-            job=job.name,
-            trigger=FireKind.MANUAL,
-            scheduled_at=fire.scheduled_at,
-            executions=f"/jobs/{job.name}/executions?trigger=manual",
-        )
-        return _reply(body, status=202)
-
-    async def pause(self, request: web.Request, query: m.Query) -> web.Response:
-        return await self._set_paused(request, True)
-
-    async def resume(self, request: web.Request, query: m.Query) -> web.Response:
-        return await self._set_paused(request, False)
-
-    async def _set_paused(self, request: web.Request, paused: bool) -> web.Response:
-        job = self._job(request)
-        self._pool()  # refused up front while the database is away: a pause must persist
-        try:
-            paused_at = await self.t.set_paused(job.name, paused)
-        except LookupError:
-            raise ApiError(
-                503, "not_synced", f"job {job.name!r} is not in the database yet; try again"
-            ) from None
-        return _reply(m.PauseState(job=job.name, paused=paused_at is not None, paused_at=paused_at))
-
-    # -- one-off runs ----------------------------------------------------------------------------
-
-    async def list_runs(self, request: web.Request, query: m.RunsQuery) -> web.Response:
-        runs = await queries.list_runs(self._pool(), pending_only=query.pending, limit=query.limit)
-        return _reply(m.RunList(runs=[_run(r) for r in runs]))
-
-    async def create_run(self, request: web.Request, query: m.Query) -> web.Response:
-        body = await _body(request)
-        if body is None or not isinstance(body.get("job"), str):
-            raise ApiError(400, "bad_request", 'expected a JSON object with "job": "<name>"')
-        job = self.t.config.job(body["job"])
-        if job is None:
-            raise ApiError(404, "unknown_job", f"no job named {body['job']!r} is configured")
-        at = _at(body.get("at")) or datetime.now(UTC)
-        rest = {k: v for k, v in body.items() if k not in ("job", "at")}
-        overrides = _overrides(job, rest or None)
-        self._pool()
-        run = await self.t.create_run(job, at, overrides)
-        return _reply(_run(run), status=201)
-
-    async def get_run(self, request: web.Request, query: m.Query) -> web.Response:
-        run_id = _run_id(request)  # a malformed id is a 404 even while the database is away
-        run = await queries.get_run(self._pool(), run_id)
-        if run is None:
-            raise ApiError(404, "unknown_run", "no such run")
-        return _reply(_run(run))
-
-    async def cancel_run(self, request: web.Request, query: m.Query) -> web.Response:
-        run_id = _run_id(request)
-        self._pool()
-        run = await self.t.cancel_run(run_id)
-        if run is None:
-            raise ApiError(404, "unknown_run", "no such run")
-        if run.state == "started":
-            raise ApiError(409, "already_started", "the run has started; it cannot be cancelled")
-        return _reply(_run(run))
-
-    # -- helpers ---------------------------------------------------------------------------------
-
-    def _job(self, request: web.Request) -> JobSpec:
-        name = request.match_info["name"]
-        job = self.t.config.job(name)
-        if job is None:
-            raise ApiError(404, "unknown_job", f"no job named {name!r} is configured")
-        return job
-
-    def _pool(self) -> asyncpg.Pool:
-        pool = self._pool_or_none()
-        if pool is None:
-            raise ApiError(
-                503,
-                "database_unavailable",
-                "the database is unavailable; executions are buffered and written when it returns",
-            )
-        return pool
-
-    def _pool_or_none(self) -> asyncpg.Pool | None:
-        recorder = self.t.recorder
-        return recorder.pool if recorder.connected else None
-
-
-def _execution(row: Row) -> m.Execution:
-    return m.Execution.model_validate(dict(row))
-
-
-def _run(run: OneOffRun) -> m.Run:
-    return m.Run(
-        id=run.id,
-        job=run.job_name,
-        run_at=run.run_at,
-        overrides=dict(run.overrides) if run.overrides is not None else None,
-        state=run.state,
-        created_at=run.created_at,
-        started_at=run.started_at,
-        cancelled_at=run.cancelled_at,
-        executions=f"/executions?job={run.job_name}&trigger=manual",
-    )
-
-
-def _run_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["id"])
-    except ValueError:
-        raise ApiError(404, "unknown_run", "no such run (run ids are UUIDs)") from None
-
-
-async def _body(request: web.Request) -> dict[str, Any] | None:
-    """The JSON object body, or None when there is none."""
-    if not request.can_read_body:
-        return None
-    raw = await request.read()
-    if not raw.strip():
-        return None
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_request", f"expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _overrides(job: JobSpec, body: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    try:
-        return runner_overrides(job, body)
-    except BadOverrides as exc:
-        raise ApiError(400, "bad_overrides", str(exc)) from None
-
-
-def _at(value: Any) -> datetime | None:
-    if value is None or value == "":
-        return None
-    try:
-        return m.parse_instant(value)
-    except ValueError as exc:
-        raise ApiError(400, "bad_parameter", f"at: {exc}") from None
 
 
 # -- the routes and their document -----------------------------------------------------------------
