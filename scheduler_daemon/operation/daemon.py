@@ -244,7 +244,7 @@ class Daemon:
     # -- signals and reload --------------------------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
-        # Handlers only set events; everything else happens in the loop (DESIGN §4.6).
+        # Handlers only set events; everything else happens in the loop, between two awaits.
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")

@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 
 # Namespace for fire ids derived from (job name, scheduled instant): identical on every restart and
-# replica, which makes journal replay idempotent and lets replicas claim fires (DESIGN §5).
+# replica, which makes journal replay idempotent and lets replicas claim fires.
 FIRE_NAMESPACE = uuid.UUID("5b0c7f3e-8a0e-4c1e-9d7a-1f6a3c2b9e10")
 _NAMESPACE_BYTES = FIRE_NAMESPACE.bytes
 

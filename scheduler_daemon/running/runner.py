@@ -1,6 +1,6 @@
 """One fire of one job: overlap policy, attempts, timeouts, retries with backoff.
 
-Every attempt that starts ends in exactly one ExecutionRecord handed to the recorder (DESIGN §3.2);
+Every attempt that starts ends in exactly one ExecutionRecord handed to the recorder, come what may;
 a fire that never gets to start (skipped by the overlap policy, cancelled while waiting for a slot)
 is recorded too, so nothing scheduled disappears silently.
 """

@@ -116,7 +116,7 @@ async def apply_schema(db: Db) -> None:
 
 
 def job_spec(job: JobSpec) -> dict[str, Any]:
-    """What ``jobs.spec`` holds: the job as configured, secrets redacted (DESIGN §3.4)."""
+    """What ``jobs.spec`` holds: the job as configured, secrets redacted."""
     return job.redacted()
 
 
