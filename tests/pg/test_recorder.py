@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +17,33 @@ from scheduler_daemon.storage.database import Database, OnConnect
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.recorder import Recorder
-from tests.helpers import rec
+from tests.helpers import copy_cluster, rec
+
+
+@pytest.fixture(scope="module")
+def _outage_server(clusters_root: Path, cluster_template: Path) -> Iterator[EmbeddedPostgres]:
+    """One cluster for the outage tests of this module (a copy and a first start cost ~0.8 s)."""
+    place = Path(tempfile.mkdtemp(dir=clusters_root))
+    server = EmbeddedPostgres(copy_cluster(cluster_template, place / "pg"))
+    yield server
+    server.stop()
+    shutil.rmtree(place, ignore_errors=True)
+
+
+@pytest.fixture
+def server(_outage_server: EmbeddedPostgres) -> EmbeddedPostgres:
+    """The module's cluster, running and as new: no table of an earlier test is left (each test
+    stops and starts it under the recorder; one that failed half-way may have left it down)."""
+    asyncio.run(_wipe(_outage_server.start()))
+    return _outage_server
+
+
+async def _wipe(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    finally:
+        await conn.close()
 
 
 async def _count(dsn: str) -> int:
@@ -96,8 +124,8 @@ async def test_close_flushes_what_is_buffered(database_url: str) -> None:
     assert await _count(database_url) == 10
 
 
-async def test_an_outage_delays_rows_and_loses_none(own_server: EmbeddedPostgres) -> None:
-    dsn = own_server.dsn()
+async def test_an_outage_delays_rows_and_loses_none(server: EmbeddedPostgres) -> None:
+    dsn = server.dsn()
     recorder = Recorder(database=_database(dsn, _apply_schema), batch_size=100, flush_interval=0.05)
     with capture_logs() as logs:
         await recorder.start()
@@ -105,13 +133,13 @@ async def test_an_outage_delays_rows_and_loses_none(own_server: EmbeddedPostgres
             recorder.record(rec(n=i))
         await _until(lambda: recorder.pending == 0)
 
-        await own_server.astop()  # the database goes away while attempts keep finishing
+        await server.astop()  # the database goes away while attempts keep finishing
         for i in range(50, 450):
             recorder.record(rec(n=i))
         await _until(lambda: recorder.failures >= 3)  # several retries: one warning
         assert recorder.pending == 400
 
-        await own_server.astart()
+        await server.astart()
         await _until(lambda: recorder.pending == 0)
         assert await recorder.close(timeout=10) == 0
     events = [e["event"] for e in logs if e["event"].startswith("recorder_db")]
@@ -124,9 +152,9 @@ async def test_an_outage_delays_rows_and_loses_none(own_server: EmbeddedPostgres
     assert len(rows) == 450 and len({r["scheduled_at"] for r in rows}) == 450
 
 
-async def test_a_database_down_at_start_is_waited_for(own_server: EmbeddedPostgres) -> None:
-    dsn = own_server.dsn()
-    own_server.stop()
+async def test_a_database_down_at_start_is_waited_for(server: EmbeddedPostgres) -> None:
+    dsn = server.dsn()
+    server.stop()
     connected = asyncio.Event()
 
     async def on_connect(pool: asyncpg.Pool) -> None:
@@ -138,7 +166,7 @@ async def test_a_database_down_at_start_is_waited_for(own_server: EmbeddedPostgr
     recorder.record(rec())
     await _until(lambda: recorder.failures >= 2)  # it tried, failed, and tries again
     assert not connected.is_set() and recorder.pending == 1
-    await own_server.astart()
+    await server.astart()
     await asyncio.wait_for(connected.wait(), 30)
     await _until(lambda: recorder.pending == 0)
     await recorder.close(timeout=10)
@@ -207,11 +235,11 @@ async def test_a_row_the_database_rejects_does_not_block_the_others(database_url
 
 
 async def test_a_long_outage_spills_to_the_journal_and_replays_it(
-    own_server: EmbeddedPostgres, tmp_path: Path
+    server: EmbeddedPostgres, tmp_path: Path
 ) -> None:
     journal = Journal(tmp_path / "journal" / "executions.jsonl")
     recorder = Recorder(
-        database=_database(own_server.dsn(), _apply_schema),
+        database=_database(server.dsn(), _apply_schema),
         batch_size=50,
         flush_interval=0.05,
         buffer_limit=100,
@@ -219,28 +247,28 @@ async def test_a_long_outage_spills_to_the_journal_and_replays_it(
     )
     await recorder.start()
     await _until(lambda: recorder.pool is not None)
-    await own_server.astop()
+    await server.astop()
     for i in range(350):
         recorder.record(rec(n=i))
     await _until(lambda: journal.exists() and recorder.pending <= 100)
     assert recorder.journaled >= 250
 
-    await own_server.astart()
+    await server.astart()
     await _until(lambda: recorder.pending == 0 and not journal.exists())
     assert await recorder.close(timeout=10) == 0
-    assert await _count(own_server.dsn()) == 350
+    assert await _count(server.dsn()) == 350
 
 
 async def test_close_during_an_outage_journals_and_the_next_start_replays(
-    own_server: EmbeddedPostgres, tmp_path: Path
+    server: EmbeddedPostgres, tmp_path: Path
 ) -> None:
     journal = Journal(tmp_path / "executions.jsonl")
     first = Recorder(
-        database=_database(own_server.dsn(), _apply_schema), flush_interval=0.05, journal=journal
+        database=_database(server.dsn(), _apply_schema), flush_interval=0.05, journal=journal
     )
     await first.start()
     await _until(lambda: first.pool is not None)
-    await own_server.astop()
+    await server.astop()
     for i in range(20):
         first.record(rec(n=i))
     assert await first.close(timeout=10) == 0  # nothing unwritten: it is all in the journal
@@ -249,12 +277,12 @@ async def test_close_during_an_outage_journals_and_the_next_start_replays(
     with journal.path.open("a") as f:
         f.write('{"fire_id": "torn')  # a crash in the middle of a write
 
-    await own_server.astart()
+    await server.astart()
     second = Recorder(
-        database=_database(own_server.dsn(), _apply_schema), flush_interval=0.05, journal=journal
+        database=_database(server.dsn(), _apply_schema), flush_interval=0.05, journal=journal
     )
     await second.start()
     await _until(lambda: not journal.exists())
     second.record(rec(n=0))  # a replayed row arriving again is not written twice
     assert await second.close(timeout=10) == 0
-    assert await _count(own_server.dsn()) == 20
+    assert await _count(server.dsn()) == 20
