@@ -372,6 +372,8 @@ async def _body(request: web.Request) -> dict[str, Any] | None:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # the decoder's own limit (~1000 levels): no job needs a tenth of it
+        raise ApiError(400, "bad_json", "the body's JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_request", f"expected a JSON object, got {type(data).__name__}")
     return data

@@ -24,6 +24,9 @@ RunState: TypeAlias = Literal["pending", "started", "cancelled"]
 FAILED = tuple(s.value for s in (Status.FAILED, Status.TIMED_OUT, Status.ABANDONED, Status.MISSED))
 
 
+_MAX_ID = 2**63 - 1  # executions.id is a bigint
+
+
 class BadCursor(ValueError):
     """A pagination cursor that this version did not hand out."""
 
@@ -46,6 +49,8 @@ class Cursor:
             if not dot:
                 raise ValueError(text)
             at = datetime.fromtimestamp(int(micros) / 1_000_000, UTC)
+            if not 0 < int(ident) <= _MAX_ID:
+                raise ValueError(ident)  # ids are bigserial: anything else was never handed out
             return cls(at, int(ident))
         except (ValueError, OverflowError, OSError):
             raise BadCursor(f"not a cursor from this API: {text!r}") from None
