@@ -18,7 +18,7 @@ from aiohttp import web
 
 from scheduler_daemon.running.actions import HttpClient, build_action
 from scheduler_daemon.running.actions.command import CommandAction
-from scheduler_daemon.running.actions.http import HttpAction
+from scheduler_daemon.running.actions.http import HttpAction, without_queries
 from scheduler_daemon.running.actions.python import PythonAction
 from scheduler_daemon.running.records import Status
 from scheduler_daemon.specs import CommandSpec, HttpSpec, PythonSpec
@@ -60,8 +60,12 @@ async def server() -> AsyncIterator[str]:
             await resp.write(chunk)
         return resp
 
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound(str(request.rel_url))  # to itself, query string and all
+
     app = web.Application()
     app.router.add_get("/ok", ok)
+    app.router.add_get("/loop", loop)
     app.router.add_get("/status/{code}", status)
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/huge", huge)
@@ -125,6 +129,18 @@ async def test_http_expect_overrides_the_2xx_rule(server: str, client: HttpClien
     )
     out = await http_job(client, f"{server}/ok", expect=(201,)).run()
     assert (out.status, out.retryable) == (Status.FAILED, False)
+
+
+async def test_an_error_text_never_carries_the_query_string(
+    server: str, client: HttpClient
+) -> None:
+    """Query strings carry API keys (`?api_key=...`, `params:`): error texts go to executions.error,
+    the log and NOTIFY payloads, so a URL in one keeps its path only."""
+    job = http_job(client, f"{server}/loop?api_key=s3cret", params={"token": "t0ken"})
+    outcome = await job.run()
+    assert outcome.status is Status.FAILED and outcome.error is not None
+    assert "/loop" in outcome.error  # still says where
+    assert "s3cret" not in outcome.error and "t0ken" not in outcome.error
 
 
 async def test_http_connection_refused_is_retryable(client: HttpClient) -> None:
@@ -327,3 +343,17 @@ def test_build_action_picks_the_kind() -> None:
     assert isinstance(
         build_action(make_job(action=PythonSpec(target="m:f")), http=http), PythonAction
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("URL('http://h:1/p?api_key=k&x=1')", "URL('http://h:1/p?…')"),
+        ('url="https://x.io/a/b?t=s3cret#frag"', 'url="https://x.io/a/b?…#frag"'),
+        ("GET http://h/p?a=1 then HTTPS://h/q?b=2", "GET http://h/p?… then HTTPS://h/q?…"),
+        ("http://h/p has no query", "http://h/p has no query"),
+        ("what? no url here", "what? no url here"),
+    ],
+)
+def test_query_strings_are_cut_from_error_texts(text: str, expected: str) -> None:
+    assert without_queries(text) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -65,11 +66,13 @@ class HttpAction:
             raise
         except aiohttp.ClientConnectorError as exc:
             error = f"connection failed: {exc.os_error}"
-            return Outcome(Status.FAILED, retryable=True, error=error)
+            return Outcome(Status.FAILED, retryable=True, error=without_queries(error))
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return Outcome(Status.FAILED, retryable=True, error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            return Outcome(Status.FAILED, retryable=True, error=without_queries(error))
         except Exception as exc:  # noqa: BLE001 - e.g. a body that can't be encoded: the job's fault
-            return Outcome(Status.FAILED, retryable=False, error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            return Outcome(Status.FAILED, retryable=False, error=without_queries(error))
 
     def _outcome(self, resp: aiohttp.ClientResponse, output: str) -> Outcome:
         status = resp.status
@@ -85,6 +88,16 @@ class HttpAction:
             output=output,
             retry_after=_retry_after(resp.headers.get("Retry-After")) if retryable else None,
         )
+
+
+# A URL's query string: where API keys travel (`?api_key=...`, `params:`). aiohttp's error texts
+# quote whole URLs, and ours go to executions.error, the log and NOTIFY payloads.
+_QUERY = re.compile(r"(\bhttps?://[^\s'\"?#]*)\?[^\s'\"#)]*", re.IGNORECASE)
+
+
+def without_queries(text: str) -> str:
+    """``text`` with every http(s) URL's query string replaced by ``?…``."""
+    return _QUERY.sub(r"\1?…", text)
 
 
 async def _read_head(resp: aiohttp.ClientResponse, limit: int) -> str:
