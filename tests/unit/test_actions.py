@@ -143,6 +143,29 @@ async def test_an_error_text_never_carries_the_query_string(
     assert "s3cret" not in outcome.error and "t0ken" not in outcome.error
 
 
+async def test_a_server_that_goes_silent_fails_the_attempt_after_the_read_timeout() -> None:
+    answered = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)  # headers sent, then nothing: the body never comes
+        answered.set()
+        await asyncio.Event().wait()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/silent", silent)
+    client = HttpClient(read_timeout=0.2)
+    try:
+        async with serve_locally(app) as url:
+            outcome = await asyncio.wait_for(http_job(client, f"{url}/silent").run(), 10)
+    finally:
+        await client.close()
+    assert answered.is_set()
+    assert outcome.status is Status.FAILED and outcome.retryable
+    assert outcome.error is not None and "Timeout" in outcome.error
+
+
 async def test_http_connection_refused_is_retryable(client: HttpClient) -> None:
     out = await http_job(client, "http://127.0.0.1:9/nothing").run()
     assert (

@@ -16,21 +16,28 @@ from scheduler_daemon.running.records import Status
 from scheduler_daemon.specs import HttpSpec
 
 _CHUNK = 64 * 1024
+# A server that accepts and then says nothing must not hold an attempt (and, with `overlap: skip`,
+# every later fire of its job) forever when the job has no `timeout`.
+CONNECT_TIMEOUT = 30.0
+READ_TIMEOUT = 300.0  # between two reads of the response, not the whole attempt
 
 
 class HttpClient:
     """The one ClientSession every HTTP job shares (created lazily inside the running loop)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT
+    ) -> None:
         self._session: aiohttp.ClientSession | None = None
+        # The whole attempt's limit is the job's `timeout` (the runner's); these bound one wait.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-            # Per-attempt timeouts are the runner's job; no hidden 5-minute default here.
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
-            )
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
 
     async def close(self) -> None:
