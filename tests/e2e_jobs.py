@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 # Gates a test opens: a greet with ``hold=KEY`` runs until the test sets HELD[KEY] (in-process
 # daemons only), so "still running" is a fact, not a race.
@@ -14,6 +15,18 @@ async def greet(name: str, times: int = 1, hold: str | None = None) -> str:
     if hold is not None:
         await HELD.setdefault(hold, asyncio.Event()).wait()
     return " ".join([f"hello {name}"] * times)
+
+
+# How many `block` calls wait on each event (by id): lets a test see them all parked.
+BLOCKED: dict[int, int] = {}
+_BLOCKED_LOCK = threading.Lock()
+
+
+def block(until: threading.Event) -> None:
+    """A plain function that hangs until the test sets ``until`` (in-process only)."""
+    with _BLOCKED_LOCK:
+        BLOCKED[id(until)] = BLOCKED.get(id(until), 0) + 1
+    until.wait()
 
 
 def explode(reason: str) -> None:

@@ -30,6 +30,7 @@ from scheduler_daemon.operation.pauses import Pauses, watch_controls
 from scheduler_daemon.operation.recovery import Recovery
 from scheduler_daemon.operation.reload import ReloadPlan, load_for_reload, plan_reload
 from scheduler_daemon.running.actions import ActionCache, HttpClient
+from scheduler_daemon.running.actions.python import job_threads
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire, Runner
@@ -65,12 +66,13 @@ class Daemon:
             database=self.database, clock=self._clock, journal=self._journal, events=config.events
         )
         self._http = HttpClient()
+        self._job_threads = job_threads()
         self._limiter = Limiter(config.max_concurrency)
         self._runner = Runner(
             clock=self._clock,
             limiter=self._limiter,
             recorder=self._recorder,
-            action_for=ActionCache(self._http),
+            action_for=ActionCache(self._http, self._job_threads),
             node=config.node,
             observer=self.metrics,
         )
@@ -207,6 +209,8 @@ class Daemon:
         await asyncio.gather(*self._loops.values(), return_exceptions=True)
         await self._oneoff.close()  # pending runs stay in the database for the next start
         await self._runner.drain(grace)
+        # A plain function still running past the grace cannot be stopped: it is left behind.
+        self._job_threads.shutdown(wait=False, cancel_futures=True)
         if self._admin is not None:
             await self._admin.cleanup()  # kept up while draining: operators watch the drain
         unwritten = await self._recorder.close(timeout=max(5.0, grace))

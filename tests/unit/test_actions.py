@@ -19,9 +19,10 @@ from aiohttp import web
 from scheduler_daemon.running.actions import HttpClient, build_action
 from scheduler_daemon.running.actions.command import CommandAction
 from scheduler_daemon.running.actions.http import HttpAction, without_queries
-from scheduler_daemon.running.actions.python import PythonAction
+from scheduler_daemon.running.actions.python import PythonAction, job_threads
 from scheduler_daemon.running.records import Status
 from scheduler_daemon.specs import CommandSpec, HttpSpec, PythonSpec
+from tests import e2e_jobs
 from tests.helpers import make_job, serve_locally, wait_until
 
 HUGE = 200 * 1024 * 1024
@@ -325,8 +326,12 @@ async def test_killed_by_signal_is_named() -> None:
 # -- python -------------------------------------------------------------------------------------
 
 
+THREADS = job_threads(4)
+
+
 def py(target: str, capture: int = 65536, **args: object) -> PythonAction:
-    return PythonAction(PythonSpec(target=target, args=args), capture_bytes=capture)
+    spec = PythonSpec(target=target, args=args)
+    return PythonAction(spec, capture_bytes=capture, threads=THREADS)
 
 
 async def test_python_coroutine_is_awaited_with_args_as_keywords() -> None:
@@ -340,6 +345,35 @@ async def test_python_plain_function_runs_off_the_loop_thread() -> None:
     out = await py("threading:current_thread").run()
     assert out.status is Status.SUCCEEDED
     assert out.output is not None and threading.current_thread().name not in out.output
+
+
+async def test_hung_plain_functions_leave_the_default_executor_to_the_daemon() -> None:
+    """As many hung jobs as the loop's default executor has threads: the daemon's own blocking
+    work (journal spills, reload parsing) still runs, because jobs have threads of their own."""
+    release = threading.Event()
+    default_threads = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default size
+    threads = job_threads(default_threads)
+    hung = [
+        asyncio.create_task(
+            PythonAction(
+                PythonSpec(target="tests.e2e_jobs:block", args={"until": release}),
+                capture_bytes=100,
+                threads=threads,
+            ).run()
+        )
+        for _ in range(default_threads)
+    ]
+    try:
+        await wait_until(lambda: _all_blocked(release, default_threads))
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "daemon work"), 5) == "daemon work"
+    finally:
+        release.set()
+        await asyncio.gather(*hung)
+        threads.shutdown()
+
+
+async def _all_blocked(release: threading.Event, count: int) -> bool:
+    return e2e_jobs.BLOCKED.get(id(release), 0) >= count
 
 
 async def test_python_return_values_are_json_and_capped() -> None:
@@ -359,13 +393,11 @@ async def test_python_bad_target_fails_without_retry(target: str) -> None:
 
 
 def test_build_action_picks_the_kind() -> None:
-    http = HttpClient()
+    kw = {"http": HttpClient(), "threads": THREADS}
     http_job = make_job(action=HttpSpec(url="http://x"))
-    assert isinstance(build_action(http_job, http=http), HttpAction)
-    assert isinstance(build_action(make_job(), http=http), CommandAction)
-    assert isinstance(
-        build_action(make_job(action=PythonSpec(target="m:f")), http=http), PythonAction
-    )
+    assert isinstance(build_action(http_job, **kw), HttpAction)
+    assert isinstance(build_action(make_job(), **kw), CommandAction)
+    assert isinstance(build_action(make_job(action=PythonSpec(target="m:f")), **kw), PythonAction)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ through is CancelledError — on timeout, replace or shutdown — after cleaning
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from typing import Any, Protocol
 
 from scheduler_daemon.running.actions.command import CommandAction
@@ -22,27 +23,28 @@ class Action(Protocol):
     async def run(self, overrides: Mapping[str, Any] | None = None) -> Outcome: ...
 
 
-def build_action(job: JobSpec, *, http: HttpClient) -> Action:
+def build_action(job: JobSpec, *, http: HttpClient, threads: Executor) -> Action:
     spec = job.action
     if isinstance(spec, HttpSpec):
         return HttpAction(spec, client=http, capture_bytes=job.capture_bytes)
     if isinstance(spec, CommandSpec):
         return CommandAction(spec, capture_bytes=job.capture_bytes)
-    return PythonAction(spec, capture_bytes=job.capture_bytes)
+    return PythonAction(spec, capture_bytes=job.capture_bytes, threads=threads)
 
 
 class ActionCache:
     """One Action per job spec, built on first use and rebuilt when the spec changes (a reload
     keeps an unchanged job's spec object, so its action is kept too)."""
 
-    def __init__(self, http: HttpClient) -> None:
+    def __init__(self, http: HttpClient, threads: Executor) -> None:
         self._http = http
+        self._threads = threads
         self._actions: dict[str, tuple[JobSpec, Action]] = {}
 
     def __call__(self, job: JobSpec) -> Action:
         cached = self._actions.get(job.name)
         if cached is not None and cached[0] is job:
             return cached[1]
-        action = build_action(job, http=self._http)
+        action = build_action(job, http=self._http, threads=self._threads)
         self._actions[job.name] = (job, action)
         return action
