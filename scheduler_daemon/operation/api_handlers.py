@@ -34,6 +34,10 @@ from scheduler_daemon.timing.scheduler import Scheduler
 
 log = structlog.get_logger("scheduler_daemon.operation.api_handlers")
 
+# Why a reload failed quotes the config (values included, secrets possibly): the log has it,
+# an endpoint open to the whole host does not.
+RELOAD_FAILED = "see the daemon's log (event reload_failed)"
+
 
 class Controlled(Protocol):
     """What the API reads and drives: the running daemon (tests may pass a stand-in)."""
@@ -84,7 +88,7 @@ class Api:
         if not connected:
             problems.append(f"database unreachable: {recorder.pending} rows buffered")
         if self.t.reload_error:
-            problems.append(f"last reload failed: {self.t.reload_error}")
+            problems.append(f"last reload failed: {RELOAD_FAILED}")
         body = m.Health(
             status="degraded" if problems else "ok",
             problems=problems,
@@ -94,7 +98,7 @@ class Api:
                 path=str(self.t.config.path),
                 jobs=len(self.t.config.jobs),
                 last_reload="failed" if self.t.reload_error else "ok",
-                reload_error=self.t.reload_error,
+                reload_error=RELOAD_FAILED if self.t.reload_error else None,
             ),
             started_at=self.t.started_at,
             uptime_s=round((datetime.now(UTC) - self.t.started_at).total_seconds(), 1),

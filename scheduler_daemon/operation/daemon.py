@@ -224,8 +224,8 @@ class Daemon:
             f"{len(self._runner.active())} running",
             f"{self._recorder.pending} records pending",
         ]
-        if self.reload_error:
-            parts.append(f"last reload FAILED: {self.reload_error}")
+        if self.reload_error:  # its text quotes the config: STATUS is readable by every user
+            parts.append("last reload FAILED, see the log")
         return ", ".join(parts)
 
     # -- the database --------------------------------------------------------------------------

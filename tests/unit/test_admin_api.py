@@ -7,6 +7,7 @@ database is asked can be tested in milliseconds. tests/pg/test_admin.py covers t
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
@@ -326,13 +327,14 @@ async def test_a_trigger_answers_202_with_the_fire_or_409_when_refused(api: Api)
 async def test_health_is_degraded_when_the_database_is_away_or_a_reload_failed(api: Api) -> None:
     api.daemon.recorder.connected = False
     api.daemon.recorder.pending = 7
-    api.daemon.reload_error = "config.yaml:3: jobs.x: bad"
+    api.daemon.reload_error = "config.yaml:3: jobs.x.args.token: expected a string, got 31337"
     status, health = await api.call("GET", "/healthz", auth=False)
     assert status == 200 and health["status"] == "degraded"
     assert health["problems"] == [
         "database unreachable: 7 rows buffered",
-        "last reload failed: config.yaml:3: jobs.x: bad",
+        "last reload failed: see the daemon's log (event reload_failed)",
     ]
+    assert "31337" not in json.dumps(health)  # the config's values stay in the log
     assert health["database"] == "buffering" and health["config"]["last_reload"] == "failed"
     assert (await api.call("GET", "/healthz?ready=1", auth=False))[0] == 503
     assert (await api.call("GET", "/healthz?ready=0", auth=False))[0] == 200
