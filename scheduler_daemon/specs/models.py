@@ -33,7 +33,7 @@ StrMap = Annotated[dict[str, str], v.StrMap()]
 
 SCHEDULE_KEYS = ("cron", "every", "at")
 ACTION_KEYS = ("http", "command", "shell", "python")
-COMMAND_ONLY = ("env", "cwd", "kill_grace")
+COMMAND_ONLY = ("env", "inherit_env", "cwd", "kill_grace")
 PYTHON_ONLY = ("args",)
 
 
@@ -66,6 +66,9 @@ class CommandOptions(Spec):
 
     shell: Annotated[str | None, v.Text()] = None  # run by /bin/sh -c
     env: StrMap = Field(default_factory=dict)  # added to the command's environment
+    # The command's environment: a minimal one (PATH, HOME, LANG, TZ ...) plus `env`, or, with
+    # this, the daemon's whole environment (its admin token and database URL included) plus `env`.
+    inherit_env: Annotated[bool, v.Boolean()] = False
     cwd: Annotated[str | None, v.Text()] = None
     kill_grace: Seconds = 5.0  # SIGTERM → SIGKILL delay on timeout or cancel
 
@@ -197,6 +200,7 @@ class JobSpec(CommandOptions, PythonOptions):
             argv=self.command,
             shell=self.shell,
             env=self.env,
+            inherit_env=self.inherit_env,
             cwd=self.cwd,
             kill_grace=self.kill_grace,
         )

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from scheduler_daemon.running.actions import HttpClient, build_action
-from scheduler_daemon.running.actions.command import CommandAction
+from scheduler_daemon.running.actions.command import CommandAction, command_environment
 from scheduler_daemon.running.actions.http import HttpAction, without_queries
 from scheduler_daemon.running.actions.python import PythonAction, job_threads
 from scheduler_daemon.running.records import Status
@@ -258,6 +258,35 @@ async def test_command_env_and_cwd(tmp_path: Path) -> None:
     ).run()
     assert out.output == f"hi from {tmp_path}\n"
     assert (await command(shell="echo $HOME").run()).output == f"{os.environ.get('HOME', '')}\n"
+
+
+async def test_a_command_gets_none_of_the_daemons_secrets_unless_its_job_inherits_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SCHEDULER_ADMIN_TOKEN", "adm1n-t0ken")
+    monkeypatch.setenv("LC_TIME", "C")
+    shown = "echo token=$SCHEDULER_ADMIN_TOKEN time=$LC_TIME own=$OWN; command -v sh"
+    out = await command(shell=shown, env={"OWN": "mine"}).run()
+    assert out.status is Status.SUCCEEDED and out.output is not None
+    assert out.output.startswith("token= time=C own=mine\n")  # and `sh` found on PATH
+    out = await command(shell=shown, inherit_env=True).run()
+    assert out.output is not None and out.output.startswith("token=adm1n-t0ken time=C own=\n")
+
+
+@pytest.mark.parametrize(
+    ("daemon", "own", "inherit", "expected"),
+    [
+        ({"PATH": "/p", "HOME": "/h", "SECRET": "s"}, {}, False, {"PATH": "/p", "HOME": "/h"}),
+        ({"LC_ALL": "C", "TZ": "UTC", "X": "1"}, {"X": "2"}, False,
+         {"LC_ALL": "C", "TZ": "UTC", "X": "2", "PATH": os.defpath}),
+        ({"PATH": "/p", "SECRET": "s"}, {"A": "b"}, True, {"PATH": "/p", "SECRET": "s", "A": "b"}),
+        ({}, {"PATH": "/mine"}, False, {"PATH": "/mine"}),
+    ],
+)  # fmt: skip
+def test_a_commands_environment(
+    daemon: dict[str, str], own: dict[str, str], inherit: bool, expected: dict[str, str]
+) -> None:
+    assert command_environment(daemon, own, inherit=inherit) == expected
 
 
 async def test_command_that_cannot_start_fails_without_retry(tmp_path: Path) -> None:

@@ -162,3 +162,24 @@ def test_a_field_is_written_as_its_key_never_as_the_name_behind_it(tmp_path: Pat
     assert caught.value.problems == [
         f"{path}:4: jobs.a.http.json_body: unknown key 'json_body'; did you mean 'json'?"
     ]
+
+
+def test_inherit_env_is_a_command_option(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "defaults: {inherit_env: true}\n"
+        "jobs:\n"
+        "  c: {every: 1s, command: [x]}\n"
+        "  p: {every: 1s, python: 'm:f'}\n"
+        "  own: {every: 1s, shell: x, inherit_env: false}\n"
+    )
+    c, p, own = load_config(path, environ={}).jobs
+    assert isinstance(c.action, CommandSpec) and c.action.inherit_env
+    assert isinstance(own.action, CommandSpec) and not own.action.inherit_env
+    assert isinstance(p.action, PythonSpec)  # defaults' command options never reach it
+    path.write_text("jobs:\n  p: {every: 1s, python: 'm:f', inherit_env: true}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert caught.value.problems == [
+        f"{path}:2: jobs.p.inherit_env: `inherit_env` only applies to command and shell jobs"
+    ]

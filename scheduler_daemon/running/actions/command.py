@@ -14,6 +14,21 @@ from scheduler_daemon.running.records import Status
 from scheduler_daemon.specs import CommandSpec
 
 _CHUNK = 64 * 1024
+# What a command gets of the daemon's environment unless its job says `inherit_env: true`: enough
+# to find programs and speak the locale, nothing that holds the daemon's secrets
+# (SCHEDULER_ADMIN_TOKEN, SCHEDULER_DATABASE_URL, the values behind `${...}`).
+PASSED_ON = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+
+
+def command_environment(
+    daemon: Mapping[str, str], own: Mapping[str, str], *, inherit: bool
+) -> dict[str, str]:
+    """A command's environment: the job's own `env` over the daemon's (all of it, or the basics)."""
+    if inherit:
+        return {**daemon, **own}
+    basics = {k: v for k, v in daemon.items() if k in PASSED_ON or k.startswith("LC_")}
+    basics.setdefault("PATH", os.defpath)
+    return {**basics, **own}
 
 
 class CommandAction:
@@ -25,7 +40,7 @@ class CommandAction:
         self._argv: tuple[str, ...] = (
             ("/bin/sh", "-c", spec.shell) if spec.shell is not None else spec.argv or ()
         )
-        self._env = {**os.environ, **spec.env} if spec.env else None
+        self._env = command_environment(os.environ, spec.env, inherit=spec.inherit_env)
 
     async def run(self, overrides: Mapping[str, Any] | None = None) -> Outcome:
         try:
