@@ -40,7 +40,8 @@ def _refusal(exc: ApiError) -> web.Response:
 
 def build_app(target: Controlled) -> web.Application:
     spec()  # generated now (~25 ms, once), not while the loop is serving fires
-    app = web.Application(middlewares=[_errors, _auth(target)], client_max_size=MAX_BODY)
+    middlewares = [_errors, _own_host(target), _auth(target)]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     api = Api(target, document=spec)
     for route in ROUTES:
         handler = _endpoint(api, route)
@@ -80,6 +81,37 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("admin_handler_crashed", path=request.path)
         return _refusal(ApiError(500, "internal", "internal error (logged by the daemon)"))
+
+
+# Names a browser may send in Host for a loopback listener. Any other name reaching a loopback
+# port is a web page that re-pointed its own DNS name at 127.0.0.1 (DNS rebinding): refused.
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _own_host(target: Controlled) -> Middleware:
+    @web.middleware
+    async def own_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+        settings = target.config.admin
+        # A unix socket has no name to rebind; allow_remote listeners are reached by any name
+        # their operators give them, behind the token.
+        if settings is None or settings.unix_socket is not None or settings.allow_remote:
+            return await handler(request)
+        host = _host_name(request.headers.get("Host", ""))
+        if host not in _LOOPBACK_NAMES and host != (settings.host or "").lower():
+            raise ApiError(
+                400, "wrong_host", f"this API answers to {settings.address} only, not {host!r}"
+            )
+        return await handler(request)
+
+    return own_host
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header: `[::1]:8089` → `::1`, `Localhost:8089` → `localhost`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
 def _auth(target: Controlled) -> Middleware:

@@ -157,6 +157,26 @@ async def test_health_and_metrics_are_open_everything_else_needs_the_token(api: 
     assert api.daemon.triggered == []  # nothing ran for a refused request
 
 
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1:9", 200), ("localhost:8089", 200), ("LOCALHOST", 200), ("[::1]:9", 200),
+        ("evil.example:9", 400), ("evil.example", 400), ("127.0.0.1.evil.example:9", 400),
+        ("", 400),
+    ],
+)  # fmt: skip
+async def test_a_loopback_listener_answers_only_to_loopback_names(
+    api: Api, host: str, status: int
+) -> None:
+    """A web page that re-points its own name at 127.0.0.1 (DNS rebinding) gets nothing, not even
+    the open endpoints."""
+    for path in ("/healthz", "/jobs"):
+        got, body = await api.call("GET", path, headers={"Host": host})
+        assert got == status, (path, body)
+        if status == 400:
+            assert body["error"] == "wrong_host"
+
+
 async def test_without_a_token_reads_work_and_changes_are_refused(tokenless: Api) -> None:
     status, _ = await tokenless.call("GET", "/jobs", auth=False)
     assert status == 200
