@@ -128,6 +128,13 @@ def _auth(target: Controlled) -> Middleware:
                     "no_token_configured",
                     "changes need a token: set admin.token (e.g. ${SCHEDULER_ADMIN_TOKEN})",
                 )
+            if settings is not None and not settings.reads_open:
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "reads need a token too: set admin.token, or admin.open_reads: true to let"
+                    " every user of this host read the history, or listen on a unix socket",
+                )
             return await handler(request)
         given = request.headers.get("Authorization", "")
         scheme, _, credential = given.partition(" ")

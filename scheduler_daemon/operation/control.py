@@ -1,8 +1,9 @@
 """Operator commands — status, history, trigger, pause, resume — over the admin API or PostgreSQL.
 
-With `admin:` configured the CLI asks the running daemon (the same answers the API gives); without
-it, it reads PostgreSQL directly and writes what the daemon then picks up: pauses and one-off runs
-are rows the daemon re-reads every few seconds (``CONTROL_POLL`` in pauses.py).
+With `admin:` configured and able to answer it (a token, or reads open) the CLI asks the running
+daemon (the same answers the API gives); otherwise it reads PostgreSQL directly and writes what the
+daemon then picks up: pauses and one-off runs are rows the daemon re-reads every few seconds
+(``CONTROL_POLL`` in pauses.py).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class Backend(Protocol):
 
 @asynccontextmanager
 async def connect(config: Config) -> AsyncIterator[Backend]:
-    if config.admin is not None:
+    admin = config.admin
+    # Without a token, a TCP listener answers reads only with open_reads: ask the database then.
+    if admin is not None and (admin.token is not None or admin.reads_open):
         async with ApiBackend.open(config) as api:
             yield api
         return

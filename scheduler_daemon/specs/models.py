@@ -248,6 +248,14 @@ class AdminSpec(Spec):
     ]
     token: Annotated[str | None, v.Secret()] = Field(default=None, repr=False)  # Bearer token
     allow_remote: Annotated[bool, v.Boolean()] = False  # binding beyond loopback needs this
+    # Without a token, reads (history: captured output, run arguments) answer anyone on the host
+    # only when asked for; a unix socket's own modes decide who reaches it.
+    open_reads: Annotated[bool, v.Boolean()] = False
+
+    @property
+    def reads_open(self) -> bool:
+        """Whether the read endpoints answer without the token."""
+        return self.token is None and (self.open_reads or self.listen.unix_socket is not None)
 
     def value_rules(self) -> list[Problem]:
         if not self.allow_remote and not self.listen.is_loopback:

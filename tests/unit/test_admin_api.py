@@ -24,7 +24,7 @@ from scheduler_daemon.operation.admin import ROUTES, build_app, spec
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire
-from scheduler_daemon.specs import Config, JobSpec, load_config
+from scheduler_daemon.specs import AdminSpec, Config, JobSpec, load_config
 from scheduler_daemon.storage.queries import OneOffRun
 from tests.helpers import ADMIN_TOKEN, AUTH, ENV, T, write_config
 
@@ -177,9 +177,25 @@ async def test_a_loopback_listener_answers_only_to_loopback_names(
             assert body["error"] == "wrong_host"
 
 
-async def test_without_a_token_reads_work_and_changes_are_refused(tokenless: Api) -> None:
-    status, _ = await tokenless.call("GET", "/jobs", auth=False)
-    assert status == 200
+async def test_without_a_token_reads_are_refused_unless_opened(
+    tokenless: Api, tmp_path: Path
+) -> None:
+    """History holds captured output and run arguments: without a token nobody on the host reads
+    it, unless `open_reads: true` or a unix socket (whose modes decide who connects)."""
+    for path in ("/jobs", "/executions", "/runs", "/stats"):
+        status, body = await tokenless.call("GET", path, auth=False)
+        assert (status, body["error"]) == (401, "unauthorized"), path
+    assert (await tokenless.call("GET", "/healthz", auth=False))[0] == 200  # still open
+    for admin in ({"open_reads": True}, {"listen": str(tmp_path / "admin.sock")}):
+        settings = tokenless.daemon.config.admin
+        assert settings is not None
+        opened = AdminSpec.model_validate({"listen": settings.listen, **admin})
+        tokenless.daemon.config = tokenless.daemon.config.model_copy(update={"admin": opened})
+        status, _ = await tokenless.call("GET", "/jobs", auth=False)
+        assert status == 200, admin
+
+
+async def test_without_a_token_changes_are_refused(tokenless: Api) -> None:
     for path in ("/jobs/greet/trigger", "/jobs/greet/pause", "/runs"):
         status, body = await tokenless.call("POST", path, auth=False, json={"job": "greet"})
         assert (status, body["error"]) == (403, "no_token_configured")
