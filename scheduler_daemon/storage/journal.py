@@ -37,6 +37,7 @@ DIR_MODE = 0o700
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
 # Bad lines are written to the quarantine in chunks: bounded memory, few fsyncs.
 _QUARANTINE_CHUNK = 64 * 1024
+_EXAMPLES = 5
 # Statuses of an attempt that began: its row always has a start instant.
 _STARTED = frozenset({Status.RUNNING, Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT})
 _INT32 = range(-(2**31), 2**31)
@@ -51,6 +52,9 @@ class Journal:
         # (then the bad lines are still only in the journal, which must not be removed).
         self.quarantined = 0
         self.quarantine_failed = False
+        # Why the first few bad lines are bad (a whole garbage file is one log event, not one per
+        # line): "line N: expected X, got Y", never the line's content.
+        self.examples: list[str] = []
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -64,9 +68,10 @@ class Journal:
 
     def read(self, batch_size: int) -> Iterator[list[ExecutionRecord]]:
         """The journal's valid records in batches; bad lines go to the quarantine (once the
-        iterator is exhausted, ``quarantined`` says how many)."""
+        iterator is exhausted, ``quarantined`` says how many and ``examples`` why)."""
         self.quarantined = 0
         self.quarantine_failed = False
+        self.examples = []
         batch: list[ExecutionRecord] = []
         bad = bytearray()
         try:
@@ -81,10 +86,9 @@ class Journal:
                 try:
                     batch.append(decode_line(line))
                 except ValueError as exc:
-                    log.warning(
-                        "journal_line_bad", path=str(self.path), line=number, error=str(exc)
-                    )
                     self.quarantined += 1
+                    if len(self.examples) < _EXAMPLES:
+                        self.examples.append(f"line {number}: {exc}")
                     bad += raw if raw.endswith(b"\n") else raw + b"\n"
                     if len(bad) >= _QUARANTINE_CHUNK:
                         self._quarantine(bad)

@@ -279,6 +279,7 @@ class Recorder:
                 path=str(journal.quarantine_path),
                 journal=str(journal.path),
                 kept_in_journal=journal.quarantine_failed,
+                examples=journal.examples,
             )
         if not journal.quarantine_failed:  # else its bad lines are nowhere else: keep it
             await asyncio.to_thread(journal.remove)

@@ -343,6 +343,7 @@ async def test_a_damaged_journal_at_start_replays_its_valid_rows_and_quarantines
     assert journal.quarantine_path.read_bytes() == bad.rstrip(b"\n") + b"\n"
     [quarantined] = [e for e in logs if e["event"] == "journal_lines_quarantined"]
     assert quarantined["lines"] == 1 and quarantined["path"] == str(journal.quarantine_path)
+    assert len(quarantined["examples"]) == 1 and not quarantined["kept_in_journal"]
     assert stat.S_IMODE(journal.quarantine_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(journal.path.parent.stat().st_mode) == 0o700
 
