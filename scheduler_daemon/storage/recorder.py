@@ -261,8 +261,9 @@ class Recorder:
             await self._replay_journal(pool)
 
     async def _replay_journal(self, pool: asyncpg.Pool) -> None:
-        """Write the journal's rows (older than the buffer's), then remove it. Idempotent: a
-        replay cut short and done again writes nothing twice."""
+        """Write the journal's valid rows (older than the buffer's), then remove it; its bad lines
+        are in the quarantine file by then. Idempotent: a replay cut short and done again writes
+        nothing twice."""
         assert self._journal is not None
         batches: Iterator[list[ExecutionRecord]] = self._journal.read(self._batch_size)
         replayed = 0
@@ -270,10 +271,23 @@ class Recorder:
             # Batch by batch: a journal from a long outage may not fit in memory at once.
             while (batch := await asyncio.to_thread(next, batches, None)) is not None:
                 replayed += await self._write(conn, batch)
-        await asyncio.to_thread(self._journal.remove)
+        journal = self._journal
+        if journal.quarantined:
+            log.error(
+                "journal_lines_quarantined",
+                lines=journal.quarantined,
+                path=str(journal.quarantine_path),
+                journal=str(journal.path),
+                kept_in_journal=journal.quarantine_failed,
+                examples=journal.examples,
+            )
+        if not journal.quarantine_failed:  # else its bad lines are nowhere else: keep it
+            await asyncio.to_thread(journal.remove)
+        # Its valid rows are committed either way: a journal kept for its bad lines is replayed
+        # again (harmlessly) at the next start or spill, never in a loop now.
         self._journal_pending = False
         self.written += replayed
-        log.info("journal_replayed", rows=replayed, path=str(self._journal.path))
+        log.info("journal_replayed", rows=replayed, path=str(journal.path))
 
     def _on_failure(self, exc: BaseException) -> None:
         self.failures += 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,12 +14,12 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from scheduler_daemon.storage import store
+from scheduler_daemon.storage import rows, store
 from scheduler_daemon.storage.database import Database, OnConnect
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.recorder import Recorder
-from tests.helpers import copy_cluster, rec
+from tests.helpers import T, copy_cluster, rec
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +288,112 @@ async def test_close_during_an_outage_journals_and_the_next_start_replays(
     second.record(rec(n=0))  # a replayed row arriving again is not written twice
     assert await second.close(timeout=10) == 0
     assert await _count(server.dsn()) == 20
+
+
+# -- a damaged journal: every valid row lands once, bad lines are quarantined, writes go on ------
+
+_BAD_LINES = {
+    "non-utf8-byte": b'{"job_name": "\xff"}\n',
+    "null-scheduled": b"scheduled_at=null",
+    "null-started": b"started_at=null",
+    "unknown-status": b"status=exploded",
+    "torn-line": b'{"fire_id": "torn',  # a crash mid-append: the next append must stay intact
+}
+
+
+def _damage(journal: Journal, case: str) -> bytes:
+    """Rows 0-4, one bad line of kind ``case``, rows 5-9 appended after it; the bad line."""
+    journal.append([rec(n=i) for i in range(5)])
+    bad = _BAD_LINES[case]
+    if b"=" in bad and not bad.startswith(b"{"):
+        field, value = bad.decode().split("=")
+        data = rows.to_json(rec(n=100))
+        data[field] = None if value == "null" else value
+        bad = json.dumps(data).encode() + b"\n"
+    with journal.path.open("ab") as f:
+        f.write(bad)
+    journal.append([rec(n=i) for i in range(5, 10)])
+    return bad
+
+
+async def _replayed_rows(dsn: str) -> list[int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        found = await conn.fetch("SELECT scheduled_at, count(*) AS n FROM executions GROUP BY 1")
+    finally:
+        await conn.close()
+    assert all(r["n"] == 1 for r in found)  # exactly once
+    return sorted(int((r["scheduled_at"] - T).total_seconds()) for r in found)
+
+
+@pytest.mark.parametrize("case", list(_BAD_LINES))
+async def test_a_damaged_journal_at_start_replays_its_valid_rows_and_quarantines_the_rest(
+    database_url: str, tmp_path: Path, case: str
+) -> None:
+    journal = Journal(tmp_path / "journal" / "executions.jsonl")
+    bad = _damage(journal, case)
+    recorder = Recorder(database=_database(database_url), flush_interval=0.05, journal=journal)
+    with capture_logs() as logs:
+        await recorder.start()
+        await _until(lambda: not journal.exists(), timeout=10)
+        recorder.record(rec(n=20))  # writes go on after the replay
+        assert await recorder.close(timeout=10) == 0
+    assert recorder.failures == 0  # the replay was not retried
+    assert await _replayed_rows(database_url) == [*range(10), 20]
+    assert journal.quarantine_path.read_bytes() == bad.rstrip(b"\n") + b"\n"
+    [quarantined] = [e for e in logs if e["event"] == "journal_lines_quarantined"]
+    assert quarantined["lines"] == 1 and quarantined["path"] == str(journal.quarantine_path)
+    assert len(quarantined["examples"]) == 1 and not quarantined["kept_in_journal"]
+    assert stat.S_IMODE(journal.quarantine_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(journal.path.parent.stat().st_mode) == 0o700
+
+
+async def test_a_wholly_garbage_journal_is_quarantined_and_writes_go_on(
+    database_url: str, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "executions.jsonl")
+    garbage = b"\x00\xff\xfe garbage\n" * 1000 + b"\x89PNG\r\n\x1a\n"
+    journal.path.write_bytes(garbage)
+    recorder = Recorder(database=_database(database_url), flush_interval=0.05, journal=journal)
+    await recorder.start()
+    await _until(lambda: not journal.exists(), timeout=10)
+    recorder.record(rec(n=1))
+    assert await recorder.close(timeout=10) == 0
+    assert recorder.failures == 0
+    assert await _replayed_rows(database_url) == [1]
+    assert journal.quarantine_path.read_bytes() == garbage
+
+
+async def test_a_journal_damaged_during_an_outage_is_replayed_when_the_database_is_back(
+    server: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "journal" / "executions.jsonl")
+    recorder = Recorder(
+        database=_database(server.dsn(), _apply_schema),
+        flush_interval=0.05,
+        buffer_limit=4,
+        journal=journal,
+    )
+    with capture_logs() as logs:
+        await recorder.start()
+        await _until(lambda: recorder.pool is not None)
+        await server.astop()
+        for i in range(5):
+            recorder.record(rec(n=i))
+        await _until(lambda: journal.exists() and recorder.pending == 0)
+        with journal.path.open("ab") as f:
+            f.write(b'{"job_name": "\xff", "fire_id": "torn')  # a bad byte, and torn
+        for i in range(5, 10):
+            recorder.record(rec(n=i))  # spilled after the torn line
+        await _until(lambda: recorder.journaled == 10)
+
+        await server.astart()
+        await _until(lambda: not journal.exists())
+        recorder.record(rec(n=20))
+        await _until(lambda: recorder.pending == 0)
+        assert await recorder.close(timeout=10) == 0
+    events = [e["event"] for e in logs if e["event"].startswith("recorder_db")]
+    assert events == ["recorder_db_unavailable", "recorder_db_recovered"]
+    assert await _replayed_rows(server.dsn()) == [*range(10), 20]
+    assert journal.quarantine_path.read_bytes() == b'{"job_name": "\xff", "fire_id": "torn\n'
+    assert stat.S_IMODE(journal.path.parent.stat().st_mode) == 0o700
