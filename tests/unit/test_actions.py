@@ -300,6 +300,16 @@ async def test_command_that_cannot_start_fails_without_retry(tmp_path: Path) -> 
     assert out.status is Status.FAILED and not out.retryable
 
 
+async def _group_gone(pgid: int) -> None:
+    """SIGKILL is delivered asynchronously: a killed process may run a moment longer on a loaded
+    machine before it is a zombie. Gone within seconds is what "killed" means here."""
+
+    async def gone() -> bool:
+        return not _group_alive(pgid)
+
+    await wait_until(gone, timeout=5)
+
+
 def _group_alive(pgid: int) -> bool:
     """Is any live (non-zombie) process still in process group ``pgid``?"""
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -330,7 +340,7 @@ async def test_cancellation_kills_the_whole_group_grandchildren_included(tmp_pat
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert not _group_alive(pgid)
+    await _group_gone(pgid)
 
 
 async def test_a_process_that_ignores_sigterm_is_killed_after_kill_grace(tmp_path: Path) -> None:
@@ -344,7 +354,7 @@ async def test_a_process_that_ignores_sigterm_is_killed_after_kill_grace(tmp_pat
     with pytest.raises(asyncio.CancelledError):
         await task
     assert 0.25 <= time.monotonic() - began < 5
-    assert not _group_alive(pgid)
+    await _group_gone(pgid)
 
 
 async def test_killed_by_signal_is_named() -> None:
