@@ -54,6 +54,9 @@ class HttpSpec(Spec):
     json_body: Any = Field(default=None, alias="json")
     body: Annotated[str | None, v.Body()] = None
     expect: Annotated[tuple[int, ...], v.Statuses()] = ()  # empty: any 2xx
+    # A redirect is an answer like any other unless this is set; followed, a hop to another
+    # origin loses the secret headers (a key for one API is no one else's business).
+    follow_redirects: Annotated[bool, v.Boolean()] = False
 
     @classmethod
     def key_rules(cls, data: Mapping[str, Any]) -> list[Problem]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import signal
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from aiohttp import web
@@ -64,9 +66,17 @@ async def server() -> AsyncIterator[str]:
     async def loop(request: web.Request) -> web.Response:
         raise web.HTTPFound(str(request.rel_url))  # to itself, query string and all
 
+    async def hop(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["to"])
+
+    async def headers(request: web.Request) -> web.Response:
+        return web.json_response({k: request.headers.get(k) for k in ("X-Api-Key", "Accept")})
+
     app = web.Application()
     app.router.add_get("/ok", ok)
     app.router.add_get("/loop", loop)
+    app.router.add_get("/hop", hop)
+    app.router.add_get("/headers", headers)
     app.router.add_get("/status/{code}", status)
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/huge", huge)
@@ -137,34 +147,44 @@ async def test_an_error_text_never_carries_the_query_string(
 ) -> None:
     """Query strings carry API keys (`?api_key=...`, `params:`): error texts go to executions.error,
     the log and NOTIFY payloads, so a URL in one keeps its path only."""
-    job = http_job(client, f"{server}/loop?api_key=s3cret", params={"token": "t0ken"})
+    to = quote("ftp://files.example/p?api_key=s3cret", safe="")
+    job = http_job(
+        client, f"{server}/hop?to={to}", params={"token": "t0ken"}, follow_redirects=True
+    )
     outcome = await job.run()
     assert outcome.status is Status.FAILED and outcome.error is not None
-    assert "/loop" in outcome.error  # still says where
+    assert "ftp://files.example/p" in outcome.error  # still says where
     assert "s3cret" not in outcome.error and "t0ken" not in outcome.error
 
 
-async def test_a_server_that_goes_silent_fails_the_attempt_after_the_read_timeout() -> None:
-    answered = asyncio.Event()
+async def test_a_redirect_is_an_answer_unless_the_job_follows_redirects(
+    server: str, client: HttpClient
+) -> None:
+    out = await http_job(client, f"{server}/hop?to=/ok").run()
+    assert (out.status, out.http_status, out.retryable) == (Status.FAILED, 302, False)
+    out = await http_job(client, f"{server}/hop?to=/ok", follow_redirects=True).run()
+    assert (out.status, out.http_status) == (Status.SUCCEEDED, 200)
+    out = await http_job(client, f"{server}/loop", follow_redirects=True).run()
+    assert out.status is Status.FAILED and out.error == "more than 10 redirects"
 
-    async def silent(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        await resp.prepare(request)  # headers sent, then nothing: the body never comes
-        answered.set()
-        await asyncio.Event().wait()
-        return resp
+
+async def test_a_followed_redirect_to_another_origin_loses_the_secret_headers(
+    server: str, client: HttpClient
+) -> None:
+    sent = {"X-Api-Key": "k3y", "Accept": "application/json"}
+
+    async def headers(request: web.Request) -> web.Response:
+        return web.json_response(dict(request.headers))
 
     app = web.Application()
-    app.router.add_get("/silent", silent)
-    client = HttpClient(read_timeout=0.2)
-    try:
-        async with serve_locally(app) as url:
-            outcome = await asyncio.wait_for(http_job(client, f"{url}/silent").run(), 10)
-    finally:
-        await client.close()
-    assert answered.is_set()
-    assert outcome.status is Status.FAILED and outcome.retryable
-    assert outcome.error is not None and "Timeout" in outcome.error
+    app.router.add_get("/headers", headers)
+    async with serve_locally(app) as elsewhere:
+        for to, key in (("/headers", "k3y"), (f"{elsewhere}/headers", None)):
+            job = http_job(client, f"{server}/hop?to={to}", headers=sent, follow_redirects=True)
+            out = await job.run()
+            assert out.status is Status.SUCCEEDED and out.output is not None, to
+            seen = json.loads(out.output)
+            assert (seen.get("X-Api-Key"), seen.get("Accept")) == (key, "application/json"), to
 
 
 async def test_http_connection_refused_is_retryable(client: HttpClient) -> None:
@@ -447,6 +467,7 @@ def test_build_action_picks_the_kind() -> None:
         ("GET http://h/p?a=1 then HTTPS://h/q?b=2", "GET http://h/p?… then HTTPS://h/q?…"),
         ("http://h/p has no query", "http://h/p has no query"),
         ("what? no url here", "what? no url here"),
+        ("NonHttpUrlClientError: ftp://h/p?k=v", "NonHttpUrlClientError: ftp://h/p?…"),
     ],
 )
 def test_query_strings_are_cut_from_error_texts(text: str, expected: str) -> None:

@@ -10,12 +10,16 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.records import Status
 from scheduler_daemon.specs import HttpSpec
+from scheduler_daemon.specs.redaction import is_secret_header
 
 _CHUNK = 64 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10
 # A server that accepts and then says nothing must not hold an attempt (and, with `overlap: skip`,
 # every later fire of its job) forever when the job has no `timeout`.
 CONNECT_TIMEOUT = 30.0
@@ -60,15 +64,13 @@ class HttpAction:
         if overrides:
             params = {**params, **overrides.get("params", {})}  # merged over the configured
             json_body = overrides.get("json", json_body)
-        kwargs: dict[str, Any] = {"headers": spec.headers, "params": params}
+        body: dict[str, Any] = {}
         if json_body is not None:
-            kwargs["json"] = json_body
+            body["json"] = json_body
         elif spec.body is not None:
-            kwargs["data"] = spec.body.encode()
+            body["data"] = spec.body.encode()
         try:
-            async with self._client.session().request(spec.method, spec.url, **kwargs) as resp:
-                output = await _read_head(resp, self._capture)
-                return self._outcome(resp, output)
+            return await self._request(spec.method, URL(spec.url), params, body)
         except asyncio.CancelledError:
             raise
         except aiohttp.ClientConnectorError as exc:
@@ -80,6 +82,27 @@ class HttpAction:
         except Exception as exc:  # noqa: BLE001 - e.g. a body that can't be encoded: the job's fault
             error = f"{type(exc).__name__}: {exc}"
             return Outcome(Status.FAILED, retryable=False, error=without_queries(error))
+
+    async def _request(
+        self, method: str, url: URL, params: Mapping[str, Any], body: dict[str, Any]
+    ) -> Outcome:
+        """One request, and with ``follow_redirects`` the hops after it (up to MAX_REDIRECTS)."""
+        headers = dict(self._spec.headers)
+        session = self._client.session()
+        for _ in range(MAX_REDIRECTS + 1):
+            async with session.request(
+                method, url, headers=headers, params=params, allow_redirects=False, **body
+            ) as resp:
+                location = resp.headers.get("Location")
+                if not (self._spec.follow_redirects and resp.status in _REDIRECTS and location):
+                    return self._outcome(resp, await _read_head(resp, self._capture))
+                hop = resp.url.join(URL(location))
+            if hop.origin() != url.origin():
+                headers = {k: v for k, v in headers.items() if not is_secret_header(k)}
+            if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                method, body = "GET", {}  # what browsers do: the body is not sent again
+            url, params = hop, {}  # the Location carries its own query
+        return Outcome(Status.FAILED, retryable=False, error=f"more than {MAX_REDIRECTS} redirects")
 
     def _outcome(self, resp: aiohttp.ClientResponse, output: str) -> Outcome:
         status = resp.status
@@ -99,11 +122,11 @@ class HttpAction:
 
 # A URL's query string: where API keys travel (`?api_key=...`, `params:`). aiohttp's error texts
 # quote whole URLs, and ours go to executions.error, the log and NOTIFY payloads.
-_QUERY = re.compile(r"(\bhttps?://[^\s'\"?#]*)\?[^\s'\"#)]*", re.IGNORECASE)
+_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s'\"?#]*)\?[^\s'\"#)]*", re.IGNORECASE)
 
 
 def without_queries(text: str) -> str:
-    """``text`` with every http(s) URL's query string replaced by ``?…``."""
+    """``text`` with every URL's query string replaced by ``?…``."""
     return _QUERY.sub(r"\1?…", text)
 
 
