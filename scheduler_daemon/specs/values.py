@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import functools
 import ipaddress
+import math
 import re
 import shlex
 from collections.abc import Mapping
@@ -42,6 +43,9 @@ def got(value: Any) -> str:
     return repr(value) if isinstance(value, str) else f"{value!r}"
 
 
+# Longer waits and periods are no schedule this daemon is for (use `cron:` or `at:`); the bound also
+# keeps every sum of a time and a duration far from datetime's year 9999.
+MAX_DURATION = 366 * 86400.0
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # Each part ends in its unit, so the pattern cannot backtrack badly (editors run it as you type).
@@ -112,7 +116,7 @@ _DURATION_SCHEMA: JsonSchemaValue = {
 
 @dataclass(frozen=True)
 class Duration(Value):
-    """Seconds; ``positive``: more than zero; ``optional``: null means none."""
+    """Seconds; ``positive``: at least a millisecond; ``optional``: null means none."""
 
     positive: bool = False
     optional: bool = False
@@ -121,8 +125,12 @@ class Duration(Value):
         if value is None and self.optional:
             return None
         seconds = parse_duration(value)
+        if seconds > MAX_DURATION:  # also infinity
+            raise Invalid(f"expected a duration of at most 366d, got {got(value)}")
         if self.positive and seconds <= 0:
             raise Invalid(f"expected a duration > 0, got {got(value)}")
+        if self.positive and seconds < 0.001:  # a period of 0.1 µs cannot be scheduled
+            raise Invalid(f"expected a duration of at least 1ms, got {got(value)}")
         return seconds
 
     def json_schema(self) -> JsonSchemaValue:
@@ -193,7 +201,11 @@ class Number(Value):
         )
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise Invalid(f"expected a number {bounds}, got {got(value)}")
-        if value < self.minimum or (self.maximum is not None and value > self.maximum):
+        if (
+            not math.isfinite(value)
+            or value < self.minimum
+            or (self.maximum is not None and value > self.maximum)
+        ):
             raise Invalid(f"expected a number {bounds}, got {value:g}")
         return float(value)
 
@@ -294,20 +306,35 @@ class Cron(Value):
         }
 
 
+MIN_YEAR, MAX_YEAR = 1000, 9000
+
+
 class DateTime(Value):
-    """ISO 8601; a naive value is made aware in the job's zone by the job."""
+    """ISO 8601; a naive value is made aware in the job's zone by the job.
+
+    Years 1000 to 8999 only: near datetime's limits a time zone or a duration added to the
+    instant overflows (year 9999 with a negative offset is in year 10000 in UTC).
+    """
 
     def convert(self, value: Any, context: Mapping[str, Any]) -> datetime:
         if isinstance(value, datetime):
-            return value
-        if isinstance(value, str):
+            at = value
+        elif isinstance(value, str):
             try:
-                return datetime.fromisoformat(value.replace("Z", "+00:00"))
+                at = datetime.fromisoformat(value.replace("Z", "+00:00"))
             except ValueError:
-                pass
-        raise Invalid(
-            f"expected an ISO 8601 date-time such as 2026-12-01T02:00:00Z, got {got(value)}"
-        )
+                at = None
+        else:
+            at = None
+        if at is None:
+            raise Invalid(
+                f"expected an ISO 8601 date-time such as 2026-12-01T02:00:00Z, got {got(value)}"
+            )
+        if not MIN_YEAR <= at.year < MAX_YEAR:
+            raise Invalid(
+                f"expected a date-time in the years {MIN_YEAR} to {MAX_YEAR - 1}, got {got(value)}"
+            )
+        return at
 
     def json_schema(self) -> JsonSchemaValue:
         return {"type": "string", "description": "ISO 8601 date-time such as 2026-12-01T02:00:00Z"}
