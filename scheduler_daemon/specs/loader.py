@@ -22,7 +22,7 @@ from scheduler_daemon.specs import yamlsource
 from scheduler_daemon.specs.models import SCHEDULE_KEYS, Config, JobSpec
 from scheduler_daemon.specs.redaction import dump_places
 from scheduler_daemon.specs.spec import Loc, problems_of
-from scheduler_daemon.specs.values import got
+from scheduler_daemon.specs.values import Templated, got
 
 # Environment variable → the setting it overrides (its location in the config).
 ENV_OVERRIDES: dict[str, Loc] = {
@@ -152,7 +152,7 @@ def _with_environment(
     for var, loc in ENV_OVERRIDES.items():
         value = environ.get(var)
         if value:
-            data = _with(data, loc, _typed(value))
+            data = _with(data, loc, Templated(value, f"${{{var}}}"))
             overridden[loc] = var
     if "state_dir" not in data and environ.get("STATE_DIRECTORY"):
         data = {**data, "state_dir": environ["STATE_DIRECTORY"]}  # systemd's StateDirectory=
@@ -165,14 +165,6 @@ def _with(data: Any, loc: Loc, value: Any) -> dict[str, Any]:
     key = str(loc[0])
     node[key] = _with(node.get(key), loc[1:], value) if len(loc) > 1 else value
     return node
-
-
-def _typed(text: str) -> Any:
-    """An environment value typed like a YAML scalar would be: "3" is a number."""
-    try:
-        return int(text)
-    except ValueError:
-        return text
 
 
 def _line(source: yamlsource.Source, loc: Loc) -> int:

@@ -55,6 +55,11 @@ class HttpSpec(Spec):
     body: Annotated[str | None, v.Body()] = None
     expect: Annotated[tuple[int, ...], v.Statuses()] = ()  # empty: any 2xx
 
+    @field_validator("json_body")
+    @classmethod
+    def _plain(cls, value: Any) -> Any:
+        return v.plain(value)  # no Templated strings left in what is sent
+
     @classmethod
     def key_rules(cls, data: Mapping[str, Any]) -> list[Problem]:
         both = {"json", "body"} <= data.keys()

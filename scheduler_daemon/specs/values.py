@@ -31,7 +31,27 @@ class Invalid(Exception):
     """A value does not convert; the message reads "expected X, got Y"."""
 
 
+class Templated(str):
+    """A string that came from ``${...}``: typed only by its field, never shown in a message.
+
+    A field that is not a string (an integer, a boolean ...) parses it; ``got()`` names it by
+    its template ("the value of ${N}"), so a secret never reaches a message or a log.
+    """
+
+    template: str
+
+    def __new__(cls, value: str, template: str) -> Templated:
+        self = super().__new__(cls, value)
+        self.template = template
+        return self
+
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        return str, (str(self),)  # copies are plain strings
+
+
 def got(value: Any) -> str:
+    if isinstance(value, Templated):
+        return f"the value of {value.template}"
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, dict):
@@ -100,9 +120,10 @@ class Value(abc.ABC):
 
     def _validate(self, value: Any, info: ValidationInfo) -> Any:
         try:
-            return self.convert(value, info.context or {})
+            result = self.convert(value, info.context or {})
         except Invalid as exc:
             raise PydanticCustomError("invalid_value", str(exc)) from None
+        return str(result) if isinstance(result, Templated) else result
 
 
 _DURATION_SCHEMA: JsonSchemaValue = {
@@ -173,16 +194,25 @@ class Size(Value):
         }
 
 
+def _from_template(value: Any, kind: type[int] | type[float]) -> Any:
+    """A number written as ``${N}``: its text parsed as the field's kind (else left as it is)."""
+    if not isinstance(value, Templated):
+        return value
+    try:
+        return kind(value.strip())
+    except ValueError:
+        return value
+
+
 @dataclass(frozen=True)
 class Integer(Value):
     minimum: int
 
     def convert(self, value: Any, context: Mapping[str, Any]) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        number = _from_template(value, int)
+        if isinstance(number, bool) or not isinstance(number, int) or number < self.minimum:
             raise Invalid(f"expected an integer ≥ {self.minimum}, got {got(value)}")
-        if value < self.minimum:
-            raise Invalid(f"expected an integer ≥ {self.minimum}, got {value}")
-        return value
+        return number
 
     def json_schema(self) -> JsonSchemaValue:
         return {"type": "integer", "minimum": self.minimum}
@@ -199,15 +229,14 @@ class Number(Value):
             if self.maximum is not None
             else f"≥ {self.minimum:g}"
         )
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        number = _from_template(value, float)
+        if isinstance(number, bool) or not isinstance(number, int | float):
             raise Invalid(f"expected a number {bounds}, got {got(value)}")
-        if (
-            not math.isfinite(value)
-            or value < self.minimum
-            or (self.maximum is not None and value > self.maximum)
-        ):
-            raise Invalid(f"expected a number {bounds}, got {value:g}")
-        return float(value)
+        too_big = self.maximum is not None and number > self.maximum
+        if not math.isfinite(number) or number < self.minimum or too_big:
+            shown = got(value) if isinstance(value, Templated) else f"{number:g}"
+            raise Invalid(f"expected a number {bounds}, got {shown}")
+        return float(number)
 
     def json_schema(self) -> JsonSchemaValue:
         schema: JsonSchemaValue = {"type": "number", "minimum": self.minimum}
@@ -236,6 +265,8 @@ class Text(Value):
 
 class Boolean(Value):
     def convert(self, value: Any, context: Mapping[str, Any]) -> bool:
+        if isinstance(value, Templated) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
         if not isinstance(value, bool):
             raise Invalid(f"expected true or false, got {got(value)}")
         return value
@@ -281,7 +312,7 @@ class Zone(Value):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise Invalid(
-                f"expected an IANA time zone such as Europe/Berlin, got {value!r}"
+                f"expected an IANA time zone such as Europe/Berlin, got {got(value)}"
             ) from None
         return value
 
@@ -296,6 +327,8 @@ class Cron(Value):
         try:
             validate_cron(value)
         except ValueError as exc:
+            if isinstance(value, Templated):  # the reason would quote the expression
+                raise Invalid(f"expected a cron expression, got {got(value)}") from None
             raise Invalid(str(exc)) from None
         return value
 
@@ -349,7 +382,7 @@ class StrMap(Value):
         bad = [k for k, v in value.items() if isinstance(v, dict | list) or v is None]
         if bad:
             raise Invalid(f"expected string values, got {got(value[bad[0]])} for {bad[0]!r}")
-        return {str(k): v if isinstance(v, str) else _scalar_text(v) for k, v in value.items()}
+        return {str(k): str(v) if isinstance(v, str) else _scalar_text(v) for k, v in value.items()}
 
     def json_schema(self) -> JsonSchemaValue:
         return {
@@ -366,10 +399,22 @@ class AnyMapping(Value):
     def convert(self, value: Any, context: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise Invalid(f"expected a mapping, got {got(value)}")
-        return value
+        mapping: dict[str, Any] = plain(value)
+        return mapping
 
     def json_schema(self) -> JsonSchemaValue:
         return {"type": "object"}
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every Templated string inside it a plain string again."""
+    if isinstance(value, Templated):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
 
 
 class Argv(Value):
@@ -382,7 +427,7 @@ class Argv(Value):
             try:
                 argv = tuple(shlex.split(value))
             except ValueError as exc:
-                raise Invalid(f"expected a command line, got {value!r} ({exc})") from None
+                raise Invalid(f"expected a command line, got {got(value)} ({exc})") from None
         elif isinstance(value, list) and all(
             isinstance(v, str | int | float) and not isinstance(v, bool) for v in value
         ):
@@ -442,6 +487,7 @@ class Statuses(Value):
 
     def convert(self, value: Any, context: Mapping[str, Any]) -> tuple[int, ...]:
         items = list(value) if isinstance(value, list | tuple) else [value]
+        items = [_from_template(item, int) for item in items]
         for item in items:
             if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
                 raise Invalid(f"expected HTTP status codes (100-599), got {got(item)}")
@@ -544,16 +590,17 @@ class Listen(Value):
         if not isinstance(value, str) or not value.strip():
             raise Invalid(f"{self.expected}, got {got(value)}")
         listen = value.strip()
+        text = value.template if isinstance(value, Templated) else listen  # never the value
         if listen.startswith(("unix:", "/", "./", "../")):
             path = Path(listen.removeprefix("unix:")).expanduser()
             base = Path(context.get("base", "."))
             socket = path if path.is_absolute() else (base / path).resolve()
-            return ListenAddress(unix_socket=socket, text=listen)
+            return ListenAddress(unix_socket=socket, text=text)
         host, sep, port_text = listen.rpartition(":")
         host = host.strip("[]")
         if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise Invalid(f"{self.expected}, got {listen!r}")
-        return ListenAddress(host=host or "0.0.0.0", port=int(port_text), text=listen)
+            raise Invalid(f"{self.expected}, got {got(value)}")
+        return ListenAddress(host=host or "0.0.0.0", port=int(port_text), text=text)
 
     def json_schema(self) -> JsonSchemaValue:
         return {"type": "string", "description": "host:port (127.0.0.1:8089) or a socket path"}

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from scheduler_daemon.specs.values import Templated
+
 Path = tuple[str | int, ...]
 
 _VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
@@ -129,13 +131,13 @@ class _Builder:
     def _problem(self, path: Path, message: str) -> None:
         self.src.problems.append((path, self.src.line(path), message))
 
-    def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
+    def _scalar(self, node: yaml.ScalarNode, path: Path, *, interpolate: bool = True) -> Any:
         try:
             value = self.loader.construct_object(node, deep=True)
         except (ValueError, OverflowError) as exc:  # 2026-02-30, a 5000-digit integer
             self._problem(path, f"expected a valid {_kind(node)}, got {node.value!r} ({exc})")
             return None
-        if isinstance(value, str) and "$" in value:
+        if interpolate and isinstance(value, str) and "$" in value:
             line = node.start_mark.line + 1
             return _interpolate(value, path, line, self.src, self.environ)
         return value
@@ -156,7 +158,7 @@ class _Builder:
                         merged = {**built, **merged}
                 continue
             key = (
-                self._scalar(key_node, (*path, "?"))
+                self._scalar(key_node, (*path, "?"), interpolate=False)
                 if isinstance(key_node, yaml.ScalarNode)
                 else None
             )
@@ -226,10 +228,8 @@ def _interpolate(text: str, path: Path, line: int, src: Source, environ: Mapping
         src.problems.append(
             (path, line, f"environment variable {name} is not set (use ${{{name}:-default}})")
         )
-    if _VAR.fullmatch(text) and text != "$$":
-        # A value that is exactly one ${VAR} is typed as if its expansion had been written there.
-        try:
-            return yaml.safe_load(expanded) if expanded.strip() else expanded
-        except yaml.YAMLError:
-            return expanded
+    if "${" in text:
+        # Always a string (never re-read as YAML: `s3cr3t #x` stayed `s3cr3t`, `1:30` became 90);
+        # a field that is not a string parses it (specs.values), messages name the template.
+        return Templated(expanded, text)
     return expanded

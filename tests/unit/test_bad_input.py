@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 from scheduler_daemon.errors import ConfigError
 from scheduler_daemon.operation import cli
 from scheduler_daemon.operation.daemon import Daemon
-from scheduler_daemon.specs import load_config
+from scheduler_daemon.specs import JobSpec, load_config
 from tests.helpers import FakeClock
 
 GOOD = """\
@@ -150,3 +150,19 @@ async def test_an_exception_while_applying_restores_the_old_schedule(
     assert daemon.config is running
     assert {name: daemon.scheduler.job(name) for name in ("kept", "other")} == before
     assert daemon.scheduler.job("new") is None
+
+
+def test_a_schedule_that_cannot_compute_its_first_fire_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(_text(f"every: 1h, {CMD}") + "  k:\n    cron: '0 5 * * *'\n    " + CMD + "\n")
+
+    def first_fire(job: JobSpec) -> None:
+        if job.name == "k":
+            raise OverflowError("date value out of range")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={}, first_fire=first_fire)
+    assert caught.value.problems == [
+        f"{path}:5: jobs.k.cron: expected a schedule whose next fire can be computed, "
+        "got OverflowError"
+    ]
