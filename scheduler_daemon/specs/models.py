@@ -343,6 +343,17 @@ class Config(Spec):
             raise problems_error("jobs", problems, value)
         return tuple(jobs)
 
+    @classmethod
+    def key_rules(cls, data: Mapping[str, Any]) -> list[Problem]:
+        defaults = data.get("defaults")
+        if not isinstance(defaults, dict):
+            return []
+        return [
+            (("defaults", key), f"`{key}` cannot be a default: write it on each job")
+            for key in (*SCHEDULE_KEYS, *ACTION_KEYS)
+            if key in defaults
+        ]
+
     @property
     def path(self) -> Path:
         return self._path

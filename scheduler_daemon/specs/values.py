@@ -517,13 +517,15 @@ class JobName(Value):
             raise Invalid(
                 f"expected a job name of letters, digits, '_', '.', '-', got {got(value)}"
             )
+        if value in (".", ".."):  # a URL path (/jobs/..) cannot name it
+            raise Invalid(f"expected a job name other than '.' and '..', got {value!r}")
         return value
 
     def json_schema(self) -> JsonSchemaValue:
-        return {"type": "string", "pattern": f"^{_JOB_NAME.pattern}$"}
+        return {"type": "string", "pattern": JOB_NAME_PATTERN}
 
 
-JOB_NAME_PATTERN = f"^{_JOB_NAME.pattern}$"
+JOB_NAME_PATTERN = rf"^(?!\.\.?$){_JOB_NAME.pattern}$"
 
 
 class PostgresUrl(Value):

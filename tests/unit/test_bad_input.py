@@ -166,3 +166,25 @@ def test_a_schedule_that_cannot_compute_its_first_fire_is_a_config_error(tmp_pat
         f"{path}:5: jobs.k.cron: expected a schedule whose next fire can be computed, "
         "got OverflowError"
     ]
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_job_cannot_be_named_dot_or_dot_dot(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(_text(f"every: 1h, {CMD}").replace("  j:", f"  '{name}':"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert caught.value.problems == [
+        f"{path}:3: jobs.{name}: expected a job name other than '.' and '..', got {name!r}"
+    ]
+
+
+@pytest.mark.parametrize("key", ["every", "cron", "at", "command", "shell", "http", "python"])
+def test_a_schedule_or_action_under_defaults_is_refused(tmp_path: Path, key: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("defaults:\n  timeout: 1m\n  " + key + ": x\n" + _text(f"every: 1h, {CMD}"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert caught.value.problems == [
+        f"{path}:3: defaults.{key}: `{key}` cannot be a default: write it on each job"
+    ]
