@@ -47,7 +47,7 @@ class Source:
 # hashing, JSON) far from Python's own.
 MAX_DEPTH = 64
 # Aliases may repeat the document's values this many times over (on top of a base allowance)
-# before the file is taken for an alias bomb: 400 bytes can otherwise expand to 10^7 values.
+# before the file is taken for an alias bomb: 400 bytes could otherwise expand to 10^7 values.
 ALIAS_FACTOR = 10
 ALIAS_BASE = 10_000
 
@@ -87,21 +87,23 @@ class _Builder:
         self.src = src
         self.environ = environ
         self.building: set[int] = set()  # nodes on the current path: seen again = an alias loop
-        self.seen: set[int] = set()
-        self.built = 0
-        self.limit: int | None = None
+        self.built = 0  # values built, an alias's once per use
+        self.limit = ALIAS_BASE
+        self.counted = False
         self.limit_line = 1
 
     def build(self, node: yaml.Node, path: Path) -> Any:
-        self._count(node, path)
-        if id(node) in self.building:
-            self._problem(path, "a YAML alias refers to a value that contains it (a loop)")
-            return None
+        self.built += 1
+        if self.built > self.limit:
+            self._check_expansion(path)
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path)
         if len(path) > MAX_DEPTH:
             self._problem(path, f"nested more than {MAX_DEPTH} levels deep")
             return None
-        if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, path)
+        if id(node) in self.building:
+            self._problem(path, "a YAML alias refers to a value that contains it (a loop)")
+            return None
         self.building.add(id(node))
         try:
             if isinstance(node, yaml.MappingNode):
@@ -114,17 +116,16 @@ class _Builder:
         finally:
             self.building.discard(id(node))
 
-    def _count(self, node: yaml.Node, path: Path) -> None:
-        self.built += 1
-        self.seen.add(id(node))
-        if self.built - len(self.seen) <= ALIAS_BASE:
-            return
-        if self.limit is None:  # only files that use aliases a lot pay for counting their nodes
-            self.limit = ALIAS_BASE + ALIAS_FACTOR * _distinct(self.root)
-        if self.built - len(self.seen) > self.limit:
+    def _check_expansion(self, path: Path) -> None:
+        """Past the base allowance, the limit becomes relative to the document's own size
+        (counted once: files that do not use aliases much never get here or pay only once)."""
+        if not self.counted:
+            self.counted = True
+            self.limit = ALIAS_BASE + (ALIAS_FACTOR + 1) * _distinct(self.root)
+        if self.built > self.limit:
             self.limit_line = self.src.line(path)
             raise TooLarge(
-                f"YAML aliases expand to more than {self.limit} values here (at "
+                f"YAML aliases expand the document to more than {self.limit} values (at "
                 f"{'.'.join(str(p) for p in path)}): refused as an alias bomb"
             )
 
