@@ -223,13 +223,12 @@ def _interpolate(text: str, path: Path, line: int, src: Source, environ: Mapping
         return value
 
     expanded = _VAR.sub(replace, text)
-    if "${" in text:
-        src.templates[path] = text
     for name in missing:
         src.problems.append(
             (path, line, f"environment variable {name} is not set (use ${{{name}:-default}})")
         )
     if "${" in text:
+        src.templates[path] = text
         # Always a string (never re-read as YAML: `s3cr3t #x` stayed `s3cr3t`, `1:30` became 90);
         # a field that is not a string parses it (specs.values), messages name the template.
         return Templated(expanded, text)

@@ -91,7 +91,9 @@ KEYS = st.sampled_from([*JobSpec.model_fields, "json", "shell", "bogus", "url", 
 JOBS = st.dictionaries(KEYS, VALUES, max_size=6)
 
 
-_FILE = Path(tempfile.mkdtemp(prefix="loader-fuzz-")) / "config.yaml"
+# One file for every example (hypothesis cannot use function-scoped fixtures such as tmp_path).
+_DIR = tempfile.TemporaryDirectory(prefix="loader-fuzz-")
+_FILE = Path(_DIR.name) / "config.yaml"
 
 
 def _load(text: str) -> None:
