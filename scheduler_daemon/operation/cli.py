@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo
 from scheduler_daemon import __version__
 from scheduler_daemon.errors import ConfigError, SchedulerDaemonError
 from scheduler_daemon.logs import configure_logging
-from scheduler_daemon.specs import Config, JobSpec, load_config
+from scheduler_daemon.operation.reload import load_checked
+from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.specs.schema import config_schema
 from scheduler_daemon.timing.schedules import build_schedule
 
@@ -108,7 +109,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from scheduler_daemon.operation.daemon import run_daemon
 
         return run_daemon(Path(args.config))
-    config = load_config(args.config)
+    config = load_checked(args.config)
     if args.command == "check":
         return _check(config)
     if args.command == "next":

@@ -28,13 +28,18 @@ from scheduler_daemon.operation.notify import Notifier
 from scheduler_daemon.operation.oneoff import OneOffRuns
 from scheduler_daemon.operation.pauses import Pauses, watch_controls
 from scheduler_daemon.operation.recovery import Recovery
-from scheduler_daemon.operation.reload import ReloadPlan, load_for_reload, plan_reload
+from scheduler_daemon.operation.reload import (
+    ReloadPlan,
+    load_checked,
+    load_for_reload,
+    plan_reload,
+)
 from scheduler_daemon.running.actions import ActionCache, HttpClient
 from scheduler_daemon.running.actions.python import job_threads
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire, Runner
-from scheduler_daemon.specs import Config, JobSpec, load_config
+from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.storage.journal import Journal
@@ -261,22 +266,31 @@ class Daemon:
             log.info("stop_requested", signal=why)
 
     async def reload(self) -> bool:
-        """Re-read the config file; apply it only if it is entirely valid."""
+        """Re-read the config file; apply it only if it is entirely valid.
+
+        Any exception while loading or applying is a failed reload: the old schedule stays and
+        the daemon keeps running (under Restart=on-failure a crash here would keep it down)."""
         self._notify.reloading()
         try:
             began = self._clock.monotonic()
             try:
                 new = await asyncio.to_thread(load_for_reload, self.config.path)
             except ConfigError as exc:
-                self.reload_error = f"{len(exc.problems)} error(s): {exc.problems[0]}"
-                self.metrics.reloads["failed"] += 1
-                log.error("reload_failed", problems=exc.problems)
-                return False
+                return self._reload_failed(exc.problems)
+            except Exception as exc:
+                log.exception("reload_load_crashed")
+                return self._reload_failed([f"unexpected {type(exc).__name__} while loading"])
+            loaded = self._clock.monotonic()
+            old = self.config
+            plan = plan_reload(old, new)
+            try:
+                await self._apply(plan)
+            except Exception as exc:
+                log.exception("reload_apply_crashed")
+                self._restore(old, plan)
+                return self._reload_failed([f"unexpected {type(exc).__name__} while applying"])
             self.reload_error = None
             self.metrics.reloads["succeeded"] += 1
-            loaded = self._clock.monotonic()
-            plan = plan_reload(self.config, new)
-            await self._apply(plan)
             log.info(
                 "reload_succeeded",
                 added=len(plan.added),
@@ -288,6 +302,24 @@ class Daemon:
             return True
         finally:
             self._notify.ready(self.status_line())
+
+    def _reload_failed(self, problems: list[str]) -> bool:
+        self.reload_error = f"{len(problems)} error(s): {problems[0]}"
+        self.metrics.reloads["failed"] += 1
+        log.error("reload_failed", problems=problems)
+        return False
+
+    def _restore(self, old: Config, plan: ReloadPlan) -> None:
+        """Undo a partly applied plan: every job it touched goes back to its old spec."""
+        now = self._now()
+        for name in (*plan.added, *plan.changed, *plan.removed):
+            job = old.job(name)
+            if job is None:
+                self._scheduler.remove(name)
+            else:
+                self._scheduler.add(job, after=now)
+        self._limiter.resize(old.max_concurrency)
+        self.config = old
 
     async def _apply(self, plan: ReloadPlan) -> None:
         if plan.restart_only:
@@ -359,7 +391,7 @@ class Daemon:
 
 
 def run_daemon(config_path: Path) -> int:
-    config = load_config(config_path)
+    config = load_checked(config_path)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it

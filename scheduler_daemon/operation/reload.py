@@ -6,10 +6,15 @@ Pure: ``plan_reload(old, new)`` compares two validated configs; the daemon appli
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from scheduler_daemon.specs import Config, JobSpec, load_config
+from scheduler_daemon.specs.cron import REBOOT
+from scheduler_daemon.timing.schedules import CronSchedule, build_schedule
 
 # The database connection, its files and this node's identity are fixed for a process's life.
 RESTART_ONLY = ("database", "state_dir", "node", "admin", "events")
@@ -63,10 +68,32 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     )
 
 
+def first_fire(job: JobSpec) -> datetime | None:
+    """The job's first fire from now: computed while loading, so a schedule that cannot compute
+    one is a config error instead of an exception in the running daemon."""
+    if job.cron is not None:
+        return _cron_first_fire(job.cron, job.timezone)
+    return build_schedule(job).next_after(datetime.now(UTC))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cron_first_fire(expr: str, timezone: str) -> datetime | None:
+    """Jobs with the same expression and zone share one answer: building a cron schedule costs
+    ~1 ms, which 100k jobs would pay again on every reload (their schedules are built anyway)."""
+    if expr.strip().lower() == REBOOT:
+        return None
+    return CronSchedule(expr, timezone).next_after(datetime.now(UTC))
+
+
+def load_checked(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """``load_config`` with every job's first fire computed (what the daemon and `check` use)."""
+    return load_config(path, environ=environ, first_fire=first_fire)
+
+
 def load_for_reload(path: Path) -> Config:
     """Load a config and digest every job, in the reload's worker thread: hashing 100k specs on
     the event loop blocked it for seconds (the comparison itself is then a string compare)."""
-    config = load_config(path)
+    config = load_checked(path)
     for job in config.jobs:
         job.spec_hash()
     return config

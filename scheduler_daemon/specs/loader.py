@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,10 @@ from pydantic import ValidationError
 
 from scheduler_daemon.errors import ConfigError
 from scheduler_daemon.specs import yamlsource
-from scheduler_daemon.specs.models import Config
+from scheduler_daemon.specs.models import SCHEDULE_KEYS, Config, JobSpec
 from scheduler_daemon.specs.redaction import dump_places
 from scheduler_daemon.specs.spec import Loc, problems_of
-from scheduler_daemon.specs.values import got
+from scheduler_daemon.specs.values import Templated, got
 
 # Environment variable → the setting it overrides (its location in the config).
 ENV_OVERRIDES: dict[str, Loc] = {
@@ -45,10 +45,34 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, interpolate and validate a config file; raise ConfigError listing every problem."""
-    environ = os.environ if environ is None else environ
+# Computes a job's first fire (raising if it cannot): the schedules live in a layer above this one.
+FirstFire = Callable[[JobSpec], object]
+
+
+def load_config(
+    path: str | Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    first_fire: FirstFire | None = None,
+) -> Config:
+    """Read, interpolate and validate a config file; raise ConfigError listing every problem.
+
+    Nothing else escapes: an unexpected exception is a ConfigError too (a reload keeps running).
+    With ``first_fire``, a job whose first fire cannot be computed is a problem at its schedule.
+    """
     display = str(path)
+    try:
+        return _load(path, display, os.environ if environ is None else environ, first_fire)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a bug: still a refusal with the file's name, never a crash
+        problem = f"{display}:1: cannot load the config: unexpected {type(exc).__name__}"
+        raise ConfigError([problem]) from exc
+
+
+def _load(
+    path: str | Path, display: str, environ: Mapping[str, str], first_fire: FirstFire | None
+) -> Config:
     file = Path(path).expanduser()
     try:
         text = file.read_text(encoding="utf-8")
@@ -66,6 +90,8 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     for p_path, p_line, message in source.problems:
         report.add(p_path, message, p_line)
     config = _validate(source, file.resolve(), environ, report)
+    if config is not None and first_fire is not None:
+        _check_first_fires(config, first_fire, report)
     if report.items:
         raise ConfigError([message for _, message in sorted(report.items, key=lambda x: x[0])])
     assert config is not None
@@ -76,6 +102,8 @@ def _validate(
     source: yamlsource.Source, file: Path, environ: Mapping[str, str], report: _Report
 ) -> Config | None:
     data = source.data
+    if data is None and source.problems:
+        return None  # the document was refused as a whole (an alias bomb)
     if data is None:
         report.add((), "the file is empty: expected a mapping with a `jobs:` section")
         return None
@@ -101,6 +129,21 @@ def _validate(
     return config
 
 
+def _check_first_fires(config: Config, first_fire: FirstFire, report: _Report) -> None:
+    """Every job's first fire, computed once here so that no schedule fails in the daemon."""
+    for job in config.jobs:
+        try:
+            first_fire(job)
+        except Exception as exc:  # noqa: BLE001 - whatever a schedule raises is the job's problem
+            field = next(k for k in SCHEDULE_KEYS if getattr(job, k) is not None)
+            loc = ("jobs", job.name, field)
+            report.add(
+                loc,
+                f"expected a schedule whose next fire can be computed, got {type(exc).__name__}",
+                _line(report.source, loc),
+            )
+
+
 def _with_environment(
     data: dict[str, Any], environ: Mapping[str, str]
 ) -> tuple[dict[str, Any], dict[Loc, str]]:
@@ -109,7 +152,7 @@ def _with_environment(
     for var, loc in ENV_OVERRIDES.items():
         value = environ.get(var)
         if value:
-            data = _with(data, loc, _typed(value))
+            data = _with(data, loc, Templated(value, f"${{{var}}}"))
             overridden[loc] = var
     if "state_dir" not in data and environ.get("STATE_DIRECTORY"):
         data = {**data, "state_dir": environ["STATE_DIRECTORY"]}  # systemd's StateDirectory=
@@ -122,14 +165,6 @@ def _with(data: Any, loc: Loc, value: Any) -> dict[str, Any]:
     key = str(loc[0])
     node[key] = _with(node.get(key), loc[1:], value) if len(loc) > 1 else value
     return node
-
-
-def _typed(text: str) -> Any:
-    """An environment value typed like a YAML scalar would be: "3" is a number."""
-    try:
-        return int(text)
-    except ValueError:
-        return text
 
 
 def _line(source: yamlsource.Source, loc: Loc) -> int:

@@ -58,6 +58,11 @@ class HttpSpec(Spec):
     # origin loses the secret headers (a key for one API is no one else's business).
     follow_redirects: Annotated[bool, v.Boolean()] = False
 
+    @field_validator("json_body")
+    @classmethod
+    def _plain(cls, value: Any) -> Any:
+        return v.plain(value)  # no Templated strings left in what is sent
+
     @classmethod
     def key_rules(cls, data: Mapping[str, Any]) -> list[Problem]:
         both = {"json", "body"} <= data.keys()
@@ -352,6 +357,17 @@ class Config(Spec):
         if problems:
             raise problems_error("jobs", problems, value)
         return tuple(jobs)
+
+    @classmethod
+    def key_rules(cls, data: Mapping[str, Any]) -> list[Problem]:
+        defaults = data.get("defaults")
+        if not isinstance(defaults, dict):
+            return []
+        return [
+            (("defaults", key), f"`{key}` cannot be a default: write it on each job")
+            for key in (*SCHEDULE_KEYS, *ACTION_KEYS)
+            if key in defaults
+        ]
 
     @property
     def path(self) -> Path:

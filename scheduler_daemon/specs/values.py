@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import functools
 import ipaddress
+import math
 import re
 import shlex
 from collections.abc import Mapping
@@ -30,7 +31,27 @@ class Invalid(Exception):
     """A value does not convert; the message reads "expected X, got Y"."""
 
 
+class Templated(str):
+    """A string that came from ``${...}``: typed only by its field, never shown in a message.
+
+    A field that is not a string (an integer, a boolean ...) parses it; ``got()`` names it by
+    its template ("the value of ${N}"), so a secret never reaches a message or a log.
+    """
+
+    template: str
+
+    def __new__(cls, value: str, template: str) -> Templated:
+        self = super().__new__(cls, value)
+        self.template = template
+        return self
+
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        return str, (str(self),)  # copies are plain strings
+
+
 def got(value: Any) -> str:
+    if isinstance(value, Templated):
+        return f"the value of {value.template}"
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, dict):
@@ -42,6 +63,9 @@ def got(value: Any) -> str:
     return repr(value) if isinstance(value, str) else f"{value!r}"
 
 
+# Longer waits and periods are no schedule this daemon is for (use `cron:` or `at:`); the bound also
+# keeps every sum of a time and a duration far from datetime's year 9999.
+MAX_DURATION = 366 * 86400.0
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # Each part ends in its unit, so the pattern cannot backtrack badly (editors run it as you type).
@@ -96,9 +120,10 @@ class Value(abc.ABC):
 
     def _validate(self, value: Any, info: ValidationInfo) -> Any:
         try:
-            return self.convert(value, info.context or {})
+            result = self.convert(value, info.context or {})
         except Invalid as exc:
             raise PydanticCustomError("invalid_value", str(exc)) from None
+        return str(result) if isinstance(result, Templated) else result
 
 
 _DURATION_SCHEMA: JsonSchemaValue = {
@@ -112,7 +137,7 @@ _DURATION_SCHEMA: JsonSchemaValue = {
 
 @dataclass(frozen=True)
 class Duration(Value):
-    """Seconds; ``positive``: more than zero; ``optional``: null means none."""
+    """Seconds; ``positive``: at least a millisecond; ``optional``: null means none."""
 
     positive: bool = False
     optional: bool = False
@@ -121,8 +146,12 @@ class Duration(Value):
         if value is None and self.optional:
             return None
         seconds = parse_duration(value)
+        if seconds > MAX_DURATION:  # also infinity
+            raise Invalid(f"expected a duration of at most 366d, got {got(value)}")
         if self.positive and seconds <= 0:
             raise Invalid(f"expected a duration > 0, got {got(value)}")
+        if self.positive and seconds < 0.001:  # a period of 0.1 µs cannot be scheduled
+            raise Invalid(f"expected a duration of at least 1ms, got {got(value)}")
         return seconds
 
     def json_schema(self) -> JsonSchemaValue:
@@ -165,16 +194,25 @@ class Size(Value):
         }
 
 
+def _from_template(value: Any, kind: type[int] | type[float]) -> Any:
+    """A number written as ``${N}``: its text parsed as the field's kind (else left as it is)."""
+    if not isinstance(value, Templated):
+        return value
+    try:
+        return kind(value.strip())
+    except ValueError:
+        return value
+
+
 @dataclass(frozen=True)
 class Integer(Value):
     minimum: int
 
     def convert(self, value: Any, context: Mapping[str, Any]) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        number = _from_template(value, int)
+        if isinstance(number, bool) or not isinstance(number, int) or number < self.minimum:
             raise Invalid(f"expected an integer ≥ {self.minimum}, got {got(value)}")
-        if value < self.minimum:
-            raise Invalid(f"expected an integer ≥ {self.minimum}, got {value}")
-        return value
+        return number
 
     def json_schema(self) -> JsonSchemaValue:
         return {"type": "integer", "minimum": self.minimum}
@@ -191,11 +229,14 @@ class Number(Value):
             if self.maximum is not None
             else f"≥ {self.minimum:g}"
         )
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        number = _from_template(value, float)
+        if isinstance(number, bool) or not isinstance(number, int | float):
             raise Invalid(f"expected a number {bounds}, got {got(value)}")
-        if value < self.minimum or (self.maximum is not None and value > self.maximum):
-            raise Invalid(f"expected a number {bounds}, got {value:g}")
-        return float(value)
+        too_big = self.maximum is not None and number > self.maximum
+        if not math.isfinite(number) or number < self.minimum or too_big:
+            shown = got(value) if isinstance(value, Templated) else f"{number:g}"
+            raise Invalid(f"expected a number {bounds}, got {shown}")
+        return float(number)
 
     def json_schema(self) -> JsonSchemaValue:
         schema: JsonSchemaValue = {"type": "number", "minimum": self.minimum}
@@ -224,6 +265,8 @@ class Text(Value):
 
 class Boolean(Value):
     def convert(self, value: Any, context: Mapping[str, Any]) -> bool:
+        if isinstance(value, Templated) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
         if not isinstance(value, bool):
             raise Invalid(f"expected true or false, got {got(value)}")
         return value
@@ -269,7 +312,7 @@ class Zone(Value):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise Invalid(
-                f"expected an IANA time zone such as Europe/Berlin, got {value!r}"
+                f"expected an IANA time zone such as Europe/Berlin, got {got(value)}"
             ) from None
         return value
 
@@ -284,6 +327,8 @@ class Cron(Value):
         try:
             validate_cron(value)
         except ValueError as exc:
+            if isinstance(value, Templated):  # the reason would quote the expression
+                raise Invalid(f"expected a cron expression, got {got(value)}") from None
             raise Invalid(str(exc)) from None
         return value
 
@@ -294,20 +339,35 @@ class Cron(Value):
         }
 
 
+MIN_YEAR, MAX_YEAR = 1000, 9000
+
+
 class DateTime(Value):
-    """ISO 8601; a naive value is made aware in the job's zone by the job."""
+    """ISO 8601; a naive value is made aware in the job's zone by the job.
+
+    Years 1000 to 8999 only: near datetime's limits a time zone or a duration added to the
+    instant overflows (year 9999 with a negative offset is in year 10000 in UTC).
+    """
 
     def convert(self, value: Any, context: Mapping[str, Any]) -> datetime:
         if isinstance(value, datetime):
-            return value
-        if isinstance(value, str):
+            at = value
+        elif isinstance(value, str):
             try:
-                return datetime.fromisoformat(value.replace("Z", "+00:00"))
+                at = datetime.fromisoformat(value.replace("Z", "+00:00"))
             except ValueError:
-                pass
-        raise Invalid(
-            f"expected an ISO 8601 date-time such as 2026-12-01T02:00:00Z, got {got(value)}"
-        )
+                at = None
+        else:
+            at = None
+        if at is None:
+            raise Invalid(
+                f"expected an ISO 8601 date-time such as 2026-12-01T02:00:00Z, got {got(value)}"
+            )
+        if not MIN_YEAR <= at.year < MAX_YEAR:
+            raise Invalid(
+                f"expected a date-time in the years {MIN_YEAR} to {MAX_YEAR - 1}, got {got(value)}"
+            )
+        return at
 
     def json_schema(self) -> JsonSchemaValue:
         return {"type": "string", "description": "ISO 8601 date-time such as 2026-12-01T02:00:00Z"}
@@ -322,7 +382,7 @@ class StrMap(Value):
         bad = [k for k, v in value.items() if isinstance(v, dict | list) or v is None]
         if bad:
             raise Invalid(f"expected string values, got {got(value[bad[0]])} for {bad[0]!r}")
-        return {str(k): v if isinstance(v, str) else _scalar_text(v) for k, v in value.items()}
+        return {str(k): str(v) if isinstance(v, str) else _scalar_text(v) for k, v in value.items()}
 
     def json_schema(self) -> JsonSchemaValue:
         return {
@@ -339,10 +399,22 @@ class AnyMapping(Value):
     def convert(self, value: Any, context: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise Invalid(f"expected a mapping, got {got(value)}")
-        return value
+        mapping: dict[str, Any] = plain(value)
+        return mapping
 
     def json_schema(self) -> JsonSchemaValue:
         return {"type": "object"}
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every Templated string inside it a plain string again."""
+    if isinstance(value, Templated):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
 
 
 class Argv(Value):
@@ -355,7 +427,7 @@ class Argv(Value):
             try:
                 argv = tuple(shlex.split(value))
             except ValueError as exc:
-                raise Invalid(f"expected a command line, got {value!r} ({exc})") from None
+                raise Invalid(f"expected a command line, got {got(value)} ({exc})") from None
         elif isinstance(value, list) and all(
             isinstance(v, str | int | float) and not isinstance(v, bool) for v in value
         ):
@@ -415,6 +487,7 @@ class Statuses(Value):
 
     def convert(self, value: Any, context: Mapping[str, Any]) -> tuple[int, ...]:
         items = list(value) if isinstance(value, list | tuple) else [value]
+        items = [_from_template(item, int) for item in items]
         for item in items:
             if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
                 raise Invalid(f"expected HTTP status codes (100-599), got {got(item)}")
@@ -444,13 +517,15 @@ class JobName(Value):
             raise Invalid(
                 f"expected a job name of letters, digits, '_', '.', '-', got {got(value)}"
             )
+        if value in (".", ".."):  # a URL path (/jobs/..) cannot name it
+            raise Invalid(f"expected a job name other than '.' and '..', got {value!r}")
         return value
 
     def json_schema(self) -> JsonSchemaValue:
-        return {"type": "string", "pattern": f"^{_JOB_NAME.pattern}$"}
+        return {"type": "string", "pattern": JOB_NAME_PATTERN}
 
 
-JOB_NAME_PATTERN = f"^{_JOB_NAME.pattern}$"
+JOB_NAME_PATTERN = rf"^(?!\.\.?$){_JOB_NAME.pattern}$"
 
 
 class PostgresUrl(Value):
@@ -517,16 +592,17 @@ class Listen(Value):
         if not isinstance(value, str) or not value.strip():
             raise Invalid(f"{self.expected}, got {got(value)}")
         listen = value.strip()
+        text = value.template if isinstance(value, Templated) else listen  # never the value
         if listen.startswith(("unix:", "/", "./", "../")):
             path = Path(listen.removeprefix("unix:")).expanduser()
             base = Path(context.get("base", "."))
             socket = path if path.is_absolute() else (base / path).resolve()
-            return ListenAddress(unix_socket=socket, text=listen)
+            return ListenAddress(unix_socket=socket, text=text)
         host, sep, port_text = listen.rpartition(":")
         host = host.strip("[]")
         if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise Invalid(f"{self.expected}, got {listen!r}")
-        return ListenAddress(host=host or "0.0.0.0", port=int(port_text), text=listen)
+            raise Invalid(f"{self.expected}, got {got(value)}")
+        return ListenAddress(host=host or "0.0.0.0", port=int(port_text), text=text)
 
     def json_schema(self) -> JsonSchemaValue:
         return {"type": "string", "description": "host:port (127.0.0.1:8089) or a socket path"}

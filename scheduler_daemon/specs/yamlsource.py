@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from scheduler_daemon.specs.values import Templated
+
 Path = tuple[str | int, ...]
 
 _VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
@@ -41,6 +43,19 @@ class Source:
         return self.lines.get((), 1)
 
 
+# Deeper nesting is no config anyone writes; the limit keeps every later recursion (validation,
+# hashing, JSON) far from Python's own.
+MAX_DEPTH = 64
+# Aliases may repeat the document's values this many times over (on top of a base allowance)
+# before the file is taken for an alias bomb: 400 bytes could otherwise expand to 10^7 values.
+ALIAS_FACTOR = 10
+ALIAS_BASE = 10_000
+
+
+class TooLarge(Exception):
+    """Alias expansion past the limit: the whole document is refused."""
+
+
 def parse(text: str, environ: Mapping[str, str]) -> Source:
     """Parse ``text``; raise yaml.YAMLError on syntax errors (the caller adds the file name)."""
     loader = _Loader(text)
@@ -52,62 +67,144 @@ def parse(text: str, environ: Mapping[str, str]) -> Source:
     if node is None:
         return source
     source.lines[()] = node.start_mark.line + 1
-    source.data = _build(node, (), loader, source, environ)
+    builder = _Builder(loader, node, source, environ)
+    try:
+        source.data = builder.build(node, ())
+    except TooLarge as exc:
+        source.data = None
+        source.problems[:] = [((), builder.limit_line, str(exc))]
     return source
 
 
-def _build(
-    node: yaml.Node, path: Path, loader: yaml.SafeLoader, src: Source, environ: Mapping[str, str]
-) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        return _build_mapping(node, path, loader, src, environ)
-    if isinstance(node, yaml.SequenceNode):
-        items = []
-        for i, child in enumerate(node.value):
-            src.lines[(*path, i)] = child.start_mark.line + 1
-            items.append(_build(child, (*path, i), loader, src, environ))
-        return items
-    value = loader.construct_object(node, deep=True)
-    if isinstance(value, str) and "$" in value:
-        return _interpolate(value, path, node.start_mark.line + 1, src, environ)
-    return value
+class _Builder:
+    """Builds plain data from the node tree; aliases are followed with loops and bombs refused."""
+
+    def __init__(
+        self, loader: yaml.SafeLoader, root: yaml.Node, src: Source, environ: Mapping[str, str]
+    ) -> None:
+        self.loader = loader
+        self.root = root
+        self.src = src
+        self.environ = environ
+        self.building: set[int] = set()  # nodes on the current path: seen again = an alias loop
+        self.built = 0  # values built, an alias's once per use
+        self.limit = ALIAS_BASE
+        self.counted = False
+        self.limit_line = 1
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        self.built += 1
+        if self.built > self.limit:
+            self._check_expansion(path)
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path)
+        if len(path) > MAX_DEPTH:
+            self._problem(path, f"nested more than {MAX_DEPTH} levels deep")
+            return None
+        if id(node) in self.building:
+            self._problem(path, "a YAML alias refers to a value that contains it (a loop)")
+            return None
+        self.building.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            items = []
+            for i, child in enumerate(node.value):
+                self.src.lines[(*path, i)] = child.start_mark.line + 1
+                items.append(self.build(child, (*path, i)))
+            return items
+        finally:
+            self.building.discard(id(node))
+
+    def _check_expansion(self, path: Path) -> None:
+        """Past the base allowance, the limit becomes relative to the document's own size
+        (counted once: files that do not use aliases much never get here or pay only once)."""
+        if not self.counted:
+            self.counted = True
+            self.limit = ALIAS_BASE + (ALIAS_FACTOR + 1) * _distinct(self.root)
+        if self.built > self.limit:
+            self.limit_line = self.src.line(path)
+            raise TooLarge(
+                f"YAML aliases expand the document to more than {self.limit} values (at "
+                f"{'.'.join(str(p) for p in path)}): refused as an alias bomb"
+            )
+
+    def _problem(self, path: Path, message: str) -> None:
+        self.src.problems.append((path, self.src.line(path), message))
+
+    def _scalar(self, node: yaml.ScalarNode, path: Path, *, interpolate: bool = True) -> Any:
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except (ValueError, OverflowError) as exc:  # 2026-02-30, a 5000-digit integer
+            self._problem(path, f"expected a valid {_kind(node)}, got {node.value!r} ({exc})")
+            return None
+        if interpolate and isinstance(value, str) and "$" in value:
+            line = node.start_mark.line + 1
+            return _interpolate(value, path, line, self.src, self.environ)
+        return value
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[Any, Any]:
+        result: dict[Any, Any] = {}
+        seen: dict[Any, int] = {}
+        merged: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.tag == _MERGE_TAG:  # YAML merge key: `<<: *defaults`
+                sources = (
+                    value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                )
+                for merged_node in sources:
+                    built = self.build(merged_node, path)
+                    if isinstance(built, dict):
+                        merged = {**built, **merged}
+                continue
+            key = (
+                self._scalar(key_node, (*path, "?"), interpolate=False)
+                if isinstance(key_node, yaml.ScalarNode)
+                else None
+            )
+            if not isinstance(key, str | int | float | bool) or key is None:
+                self.src.problems.append(((*path, str(key)), line, "expected a plain key"))
+                continue
+            key = str(key) if not isinstance(key, str) else key
+            if key in seen:
+                self.src.problems.append(
+                    (
+                        (*path, key),
+                        line,
+                        f"duplicate key {key!r} (first defined on line {seen[key]})",
+                    )
+                )
+                continue
+            seen[key] = line
+            self.src.lines[(*path, key)] = line
+            result[key] = self.build(value_node, (*path, key))
+        return {**merged, **result}
 
 
-def _build_mapping(
-    node: yaml.MappingNode,
-    path: Path,
-    loader: yaml.SafeLoader,
-    src: Source,
-    environ: Mapping[str, str],
-) -> dict[Any, Any]:
-    result: dict[Any, Any] = {}
-    seen: dict[Any, int] = {}
-    merged: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        line = key_node.start_mark.line + 1
-        if key_node.tag == _MERGE_TAG:  # YAML merge key: `<<: *defaults`
-            sources = (
-                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-            )
-            for merged_node in sources:
-                built = _build(merged_node, path, loader, src, environ)
-                if isinstance(built, dict):
-                    merged = {**built, **merged}
+def _distinct(root: yaml.Node) -> int:
+    """How many nodes the document has, each alias target once (iterative: loops are fine)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
             continue
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str | int | float | bool) or key is None:
-            src.problems.append(((*path, str(key)), line, "expected a plain key"))
-            continue
-        key = str(key) if not isinstance(key, str) else key
-        if key in seen:
-            src.problems.append(
-                ((*path, key), line, f"duplicate key {key!r} (first defined on line {seen[key]})")
-            )
-            continue
-        seen[key] = line
-        src.lines[(*path, key)] = line
-        result[key] = _build(value_node, (*path, key), loader, src, environ)
-    return {**merged, **result}
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.extend((key, value))
+    return len(seen)
+
+
+def _kind(node: yaml.ScalarNode) -> str:
+    return {
+        "tag:yaml.org,2002:timestamp": "date",
+        "tag:yaml.org,2002:int": "integer",
+        "tag:yaml.org,2002:float": "number",
+    }.get(node.tag, "value")
 
 
 def _interpolate(text: str, path: Path, line: int, src: Source, environ: Mapping[str, str]) -> Any:
@@ -126,16 +223,13 @@ def _interpolate(text: str, path: Path, line: int, src: Source, environ: Mapping
         return value
 
     expanded = _VAR.sub(replace, text)
-    if "${" in text:
-        src.templates[path] = text
     for name in missing:
         src.problems.append(
             (path, line, f"environment variable {name} is not set (use ${{{name}:-default}})")
         )
-    if _VAR.fullmatch(text) and text != "$$":
-        # A value that is exactly one ${VAR} is typed as if its expansion had been written there.
-        try:
-            return yaml.safe_load(expanded) if expanded.strip() else expanded
-        except yaml.YAMLError:
-            return expanded
+    if "${" in text:
+        src.templates[path] = text
+        # Always a string (never re-read as YAML: `s3cr3t #x` stayed `s3cr3t`, `1:30` became 90);
+        # a field that is not a string parses it (specs.values), messages name the template.
+        return Templated(expanded, text)
     return expanded
