@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadDateError, croniter
 
-from scheduler_daemon.specs.cron import REBOOT, expand_cron, validate_cron
+from scheduler_daemon.specs.cron import REBOOT, cron_for_croniter, expand_cron, validate_cron
 
 if TYPE_CHECKING:
     from scheduler_daemon.specs import JobSpec
@@ -121,8 +121,10 @@ class CronSchedule:
         self._tz: tzinfo = ZoneInfo(timezone)
         self._wildcard = minute.startswith("*") or hour.startswith("*")
         # One iterator, re-positioned per call: constructing croniter costs far more than using it.
+        # Rewritten first so that croniter's matches are Debian cron's (see cron_for_croniter).
+        rewritten, day_or = cron_for_croniter(expr)
         self._iter = croniter(
-            " ".join(fields), datetime(2000, 1, 1), second_at_beginning=seconds_first
+            rewritten, datetime(2000, 1, 1), day_or=day_or, second_at_beginning=seconds_first
         )
 
     @property
