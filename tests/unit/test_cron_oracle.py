@@ -20,16 +20,16 @@ from hypothesis import strategies as st
 
 from scheduler_daemon.timing.schedules import CronSchedule
 
-_FIELDS = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]  # minute hour day month weekday
+_FIELDS = [(0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]  # second minute ... weekday
 _MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
 _DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
 _FIRES = 4
 
 
 def _text(index: int, value: int, named: bool) -> str:
-    if named and index == 3:
+    if named and index == 4:
         return _MONTHS[value - 1]
-    if named and index == 4 and value < 7:
+    if named and index == 5 and value < 7:
         return _DAYS[value]
     return str(value)
 
@@ -70,7 +70,9 @@ def _field(index: int) -> st.SearchStrategy[str]:
     return st.tuples(head, st.lists(tail, max_size=2)).map(lambda d: ",".join([d[0], *d[1]]))
 
 
-cron_expressions = st.tuples(*(_field(i) for i in range(5))).map(" ".join)
+cron_expressions = st.tuples(*(_field(i) for i in range(1, 6))).map(" ".join)
+# 6 fields, seconds first (cronsim's layout too); cronsim models DST for 5 fields only.
+cron_expressions_with_seconds = st.tuples(*(_field(i) for i in range(6))).map(" ".join)
 
 
 def _ours(expr: str, zone: str, start: datetime, count: int) -> list[datetime]:
@@ -95,16 +97,27 @@ _STARTS = st.datetimes(datetime(2000, 1, 1), datetime(2040, 1, 1)).map(
 )
 
 
-@settings(max_examples=100, deadline=None, derandomize=True)
-@given(expr=cron_expressions, start=_STARTS)
-def test_utc_fires_equal_debian_crons(expr: str, start: datetime) -> None:
-    """In UTC (no DST at all) the next fires are exactly cronsim's, from any instant."""
+def _assert_agree_in_utc(expr: str, start: datetime) -> None:
     try:
         want = _cronsim(expr, "UTC", start, _FIRES)
     except CronSimError:  # cronsim refuses a day that no chosen month has: never fires
         assert CronSchedule(expr, "UTC").next_after(start) is None
         return
     assert _ours(expr, "UTC", start, _FIRES) == want
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(expr=cron_expressions, start=_STARTS)
+def test_utc_fires_equal_debian_crons(expr: str, start: datetime) -> None:
+    """In UTC (no DST at all) the next fires are exactly cronsim's, from any instant."""
+    _assert_agree_in_utc(expr, start)
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(expr=cron_expressions_with_seconds, start=_STARTS)
+def test_utc_fires_with_seconds_first_equal_cronsims(expr: str, start: datetime) -> None:
+    """6 fields, seconds first: in UTC, exactly cronsim's fires too."""
+    _assert_agree_in_utc(expr, start)
 
 
 _ZONES = ["Europe/Berlin", "America/Sao_Paulo", "Australia/Lord_Howe", "Pacific/Chatham"]
