@@ -62,7 +62,8 @@ def _collapse_equal_ranges(field: str, names: dict[str, int]) -> str:
     items = []
     for item in field.split(","):
         m = _RANGE.match(item)
-        if m is not None and _value(m[1], names) == _value(m[2], names) is not None:
+        low = None if m is None else _value(m[1], names)
+        if m is not None and low is not None and low == _value(m[2], names):
             item = m[1]  # cron: "a-a" and "a-a/s" are both just a
         items.append(item)
     return ",".join(items)

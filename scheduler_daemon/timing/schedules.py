@@ -102,6 +102,9 @@ class StartOnlySchedule:
 class CronSchedule:
     """Cron in an IANA zone, with the Vixie-cron DST rule.
 
+    Fields mean what Debian (Vixie) cron means (``specs.cron.cron_for_croniter``): "5-5" is 5,
+    and day-of-month/day-of-week are ORed only when neither starts with ``*``.
+
     Matches are found by croniter in naive local wall time; the mapping to real instants is ours.
     A job is "wildcard" when its minute or hour field starts with ``*``: it follows real elapsed
     time (no fires in a skipped hour, fires in both passes of a repeated hour). Any other job is

@@ -2,8 +2,9 @@
 
 ``CronSchedule`` is built on croniter; cronsim shares no code with it and follows Debian (Vixie)
 cron: equal-ended ranges are one value, and day-of-month/day-of-week are ORed only when neither
-field starts with ``*``. The expressions drawn here are the 5-field Debian syntax only (numbers,
-JAN/MON names, lists, ranges with equal ends too, steps, stars with steps in every field).
+field starts with ``*``. The expressions drawn here are Debian's syntax only (numbers, JAN/MON
+names, lists, ranges with equal ends too, steps, stars with steps in every field): 5 fields, and
+6 (seconds first) in UTC, since cronsim models DST for 5 fields only.
 Examples are derandomized (the same on every run, so CI is deterministic) and kept few so that
 the module runs in a few seconds.
 """
