@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadDateError, croniter
 
-from scheduler_daemon.specs.cron import REBOOT, expand_cron, validate_cron
+from scheduler_daemon.specs.cron import REBOOT, cron_for_croniter, expand_cron, validate_cron
 
 if TYPE_CHECKING:
     from scheduler_daemon.specs import JobSpec
@@ -102,6 +102,9 @@ class StartOnlySchedule:
 class CronSchedule:
     """Cron in an IANA zone, with the Vixie-cron DST rule.
 
+    Fields mean what Debian (Vixie) cron means (``specs.cron.cron_for_croniter``): "5-5" is 5,
+    and day-of-month/day-of-week are ORed only when neither starts with ``*``.
+
     Matches are found by croniter in naive local wall time; the mapping to real instants is ours.
     A job is "wildcard" when its minute or hour field starts with ``*``: it follows real elapsed
     time (no fires in a skipped hour, fires in both passes of a repeated hour). Any other job is
@@ -121,8 +124,10 @@ class CronSchedule:
         self._tz: tzinfo = ZoneInfo(timezone)
         self._wildcard = minute.startswith("*") or hour.startswith("*")
         # One iterator, re-positioned per call: constructing croniter costs far more than using it.
+        # Rewritten first so that croniter's matches are Debian cron's (see cron_for_croniter).
+        rewritten, day_or = cron_for_croniter(expr)
         self._iter = croniter(
-            " ".join(fields), datetime(2000, 1, 1), second_at_beginning=seconds_first
+            rewritten, datetime(2000, 1, 1), day_or=day_or, second_at_beginning=seconds_first
         )
 
     @property

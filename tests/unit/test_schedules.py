@@ -142,6 +142,51 @@ def test_cron_calendar_edges(expr: str, after: str, expected: list[str]) -> None
     assert [t[:10] for t in fires(CronSchedule(expr, "UTC"), after + "+00:00", 2)] == expected
 
 
+# Debian (Vixie) cron's reading, where croniter's defaults differ: a range with equal ends is that
+# one value (croniter: the whole field), and day-of-month/day-of-week are ORed only when neither
+# field starts with "*" ("*/10" counts as a star); otherwise both must match.
+DEBIAN_CRON = [
+    ("0 5-5 * * *", ["2026-01-01T05:00", "2026-01-02T05:00", "2026-01-03T05:00"]),
+    ("* * * 12-12 *", ["2026-12-01T00:00", "2026-12-01T00:01", "2026-12-01T00:02"]),
+    ("0 0 * * MON-MON", ["2026-01-05T00:00", "2026-01-12T00:00", "2026-01-19T00:00"]),
+    ("0 0 * * 7-7", ["2026-01-04T00:00", "2026-01-11T00:00", "2026-01-18T00:00"]),  # Sundays
+    ("0 0 1 JAN-JAN *", ["2027-01-01T00:00", "2028-01-01T00:00", "2029-01-01T00:00"]),
+    ("0 0 5-5/2 * *", ["2026-01-05T00:00", "2026-02-05T00:00", "2026-03-05T00:00"]),
+    ("0 9-9,12-12 * * *", ["2026-01-01T09:00", "2026-01-01T12:00", "2026-01-02T09:00"]),
+    # 1, 11, 21 or 31 AND Sunday, Tuesday, Thursday or Saturday (Jan 1 2026 is a Thursday)
+    ("0 0 */10 * */2", ["2026-01-11T00:00", "2026-01-31T00:00", "2026-02-01T00:00"]),
+    ("0 0 * * */2", ["2026-01-03T00:00", "2026-01-04T00:00", "2026-01-06T00:00"]),
+    ("0 0 */10 * *", ["2026-01-11T00:00", "2026-01-21T00:00", "2026-01-31T00:00"]),
+    ("0 0 1,15 * MON", ["2026-01-05T00:00", "2026-01-12T00:00", "2026-01-15T00:00"]),  # OR
+    ("0 0 1-7 * 1", ["2026-01-02T00:00", "2026-01-03T00:00", "2026-01-04T00:00"]),  # OR
+    ("0 0 8-14 * 1", ["2026-01-05T00:00", "2026-01-08T00:00", "2026-01-09T00:00"]),  # OR
+    # 6 fields: seconds first
+    ("0 0 5-5 * * *", ["2026-01-01T05:00", "2026-01-02T05:00", "2026-01-03T05:00"]),
+    ("5-5 0 0 * * *", ["2026-01-01T00:00:05", "2026-01-02T00:00:05", "2026-01-03T00:00:05"]),
+    ("0 0 0 * * MON-MON", ["2026-01-05T00:00", "2026-01-12T00:00", "2026-01-19T00:00"]),
+    ("0 0 0 */10 * */2", ["2026-01-11T00:00", "2026-01-31T00:00", "2026-02-01T00:00"]),
+    ("0 0 0 1,15 * MON", ["2026-01-05T00:00", "2026-01-12T00:00", "2026-01-15T00:00"]),
+    ("0 0 0 1-7 * 1", ["2026-01-02T00:00", "2026-01-03T00:00", "2026-01-04T00:00"]),
+]
+
+
+@pytest.mark.parametrize(("expr", "expected"), DEBIAN_CRON)
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "Pacific/Chatham"])
+def test_cron_means_what_debian_cron_means(expr: str, expected: list[str], zone: str) -> None:
+    tz = ZoneInfo(zone)
+    start = datetime(2026, 1, 1, tzinfo=tz)  # local midnight: these are local wall times
+    got = fires(CronSchedule(expr, zone), start.isoformat(), 3)
+    walls = [datetime.fromisoformat(t).astimezone(tz).replace(tzinfo=None) for t in got]
+    assert walls == [datetime.fromisoformat(e) for e in expected]
+
+
+def test_an_equal_ended_hour_range_keeps_the_fixed_time_dst_rule() -> None:
+    # "2-2" is hour 2 (not every hour), and a job at a fixed hour: in New York's skipped hour it
+    # fires once, as the clocks jump to 03:00 EDT.
+    got = local_fires("30 2-2 * * *", "America/New_York", "2026-03-07T12:00Z", "2026-03-09T12:00Z")
+    assert got == ["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"]
+
+
 def test_cron_that_can_never_fire_returns_none() -> None:
     assert CronSchedule("0 0 30 2 *", "UTC").next_after(utc("2026-01-01T00:00:00+00:00")) is None
 
