@@ -180,13 +180,24 @@ def _line(source: yamlsource.Source, loc: Loc) -> int:
 
 
 def _remember_templates(config: Config, source: yamlsource.Source) -> None:
+    """Give each job the ${...} strings it holds as written: its own, and those it took from
+    ``defaults:`` (a default the job overrides at the same place is not its)."""
+    defaults: dict[tuple[str | int, ...], str] = {}
     by_job: dict[str, dict[tuple[str | int, ...], str]] = {}
     for t_path, text in source.templates.items():
-        if len(t_path) > 2 and t_path[0] == "jobs":
+        if len(t_path) > 1 and t_path[0] == "defaults":
+            defaults[t_path[1:]] = text
+        elif len(t_path) > 2 and t_path[0] == "jobs":
             by_job.setdefault(str(t_path[1]), {})[t_path[2:]] = text
     for job in config.jobs:
-        if job.name in by_job:
-            job.with_templates(dump_places(by_job[job.name]))
+        own = by_job.get(job.name, {})
+        taken = {
+            place: text
+            for place, text in defaults.items()
+            if ("jobs", job.name, *place) not in source.lines
+        }
+        if own or taken:
+            job.with_templates(dump_places({**taken, **own}))
 
 
 class _Report:
