@@ -181,8 +181,8 @@ class EmbeddedPostgres:
                 server_dir=str(self.server_dir),
                 why=f"{home.SERVER_USER} cannot reach {self.data_dir}",
             )
-        blocked = home.blocking_parent(self.server_dir, self._server_user)
-        if blocked is not None:
+        blocked = self._as_root and home.blocking_parent(self.server_dir, self._server_user)
+        if blocked:
             raise DatabaseUnavailable(
                 f"the embedded PostgreSQL runs as {home.SERVER_USER}, which cannot traverse "
                 f"{blocked}: make it traversable (chmod o+x), or set state_dir elsewhere"

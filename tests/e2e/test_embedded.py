@@ -255,6 +255,18 @@ async def test_a_server_started_trusting_everyone_is_restarted(cluster_dir: Path
         await again.astop()
 
 
+def test_as_an_ordinary_user_its_own_private_directory_is_enough(tmp_path: Path) -> None:
+    # The quick start as alice in /home/alice (0700): her server is herself, nobody need pass.
+    # (A real second ordinary user cannot run this interpreter here: it lives under /root.)
+    home_dir = tmp_path / "home"
+    home_dir.mkdir(mode=0o700)
+    server = EmbeddedPostgres(home_dir / "state" / "pg")
+    server._as_root, server.server_dir = False, server.data_dir  # what __init__ decides for alice
+    server.pgdata = server.data_dir / "pgdata"
+    server._prepare()
+    assert stat.S_IMODE(server.data_dir.stat().st_mode) == 0o700
+
+
 def _server_uids(server: EmbeddedPostgres) -> set[int]:
     return {_uid(p) for p in postgres_processes(server.pgdata)}
 
