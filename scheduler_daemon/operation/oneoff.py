@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import asyncpg
 import structlog
 
+from scheduler_daemon.operation.overrides import BadOverrides, stored_overrides
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage import queries, store
@@ -116,16 +117,40 @@ class OneOffRuns:
             log.exception("oneoff_run_failed_to_start", run_id=str(run.id), job=run.job_name)
 
     async def _start(self, run: OneOffRun) -> None:
-        if not await self._claim(run):
-            return  # cancelled meanwhile, or started by an earlier process
         job = self._job(run.job_name)
         if job is None:
             log.warning("oneoff_run_dropped", run_id=str(run.id), job=run.job_name,
                         why="the job is no longer configured")  # fmt: skip
             return
-        self._submit(
-            job, run.run_at, trigger=FireKind.MANUAL, overrides=run.overrides, fire_id=run.id
-        )
+        try:
+            overrides = _checked_overrides(job, run)
+        except BadOverrides as exc:
+            await self._refuse(run, str(exc))
+            return
+        if not await self._claim(run):
+            # Cancelled meanwhile or started by an earlier process; or, if it is still pending,
+            # its id is already a fire's (see mark_run_started).
+            if await self._still_pending(run):
+                await self._refuse(run, "its id is already another fire's")
+            return
+        self._submit(job, run.run_at, trigger=FireKind.MANUAL, overrides=overrides, fire_id=run.id)
+
+    async def _still_pending(self, run: OneOffRun) -> bool:
+        pool = self._database.pool
+        if pool is None:
+            return False
+        with contextlib.suppress(*store.DB_ERRORS):
+            now = await queries.get_run(pool, run.id)
+            return now is not None and now.state == "pending"
+        return False
+
+    async def _refuse(self, run: OneOffRun, why: str) -> None:
+        """A run no API call could have made (written straight into `runs`): cancelled, logged."""
+        log.warning("oneoff_run_refused", run_id=str(run.id), job=run.job_name, why=why)
+        pool = self._database.pool
+        if pool is not None:
+            with contextlib.suppress(*store.DB_ERRORS):
+                await queries.cancel_run(pool, run.id)
 
     async def _claim(self, run: OneOffRun) -> bool:
         """Mark the run started in the database, trying again while the database is away."""
@@ -135,3 +160,11 @@ class OneOffRuns:
                 with contextlib.suppress(*store.DB_ERRORS):
                     return await queries.mark_run_started(pool, run.id)
             await self._clock.sleep(RUN_CLAIM_RETRY)
+
+
+def _checked_overrides(job: JobSpec, run: OneOffRun) -> dict[str, Any] | None:
+    """The run's overrides, checked as the API checks them; BadOverrides if it must not start."""
+    if run.id.version != 4:
+        # Scheduled fires' ids are version 5: a run must never share one.
+        raise BadOverrides("its id is not a random (version 4) UUID")
+    return stored_overrides(job, run.overrides)

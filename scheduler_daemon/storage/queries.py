@@ -264,10 +264,13 @@ async def cancel_run(db: Db, run_id: uuid.UUID) -> OneOffRun | None:
 
 
 async def mark_run_started(db: Db, run_id: uuid.UUID) -> bool:
-    """Claim a pending run for starting; False if it was cancelled (or started) meanwhile."""
+    """Claim a pending run for starting; False if it was cancelled (or started) meanwhile, or if
+    its id is already a fire's (a row written straight into `runs` must not add attempts to, or
+    overwrite, another fire's executions)."""
     status = await db.execute(
         "UPDATE runs SET started_at = now() WHERE id = $1 AND started_at IS NULL"
-        " AND cancelled_at IS NULL",
+        " AND cancelled_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM executions WHERE fire_id = $1)",
         run_id,
     )
     return str(status).endswith(" 1")

@@ -32,6 +32,7 @@ from tests.helpers import (
     free_port,
     listening,
     next_event,
+    query_value,
     running_daemon,
     wait_until,
     write_config,
@@ -262,6 +263,46 @@ async def test_a_one_off_run_survives_a_restart_and_runs_once(
     finally:
         await conn.close()
     assert [r["output"] for r in rows] == ["hello later"]
+
+
+async def test_runs_written_straight_into_the_table_pass_the_apis_checks(
+    api: Running, database_url: str
+) -> None:
+    status, body = await api.call("POST", "/jobs/greet/trigger", json={"args": {"name": "x"}})
+    assert status == 202
+    await wait_until(lambda: _has_rows(api, body["fire_id"]))
+    taken = uuid.UUID(body["fire_id"])  # a manual fire's id, version 4 like a run's
+    bad = {
+        uuid.uuid4(): '["not", "keyword arguments"]',
+        scheduled_fire_id("greet", datetime(2030, 1, 1, tzinfo=UTC)): None,  # a scheduled fire's
+        taken: None,
+    }
+    conn = await asyncpg.connect(database_url)
+    try:
+        for run_id, overrides in bad.items():
+            await conn.execute(
+                "INSERT INTO runs (id, job_name, run_at, overrides)"
+                " VALUES ($1, 'greet', now(), $2)",
+                run_id,
+                overrides,
+            )
+        with capture_logs() as logs:
+            await wait_until(
+                lambda: query_value(
+                    database_url,
+                    "SELECT count(*) = 3 FROM runs WHERE id = any($1) AND cancelled_at IS NOT NULL",
+                    list(bad),
+                )
+            )
+        refused = {e["run_id"]: e["why"] for e in logs if e["event"] == "oneoff_run_refused"}
+        assert set(refused) == {str(run_id) for run_id in bad}
+        assert "JSON object" in refused[str(next(iter(bad)))]
+        executions = await conn.fetchval(
+            "SELECT count(*) FROM executions WHERE fire_id = any($1)", list(bad)
+        )
+        assert executions == 1  # the manual fire's own attempt, nothing added to it
+    finally:
+        await conn.close()
 
 
 async def test_while_the_database_is_away_reads_of_the_schedule_work_and_history_is_503(

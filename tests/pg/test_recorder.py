@@ -6,7 +6,6 @@ import asyncio
 import json
 import shutil
 import stat
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,13 +18,13 @@ from scheduler_daemon.storage.database import Database, OnConnect
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.recorder import Recorder
-from tests.helpers import T, copy_cluster, rec
+from tests.helpers import T, copy_cluster, reachable_dir, rec
 
 
 @pytest.fixture(scope="module")
 def _outage_server(clusters_root: Path, cluster_template: Path) -> Iterator[EmbeddedPostgres]:
     """One cluster for the outage tests of this module (a copy and a first start cost ~0.8 s)."""
-    place = Path(tempfile.mkdtemp(dir=clusters_root))
+    place = reachable_dir(clusters_root)
     server = EmbeddedPostgres(copy_cluster(cluster_template, place / "pg"))
     yield server
     server.stop()

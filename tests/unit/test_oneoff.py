@@ -13,11 +13,11 @@ from structlog.testing import capture_logs
 
 from scheduler_daemon.operation.oneoff import RUN_CLAIM_RETRY, OneOffRuns
 from scheduler_daemon.running.records import FireKind
-from scheduler_daemon.specs import JobSpec
+from scheduler_daemon.specs import JobSpec, PythonSpec
 from scheduler_daemon.storage.queries import OneOffRun
 from tests.helpers import FakeClock, make_job
 
-JOB = make_job("report")
+JOB = make_job("report", action=PythonSpec(target="reports:build"))  # takes keyword arguments
 
 
 class StubPool:
@@ -34,6 +34,9 @@ class StubPool:
         if isinstance(answer, BaseException):
             raise answer
         return answer
+
+    async def fetchrow(self, sql: str, run_id: uuid.UUID) -> None:
+        return None  # the run as it now is: gone (cancelled runs are not read back here)
 
 
 class StubDatabase:
@@ -162,3 +165,29 @@ async def test_cancel_stops_the_wait_only_of_a_run_cancelled_in_the_database(
     await clock.settle()
     assert oneoff.pending() == pending
     await oneoff.close()
+
+
+@pytest.mark.parametrize(
+    ("run_id", "overrides", "why"),
+    [
+        (uuid.uuid4(), ["not", "an", "object"], "JSON object"),
+        (uuid.uuid5(uuid.NAMESPACE_URL, "x"), None, "version 4"),  # a scheduled fire's kind of id
+    ],
+)
+async def test_a_run_the_api_could_not_have_made_is_refused_not_started(
+    run_id: uuid.UUID, overrides: Any, why: str
+) -> None:
+    clock, submit, pool = FakeClock(), Submitted(), StubPool("UPDATE 1")
+    oneoff = runs(clock, StubDatabase(pool), submit)
+    run = OneOffRun(
+        id=run_id,
+        job_name="report",
+        run_at=datetime.fromtimestamp(clock.time(), UTC),
+        overrides=overrides,
+    )
+    with capture_logs() as logs:
+        oneoff.schedule([run])
+        await clock.advance(0)
+    assert submit.fires == [] and pool.claims == 0
+    [refused] = [e for e in logs if e["event"] == "oneoff_run_refused"]
+    assert why in refused["why"]
