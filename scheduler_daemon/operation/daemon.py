@@ -68,7 +68,11 @@ class Daemon:
         # rows, never the schedule. Each (re)connection applies the schema and syncs the jobs.
         self.database = open_database(config, clock=self._clock)
         self._recorder = Recorder(
-            database=self.database, clock=self._clock, journal=self._journal, events=config.events
+            database=self.database,
+            clock=self._clock,
+            journal=self._journal,
+            events=config.events,
+            buffer_bytes=config.record_buffer,
         )
         self._http = HttpClient()
         self._job_threads = job_threads()
