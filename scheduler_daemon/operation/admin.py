@@ -200,7 +200,7 @@ ROUTES: tuple[Route, ...] = (
     Route(method="POST", path="/runs", handler=Api.create_run, body=m.RunRequest,
           body_required=True, summary="Schedule a one-off run of a configured job (persisted)",
           replies=(Reply(status=201, description="Scheduled", model=m.Run),),
-          errors=(403, 404, 413, 503)),
+          errors=(403, 404, 413, 429, 503)),
     Route(method="GET", path="/runs/{id}", handler=Api.get_run, summary="One run",
           replies=(Reply(status=200, description="The run", model=m.Run),), errors=(404, 503)),
     Route(method="DELETE", path="/runs/{id}", handler=Api.cancel_run,
