@@ -209,6 +209,7 @@ ROUTES: tuple[Route, ...] = (
           errors=(403, 404, 409, 503)),
 )  # fmt: skip
 OPEN_PATHS = frozenset(route.path for route in ROUTES if route.open)
+SHUTDOWN_TIMEOUT = 2.0  # at stop: how long requests in flight may finish
 _INFO = {
     "title": "scheduler_daemon admin API",
     "version": "1",
@@ -226,7 +227,7 @@ def spec() -> dict[str, Any]:
 
 
 async def start_server(target: Controlled, settings: AdminSpec) -> web.AppRunner:
-    runner = web.AppRunner(build_app(target), access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(build_app(target), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     site: web.BaseSite
     if settings.unix_socket is not None:
