@@ -41,7 +41,7 @@ from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire, Runner
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.storage import store
-from scheduler_daemon.storage.database import open_database
+from scheduler_daemon.storage.database import POOL_CLOSE_TIMEOUT, open_database
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
@@ -49,6 +49,25 @@ from scheduler_daemon.timing.clock import Clock, SystemClock
 from scheduler_daemon.timing.scheduler import Scheduler
 
 log = structlog.get_logger("scheduler_daemon.operation.daemon")
+
+# A stop, step by step (each bounded): the drain (shutdown_grace, then the longest kill_grace of a
+# command cancelled at its end), the admin server's close, the last flush (what it has not written
+# by then goes to the journal), the journal spill of a full buffer (100,000 small rows: 3.5 s,
+# 64 MiB of output: 0.9 s on a 2-core VM; allowed 3x that and more), the pool's close and the
+# embedded PostgreSQL's stop (a fast shutdown's checkpoint). systemd/scheduler-daemon.service's
+# TimeoutStopSec= covers the default config; the daemon asks systemd for more when it needs it.
+FLUSH_TIMEOUT = 10.0
+SPILL_ROWS_TIME = 10.0  # a spill of the row bound's 100,000 rows
+SPILL_BYTES_PER_S = 20 * 1024 * 1024  # of record_buffer bytes
+EMBEDDED_STOP_TIME = 10.0
+
+
+def stop_budget(config: Config) -> float:
+    """The seconds a stop may take with ``config``: every step at its bound."""
+    kill = max((j.kill_grace for j in config.jobs if j.action.kind == "command"), default=0.0)
+    spill = SPILL_ROWS_TIME + config.record_buffer / SPILL_BYTES_PER_S
+    close = admin.SHUTDOWN_TIMEOUT + POOL_CLOSE_TIMEOUT + EMBEDDED_STOP_TIME
+    return config.shutdown_grace + kill + FLUSH_TIMEOUT + spill + close
 
 
 class Daemon:
@@ -68,7 +87,11 @@ class Daemon:
         # rows, never the schedule. Each (re)connection applies the schema and syncs the jobs.
         self.database = open_database(config, clock=self._clock)
         self._recorder = Recorder(
-            database=self.database, clock=self._clock, journal=self._journal, events=config.events
+            database=self.database,
+            clock=self._clock,
+            journal=self._journal,
+            events=config.events,
+            buffer_bytes=config.record_buffer,
         )
         self._http = HttpClient()
         self._job_threads = job_threads()
@@ -204,8 +227,11 @@ class Daemon:
     async def _shutdown(self) -> int:
         """Stop in order, within the grace; the rows left unwritten."""
         grace = self.config.shutdown_grace
-        log.info("daemon_stopping", grace_s=grace)
-        self._notify.stopping(f"stopping: draining {len(self._runner.active())} running fires")
+        budget = stop_budget(self.config)
+        log.info("daemon_stopping", grace_s=grace, budget_s=round(budget, 1))
+        self._notify.stopping(
+            f"stopping: draining {len(self._runner.active())} running fires", needs=budget
+        )
         self._scheduler.stop()
         for name, task in self._loops.items():
             if name != "scheduler":  # stop() ends its loop between two fires
@@ -218,7 +244,7 @@ class Daemon:
         self._job_threads.shutdown(wait=False, cancel_futures=True)
         if self._admin is not None:
             await self._admin.cleanup()  # kept up while draining: operators watch the drain
-        unwritten = await self._recorder.close(timeout=max(5.0, grace))
+        unwritten = await self._recorder.close(timeout=FLUSH_TIMEOUT)
         await self._http.close()
         return unwritten
 

@@ -4,6 +4,11 @@ The runs live in PostgreSQL (`runs`), so a restart reloads the pending ones; a r
 the database just before it starts (retried while the database is away), so a run cancelled
 meanwhile, or started by an earlier process, does not start again. It then runs as a manual fire
 whose fire_id is the run's id.
+
+Bounded: the API and the CLI refuse a run past ``queries.MAX_PENDING_RUNS`` pending (or
+``MAX_PENDING_RUNS_PER_JOB`` of its job), and the daemon waits for at most ``capacity`` runs at a
+time; runs written into the table by other means past that stay pending there, and are taken up,
+the ones due first, as runs start and make room.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
@@ -60,20 +66,35 @@ class OneOffRuns:
         database: PoolSource,
         job: Callable[[str], JobSpec | None],
         submit: Submit,
+        capacity: int = queries.MAX_PENDING_RUNS,
     ) -> None:
-        """``job``: the configured job of that name, now; ``submit``: the runner's."""
+        """``job``: the configured job of that name, now; ``submit``: the runner's;
+        ``capacity``: the most runs waited for at a time."""
         self._clock = clock
         self._database = database
         self._job = job
         self._submit = submit
+        self._capacity = capacity
         self._waiting: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._full = False  # said once per time it fills up
+        # Runs cancelled here lately: a control poll that read them just before would wait for
+        # them again, taking room until their instant (oldest forgotten first).
+        self._cancelled: OrderedDict[uuid.UUID, None] = OrderedDict()
 
     def schedule(self, runs: Iterable[OneOffRun]) -> None:
-        for run in runs:
-            if run.id not in self._waiting:
-                task = asyncio.create_task(self._wait_then_start(run), name=f"run:{run.id}")
-                self._waiting[run.id] = task
-                task.add_done_callback(functools.partial(self._done, run.id))
+        """Wait for each run not waited for yet, while there is room (the rest stay pending in
+        the database: the control poll offers them again, due first)."""
+        fresh = {r.id: r for r in runs if r.id not in self._waiting and r.id not in self._cancelled}
+        new = list(fresh.values())
+        room = self._capacity - len(self._waiting)
+        for run in new[: max(room, 0)]:
+            task = asyncio.create_task(self._wait_then_start(run), name=f"run:{run.id}")
+            self._waiting[run.id] = task
+            task.add_done_callback(functools.partial(self._done, run.id))
+        if len(new) > room and not self._full:
+            log.warning("oneoff_runs_deferred", waiting=len(self._waiting),
+                        capacity=self._capacity)  # fmt: skip
+        self._full = len(new) > room
 
     def _done(self, run_id: uuid.UUID, _: asyncio.Task[None]) -> None:
         self._waiting.pop(run_id, None)
@@ -92,6 +113,9 @@ class OneOffRuns:
         is (None: no such run; one started already is returned unchanged)."""
         run = await queries.cancel_run(db, run_id)
         if run is not None and run.state == "cancelled":
+            self._cancelled[run_id] = None
+            if len(self._cancelled) > self._capacity:
+                self._cancelled.popitem(last=False)
             task = self._waiting.pop(run_id, None)
             if task is not None:
                 task.cancel()

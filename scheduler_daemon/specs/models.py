@@ -318,6 +318,9 @@ class Config(Spec):
     shutdown_grace: Seconds = 30.0  # SIGTERM: how long in-flight attempts may finish
     node: Annotated[str, v.Text()] = Field(default_factory=socket.gethostname)  # executions.node
     events: Annotated[bool, v.Boolean()] = True  # NOTIFY each final attempt (~20% of COPY speed)
+    # Execution rows waiting for the database, in memory (output and error text plus ~450 bytes
+    # a row); past it, or 100,000 rows, they spill to the journal under state_dir.
+    record_buffer: Annotated[int, v.Size()] = 64 * 1024 * 1024
     admin: AdminSpec | None = None
     # Any job field but its schedule and action; a job's own value wins, mappings key by key.
     defaults: Annotated[dict[str, Any], v.AnyMapping()] = Field(default_factory=dict)

@@ -191,3 +191,37 @@ async def test_a_run_the_api_could_not_have_made_is_refused_not_started(
     assert submit.fires == [] and pool.claims == 0
     [refused] = [e for e in logs if e["event"] == "oneoff_run_refused"]
     assert why in refused["why"]
+
+
+async def test_at_capacity_the_runs_due_first_are_waited_for_and_the_rest_later() -> None:
+    clock, submit = FakeClock(), Submitted()
+    jobs = {JOB.name: JOB}
+    pool = StubPool(*["UPDATE 1"] * 5)
+    oneoff = OneOffRuns(
+        clock=clock, database=StubDatabase(pool), job=jobs.get, submit=submit, capacity=3
+    )
+    pending = [run_at(clock, seconds) for seconds in (10, 20, 30, 40, 50)]  # due first, first
+    with capture_logs() as logs:
+        oneoff.schedule(pending)
+        oneoff.schedule(pending)  # the next control poll: still full, said once
+    assert oneoff.pending() == 3
+    assert [e["event"] for e in logs] == ["oneoff_runs_deferred"]
+    await clock.advance(10)  # the first starts: room for one
+    oneoff.schedule(pending[1:])  # what the table still holds as pending
+    assert oneoff.pending() == 3
+    await clock.advance(40)
+    assert [fire[1] for fire in submit.fires] == [run.run_at for run in pending[:4]]
+    oneoff.schedule(pending[4:])
+    await clock.advance(10)
+    assert len(submit.fires) == 5 and oneoff.pending() == 0
+
+
+async def test_a_run_cancelled_here_is_not_waited_for_again_by_a_poll_that_read_it_before() -> None:
+    clock, submit = FakeClock(), Submitted()
+    oneoff = runs(clock, StubDatabase(None), submit)
+    run = run_at(clock, 60)
+    polled = [run]  # what a control poll read just before the cancel committed
+    oneoff.schedule([run])
+    await oneoff.cancel(StubRunsTable(run, started=False), run.id)  # type: ignore[arg-type]
+    oneoff.schedule(polled)
+    assert oneoff.pending() == 0
