@@ -21,8 +21,9 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from scheduler_daemon.errors import AdminUnavailable, ConfigError
+from scheduler_daemon.errors import AdminUnavailable, ConfigError, SchedulerDaemonError
 from scheduler_daemon.operation import admin
+from scheduler_daemon.operation.instance import DatabaseLock, StateLock
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.operation.notify import Notifier
 from scheduler_daemon.operation.oneoff import OneOffRuns
@@ -121,6 +122,11 @@ class Daemon:
             runs=self._oneoff,
             sync_jobs=self._sync_jobs,
         )
+        # One daemon per state_dir and per database, settled before recovery touches a row.
+        self._state_lock = StateLock(config.state_dir)
+        self._database_lock = DatabaseLock(lambda: self.database.dsn, on_lost=self._give_up)
+        self._fatal: SchedulerDaemonError | None = None  # why the daemon stopped itself
+        self.database.on_connect(self._database_lock.on_connect)
         self.database.on_connect(self._recovery.on_connect)
         self._scheduler = Scheduler(
             clock=self._clock, dispatch=self._dispatch, on_jump=self._recovery.on_clock_jump
@@ -132,9 +138,11 @@ class Daemon:
     async def run(self) -> int:
         # First: a SIGHUP or SIGTERM during start-up must not kill us with the default action.
         self._install_signal_handlers()
+        self._state_lock.acquire()  # before anything: the embedded server, recovery, a fire
         unwritten: int | None = None
         try:
             async with self.database:
+                await self._database_lock.try_at_start()
                 self._pauses.load_cache()  # before any connection brings the database's view
                 await self._start_admin()
                 self._start_schedule()
@@ -145,11 +153,21 @@ class Daemon:
                     await self._serve()
                 finally:
                     unwritten = await self._shutdown()
+                    await self._database_lock.release()
         finally:
+            await self._database_lock.release()
+            self._state_lock.release()
             if unwritten is not None:  # the database and its server are closed by now
                 log.info("daemon_stopped", unwritten_records=unwritten)
                 self._notify.close()
+        if self._fatal is not None:
+            raise self._fatal
         return 0
+
+    def _give_up(self, why: SchedulerDaemonError) -> None:
+        """Stop the daemon, then fail with ``why`` (another daemon took the database)."""
+        self._fatal = why
+        self._stop.set()
 
     async def _start_admin(self) -> None:
         settings = self.config.admin

@@ -94,9 +94,13 @@ async def executions(
 
 
 async def jobs(db: Db, name: str | None = None) -> list[asyncpg.Record]:
-    """``jobs`` rows, by name (one, when ``name`` is given)."""
+    """The configured jobs' rows (not removed ones), by name (one, when ``name`` is given)."""
     return list(
-        await db.fetch("SELECT * FROM jobs WHERE $1::text IS NULL OR name = $1 ORDER BY name", name)
+        await db.fetch(
+            "SELECT * FROM jobs WHERE removed_at IS NULL AND ($1::text IS NULL OR name = $1)"
+            " ORDER BY name",
+            name,
+        )
     )
 
 
