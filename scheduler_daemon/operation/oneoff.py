@@ -143,19 +143,20 @@ class OneOffRuns:
     async def _start(self, run: OneOffRun) -> None:
         job = self._job(run.job_name)
         if job is None:
-            log.warning("oneoff_run_dropped", run_id=str(run.id), job=run.job_name,
-                        why="the job is no longer configured")  # fmt: skip
+            # Cancelled, not left pending: it would be loaded again at every poll, and hold a slot.
+            await self._cancel(run, "oneoff_run_dropped", "the job is no longer configured")
             return
         try:
             overrides = _checked_overrides(job, run)
         except BadOverrides as exc:
-            await self._refuse(run, str(exc))
+            # A run no API call could have made (written straight into `runs`).
+            await self._cancel(run, "oneoff_run_refused", str(exc))
             return
         if not await self._claim(run):
             # Cancelled meanwhile or started by an earlier process; or, if it is still pending,
             # its id is already a fire's (see mark_run_started).
             if await self._still_pending(run):
-                await self._refuse(run, "its id is already another fire's")
+                await self._cancel(run, "oneoff_run_refused", "its id is already another fire's")
             return
         self._submit(job, run.run_at, trigger=FireKind.MANUAL, overrides=overrides, fire_id=run.id)
 
@@ -168,9 +169,9 @@ class OneOffRuns:
             return now is not None and now.state == "pending"
         return False
 
-    async def _refuse(self, run: OneOffRun, why: str) -> None:
-        """A run no API call could have made (written straight into `runs`): cancelled, logged."""
-        log.warning("oneoff_run_refused", run_id=str(run.id), job=run.job_name, why=why)
+    async def _cancel(self, run: OneOffRun, event: str, why: str) -> None:
+        """A run that must not start: logged as ``event`` and cancelled in the database."""
+        log.warning(event, run_id=str(run.id), job=run.job_name, why=why)
         pool = self._database.pool
         if pool is not None:
             with contextlib.suppress(*store.DB_ERRORS):

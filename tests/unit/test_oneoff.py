@@ -27,6 +27,7 @@ class StubPool:
     def __init__(self, *answers: str | BaseException) -> None:
         self.answers: Iterator[str | BaseException] = iter(answers)
         self.claims = 0
+        self.queries: list[str] = []
 
     async def execute(self, sql: str, run_id: uuid.UUID) -> str:
         self.claims += 1
@@ -36,6 +37,7 @@ class StubPool:
         return answer
 
     async def fetchrow(self, sql: str, run_id: uuid.UUID) -> None:
+        self.queries.append(sql)
         return None  # the run as it now is: gone (cancelled runs are not read back here)
 
 
@@ -109,13 +111,14 @@ async def test_the_claim_is_retried_while_the_database_is_away(
     assert oneoff.pending() == 0
 
 
-async def test_a_run_of_a_job_no_longer_configured_is_dropped() -> None:
-    clock, submit = FakeClock(), Submitted()
-    oneoff = runs(clock, StubDatabase(StubPool("UPDATE 1")), submit)
+async def test_a_run_of_a_job_no_longer_configured_is_dropped_and_cancelled() -> None:
+    clock, submit, pool = FakeClock(), Submitted(), StubPool("UPDATE 1")
+    oneoff = runs(clock, StubDatabase(pool), submit)
     with capture_logs() as logs:
         oneoff.schedule([run_at(clock, 1, job="gone")])
         await clock.advance(1)
-    assert submit.fires == []
+    assert submit.fires == [] and pool.claims == 0
+    assert any(sql.lstrip().startswith("UPDATE runs SET cancelled_at") for sql in pool.queries)
     [dropped] = [e for e in logs if e["event"] == "oneoff_run_dropped"]
     assert dropped["job"] == "gone"
 
