@@ -33,10 +33,11 @@ needs_shepherd = pytest.mark.skipif(
     not shepherd_available(), reason="no child subreapers here (Linux only)"
 )
 
-# Leaves the command's process group and session; it writes its own pid, then sleeps.
-SETSID = "setsid sh -c 'echo $$ > {pid}; exec sleep 60' &"
+# Leaves the command's process group and session, and its output as a daemon does (so nothing
+# but a kill ends it early); it writes its own pid, then sleeps.
+SETSID = "setsid sh -c 'echo $$ > {pid}; exec sleep 60' >/dev/null 2>&1 &"
 # The same from a subshell that exits at once: its parent is gone before the command ends.
-DOUBLE_FORK = "(setsid sh -c 'echo $$ > {pid}; exec sleep 60' &)"
+DOUBLE_FORK = "(setsid sh -c 'echo $$ > {pid}; exec sleep 60' >/dev/null 2>&1 &)"
 WAIT_FOR_PID = "while [ ! -s {pid} ]; do sleep 0.01; done"
 
 
@@ -119,7 +120,7 @@ async def test_cancelling_the_attempt_kills_its_escapees(pid_file: Path, trap: s
     task = await _started(job, pid_file)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
+        await asyncio.wait_for(task, 30)
     await assert_gone(pid_file)
 
 
