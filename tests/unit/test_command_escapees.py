@@ -11,6 +11,8 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
+from scheduler_daemon.running.actions import shepherd
 from scheduler_daemon.running.actions.command import (
     CommandAction,
     command_environment,
@@ -212,8 +215,8 @@ def test_escapees_die_on_the_daemons_loop_too(tmp_path: Path) -> None:
 async def test_outcomes_are_the_same_with_or_without_the_shepherd(
     spec: dict[str, object], expected: tuple[object, ...]
 ) -> None:
-    for shepherd in (True, False):
-        out = await command(shepherd=shepherd, **spec).run()
+    for shepherded in (True, False):
+        out = await command(shepherd=shepherded, **spec).run()
         assert (out.exit_code, out.error, out.output, out.retryable) == expected
 
 
@@ -240,3 +243,23 @@ def _comparable(status: str | None) -> dict[str, int]:
     internal = (1 << 31) | (1 << 32)
     masks = dict(line.split(":\t") for line in (status or "").splitlines())
     return {name: int(mask, 16) & ~internal for name, mask in masks.items()}
+
+
+@needs_shepherd
+def test_the_shepherd_reaps_its_command_even_if_started_with_sigchld_ignored() -> None:
+    """SIG_IGN survives exec; with SIGCHLD ignored, children would reap themselves unseen."""
+    read, write = os.pipe()
+    try:
+        subprocess.run(
+            [sys.executable, "-I", "-S", shepherd.__file__, "1", str(write), "sh", "-c", "exit 3"],
+            pass_fds=(write,),
+            preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN),
+            timeout=30,
+            check=True,
+        )
+        os.close(write)
+        assert os.read(read, 100) == b"exit 3\n"
+    finally:
+        os.close(read)
+        with contextlib.suppress(OSError):
+            os.close(write)

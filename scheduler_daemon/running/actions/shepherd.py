@@ -176,13 +176,15 @@ def main(args: list[str]) -> None:
     os.set_inheritable(fd, False)  # the daemon passed it on; the command must not hold it
     become_subreaper()
     # Blocked, they queue for sigwaitinfo: no handler runs, and no SIGTERM is lost before then.
+    # SIGCHLD must not be SIG_IGN (inherited through exec): children would reap themselves.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
     try:
         child = start(argv)
     except OSError as exc:
         report(fd, f"error {exc.errno or 0}")
         return
-    status = supervise(child, float(grace))
+    status = supervise(child, grace)
     kill_everything_left(child)
     report(fd, f"exit {os.waitstatus_to_exitcode(status)}")
 
