@@ -110,7 +110,9 @@ class JobSpec(CommandOptions, PythonOptions):
     timezone: Annotated[str, v.Zone()] = "UTC"  # resolved: the job's own or the config's
     at: Annotated[datetime | None, v.DateTime()] = None  # aware: naive is in `timezone`
     enabled: Annotated[bool, v.Boolean()] = True
-    timeout: PositiveSecondsOrNone = None  # per attempt; none: no timeout
+    # Per attempt; null: none. An hour by default, so that a hung job holds its schedule (with
+    # `overlap: skip`, every later fire is skipped) for an hour, not until someone notices.
+    timeout: PositiveSecondsOrNone = 3600.0
     retry: RetrySpec = RetrySpec()  # frozen: one instance shared by every job without `retry`
     overlap: Annotated[Overlap, v.OneOf()] = "skip"  # a fire while the job still runs
     max_instances: Annotated[int, v.Integer(1)] = 1  # with overlap: allow
