@@ -22,9 +22,13 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_check_accepts_the_shipped_example_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "-c", str(REPO / "config.yaml")]) == 0
-    out = capsys.readouterr().out
-    assert "heartbeat" in out and "every 10" in out and "next:" in out
-    assert "prices" in out and "disabled" in out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["JOB", "KIND", "SCHEDULE", "NEXT"]
+    rows = {line.split()[0]: line for line in lines[1:-1]}
+    assert "Every 10s" in rows["heartbeat"] and "disabled" in rows["prices"]
+    # The schedule in words (not the raw cron), in aligned columns.
+    assert "At 02:30 (America/Sao_Paulo)" in rows["nightly_vacuum"]
+    assert len({line.index(line.split()[2]) for line in lines[1:-1]}) == 1
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
