@@ -90,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache=args.command == "run",
     )
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

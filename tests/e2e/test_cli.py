@@ -113,3 +113,12 @@ def test_module_entry_point_and_console_script_work() -> None:
     ):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and "scheduler-daemon" in done.stdout
+
+
+def test_output_cut_short_by_a_closed_pipe_is_not_a_traceback() -> None:
+    # `scheduler-daemon status --json | head`: the reader leaves before the writer is done.
+    daemon = Path(sys.executable).with_name("scheduler-daemon")
+    done = subprocess.run(
+        f"'{daemon}' schema | true", shell=True, capture_output=True, text=True, check=False
+    )
+    assert done.stderr == ""  # `true` is gone long before the schema is written
