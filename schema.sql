@@ -84,7 +84,8 @@ LEFT JOIN LATERAL (
            count(*) FILTER (WHERE e.status IN ('failed', 'timed_out', 'abandoned')) AS failures_24h,
            round((count(*) FILTER (WHERE e.status = 'succeeded'))::numeric
                  / NULLIF(count(*) FILTER (WHERE e.status <> 'skipped'), 0), 4) AS success_rate_24h,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY e.drift_ms) AS p95_drift_ms_24h,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY e.drift_ms)
+               FILTER (WHERE e.trigger = 'schedule') AS p95_drift_ms_24h,
            percentile_cont(0.95) WITHIN GROUP (ORDER BY e.duration_ms) AS p95_duration_ms_24h
     FROM executions e
     WHERE e.job_name = j.name AND e.scheduled_at > now() - interval '24 hours'

@@ -250,6 +250,7 @@ class JobStats(Body):
     avg_drift_ms: float | None
     p95_drift_ms: float | None
     max_drift_ms: float | None
+    max_catchup_delay_ms: float | None
     last_status: Status | None
     last_finished_at: Instant | None
 

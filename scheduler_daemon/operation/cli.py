@@ -16,9 +16,11 @@ from zoneinfo import ZoneInfo
 from scheduler_daemon import __version__
 from scheduler_daemon.errors import ConfigError, SchedulerDaemonError
 from scheduler_daemon.logs import configure_logging
+from scheduler_daemon.operation import tables
 from scheduler_daemon.operation.reload import load_checked
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.specs.schema import config_schema
+from scheduler_daemon.timing.schedule_text import schedule_in_words
 from scheduler_daemon.timing.schedules import build_schedule
 
 
@@ -88,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache=args.command == "run",
     )
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -99,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `status --json | head`: the reader has gone; say nothing more (Python would, at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -120,7 +128,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 async def _operate(config: Config, args: argparse.Namespace) -> int:
-    from scheduler_daemon.operation import control, tables
+    from scheduler_daemon.operation import control
 
     async with control.connect(config) as backend:
         if args.command == "status":
@@ -146,12 +154,13 @@ async def _operate(config: Config, args: argparse.Namespace) -> int:
 
 def _check(config: Config) -> int:
     now = datetime.now(UTC)
-    width = max((len(job.name) for job in config.jobs), default=0)
+    rows = []
     for job in config.jobs:
-        trigger = build_schedule(job)
-        nxt = trigger.next_after(now) if job.enabled else None
+        nxt = build_schedule(job).next_after(now) if job.enabled else None
         when = _local(nxt, job).isoformat() if nxt else _no_next(job)
-        print(f"{job.name:<{width}}  {job.action.kind:<7}  {trigger.describe()}  next: {when}")
+        rows.append([job.name, job.action.kind, schedule_in_words(job), when])
+    if rows:
+        print(tables.render(["JOB", "KIND", "SCHEDULE", "NEXT"], rows))
     print(f"{config.path}: OK, {len(config.jobs)} job(s)")
     return 0
 

@@ -83,12 +83,24 @@ class ApiBackend:
             ) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status >= 400:
-                    raise ControlError(f"{body.get('message')} ({resp.status} {body.get('error')})")
+                    raise ControlError(refusal(resp.status, body, sent_token=bool(self._headers)))
                 return body
         except aiohttp.ClientConnectionError as exc:
             raise ControlError(
                 f"cannot reach the daemon's admin API at {self._base}: {exc}"
             ) from None
+
+    def _explain(self, status: int, body: Mapping[str, Any]) -> str:
+        """The API's refusal, saying which side lacks the token when that is why."""
+        code = body.get("error")
+        said = f"{body.get('message')} ({status} {code})"
+        if code == "no_token_configured":
+            return f"{said}: the daemon runs without admin.token; give it one and restart it"
+        if code == "unauthorized" and not self._headers:
+            return f"{said}: this config has no admin.token; set the daemon's token in it"
+        if code == "unauthorized":
+            return f"{said}: the daemon runs with another token than this config's admin.token"
+        return said
 
     async def jobs(self) -> list[dict[str, Any]]:
         body = await self._call("GET", "/jobs")
@@ -224,3 +236,16 @@ def overrides_body(**options: str | None) -> dict[str, Any] | None:
         except ValueError as exc:
             raise ControlError(f"--{key}: not valid JSON: {exc}") from None
     return body or None
+
+
+def refusal(status: int, body: Mapping[str, Any], *, sent_token: bool) -> str:
+    """The API's refusal, saying which side lacks the token when that is why."""
+    code = body.get("error")
+    said = f"{body.get('message')} ({status} {code})"
+    if code == "no_token_configured":
+        return f"{said}: the daemon runs without admin.token; give it one and restart it"
+    if code == "unauthorized" and not sent_token:
+        return f"{said}: this config has no admin.token; set the daemon's token in it"
+    if code == "unauthorized":
+        return f"{said}: the daemon runs with another token than this config's admin.token"
+    return said

@@ -25,6 +25,7 @@ from scheduler_daemon.errors import AdminUnavailable, ConfigError, SchedulerDaem
 from scheduler_daemon.operation import admin
 from scheduler_daemon.operation.instance import DatabaseLock, StateLock
 from scheduler_daemon.operation.metrics import LiveState, Metrics
+from scheduler_daemon.operation.next_runs import keep_next_runs_current
 from scheduler_daemon.operation.notify import Notifier
 from scheduler_daemon.operation.oneoff import OneOffRuns
 from scheduler_daemon.operation.pauses import Pauses, watch_controls
@@ -223,6 +224,13 @@ class Daemon:
                 self._clock, lambda: self._runner.attempts_started
             ),
             "announce-running": self._runner.announce_running_every(),
+            "next-runs": keep_next_runs_current(
+                clock=self._clock,
+                database=self.database,
+                ready=lambda: self._recovery.done,
+                names=lambda: [job.name for job in self.config.jobs],
+                next_fire=self._scheduler.next_fire,
+            ),
         }
 
     async def _serve(self) -> None:

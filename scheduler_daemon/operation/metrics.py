@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from scheduler_daemon.running.limiter import Limiter
-from scheduler_daemon.running.records import ExecutionRecord, Status
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
 from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage.recorder import Recorder
@@ -199,7 +199,8 @@ class Metrics(Collector):
                 self._histogram(self._durations, job, DURATION_BUCKETS).observe(
                     rec.duration_ms / 1000
                 )
-            if rec.drift_ms is not None:
+            if rec.drift_ms is not None and rec.trigger == FireKind.SCHEDULE:
+                # The scheduler's lateness: a catch-up run is late by the downtime, by design.
                 self._histogram(self._drifts, job, DRIFT_BUCKETS).observe(rec.drift_ms / 1000)
             if rec.status == Status.SUCCEEDED and rec.finished_at is not None:
                 self._last_success[job] = rec.finished_at.timestamp()

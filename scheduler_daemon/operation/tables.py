@@ -14,7 +14,7 @@ def status(jobs: Sequence[Mapping[str, Any]], now: datetime | None = None) -> st
             job["name"],
             job["state"],
             job["schedule"],
-            _when(job["next_fire"], now),
+            "-" if job["state"] in ("paused", "disabled") else _when(job["next_fire"], now),
             job["last_status"] or "-",
             _when(job["last_finished_at"], now),
             _percent(job["success_rate"]),
@@ -92,4 +92,6 @@ def _percent(rate: float | None) -> str:
 def _ms(value: float | None) -> str:
     if value is None:
         return "-"
+    if -0.05 < value < 0.05:
+        value = 0.0  # a hair early or late (clock resolution): never "-0.0 ms"
     return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"

@@ -106,7 +106,9 @@ async def jobs(db: Db, name: str | None = None) -> list[asyncpg.Record]:
 
 async def job_stats(db: Db, since: datetime, job: str | None = None) -> list[asyncpg.Record]:
     """Per job since ``since``: attempts by outcome, success rate, duration and drift figures,
-    and the last final attempt. Running rows are left out; skipped fires do not count as runs."""
+    and the last final attempt. Running rows are left out; skipped fires do not count as runs.
+    Drift is the scheduler's lateness: scheduled fires only. A catch-up run is late by design
+    (by the downtime) and a manual one has no schedule to be late for: catch-up delay apart."""
     return list(
         await db.fetch(
             """SELECT job_name,
@@ -119,9 +121,11 @@ async def job_stats(db: Db, since: datetime, job: str | None = None) -> list[asy
                       AS success_rate,
                   avg(duration_ms) AS avg_duration_ms,
                   percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_duration_ms,
-                  avg(drift_ms) AS avg_drift_ms,
-                  percentile_cont(0.95) WITHIN GROUP (ORDER BY drift_ms) AS p95_drift_ms,
-                  max(drift_ms) AS max_drift_ms,
+                  avg(drift_ms) FILTER (WHERE trigger = 'schedule') AS avg_drift_ms,
+                  percentile_cont(0.95) WITHIN GROUP (ORDER BY drift_ms)
+                      FILTER (WHERE trigger = 'schedule') AS p95_drift_ms,
+                  max(drift_ms) FILTER (WHERE trigger = 'schedule') AS max_drift_ms,
+                  max(drift_ms) FILTER (WHERE trigger = 'catchup') AS max_catchup_delay_ms,
                   (array_agg(status ORDER BY scheduled_at DESC, id DESC))[1] AS last_status,
                   max(finished_at) AS last_finished_at
                FROM executions
@@ -171,6 +175,17 @@ async def set_paused(db: Db, job: str, paused: bool) -> datetime | None:
         raise LookupError(job)
     paused_at: datetime | None = row["paused_at"]
     return paused_at
+
+
+async def set_next_runs(db: Db, next_runs: Mapping[str, datetime | None]) -> None:
+    """Write each job's next fire (``jobs.next_run_at``), in one statement."""
+    await db.execute(
+        """UPDATE jobs SET next_run_at = n.at
+           FROM unnest($1::text[], $2::timestamptz[]) AS n(name, at)
+           WHERE jobs.name = n.name AND jobs.next_run_at IS DISTINCT FROM n.at""",
+        list(next_runs),
+        list(next_runs.values()),
+    )
 
 
 async def paused_jobs(db: Db) -> dict[str, datetime]:

@@ -22,9 +22,13 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_check_accepts_the_shipped_example_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "-c", str(REPO / "config.yaml")]) == 0
-    out = capsys.readouterr().out
-    assert "heartbeat" in out and "every 10" in out and "next:" in out
-    assert "prices" in out and "disabled" in out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["JOB", "KIND", "SCHEDULE", "NEXT"]
+    rows = {line.split()[0]: line for line in lines[1:-1]}
+    assert "Every 10s" in rows["heartbeat"] and "disabled" in rows["prices"]
+    # The schedule in words (not the raw cron), in aligned columns.
+    assert "At 02:30 (America/Sao_Paulo)" in rows["nightly_vacuum"]
+    assert len({line.index(line.split()[2]) for line in lines[1:-1]}) == 1
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
@@ -109,3 +113,12 @@ def test_module_entry_point_and_console_script_work() -> None:
     ):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and "scheduler-daemon" in done.stdout
+
+
+def test_output_cut_short_by_a_closed_pipe_is_not_a_traceback() -> None:
+    # `scheduler-daemon status --json | head`: the reader leaves before the writer is done.
+    daemon = Path(sys.executable).with_name("scheduler-daemon")
+    done = subprocess.run(
+        f"'{daemon}' schema | true", shell=True, capture_output=True, text=True, check=False
+    )
+    assert done.stderr == ""  # `true` is gone long before the schema is written

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
 from scheduler_daemon.operation.daemon import Daemon
+from scheduler_daemon.operation.next_runs import NEXT_RUNS_EVERY, keep_next_runs_current
 from scheduler_daemon.operation.notify import Notifier
 from scheduler_daemon.specs import load_config
+from scheduler_daemon.storage import store
 from scheduler_daemon.timing.clock import Clock
+from tests.helpers import FakeClock, make_job, query_value, wait_until
 
 
 async def test_a_loop_that_dies_stops_the_daemon(
@@ -38,3 +43,40 @@ async def test_a_loop_that_dies_stops_the_daemon(
     assert died["task"] == "heartbeat" and "watchdog socket" in died["error"]
     assert events.index("background_task_died") < events.index("daemon_stopping")
     assert events[-1] == "daemon_stopped"
+
+
+async def test_next_run_at_follows_the_schedule_between_syncs(database_url: str) -> None:
+    # The sync at start wrote 09:00; the job has fired since, and a reload synced only what it
+    # changed: job_health must not keep showing 09:00 as the next fire.
+    clock = FakeClock()
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        stale = datetime(2026, 1, 1, 9, tzinfo=UTC)
+        await store.sync_jobs(pool, [make_job("a"), make_job("b")], {"a": stale, "b": stale})
+        upcoming = {"a": datetime(2026, 1, 1, 9, 5, tzinfo=UTC), "b": stale}
+
+        class Connected:
+            pool: asyncpg.Pool | None = None
+
+        database = Connected()
+        database.pool = pool
+        loop = asyncio.create_task(
+            keep_next_runs_current(
+                clock=clock, database=database, ready=lambda: True,
+                names=lambda: list(upcoming), next_fire=upcoming.get,
+            )
+        )  # fmt: skip
+        await clock.advance(NEXT_RUNS_EVERY)
+
+        async def written(name: str, at: datetime) -> bool:
+            return bool(await query_value(database_url, "SELECT next_run_at = $2 FROM jobs"
+                                          " WHERE name = $1", name, at))  # fmt: skip
+
+        await wait_until(lambda: written("a", upcoming["a"]))
+        upcoming["b"] = datetime(2026, 1, 2, 9, tzinfo=UTC)
+        await clock.advance(NEXT_RUNS_EVERY)
+        await wait_until(lambda: written("b", upcoming["b"]))
+        loop.cancel()
+    finally:
+        await pool.close()

@@ -241,3 +241,30 @@ async def test_final_attempts_are_announced_once_and_only_when_events_are_on(
     assert (second["job"], second["status"]) == ("loud", "succeeded")
     assert second["scheduled_at"][:19] == "2026-01-01T00:00:01"
     assert got.empty()
+
+
+async def test_drift_is_the_schedules_and_catch_up_delay_is_apart(pool: asyncpg.Pool) -> None:
+    # After 12 minutes down, a catch-up run starts 12 minutes "late": that is the downtime, not
+    # a slow scheduler; a one-off run has no schedule to be late for.
+    now = datetime.now(UTC).replace(microsecond=0)
+    await store.sync_jobs(pool, [make_job("j")], {})
+    rows = [
+        rec("j", n, scheduled_at=now - timedelta(minutes=n), drift_ms=2.0) for n in range(1, 30)
+    ]
+    rows.append(
+        rec(
+            "j",
+            40,
+            scheduled_at=now - timedelta(minutes=40),
+            drift_ms=720_000.0,
+            trigger=FireKind.CATCHUP,
+        )
+    )
+    rows.append(rec("j", 50, scheduled_at=now - timedelta(minutes=50), drift_ms=9_000.0,
+                    trigger=FireKind.MANUAL, fire_id=uuid.uuid4()))  # fmt: skip
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, rows)
+    [stats] = await queries.job_stats(pool, now - timedelta(hours=1))
+    assert stats["p95_drift_ms"] == stats["max_drift_ms"] == 2.0
+    assert stats["max_catchup_delay_ms"] == 720_000.0 and stats["runs"] == 31
+    assert await pool.fetchval("SELECT p95_drift_ms_24h FROM job_health") == 2.0

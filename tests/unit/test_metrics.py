@@ -10,10 +10,15 @@ AT = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def rec(
-    job: str, status: Status, *, drift_ms: float = 3.0, duration_ms: float = 80.0
+    job: str,
+    status: Status,
+    *,
+    drift_ms: float = 3.0,
+    duration_ms: float = 80.0,
+    trigger: FireKind = FireKind.SCHEDULE,
 ) -> ExecutionRecord:
     return ExecutionRecord(
-        scheduled_fire_id(job, AT), job, AT, 1, FireKind.SCHEDULE, status,
+        scheduled_fire_id(job, AT), job, AT, 1, trigger, status,
         AT, AT + timedelta(milliseconds=duration_ms), drift_ms, duration_ms,
     )  # fmt: skip
 
@@ -49,6 +54,16 @@ def test_attempts_fires_histograms_and_last_success_per_job() -> None:
     last = ("scheduler_last_success_timestamp_seconds", (("job_name", "a"),))
     assert got[last] == (AT + timedelta(seconds=3)).timestamp()
     assert ("scheduler_last_success_timestamp_seconds", (("job_name", "b"),)) not in got
+
+
+def test_drift_counts_scheduled_fires_only() -> None:
+    metrics = Metrics()
+    metrics.attempt_finished(rec("a", Status.SUCCEEDED, drift_ms=2))
+    metrics.attempt_finished(rec("a", Status.SUCCEEDED, drift_ms=720_000, trigger=FireKind.CATCHUP))
+    metrics.attempt_finished(rec("a", Status.SUCCEEDED, drift_ms=9_000, trigger=FireKind.MANUAL))
+    got = samples(metrics)
+    assert got[("scheduler_drift_seconds_count", (("job_name", "a"),))] == 1
+    assert got[("scheduler_attempts_total", (("job_name", "a"), ("status", "succeeded")))] == 3
 
 
 def test_counts_survive_many_scrapes_and_removed_jobs_disappear() -> None:

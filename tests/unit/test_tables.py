@@ -1,6 +1,7 @@
 from datetime import UTC, datetime
 
 from scheduler_daemon.operation import tables
+from scheduler_daemon.operation.control import refusal
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -33,5 +34,18 @@ def test_status_renders_missing_values_as_dashes() -> None:
            "last_finished_at": None, "success_rate": None, "p95_drift_ms": None}  # fmt: skip
     line = tables.status([job], now=NOW).splitlines()[1]
     assert line.split("  ")[0] == "nightly"
-    assert "(in 14h)" in line and line.rstrip().endswith("-       -")
+    assert line.split()[-5:] == ["-"] * 5  # paused: no next fire, whatever the schedule says
+    running = {**job, "state": "idle", "p95_drift_ms": -0.01}
+    line = tables.status([running], now=NOW).splitlines()[1]
+    assert "(in 14h)" in line and line.endswith("0.0 ms") and "-0.0" not in line
     assert tables.status([], now=NOW) == "(none)"
+
+
+def test_a_refused_token_says_which_side_lacks_it() -> None:
+    unauthorized = {"error": "unauthorized", "message": "missing or wrong token"}
+    assert "this config has no admin.token" in refusal(401, unauthorized, sent_token=False)
+    assert "another token" in refusal(401, unauthorized, sent_token=True)
+    unset = {"error": "no_token_configured", "message": "no token"}
+    assert "the daemon runs without admin.token" in refusal(403, unset, sent_token=True)
+    other = {"error": "unknown_job", "message": "no job 'x'"}
+    assert refusal(404, other, sent_token=True) == "no job 'x' (404 unknown_job)"
