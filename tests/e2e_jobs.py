@@ -33,6 +33,12 @@ def explode(reason: str) -> None:
     raise ValueError(reason)
 
 
+async def add(n: int, to: int = 1) -> int:
+    """Given a string ``n``, the body raises a TypeError of its own (a job's bug: retried)."""
+    await asyncio.sleep(0)
+    return n + to
+
+
 def mark(path: str) -> None:
     """Append a line to ``path``: lets a test count how many times a job really ran."""
     with open(path, "a") as f:

@@ -109,7 +109,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from scheduler_daemon.operation.daemon import run_daemon
 
         return run_daemon(Path(args.config))
-    config = load_checked(args.config)
+    # Only `check` imports python targets (the daemon does too): the operator commands read the
+    # file for the database or the admin API and have no business running the jobs' code.
+    config = load_checked(args.config, import_targets=args.command == "check")
     if args.command == "check":
         return _check(config)
     if args.command == "next":

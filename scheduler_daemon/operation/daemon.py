@@ -435,7 +435,7 @@ class Daemon:
 
 
 def run_daemon(config_path: Path) -> int:
-    config = load_checked(config_path)
+    config = load_checked(config_path, import_targets=True)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
