@@ -13,10 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import structlog
+
 from scheduler_daemon import __version__
 from scheduler_daemon.errors import ConfigError, SchedulerDaemonError
 from scheduler_daemon.logs import configure_logging
 from scheduler_daemon.operation.reload import load_checked
+from scheduler_daemon.running.actions.python import unfinished_job_calls
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.specs.schema import config_schema
 from scheduler_daemon.timing.schedules import build_schedule
@@ -87,6 +90,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         level="debug" if args.debug else os.environ.get("SCHEDULER_LOG_LEVEL", quiet),
         cache=args.command == "run",
     )
+    code = _run_command(args)
+    if args.command == "run":
+        _leave_hung_jobs(code)
+    return code
+
+
+def _leave_hung_jobs(code: int) -> None:
+    """Exit with ``code`` now if a plain-function job has not returned: the interpreter would
+    wait for its thread at exit, and a stopped daemon would stay alive as long as the job hangs
+    (under systemd, until the stop times out and it is killed)."""
+    left = unfinished_job_calls()
+    if left:
+        structlog.get_logger("scheduler_daemon.operation.cli").warning(
+            "job_threads_abandoned", running=left
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:

@@ -3,8 +3,10 @@ reload, and arguments the function does not take (refused before the call, never
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import textwrap
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,10 +18,11 @@ from scheduler_daemon.errors import ConfigError
 from scheduler_daemon.operation import cli
 from scheduler_daemon.operation.daemon import Daemon
 from scheduler_daemon.operation.reload import load_checked
-from scheduler_daemon.running.actions.python import PythonAction, job_threads
+from scheduler_daemon.running.actions.python import PythonAction, job_threads, unfinished_job_calls
 from scheduler_daemon.running.records import Status
 from scheduler_daemon.specs import PythonSpec, load_config
 from scheduler_daemon.specs.pytargets import python_path_in_use
+from tests import e2e_jobs
 from tests.helpers import FakeClock
 
 THREADS = job_threads(2)
@@ -299,3 +302,16 @@ async def test_a_coroutine_returned_by_a_plain_function_is_awaited(
     sys.path.insert(0, str(tmp_path / "lib"))
     out = await py(f"{name}:wrapped", day="monday").run()
     assert (out.status, out.output) == (Status.SUCCEEDED, "monday on MainThread")
+
+
+async def test_the_jobs_threads_count_the_calls_that_have_not_returned() -> None:
+    release = threading.Event()
+    threads = job_threads(1)
+    hung = threads.submit(e2e_jobs.block, release)
+    queued = threads.submit(e2e_jobs.block, release)
+    assert threads.unfinished == 2 and unfinished_job_calls() >= 2
+    threads.shutdown(wait=False, cancel_futures=True)  # a stop: the queued call never starts
+    assert queued.cancelled() and threads.unfinished == 1
+    release.set()
+    await asyncio.wrap_future(hung)
+    assert threads.unfinished == 0

@@ -7,9 +7,11 @@ import contextvars
 import functools
 import inspect
 import json
+import threading
+import weakref
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any, ParamSpec, TypeVar
 
 from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.records import Status
@@ -21,9 +23,44 @@ from scheduler_daemon.specs.pytargets import TargetError, bad_arguments, resolve
 # server's start and stop). Past this many at once, further calls wait for a free thread.
 JOB_THREADS = 32
 
+P = ParamSpec("P")
+T = TypeVar("T")
 
-def job_threads(size: int = JOB_THREADS) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=size, thread_name_prefix="job")
+
+class JobThreads(ThreadPoolExecutor):
+    """The jobs' threads, counting the calls that have not returned: the interpreter joins an
+    executor's threads at exit, so a stopping daemon must know whether one is hung (see
+    ``unfinished_job_calls``)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(max_workers=size, thread_name_prefix="job")
+        self._count_lock = threading.Lock()
+        self.unfinished = 0  # submitted, neither returned nor cancelled
+        _ALL.add(self)
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future = super().submit(fn, *args, **kwargs)
+        with self._count_lock:
+            self.unfinished += 1
+        future.add_done_callback(self._finished)  # at once if it is done already
+        return future
+
+    def _finished(self, future: Future[Any]) -> None:
+        with self._count_lock:
+            self.unfinished -= 1
+
+
+_ALL: weakref.WeakSet[JobThreads] = weakref.WeakSet()
+
+
+def job_threads(size: int = JOB_THREADS) -> JobThreads:
+    return JobThreads(size)
+
+
+def unfinished_job_calls() -> int:
+    """Plain-function jobs called in this process that have not returned (hung, or finishing
+    after their attempt timed out or was cancelled)."""
+    return sum(threads.unfinished for threads in list(_ALL))
 
 
 class PythonAction:
