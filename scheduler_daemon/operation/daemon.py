@@ -41,6 +41,7 @@ from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire, Runner
 from scheduler_daemon.specs import Config, JobSpec
+from scheduler_daemon.specs.pytargets import use_python_path
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import POOL_CLOSE_TIMEOUT, open_database
 from scheduler_daemon.storage.journal import Journal
@@ -363,6 +364,7 @@ class Daemon:
             else:
                 self._scheduler.add(job, after=now)
         self._limiter.resize(old.max_concurrency)
+        use_python_path(old.python_path)  # loading the new config put its own on sys.path
         self.config = old
 
     async def _apply(self, plan: ReloadPlan) -> None:

@@ -235,6 +235,30 @@ async def test_a_reload_applies_a_new_python_path_before_importing_new_targets(
     assert python_path_in_use() == (str((tmp_path / "conf" / "jobs").resolve()),)
 
 
+async def test_a_reload_that_fails_while_applied_puts_the_previous_python_path_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("lib", "other"):
+        (tmp_path / "conf" / name).mkdir(parents=True)
+    path = config_file(tmp_path, GOOD.replace("jobs:\n", "python_path: lib\njobs:\n"))
+    daemon = Daemon(load_checked(path, import_targets=True), clock=FakeClock())
+    daemon.scheduler.set_jobs(daemon.config.jobs)
+    path.write_text(GOOD.replace("jobs:\n", "python_path: other\njobs:\n").replace("1h", "2h"))
+
+    add = daemon.scheduler.add
+
+    def failing_add(job, *, after=None):  # type: ignore[no-untyped-def]
+        if job.every == 7200:  # the new spec, not the old one put back
+            raise RuntimeError("boom")
+        return add(job, after=after)
+
+    monkeypatch.setattr(daemon.scheduler, "add", failing_add)
+    with capture_logs() as logs:
+        assert await daemon.reload() is False
+    assert "reload_apply_crashed" in [e["event"] for e in logs]
+    assert python_path_in_use() == (str((tmp_path / "conf" / "lib").resolve()),)
+
+
 # -- arguments at run time ----------------------------------------------------------------------
 
 
