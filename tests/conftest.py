@@ -45,6 +45,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -57,6 +58,7 @@ import pytest
 import structlog
 from aiohttp import web
 
+from scheduler_daemon.specs.pytargets import use_python_path
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from tests.helpers import (
@@ -298,6 +300,16 @@ def _fresh_logging_config() -> Iterator[None]:
     tests' ``capture_logs`` must still see info events."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _python_path_restored() -> Iterator[None]:
+    """A test that loads a config with `python_path:` (or runs `check` in-process) puts
+    directories on sys.path; the next test starts without them."""
+    before = list(sys.path)
+    yield
+    use_python_path([])
+    sys.path[:] = before
 
 
 # -- a daemon with its admin API, in the test's loop (tests/pg, tests/e2e) ---------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 # Gates a test opens: a greet with ``hold=KEY`` runs until the test sets HELD[KEY] (in-process
 # daemons only), so "still running" is a fact, not a race.
@@ -31,6 +32,19 @@ def block(until: threading.Event) -> None:
 
 def explode(reason: str) -> None:
     raise ValueError(reason)
+
+
+async def add(n: int, to: int = 1) -> int:
+    """Given a string ``n``, the body raises a TypeError of its own (a job's bug: retried)."""
+    await asyncio.sleep(0)
+    return n + to
+
+
+def hang(path: str, seconds: float = 600) -> None:
+    """A plain function that hangs: writes ``path`` once it runs (for a test to wait on)."""
+    with open(path, "a") as f:
+        f.write("started\n")
+    time.sleep(seconds)
 
 
 def mark(path: str) -> None:

@@ -13,11 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import structlog
+
 from scheduler_daemon import __version__
 from scheduler_daemon.errors import ConfigError, SchedulerDaemonError
 from scheduler_daemon.logs import configure_logging
 from scheduler_daemon.operation import tables
 from scheduler_daemon.operation.reload import load_checked
+from scheduler_daemon.running.actions.python import unfinished_job_calls
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.specs.schema import config_schema
 from scheduler_daemon.timing.schedule_text import schedule_in_words
@@ -89,6 +92,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         level="debug" if args.debug else os.environ.get("SCHEDULER_LOG_LEVEL", quiet),
         cache=args.command == "run",
     )
+    code = _run_command(args)
+    if args.command == "run":
+        _leave_hung_jobs(code)
+    return code
+
+
+def _leave_hung_jobs(code: int) -> None:
+    """Exit with ``code`` now if a plain-function job has not returned: the interpreter would
+    wait for its thread at exit, and a stopped daemon would stay alive as long as the job hangs
+    (under systemd, until the stop times out and it is killed)."""
+    left = unfinished_job_calls()
+    if left:
+        structlog.get_logger("scheduler_daemon.operation.cli").warning(
+            "job_threads_abandoned", running=left
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         code = _dispatch(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
@@ -117,7 +141,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from scheduler_daemon.operation.daemon import run_daemon
 
         return run_daemon(Path(args.config))
-    config = load_checked(args.config)
+    # Only `check` imports python targets (the daemon does too): the operator commands read the
+    # file for the database or the admin API and have no business running the jobs' code.
+    config = load_checked(args.config, import_targets=args.command == "check")
     if args.command == "check":
         return _check(config)
     if args.command == "next":

@@ -42,6 +42,7 @@ from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire, Runner
 from scheduler_daemon.specs import Config, JobSpec
+from scheduler_daemon.specs.pytargets import use_python_path
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import POOL_CLOSE_TIMEOUT, open_database
 from scheduler_daemon.storage.journal import Journal
@@ -371,6 +372,7 @@ class Daemon:
             else:
                 self._scheduler.add(job, after=now)
         self._limiter.resize(old.max_concurrency)
+        use_python_path(old.python_path)  # loading the new config put its own on sys.path
         self.config = old
 
     async def _apply(self, plan: ReloadPlan) -> None:
@@ -443,7 +445,7 @@ class Daemon:
 
 
 def run_daemon(config_path: Path) -> int:
-    config = load_checked(config_path)
+    config = load_checked(config_path, import_targets=True)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it

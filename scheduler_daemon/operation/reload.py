@@ -85,15 +85,19 @@ def _cron_first_fire(expr: str, timezone: str) -> datetime | None:
     return CronSchedule(expr, timezone).next_after(datetime.now(UTC))
 
 
-def load_checked(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
-    """``load_config`` with every job's first fire computed (what the daemon and `check` use)."""
-    return load_config(path, environ=environ, first_fire=first_fire)
+def load_checked(
+    path: str | Path, *, environ: Mapping[str, str] | None = None, import_targets: bool = False
+) -> Config:
+    """``load_config`` with every job's first fire computed (what the daemon and the CLI use);
+    ``import_targets`` (`check`, `run`, a reload): python_path applied, python targets imported."""
+    return load_config(path, environ=environ, first_fire=first_fire, import_targets=import_targets)
 
 
 def load_for_reload(path: Path) -> Config:
-    """Load a config and digest every job, in the reload's worker thread: hashing 100k specs on
-    the event loop blocked it for seconds (the comparison itself is then a string compare)."""
-    config = load_checked(path)
+    """Load a config (its python targets imported) and digest every job, in the reload's worker
+    thread: hashing 100k specs on the event loop blocked it for seconds (the comparison itself is
+    then a string compare), and importing a module runs whatever code it has."""
+    config = load_checked(path, import_targets=True)
     for job in config.jobs:
         job.spec_hash()
     return config

@@ -27,6 +27,9 @@ from scheduler_daemon.timing.clock import Clock
 
 log = structlog.get_logger("scheduler_daemon.running.runner")
 
+# Attempts that ended badly: logged at warning (cancelled is an operator's or the daemon's choice).
+FAILURES = frozenset({Status.FAILED, Status.TIMED_OUT})
+
 # How often attempts in flight get their `running` row (see README: crash recovery window).
 RUNNING_ROWS_EVERY = 0.2
 
@@ -267,7 +270,8 @@ class Runner:
         )
         self._recorder.record(rec)
         self._observer.attempt_finished(rec)
-        log.info(
+        # A failure is worth a warning (alerting on the log level sees it); a success is routine.
+        (log.warning if status in FAILURES else log.info)(
             "attempt_finished",
             job=rec.job_name,
             attempt=rec.attempt,

@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from scheduler_daemon.errors import ConfigError
-from scheduler_daemon.specs import yamlsource
+from scheduler_daemon.specs import pytargets, yamlsource
 from scheduler_daemon.specs.models import SCHEDULE_KEYS, Config, JobSpec
 from scheduler_daemon.specs.redaction import dump_places
 from scheduler_daemon.specs.spec import Loc, problems_of
@@ -54,15 +54,20 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     first_fire: FirstFire | None = None,
+    import_targets: bool = False,
 ) -> Config:
     """Read, interpolate and validate a config file; raise ConfigError listing every problem.
 
     Nothing else escapes: an unexpected exception is a ConfigError too (a reload keeps running).
     With ``first_fire``, a job whose first fire cannot be computed is a problem at its schedule.
+    With ``import_targets``, the config's python_path is put on sys.path and every python job's
+    module imported (running its code): a target that cannot be called, or arguments it does not
+    take, are problems at the job; refused, the previous python_path is put back.
     """
     display = str(path)
+    environ = os.environ if environ is None else environ
     try:
-        return _load(path, display, os.environ if environ is None else environ, first_fire)
+        return _load(path, display, environ, first_fire, import_targets=import_targets)
     except ConfigError:
         raise
     except Exception as exc:  # a bug: still a refusal with the file's name, never a crash
@@ -71,7 +76,12 @@ def load_config(
 
 
 def _load(
-    path: str | Path, display: str, environ: Mapping[str, str], first_fire: FirstFire | None
+    path: str | Path,
+    display: str,
+    environ: Mapping[str, str],
+    first_fire: FirstFire | None,
+    *,
+    import_targets: bool,
 ) -> Config:
     file = Path(path).expanduser()
     try:
@@ -92,6 +102,11 @@ def _load(
     config = _validate(source, file.resolve(), environ, report)
     if config is not None and first_fire is not None:
         _check_first_fires(config, first_fire, report)
+    if config is not None and import_targets:
+        previous = pytargets.use_python_path(config.python_path)
+        _check_targets(config, report)
+        if report.items:
+            pytargets.use_python_path(previous)
     if report.items:
         raise ConfigError([message for _, message in sorted(report.items, key=lambda x: x[0])])
     assert config is not None
@@ -142,6 +157,56 @@ def _check_first_fires(config: Config, first_fire: FirstFire, report: _Report) -
                 f"expected a schedule whose next fire can be computed, got {type(exc).__name__}",
                 _line(report.source, loc),
             )
+
+
+def _check_targets(config: Config, report: _Report) -> None:
+    """Every python_path directory exists; every python job's target imports, is callable and
+    takes the job's `args` (all of its required ones too, unless the job is disabled: a manual
+    run may give those)."""
+    for i, directory in enumerate(config.python_path):
+        if not directory.is_dir():
+            item: Loc = ("python_path", i)
+            loc = item if item in report.source.lines else ("python_path",)
+            report.add(loc, f"expected an existing directory, got {directory}")
+    targets = _Targets()
+    for job in config.jobs:
+        if job.python is None:
+            continue
+        problem = targets.problem(job.python, tuple(job.args), partial=not job.enabled)
+        if problem is not None:
+            loc = ("jobs", job.name, "args" if problem[0] == "args" else "python")
+            report.add(loc, problem[1], _line(report.source, loc))
+
+
+class _Targets:
+    """Each target imported once, each set of argument names bound once (100k jobs may share
+    one function)."""
+
+    def __init__(self) -> None:
+        self._funcs: dict[str, Callable[..., Any] | pytargets.TargetError] = {}
+        self._bound: dict[tuple[str, tuple[str, ...], bool], str | None] = {}
+
+    def problem(
+        self, target: str, names: tuple[str, ...], *, partial: bool
+    ) -> tuple[str, str] | None:
+        """None, or where ("python" or "args") and what is wrong."""
+        func = self._funcs.get(target)
+        if func is None:
+            try:
+                func = pytargets.resolve(target)
+            except pytargets.TargetError as exc:
+                func = exc
+            self._funcs[target] = func
+        if isinstance(func, pytargets.TargetError):
+            return "python", str(func)
+        key = (target, names, partial)
+        if key not in self._bound:
+            signature = pytargets.signature_of(func)
+            kwargs = dict.fromkeys(names)
+            self._bound[key] = pytargets.bad_arguments(signature, kwargs, partial=partial)
+        bad = self._bound[key]
+        where = "args" if names else "python"
+        return None if bad is None else (where, f"bad arguments for {target}: {bad}")
 
 
 def _with_environment(

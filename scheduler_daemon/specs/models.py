@@ -324,6 +324,9 @@ class Config(Spec):
     # a row); past it, or 100,000 rows, they spill to the journal under state_dir.
     record_buffer: Annotated[int, v.Size()] = 64 * 1024 * 1024
     admin: AdminSpec | None = None
+    # Where python jobs' modules are imported from: put first on sys.path at load (relative to
+    # the config file's folder), before PYTHONPATH and the installed packages.
+    python_path: Annotated[tuple[Path, ...], v.Directories()] = ()
     # Any job field but its schedule and action; a job's own value wins, mappings key by key.
     defaults: Annotated[dict[str, Any], v.AnyMapping()] = Field(default_factory=dict)
     jobs: tuple[JobSpec, ...]  # written as a mapping: name → job fields

@@ -562,6 +562,27 @@ class Directory(Value):
         return {"type": "string", "minLength": 1}
 
 
+class Directories(Value):
+    """One directory or a list of them; each relative to the config file's folder."""
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> tuple[Path, ...]:
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        base = Path(context.get("base", "."))
+        paths: list[Path] = []
+        for item in items:
+            if isinstance(item, Path):
+                item = str(item)
+            if not isinstance(item, str) or not item.strip():
+                raise Invalid(f"expected a directory or a list of directories, got {got(item)}")
+            path = Path(item).expanduser()
+            paths.append((path if path.is_absolute() else base / path).resolve())
+        return tuple(paths)
+
+    def json_schema(self) -> JsonSchemaValue:
+        text = {"type": "string", "minLength": 1}
+        return {"anyOf": [text, {"type": "array", "items": text}]}
+
+
 @dataclass(frozen=True)
 class ListenAddress:
     """Where the admin server listens: a TCP host and port, or a unix socket."""

@@ -332,6 +332,34 @@ async def test_sigterm_lets_attempts_finish_within_the_grace_and_cancels_the_res
     assert "grace" in rows["outside"]["error"]
 
 
+async def test_a_plain_function_still_running_at_stop_does_not_keep_the_daemon_alive(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A thread cannot be stopped, and the interpreter waits for its executors' threads at exit:
+    the daemon leaves the hung call behind instead of waiting for it."""
+    started = tmp_path / "started"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        textwrap.dedent(f"""
+        database: {{url: "{database_url}"}}
+        state_dir: ./state
+        shutdown_grace: 1s
+        jobs:
+          hung: {{every: 1h, run_on_start: true, python: "tests.e2e_jobs:hang",
+                  args: {{path: "{started}"}}}}
+    """)
+    )
+    daemon = await start_daemon(config)
+
+    async def running() -> bool:
+        return started.exists()
+
+    await wait_until(running, timeout=60)
+    assert await daemon.stop(timeout=60) == 0  # the function sleeps for 600 s
+    assert daemon.matching("job_threads_abandoned", running=1)
+    assert await query_value(database_url, "SELECT status FROM executions") == "cancelled"
+
+
 async def test_sigterm_stops_the_daemon_even_when_its_log_reader_is_gone(
     tmp_path: Path, database_url: str
 ) -> None:

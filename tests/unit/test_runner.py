@@ -8,12 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from scheduler_daemon.running.actions.outcome import Outcome
+from scheduler_daemon.running.actions.python import PythonAction, job_threads
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
-from scheduler_daemon.running.runner import Runner, backoff_delay
-from scheduler_daemon.specs import JobSpec, RetrySpec
+from scheduler_daemon.running.runner import ActionFor, Runner, backoff_delay
+from scheduler_daemon.specs import JobSpec, PythonSpec, RetrySpec
 from tests.helpers import FakeClock, make_job
 
 T0 = 1_767_225_600.0
@@ -62,7 +64,7 @@ class Sink:
 
 
 class Rig:
-    def __init__(self, capacity: int = 10) -> None:
+    def __init__(self, capacity: int = 10, action_for: ActionFor | None = None) -> None:
         self.clock = FakeClock(T0)
         self.sink = Sink()
         self.actions: dict[str, ScriptedAction] = {}
@@ -71,7 +73,7 @@ class Rig:
             clock=self.clock,
             limiter=self.limiter,
             recorder=self.sink,
-            action_for=lambda job: self.actions[job.name],
+            action_for=action_for or (lambda job: self.actions[job.name]),
             node="test-node",
             rng=random.Random(7),
         )
@@ -172,6 +174,48 @@ async def test_a_job_without_a_timeout_times_out_after_an_hour(rig: Rig) -> None
         ("patient", "succeeded", None),
     ]
     assert rig.sink.records[0].duration_ms == pytest.approx(3_600_000)
+
+
+async def test_failed_attempts_are_logged_at_warning_successes_at_info(rig: Rig) -> None:
+    rig.script("j", (0, FAIL), (1000, OK), (0, OK))
+    rig.fire(make_job("j", timeout=5.0, retry=RetrySpec(attempts=3, delay=1)))
+    with capture_logs() as logs:
+        await rig.clock.advance(100)
+    finished = [(e["status"], e["log_level"]) for e in logs if e["event"] == "attempt_finished"]
+    assert finished == [("failed", "warning"), ("timed_out", "warning"), ("succeeded", "info")]
+
+
+@pytest.mark.parametrize(
+    ("args", "overrides", "statuses", "error"),
+    [
+        # The call cannot bind: no retry would fit it better.
+        ({"n": 1}, {"nope": 1}, ["failed"], "bad arguments for tests.e2e_jobs:add: "
+         "unexpected keyword argument 'nope'"),
+        # The job's own body raised TypeError: a failure like any other, retried.
+        ({"n": "one"}, None, ["failed"] * 3, 'TypeError: can only concatenate str (not "int") '
+         "to str"),
+    ],
+    ids=["binding", "body"],
+)  # fmt: skip
+async def test_only_a_python_jobs_own_type_error_is_retried(
+    args: dict[str, Any],
+    overrides: dict[str, Any] | None,
+    statuses: list[str],
+    error: str,
+) -> None:
+    threads = job_threads(1)
+
+    def python(job: JobSpec) -> PythonAction:
+        assert isinstance(job.action, PythonSpec)
+        return PythonAction(job.action, capture_bytes=100, threads=threads)
+
+    rig = Rig(action_for=python)
+    job = make_job("j", action=PythonSpec(target="tests.e2e_jobs:add", args=args),
+                   retry=RetrySpec(attempts=3, delay=1))  # fmt: skip
+    rig.fire(job, trigger=FireKind.MANUAL, overrides=overrides)
+    await rig.clock.advance(100)
+    assert rig.sink.statuses() == statuses
+    assert {r.error for r in rig.sink.records} == {error}
 
 
 async def test_overlap_skip_records_the_skipped_fire(rig: Rig) -> None:
