@@ -1,0 +1,221 @@
+"""The README's systemd install, line by line, under a real systemd.
+
+systemd boots as PID 1 of private namespaces (mount, PID, network, UTS, IPC, cgroup) on an
+overlay of this machine's root, the way a container would: the install writes to the overlay
+(a tmpfs), never to the host, and everything ends with the namespace. Needs root, util-linux
+(unshare, nsenter, pivot_root), systemd and overlayfs; skipped where the machine does not allow
+it. The namespace has only a loopback interface, so `pip install` runs with the host's network
+(and pip configuration) in the overlay's file system.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, readme_install_steps
+
+SYSTEMD = Path("/usr/lib/systemd/systemd")
+DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+UNIT = "scheduler-daemon"
+CONFIG = "/etc/scheduler-daemon/config.yaml"
+
+# Run by unshare as PID 1 of the new namespaces, then replaced by systemd.
+BOOT = r"""
+set -e
+root="$1"
+mkdir -p "$root/layers" "$root/merged"
+mount -t tmpfs tmpfs "$root/layers"
+mkdir "$root/layers/upper" "$root/layers/work"
+mount -t overlay overlay \
+    -o "lowerdir=/,upperdir=$root/layers/upper,workdir=$root/layers/work" "$root/merged"
+cd "$root/merged"
+mount -t proc proc proc
+mount --rbind /dev dev
+: > "$root/console"
+mount --bind "$root/console" dev/console
+mount -t sysfs sysfs sys
+mount -t cgroup2 cgroup2 sys/fs/cgroup
+mount -t tmpfs tmpfs run
+mount -t tmpfs tmpfs tmp
+mkdir -p .oldroot
+pivot_root . .oldroot
+umount -l /.oldroot
+# What systemd does as a host's PID 1 but not in a container: credentials rely on it.
+mount --make-rshared /
+exec env container=scheduler-daemon-test /usr/lib/systemd/systemd --unit=basic.target
+"""
+
+
+def _cannot_boot() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (namespaces and mounts)"
+    for tool in ("unshare", "nsenter", "pivot_root"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if not SYSTEMD.exists():
+        return f"{SYSTEMD} is not installed"
+    if str(REPO).startswith("/tmp/"):
+        return "the repository is under /tmp, which the booted system replaces"
+    return None
+
+
+class Booted:
+    """A systemd booted in namespaces of its own; commands run inside with ``sh``."""
+
+    def __init__(self, root: Path) -> None:
+        script = root / "boot.sh"
+        script.write_text(BOOT)
+        self.log = root / "boot.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    *("unshare", "--mount", "--pid", "--fork", "--net", "--uts", "--ipc"),
+                    *("--cgroup", "--kill-child", "sh", str(script), str(root)),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.pid = 0  # systemd's, as this machine sees it
+
+    def wait_booted(self, timeout: float = 60) -> str | None:
+        """None once systemd has finished booting, else why not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return f"unshare exited {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            pids = children.read_text().split() if children.exists() else []
+            if pids and Path(f"/proc/{pids[0]}/exe").resolve() == SYSTEMD.resolve():
+                self.pid = int(pids[0])
+                state = self.sh("systemctl is-system-running --wait", timeout=timeout).stdout
+                if state.strip() in ("running", "degraded"):
+                    return None
+            time.sleep(0.2)  # a real process booting: poll it
+        return f"systemd did not boot within {timeout}s: {self.log.read_text()[-2000:]}"
+
+    def sh(
+        self, command: str, *, network: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """``command`` as root in the booted system; ``network``: with this machine's network
+        (only the file system is the booted one's: for pip)."""
+        spaces = ["-m", "-r"] if network else ["-a", "-r"]
+        passed = {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith("PIP_") or k.lower().endswith("_proxy")
+        }
+        env = {**passed, "PATH": DEBIAN_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+        return subprocess.run(
+            ["nsenter", "-t", str(self.pid), *spaces, "--", "/bin/sh", "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd="/",
+        )
+
+    def ok(self, command: str, *, network: bool = False, timeout: float = 60) -> str:
+        done = self.sh(command, network=network, timeout=timeout)
+        if done.returncode != 0:
+            journal = self.sh(f"journalctl -u {UNIT} -n 40 -o cat --no-pager").stdout
+            raise AssertionError(f"{command}\n{done.stdout}\n{done.stderr}\njournal:\n{journal}")
+        return done.stdout
+
+    def show(self, *properties: str) -> dict[str, str]:
+        out = self.ok(f"systemctl show {UNIT} " + " ".join(f"-p {p}" for p in properties))
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def output_of_failed_start(self) -> list[str]:
+        """Restart the unit, expect it failed for good (exit 78, no restart scheduled), and
+        return what the daemon wrote (stdout and stderr: the journal)."""
+        assert self.sh(f"systemctl restart {UNIT}").returncode != 0
+        state = self.show("ActiveState", "ExecMainStatus", "ExecMainPID", "NRestarts")
+        assert (state["ActiveState"], state["ExecMainStatus"], state["NRestarts"]) == (
+            "failed",
+            "78",
+            "0",
+        )
+        self.sh("journalctl --sync")
+        return self.ok(f"journalctl -o cat --no-pager _PID={state['ExecMainPID']}").splitlines()
+
+    def stop(self) -> None:
+        if self.pid:
+            os.kill(self.pid, signal.SIGKILL)  # PID 1 of its namespace: all of it goes
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
+    """A booted systemd where the README's install lines ran, each as written (but as root
+    already, without sudo)."""
+    why = _cannot_boot()
+    if why:
+        pytest.skip(why)
+    system = Booted(tmp_path_factory.mktemp("systemd"))
+    try:
+        why = system.wait_booted()
+        if why:
+            pytest.skip(f"cannot boot systemd in namespaces here: {why}")
+        for step in readme_install_steps():
+            command = f"cd {REPO} && {step.replace('sudo ', '')}"
+            system.ok(command, network="pip install" in step, timeout=300)
+        yield system
+    finally:
+        system.stop()
+
+
+def test_the_readme_install_runs_the_service(installed: Booted) -> None:
+    assert installed.sh(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+    state = installed.show("MainPID", "StatusText", "Documentation")
+    assert state["StatusText"].startswith("1 jobs")
+    uid = installed.ok(f"awk '/^Uid:/ {{print $2}}' /proc/{state['MainPID']}/status").strip()
+    assert uid != "0"  # the dynamic user
+    installed.ok("test -e /var/lib/private/scheduler-daemon/daemon.lock")  # $STATE_DIRECTORY
+    installed.ok(f"test -f {state['Documentation'].removeprefix('file://')}")
+
+    # The operator: the CLI on PATH finds the config and, through it, the token (root's file).
+    assert "heartbeat" in installed.ok("cd / && scheduler-daemon status")
+    # The admin API answered (the database path would queue a run instead).
+    assert '"fire_id"' in installed.ok("scheduler-daemon trigger heartbeat")
+    installed.ok(f"systemctl reload {UNIT}")
+    assert "FAILED" not in installed.show("StatusText")["StatusText"]
+
+
+def test_a_start_error_is_one_line_and_no_restart_loop(installed: Booted) -> None:
+    installed.ok(f"cp {CONFIG} /root/config.yaml")
+
+    # An absolute state_dir is used as written: here, in read-only /etc.
+    installed.ok(f"echo 'state_dir: /etc/scheduler-daemon/var' >> {CONFIG}")
+    (line,) = installed.output_of_failed_start()
+    # Which of the two the kernel says first varies: root's /etc, mounted read-only.
+    assert re.fullmatch(
+        r"error: cannot use state_dir /etc/scheduler-daemon/var: "
+        r"(Permission denied|Read-only file system) \(as user scheduler-daemon\); under systemd, "
+        r"leave state_dir unset to use \$STATE_DIRECTORY \(/var/lib/scheduler-daemon\)",
+        line,
+    ), line
+
+    # A config the dynamic user cannot read (what `install -m 0640` made).
+    installed.ok(f"install -m 0640 /root/config.yaml {CONFIG}")
+    assert installed.output_of_failed_start() == [
+        f"error: cannot read config file {CONFIG}: Permission denied (as user scheduler-daemon)"
+    ]
+
+    installed.ok(f"install -m 0644 /root/config.yaml {CONFIG}")
+    installed.ok(f"systemctl restart {UNIT}")
+    installed.ok(f"systemctl stop {UNIT}")
+    assert installed.show("Result", "ExecMainStatus") == {
+        "Result": "success",
+        "ExecMainStatus": "0",
+    }
