@@ -10,6 +10,7 @@ it. The namespace has only a loopback interface, so `pip install` runs with the 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ SYSTEMD = Path("/usr/lib/systemd/systemd")
 DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UNIT = "scheduler-daemon"
 CONFIG = "/etc/scheduler-daemon/config.yaml"
+PR_SET_PDEATHSIG = 1
 
 # Run by unshare as PID 1 of the new namespaces, then replaced by systemd.
 BOOT = r"""
@@ -63,9 +65,14 @@ def _cannot_boot() -> str | None:
             return f"{tool} is not installed"
     if not SYSTEMD.exists():
         return f"{SYSTEMD} is not installed"
-    if str(REPO).startswith("/tmp/"):
-        return "the repository is under /tmp, which the booted system replaces"
+    if str(REPO).startswith("/tmp/") or os.stat(REPO).st_dev != os.stat("/").st_dev:
+        return "the repository is not on the root file system, the one the overlay shows"
     return None
+
+
+def _die_with_parent() -> None:
+    """unshare gets SIGKILL if the test process dies, and takes the namespace (--kill-child)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Booted:
@@ -84,6 +91,7 @@ class Booted:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )
         self.pid = 0  # systemd's, as this machine sees it
 
