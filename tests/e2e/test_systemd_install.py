@@ -10,6 +10,7 @@ it. The namespace has only a loopback interface, so `pip install` runs with the 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -17,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,11 @@ DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UNIT = "scheduler-daemon"
 CONFIG = "/etc/scheduler-daemon/config.yaml"
 PR_SET_PDEATHSIG = 1
+UNSHARE = ("unshare", "--mount", "--pid", "--fork", "--net", "--uts", "--ipc", "--cgroup")
 
-# Run by unshare as PID 1 of the new namespaces, then replaced by systemd.
+# Run by unshare as PID 1 of the new namespaces, then replaced by systemd. As systemd-nspawn
+# does, the booted system gets a /dev, IPC and cgroup of its own, a read-only /sys and /proc/sys
+# and no capability to load modules or set the clock: nothing it does reaches this machine.
 BOOT = r"""
 set -e
 root="$1"
@@ -41,11 +45,29 @@ mount -t overlay overlay \
     -o "lowerdir=/,upperdir=$root/layers/upper,workdir=$root/layers/work" "$root/merged"
 cd "$root/merged"
 mount -t proc proc proc
-mount --rbind /dev dev
-: > "$root/console"
-mount --bind "$root/console" dev/console
-mount -t sysfs sysfs sys
+for ro in proc/sys proc/sysrq-trigger; do
+    [ -e "$ro" ] || continue
+    mount --bind "$ro" "$ro"
+    mount -o remount,bind,ro "$ro"
+done
+mount -t sysfs -o ro sysfs sys
 mount -t cgroup2 cgroup2 sys/fs/cgroup
+mount -t tmpfs -o mode=755,nosuid tmpfs dev
+for node in null zero full random urandom tty; do
+    : > "dev/$node"
+    mount --bind "/dev/$node" "dev/$node"
+done
+: > "$root/console"
+: > dev/console
+mount --bind "$root/console" dev/console
+mkdir dev/pts dev/shm dev/mqueue
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts dev/pts
+ln -s pts/ptmx dev/ptmx
+ln -s /proc/self/fd dev/fd
+# The unit's RemoveIPC= deletes what its user owns here; that user may be this machine's
+# `scheduler-daemon` (DynamicUser= reuses an existing one), as the test PostgreSQL's is.
+mount -t tmpfs -o mode=1777 tmpfs dev/shm
+mount -t mqueue mqueue dev/mqueue
 mount -t tmpfs tmpfs run
 mount -t tmpfs tmpfs tmp
 mkdir -p .oldroot
@@ -53,26 +75,69 @@ pivot_root . .oldroot
 umount -l /.oldroot
 # What systemd does as a host's PID 1 but not in a container: credentials rely on it.
 mount --make-rshared /
-exec env container=scheduler-daemon-test /usr/lib/systemd/systemd --unit=basic.target
+exec setpriv --bounding-set -sys_module,-sys_time,-sys_rawio,-syslog,-wake_alarm \
+    env container=scheduler-daemon-test /usr/lib/systemd/systemd --unit=basic.target
 """
 
 
 def _cannot_boot() -> str | None:
     if os.geteuid() != 0:
         return "needs root (namespaces and mounts)"
-    for tool in ("unshare", "nsenter", "pivot_root"):
+    for tool in ("unshare", "nsenter", "pivot_root", "setpriv"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     if not SYSTEMD.exists():
         return f"{SYSTEMD} is not installed"
+    if _own_cgroup2() is None:
+        return "no cgroup2 hierarchy mounted"
+    probe = subprocess.run(
+        [*UNSHARE, "mount", "-t", "tmpfs", "tmpfs", "/mnt"], capture_output=True, timeout=30
+    )
+    if probe.returncode != 0:
+        return f"namespaces or mounts are not allowed here: {probe.stderr.decode()[-500:]}"
     if str(REPO).startswith("/tmp/") or os.stat(REPO).st_dev != os.stat("/").st_dev:
         return "the repository is not on the root file system, the one the overlay shows"
     return None
 
 
-def _die_with_parent() -> None:
-    """unshare gets SIGKILL if the test process dies, and takes the namespace (--kill-child)."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def _own_cgroup2() -> Path | None:
+    """This process's cgroup in the cgroup2 hierarchy, as a directory."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[fields.index("-") + 1] == "cgroup2":
+            mount = Path(fields[4])
+            break
+    else:
+        return None
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return mount / line[3:].lstrip("/")
+    return None
+
+
+def _remove_cgroup(path: Path) -> None:
+    """Remove an emptied cgroup tree, deepest first (a dying cgroup may be busy a moment)."""
+    for _ in range(50):
+        for child in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
+            with contextlib.suppress(OSError):
+                child.rmdir()
+        with contextlib.suppress(OSError):
+            path.rmdir()
+        if not path.exists():
+            return
+        time.sleep(0.1)
+
+
+def _start_in(cgroup: Path) -> Callable[[], None]:
+    """Before unshare runs: into a cgroup of its own (the booted system's cgroup root, apart
+    from any other test's), and killed if the test process dies (taking the namespace with it,
+    --kill-child)."""
+
+    def prepare() -> None:
+        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return prepare
 
 
 class Booted:
@@ -82,16 +147,17 @@ class Booted:
         script = root / "boot.sh"
         script.write_text(BOOT)
         self.log = root / "boot.log"
+        parent = _own_cgroup2()
+        assert parent is not None
+        self.cgroup = parent / f"scheduler-daemon-test-{os.getpid()}-{root.name}"
+        self.cgroup.mkdir()
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [
-                    *("unshare", "--mount", "--pid", "--fork", "--net", "--uts", "--ipc"),
-                    *("--cgroup", "--kill-child", "sh", str(script), str(root)),
-                ],
+                [*UNSHARE, "--kill-child", "sh", str(script), str(root)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_start_in(self.cgroup),
             )
         self.pid = 0  # systemd's, as this machine sees it
 
@@ -161,6 +227,7 @@ class Booted:
             os.kill(self.pid, signal.SIGKILL)  # PID 1 of its namespace: all of it goes
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
+        _remove_cgroup(self.cgroup)
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +240,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
     system = Booted(tmp_path_factory.mktemp("systemd"))
     try:
         why = system.wait_booted()
-        if why:
-            pytest.skip(f"cannot boot systemd in namespaces here: {why}")
+        assert why is None, why
         for step in readme_install_steps():
             command = f"cd {REPO} && {step.replace('sudo ', '')}"
             system.ok(command, network="pip install" in step, timeout=300)
