@@ -11,6 +11,7 @@ import heapq
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -477,3 +478,12 @@ async def next_event(events: asyncio.Queue[dict[str, Any]], **match: Any) -> dic
         event = await asyncio.wait_for(events.get(), 10)
         if all(event.get(k) == v for k, v in match.items()):
             return event
+
+
+def readme_install_steps() -> list[str]:
+    """The first sh block of README "Running under systemd": the install, one command a line."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Running under systemd") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "no sh block in README 'Running under systemd'"
+    return [line for line in block.group(1).splitlines() if line.strip()]

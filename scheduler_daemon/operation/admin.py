@@ -126,14 +126,16 @@ def _auth(target: Controlled) -> Middleware:
                 raise ApiError(
                     403,
                     "no_token_configured",
-                    "changes need a token: set admin.token (e.g. ${SCHEDULER_ADMIN_TOKEN})",
+                    "changes need a token: set admin.token (e.g. ${SCHEDULER_ADMIN_TOKEN}) or "
+                    "admin.token_file",
                 )
             if settings is not None and not settings.reads_open:
                 raise ApiError(
                     401,
                     "unauthorized",
-                    "reads need a token too: set admin.token, or admin.open_reads: true to let"
-                    " every user of this host read the history, or listen on a unix socket",
+                    "reads need a token too: set admin.token or admin.token_file, or "
+                    "admin.open_reads: true to let every user of this host read the history, or "
+                    "listen on a unix socket",
                 )
             return await handler(request)
         given = request.headers.get("Authorization", "")

@@ -16,7 +16,12 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from scheduler_daemon import __version__
-from scheduler_daemon.errors import ConfigError, SchedulerDaemonError
+from scheduler_daemon.errors import (
+    ConfigError,
+    ConfigUnreadable,
+    SchedulerDaemonError,
+    StateDirUnusable,
+)
 from scheduler_daemon.logs import configure_logging
 from scheduler_daemon.operation import tables
 from scheduler_daemon.operation.reload import load_checked
@@ -25,6 +30,8 @@ from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.specs.schema import config_schema
 from scheduler_daemon.timing.schedule_text import schedule_in_words
 from scheduler_daemon.timing.schedules import build_schedule
+
+EX_CONFIG = 78  # sysexits.h: a configuration error (systemd shows it as status=78/CONFIG)
 
 
 def _default_config() -> str:
@@ -113,15 +120,25 @@ def _leave_hung_jobs(code: int) -> None:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    # `run` cannot start until someone fixes the config or state_dir: exit EX_CONFIG, which the
+    # systemd unit does not restart on (RestartPreventExitStatus=78), instead of 1 every 2 s.
+    fix_me = EX_CONFIG if args.command == "run" else 1
     try:
         code = _dispatch(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
+    except ConfigUnreadable as exc:
+        hint = " (give one with -c PATH or $SCHEDULER_CONFIG)" if exc.missing else ""
+        print(f"error: {exc.problems[0]}{hint}", file=sys.stderr)
+        return fix_me
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} error(s) in {args.config}", file=sys.stderr)
-        return 1
+        return fix_me
+    except StateDirUnusable as exc:
+        _print_error(exc, debug=args.debug)
+        return fix_me
     except SchedulerDaemonError as exc:
         _print_error(exc, debug=args.debug)
         return 1

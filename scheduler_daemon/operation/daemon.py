@@ -204,6 +204,7 @@ class Daemon:
         log.info(
             "daemon_started",
             config=str(config.path),
+            state_dir=str(config.state_dir),
             jobs=len(config.jobs),
             max_concurrency=config.max_concurrency,
             database="url" if config.database_url else "embedded",

@@ -24,7 +24,7 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from scheduler_daemon.errors import SchedulerDaemonError
+from scheduler_daemon.errors import SchedulerDaemonError, StateDirUnusable, as_whom
 from scheduler_daemon.storage import store
 
 log = structlog.get_logger("scheduler_daemon.operation.instance")
@@ -61,10 +61,13 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        # Private, but as root passable: the embedded server's user reaches state_dir/postgres.
-        mode = 0o711 if os.geteuid() == 0 else 0o700
-        self.path.parent.mkdir(mode=mode, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            # Private, but as root passable: the embedded server's user reaches state_dir/postgres.
+            mode = 0o711 if os.geteuid() == 0 else 0o700
+            self.path.parent.mkdir(mode=mode, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateDirUnusable(_unusable(self.path.parent, exc)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -81,6 +84,16 @@ class StateLock:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # the lock goes with the descriptor; the file stays (harmless)
+
+
+def _unusable(state_dir: Path, exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != state_dir else ""
+    text = f"cannot use state_dir {state_dir}: {exc.strerror or exc}{where}{as_whom()}"
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd and Path(systemd) != state_dir:
+        # A sandboxed unit may write to its StateDirectory= only.
+        text += f"; under systemd, leave state_dir unset to use $STATE_DIRECTORY ({systemd})"
+    return text
 
 
 class DatabaseLock:

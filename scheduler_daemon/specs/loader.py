@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from scheduler_daemon.errors import ConfigError
+from scheduler_daemon.errors import ConfigError, ConfigUnreadable, as_whom
 from scheduler_daemon.specs import pytargets, yamlsource
 from scheduler_daemon.specs.models import SCHEDULE_KEYS, Config, JobSpec
 from scheduler_daemon.specs.redaction import dump_places
@@ -86,8 +86,12 @@ def _load(
     file = Path(path).expanduser()
     try:
         text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigUnreadable(f"no config file at {display}", missing=True) from None
     except OSError as exc:
-        raise ConfigError([f"{display}: cannot read config file: {exc.strerror or exc}"]) from None
+        raise ConfigUnreadable(
+            f"cannot read config file {display}: {exc.strerror or exc}{as_whom()}"
+        ) from None
     try:
         with _gc_paused():
             source = yamlsource.parse(text, environ)
@@ -219,9 +223,16 @@ def _with_environment(
         if value:
             data = _with(data, loc, Templated(value, f"${{{var}}}"))
             overridden[loc] = var
-    if "state_dir" not in data and environ.get("STATE_DIRECTORY"):
-        data = {**data, "state_dir": environ["STATE_DIRECTORY"]}  # systemd's StateDirectory=
+    if environ.get("STATE_DIRECTORY") and not _absolute(data.get("state_dir")):
+        # systemd's StateDirectory=: the one place a sandboxed unit may write. A relative
+        # state_dir (the quick start's ./var) would land next to the config, in read-only /etc.
+        data = {**data, "state_dir": environ["STATE_DIRECTORY"]}
     return data, overridden
+
+
+def _absolute(state_dir: Any) -> bool:
+    """Whether the config gives an absolute state_dir (then it is used as written)."""
+    return isinstance(state_dir, str) and Path(state_dir.strip()).expanduser().is_absolute()
 
 
 def _with(data: Any, loc: Loc, value: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from scheduler_daemon.specs import values as v
 from scheduler_daemon.specs.cron import REBOOT
 from scheduler_daemon.specs.redaction import redact
 from scheduler_daemon.specs.spec import PROBLEM, Problem, Spec, problems_error, problems_of
+from scheduler_daemon.specs.token_file import FileToken, TokenFile
 
 Overlap = Literal["skip", "allow", "replace"]
 Priority = Literal["high", "normal", "low"]
@@ -256,11 +257,18 @@ class AdminSpec(Spec):
         v.Listen(),
         Field(description="host:port like 127.0.0.1:8089, or a unix socket path"),
     ]
-    token: Annotated[str | None, v.Secret()] = Field(default=None, repr=False)  # Bearer token
+    # The Bearer token: written in the config (`token:`, usually ${VAR}), or read from a file.
+    token_text: Annotated[str | None, v.Secret()] = Field(default=None, alias="token", repr=False)
+    token_file: Annotated[FileToken | None, TokenFile()] = Field(default=None, repr=False)
     allow_remote: Annotated[bool, v.Boolean()] = False  # binding beyond loopback needs this
     # Without a token, reads (history: captured output, run arguments) answer anyone on the host
     # only when asked for; a unix socket's own modes decide who reaches it.
     open_reads: Annotated[bool, v.Boolean()] = False
+
+    @property
+    def token(self) -> str | None:
+        """The Bearer token the API expects and the CLI sends, if any."""
+        return self.token_file.token if self.token_file is not None else self.token_text
 
     @property
     def reads_open(self) -> bool:
@@ -268,6 +276,8 @@ class AdminSpec(Spec):
         return self.token is None and (self.open_reads or self.listen.unix_socket is not None)
 
     def value_rules(self) -> list[Problem]:
+        if self.token_text is not None and self.token_file is not None:
+            return [(("token_file",), "expected `token` or `token_file`, got both")]
         if not self.allow_remote and not self.listen.is_loopback:
             return [
                 (
@@ -281,7 +291,8 @@ class AdminSpec(Spec):
             return [
                 (
                     ("allow_remote",),
-                    "reachable beyond this machine without a token: set admin.token as well",
+                    "reachable beyond this machine without a token: set admin.token (or "
+                    "admin.token_file) as well",
                 )
             ]
         return []

@@ -203,7 +203,8 @@ def write_file(path: Path, text: str, *, mode: int = 0o600, gid: int = -1) -> No
     staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.fchown(fd, -1, gid)
+        if gid != -1:  # under the systemd unit's syscall filter even a no-op chown is refused
+            os.fchown(fd, -1, gid)
         os.fchmod(fd, mode)
         os.write(fd, text.encode())
     finally:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from scheduler_daemon.operation.cli import main
 from scheduler_daemon.specs import load_config
-from tests.helpers import REPO
+from tests.helpers import DAEMON, REPO
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -103,7 +106,67 @@ def test_missing_config_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["check", "-c", str(tmp_path / "absent.yaml")]) == 1
-    assert "absent.yaml" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"error: no config file at {tmp_path / 'absent.yaml'}"
+        " (give one with -c PATH or $SCHEDULER_CONFIG)\n"
+    )
+
+
+def _run(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(DAEMON), "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (
+            lambda d: d / "absent.yaml",
+            r"error: no config file at .*absent\.yaml"
+            r" \(give one with -c PATH or \$SCHEDULER_CONFIG\)",
+        ),
+        (lambda d: d, r"error: cannot read config file .*: Is a directory \(as user \w+\)"),
+        (
+            lambda d: write(d, 'state_dir: f/var\njobs: {a: {every: 1s, command: ["true"]}}\n'),
+            r"error: cannot use state_dir .*/f/var: Not a directory \(as user \w+\)",
+        ),
+    ],
+    ids=["missing", "unreadable", "unusable-state-dir"],
+)
+def test_run_refuses_to_start_in_one_line_with_exit_78(
+    tmp_path: Path, make: Callable[[Path], Path], expected: str
+) -> None:
+    """78 (EX_CONFIG): the unit's RestartPreventExitStatus, so systemd does not restart a daemon
+    that cannot start until someone fixes its config or state_dir."""
+    (tmp_path / "f").write_text("a file where state_dir wants a directory")
+    done = _run(make(tmp_path))
+    assert done.returncode == 78, done.stderr
+    assert re.fullmatch(expected + "\n", done.stderr), done.stderr
+    assert done.stdout == ""
+
+
+def test_run_with_an_invalid_config_lists_the_problems_and_exits_78(tmp_path: Path) -> None:
+    done = _run(write(tmp_path, "jobs:\n  a: {every: nope, command: [x]}\n"))
+    assert done.returncode == 78
+    assert "config.yaml:2: jobs.a.every:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_unusable_state_dir_under_systemd_says_where_state_belongs(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    config = write(
+        tmp_path, 'state_dir: /proc/nope/var\njobs: {a: {every: 1s, command: ["true"]}}\n'
+    )
+    done = _run(config, {"STATE_DIRECTORY": str(tmp_path / "state")})
+    assert done.returncode == 78
+    assert done.stderr.endswith(
+        f"; under systemd, leave state_dir unset to use $STATE_DIRECTORY ({tmp_path / 'state'})\n"
+    )
+    assert done.stderr.count("\n") == 1
 
 
 def test_module_entry_point_and_console_script_work() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import signal
@@ -12,11 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scheduler_daemon.operation.daemon import stop_budget
 from scheduler_daemon.operation.notify import Notifier
 from scheduler_daemon.specs import Config, load_config
-from tests.helpers import REPO, start_daemon
+from tests.helpers import REPO, readme_install_steps, start_daemon
 
 UNIT = REPO / "systemd" / "scheduler-daemon.service"
 
@@ -152,6 +154,8 @@ def test_the_unit_has_what_operations_need() -> None:
         "WatchdogSec=",
         "StateDirectory=scheduler-daemon",
         "DynamicUser=yes",
+        "RestartPreventExitStatus=78",
+        "LoadCredential=admin-token:/etc/scheduler-daemon/admin-token",
     ):
         assert line in text
     stop = int(re.search(r"TimeoutStopSec=(\d+)s", text).group(1))  # type: ignore[union-attr]
@@ -159,3 +163,85 @@ def test_the_unit_has_what_operations_need() -> None:
     default = Config.model_validate({"jobs": {"a": {"every": 60, "command": ["true"]}}})
     assert default.shutdown_grace == 30 and stop_budget(default) > 70
     assert stop >= stop_budget(default) + 10
+
+
+def _unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_the_readme_install_provides_what_the_unit_needs() -> None:
+    """Where systemd cannot be booted (tests/e2e/test_systemd_install.py), each path and mode
+    the unit relies on, as the README's install lines make them."""
+    steps = readme_install_steps()
+    unit = _unit_settings()
+    binary, _run, _c, config = unit["ExecStart"][0].split()
+    venv = Path(binary).parent.parent
+    # A venv of the system's interpreter: ProtectHome= hides /root and /home from the service.
+    assert f"sudo /usr/bin/python3 -m venv {venv}" in steps
+    assert f"sudo {venv}/bin/pip install ." in steps
+    # The config: root's, readable by the dynamic user, from the systemd sample.
+    assert f"sudo install -m 0644 systemd/config.yaml {config}" in steps
+    assert f"sudo install -d -m 0755 {Path(config).parent}" in steps
+    # The credential's source: created private (umask 077), where LoadCredential= reads it.
+    (credential,) = unit["LoadCredential"]
+    name, source = credential.split(":")
+    assert name == "admin-token"  # the sample's `${CREDENTIALS_DIRECTORY:-.}/admin-token`
+    assert f"sudo sh -c 'umask 077 && head -c 32 /dev/urandom | base64 > {source}'" in steps
+    assert Path(source).parent == Path(config).parent  # `${CREDENTIALS_DIRECTORY:-.}` beside it
+    # The unit itself, and Documentation= where pip puts the README.
+    assert f"sudo install -m 0644 systemd/{UNIT.name} /etc/systemd/system/" in steps
+    (docs,) = unit["Documentation"]
+    pyproject = (REPO / "pyproject.toml").read_text()
+    shared = re.search(r'"README.md" = "(share/doc/[^"]+)"', pyproject)
+    assert shared and docs == f"file://{venv}/{shared.group(1)}"
+    assert unit["RestartPreventExitStatus"] == ["78"]
+    # The CLI on PATH runs the same binary, on the same config unless told otherwise.
+    wrapper = (REPO / "systemd" / "scheduler-daemon.sh").read_text()
+    assert "sudo install -m 0755 systemd/scheduler-daemon.sh /usr/local/bin/scheduler-daemon" in (
+        steps
+    )
+    assert f'exec {binary} "$@"' in wrapper
+    assert f'"${{SCHEDULER_CONFIG:={config}}}"' in wrapper
+    assert os.access(REPO / "systemd" / "scheduler-daemon.sh", os.X_OK)
+
+
+def test_the_systemd_sample_uses_the_state_directory_and_the_credential(tmp_path: Path) -> None:
+    sample = REPO / "systemd" / "config.yaml"
+    assert "state_dir" not in yaml.safe_load(sample.read_text())
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = etc / "config.yaml"
+    shutil.copy(sample, config)
+    (etc / "admin-token").write_text("root-token\n")
+    (etc / "admin-token").chmod(0o600)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "admin-token").write_text("root-token\n")
+    (credentials / "admin-token").chmod(0o400)
+    state = tmp_path / "state"
+
+    service = load_config(
+        config, environ={"STATE_DIRECTORY": str(state), "CREDENTIALS_DIRECTORY": str(credentials)}
+    )
+    assert service.state_dir == state
+    assert service.admin is not None and service.admin.token == "root-token"
+    assert service.database_url is None  # the embedded PostgreSQL, in the state directory
+    # An operator's CLI (root, outside the unit): the token file beside the config.
+    operator = load_config(config, environ={})
+    assert operator.admin is not None and operator.admin.token == "root-token"
+    # The CLI finds the config through $SCHEDULER_CONFIG (the wrapper sets it), no -c.
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("scheduler-daemon")), "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SCHEDULER_CONFIG": str(config)},
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "root-token" not in done.stdout + done.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler_daemon.errors import ConfigError
+from scheduler_daemon.errors import ConfigError, ConfigUnreadable
 from scheduler_daemon.specs import (
     CommandSpec,
     HttpSpec,
@@ -181,6 +181,26 @@ def test_state_dir_defaults_to_systemd_state_directory(tmp_path: Path) -> None:
     assert load_config(path, environ={}).state_dir == (tmp_path / "var").resolve()
     sysd = load_config(path, environ={"STATE_DIRECTORY": "/var/lib/scheduler-daemon"})
     assert sysd.state_dir == Path("/var/lib/scheduler-daemon")
+
+
+@pytest.mark.parametrize("state_dir", ["./var", "var", "state/here"])
+def test_systemd_state_directory_wins_over_a_relative_state_dir(
+    tmp_path: Path, state_dir: str
+) -> None:
+    """The quick start's `./var` next to /etc/scheduler-daemon/config.yaml would be read-only
+    under the unit's sandbox: StateDirectory= is where a unit keeps its state."""
+    path = write(
+        tmp_path, f'state_dir: {state_dir}\njobs: {{a: {{every: 1s, command: ["true"]}}}}\n'
+    )
+    assert load_config(path, environ={}).state_dir == (tmp_path / state_dir).resolve()
+    sysd = load_config(path, environ={"STATE_DIRECTORY": "/var/lib/scheduler-daemon"})
+    assert sysd.state_dir == Path("/var/lib/scheduler-daemon")
+
+
+def test_an_absolute_state_dir_is_used_as_written_under_systemd(tmp_path: Path) -> None:
+    path = write(tmp_path, 'state_dir: /srv/sd\njobs: {a: {every: 1s, command: ["true"]}}\n')
+    sysd = load_config(path, environ={"STATE_DIRECTORY": "/var/lib/scheduler-daemon"})
+    assert sysd.state_dir == Path("/srv/sd")
 
 
 @pytest.mark.parametrize(
@@ -380,8 +400,14 @@ def test_empty_or_non_mapping_files_are_errors(tmp_path: Path, text: str) -> Non
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read config file"):
+    with pytest.raises(ConfigUnreadable, match=r"no config file at .*nope\.yaml") as caught:
         load_config(tmp_path / "nope.yaml")
+    assert caught.value.missing
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigUnreadable, match=r"cannot read config file .*: Is a directory"):
+        load_config(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,11 @@ from scheduler_daemon.operation.cli import main
 from scheduler_daemon.specs.schema import DRAFT, config_schema
 from tests.helpers import REPO
 
-SHIPPED = [REPO / "config.yaml", *sorted((REPO / "examples").glob("*.yaml"))]
+SHIPPED = [
+    REPO / "config.yaml",
+    REPO / "systemd" / "config.yaml",
+    *sorted((REPO / "examples").glob("*.yaml")),
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,7 @@ def as_json(path: Path) -> Any:
     return json.loads(json.dumps(yaml.safe_load(path.read_text()), default=str))
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
 def test_the_schema_accepts_every_shipped_config(validator: Any, path: Path) -> None:
     errors = [e.message for e in validator.iter_errors(as_json(path))]
     assert errors == []
