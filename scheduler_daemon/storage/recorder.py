@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 
 import asyncpg
@@ -63,6 +63,9 @@ class Recorder:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._over_limit = False
+        self._left = 0  # rows that left the buffer: committed (or refused) or journaled
+        # Told each time rows leave the buffer (the start log forgets the starts they cover).
+        self.on_durable: Callable[[], None] | None = None
         # Counters for metrics (see ``stats``).
         self.written = 0  # rows committed (journal replays included)
         self.batches = 0  # committed write transactions
@@ -91,6 +94,17 @@ class Recorder:
     def pending(self) -> int:
         """Rows in memory, not yet written (rows in the journal are not counted)."""
         return len(self._buffer)
+
+    @property
+    def appended(self) -> int:
+        """Rows handed to ``record`` so far."""
+        return self._left + len(self._buffer)
+
+    @property
+    def durable(self) -> int:
+        """How many of the first ``appended`` rows are committed or journaled: rows leave the
+        buffer in the order they came, so these are always the oldest."""
+        return self._left
 
     @property
     def pool(self) -> asyncpg.Pool | None:
@@ -204,6 +218,7 @@ class Recorder:
             written = await self._write(conn, batch)
         for _ in batch:  # only now: rows stay buffered until their batch is committed
             self._buffer.popleft()
+        self._rows_left(len(batch))
         self.written += written
         if self._over_limit and len(self._buffer) <= self._buffer_limit:
             self._over_limit = False
@@ -250,6 +265,7 @@ class Recorder:
             return
         for _ in rows:
             self._buffer.popleft()
+        self._rows_left(len(rows))
         self._journal_pending = True
         self._over_limit = False
         self.journaled += len(rows)
@@ -288,6 +304,11 @@ class Recorder:
         self._journal_pending = False
         self.written += replayed
         log.info("journal_replayed", rows=replayed, path=str(journal.path))
+
+    def _rows_left(self, count: int) -> None:
+        self._left += count
+        if self.on_durable is not None:
+            self.on_durable()
 
     def _on_failure(self, exc: BaseException) -> None:
         self.failures += 1
