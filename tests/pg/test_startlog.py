@@ -16,7 +16,8 @@ from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import Database
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.recorder import Recorder
-from scheduler_daemon.storage.startlog import StartLog, encode_start
+from scheduler_daemon.storage.startline import encode_start
+from scheduler_daemon.storage.startlog import StartLog
 from tests.helpers import T, make_job, rec
 
 

@@ -16,12 +16,8 @@ from structlog.testing import capture_logs
 
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
 from scheduler_daemon.storage.journal import Journal
-from scheduler_daemon.storage.startlog import (
-    Segment,
-    StartLog,
-    decode_start,
-    encode_start,
-)
+from scheduler_daemon.storage.startline import decode_start, encode_start
+from scheduler_daemon.storage.startlog import Segment, StartLog
 from tests.helpers import FakeClock, T, rec, wait_until
 
 TOKYO = ZoneInfo("Asia/Tokyo")
