@@ -210,6 +210,8 @@ async def test_an_attempt_killed_before_its_row_was_written_is_abandoned_and_not
         assert connected["abandoned"] >= 1
         await second.wait_for(FINISHED, job="mark", trigger="schedule")
         assert await second.stop() == 0
+        # replayed, then its own files removed at the clean stop
+        assert not list((tmp_path / "state" / "journal").glob("starts-*.jsonl"))
     finally:
         for pid in processes_with(marker):
             os.kill(pid, signal.SIGKILL)
