@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS last_scheduled_at timestamptz;
 -- Set by `pause` (admin API or CLI), cleared by `resume`; survives restarts and reloads.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS paused_at timestamptz;
+-- Set when the job leaves the config (cleared when it comes back): its row, with its last
+-- instants and its pause, is kept, so a job that comes back catches up on what it missed.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS removed_at timestamptz;
 
 -- One-off runs of configured jobs requested through the admin API (`POST /runs`): kept until
 -- they start, so a restart does not lose them. `id` becomes the fire_id of their executions.
@@ -86,7 +89,8 @@ LEFT JOIN LATERAL (
     FROM executions e
     WHERE e.job_name = j.name AND e.scheduled_at > now() - interval '24 hours'
       AND e.status <> 'running'
-) s ON true;
+) s ON true
+WHERE j.removed_at IS NULL;
 
 CREATE OR REPLACE VIEW recent_failures AS
 SELECT job_name, scheduled_at, attempt, trigger, status, finished_at, http_status, exit_code, error

@@ -30,6 +30,7 @@ import uvloop
 
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
 from scheduler_daemon.storage import store
+from scheduler_daemon.storage.database import Database
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from scheduler_daemon.storage.recorder import Recorder
 
@@ -116,10 +117,11 @@ async def run(
     results: dict[str, object] = {}
     for label, rate in [*((f"{r}/s", r) for r in rates), (f"burst {burst}", None)]:
         n = burst if rate is None else int(rate * seconds)
-        recorder = Recorder(dsn=dsn, batch_size=batch_size)
+        recorder = Recorder(database=Database(dsn=dsn), batch_size=batch_size)
         await recorder.start()
         ours = await drive(recorder.record, _pending(recorder), make_records(n), rate)
         await recorder.close(30)
+        await recorder.database.close()
         baseline = PerRowInsert(pool)
         theirs = await drive(baseline.record, _pending(baseline), make_records(n), rate)
         results[label] = {"ours": ours, "per_row_insert": theirs}

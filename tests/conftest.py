@@ -64,6 +64,7 @@ from tests.helpers import (
     Running,
     copy_cluster,
     free_port,
+    reachable_dir,
     running_daemon,
     serve_locally,
     write_config,
@@ -101,6 +102,7 @@ def clusters_root() -> Iterator[Path]:
     session that starts resets to 0700, which would lock PostgreSQL (not root: ``nobody``) out of
     a starting server's files when several sessions run at once."""
     root = Path(tempfile.mkdtemp(prefix="sdt-clusters-"))
+    root.chmod(0o711)  # as root, the server user (scheduler-daemon) must pass through
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -110,14 +112,14 @@ def cluster_template(clusters_root: Path) -> Path:
     # start()'s first steps alone (permissions as root, then initdb): a new cluster, never started.
     server = EmbeddedPostgres(clusters_root / "template")
     server.data_dir.mkdir(parents=True)
-    server._prepare_permissions()
+    server._prepare()
     server._initdb()
     return server.pgdata
 
 
 @pytest.fixture
 def cluster_dir(clusters_root: Path, cluster_template: Path) -> Iterator[Path]:
-    place = Path(tempfile.mkdtemp(dir=clusters_root))
+    place = reachable_dir(clusters_root)
     yield copy_cluster(cluster_template, place / "pg")
     shutil.rmtree(place, ignore_errors=True)  # 40 MB each
 

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -321,6 +322,14 @@ async def start_daemon(config: Path, extra_env: dict[str, str] | None = None) ->
     )
     STARTED_PIDS.append(proc.pid)
     return DaemonProcess(proc)
+
+
+def reachable_dir(parent: Path) -> Path:
+    """A new directory under ``parent`` that the embedded server's user can traverse when the
+    tests run as root (``mkdtemp`` makes 0700, and the daemon never chmods a parent)."""
+    place = Path(tempfile.mkdtemp(dir=parent))
+    place.chmod(0o755)
+    return place
 
 
 def copy_cluster(template: Path, data_dir: Path) -> Path:

@@ -200,7 +200,7 @@ ROUTES: tuple[Route, ...] = (
     Route(method="POST", path="/runs", handler=Api.create_run, body=m.RunRequest,
           body_required=True, summary="Schedule a one-off run of a configured job (persisted)",
           replies=(Reply(status=201, description="Scheduled", model=m.Run),),
-          errors=(403, 404, 413, 503)),
+          errors=(403, 404, 413, 429, 503)),
     Route(method="GET", path="/runs/{id}", handler=Api.get_run, summary="One run",
           replies=(Reply(status=200, description="The run", model=m.Run),), errors=(404, 503)),
     Route(method="DELETE", path="/runs/{id}", handler=Api.cancel_run,
@@ -209,6 +209,7 @@ ROUTES: tuple[Route, ...] = (
           errors=(403, 404, 409, 503)),
 )  # fmt: skip
 OPEN_PATHS = frozenset(route.path for route in ROUTES if route.open)
+SHUTDOWN_TIMEOUT = 2.0  # at stop: how long requests in flight may finish
 _INFO = {
     "title": "scheduler_daemon admin API",
     "version": "1",
@@ -226,7 +227,7 @@ def spec() -> dict[str, Any]:
 
 
 async def start_server(target: Controlled, settings: AdminSpec) -> web.AppRunner:
-    runner = web.AppRunner(build_app(target), access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(build_app(target), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     site: web.BaseSite
     if settings.unix_socket is not None:

@@ -296,7 +296,10 @@ class Api:
         rest = {k: v for k, v in body.items() if k not in ("job", "at")}
         overrides = _overrides(job, rest or None)
         self._pool()
-        run = await self.t.create_run(job, at, overrides)
+        try:
+            run = await self.t.create_run(job, at, overrides)
+        except queries.TooManyRuns as exc:
+            raise ApiError(429, "too_many_runs", str(exc)) from None
         return reply(_run(run), status=201)
 
     async def get_run(self, request: web.Request, query: m.Query) -> web.Response:

@@ -185,7 +185,10 @@ class DbBackend:
             arguments = runner_overrides(spec, overrides)
         except BadOverrides as exc:
             raise ControlError(str(exc)) from None
-        run = await queries.create_run(self._pool, spec.name, datetime.now(UTC), arguments)
+        try:
+            run = await queries.create_run(self._pool, spec.name, datetime.now(UTC), arguments)
+        except queries.TooManyRuns as exc:
+            raise ControlError(str(exc)) from None
         return {"run_id": str(run.id), "job": spec.name, "queued": True}
 
     async def set_paused(self, job: str, paused: bool) -> dict[str, Any]:

@@ -21,8 +21,9 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from scheduler_daemon.errors import AdminUnavailable, ConfigError
+from scheduler_daemon.errors import AdminUnavailable, ConfigError, SchedulerDaemonError
 from scheduler_daemon.operation import admin
+from scheduler_daemon.operation.instance import DatabaseLock, StateLock
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.operation.notify import Notifier
 from scheduler_daemon.operation.oneoff import OneOffRuns
@@ -41,7 +42,7 @@ from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire, Runner
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.storage import store
-from scheduler_daemon.storage.database import open_database
+from scheduler_daemon.storage.database import POOL_CLOSE_TIMEOUT, open_database
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
@@ -50,6 +51,25 @@ from scheduler_daemon.timing.clock import Clock, SystemClock
 from scheduler_daemon.timing.scheduler import Scheduler
 
 log = structlog.get_logger("scheduler_daemon.operation.daemon")
+
+# A stop, step by step (each bounded): the drain (shutdown_grace, then the longest kill_grace of a
+# command cancelled at its end), the admin server's close, the last flush (what it has not written
+# by then goes to the journal), the journal spill of a full buffer (100,000 small rows: 3.5 s,
+# 64 MiB of output: 0.9 s on a 2-core VM; allowed 3x that and more), the pool's close and the
+# embedded PostgreSQL's stop (a fast shutdown's checkpoint). systemd/scheduler-daemon.service's
+# TimeoutStopSec= covers the default config; the daemon asks systemd for more when it needs it.
+FLUSH_TIMEOUT = 10.0
+SPILL_ROWS_TIME = 10.0  # a spill of the row bound's 100,000 rows
+SPILL_BYTES_PER_S = 20 * 1024 * 1024  # of record_buffer bytes
+EMBEDDED_STOP_TIME = 10.0
+
+
+def stop_budget(config: Config) -> float:
+    """The seconds a stop may take with ``config``: every step at its bound."""
+    kill = max((j.kill_grace for j in config.jobs if j.action.kind == "command"), default=0.0)
+    spill = SPILL_ROWS_TIME + config.record_buffer / SPILL_BYTES_PER_S
+    close = admin.SHUTDOWN_TIMEOUT + POOL_CLOSE_TIMEOUT + EMBEDDED_STOP_TIME
+    return config.shutdown_grace + kill + FLUSH_TIMEOUT + spill + close
 
 
 class Daemon:
@@ -69,7 +89,11 @@ class Daemon:
         # rows, never the schedule. Each (re)connection applies the schema and syncs the jobs.
         self.database = open_database(config, clock=self._clock)
         self._recorder = Recorder(
-            database=self.database, clock=self._clock, journal=self._journal, events=config.events
+            database=self.database,
+            clock=self._clock,
+            journal=self._journal,
+            events=config.events,
+            buffer_bytes=config.record_buffer,
         )
         # Each attempt's start is on disk before its action begins (README: crash).
         self._starts = StartLog(
@@ -106,6 +130,11 @@ class Daemon:
             sync_jobs=self._sync_jobs,
             starts=self._starts,
         )
+        # One daemon per state_dir and per database, settled before recovery touches a row.
+        self._state_lock = StateLock(config.state_dir)
+        self._database_lock = DatabaseLock(lambda: self.database.dsn, on_lost=self._give_up)
+        self._fatal: SchedulerDaemonError | None = None  # why the daemon stopped itself
+        self.database.on_connect(self._database_lock.on_connect)
         self.database.on_connect(self._recovery.on_connect)
         self._scheduler = Scheduler(
             clock=self._clock, dispatch=self._dispatch, on_jump=self._recovery.on_clock_jump
@@ -117,9 +146,11 @@ class Daemon:
     async def run(self) -> int:
         # First: a SIGHUP or SIGTERM during start-up must not kill us with the default action.
         self._install_signal_handlers()
+        self._state_lock.acquire()  # before anything: the embedded server, recovery, a fire
         unwritten: int | None = None
         try:
             async with self.database:
+                await self._database_lock.try_at_start()
                 self._pauses.load_cache()  # before any connection brings the database's view
                 await self._start_admin()
                 await self._starts.start()
@@ -131,11 +162,21 @@ class Daemon:
                     await self._serve()
                 finally:
                     unwritten = await self._shutdown()
+                    await self._database_lock.release()
         finally:
+            await self._database_lock.release()
+            self._state_lock.release()
             if unwritten is not None:  # the database and its server are closed by now
                 log.info("daemon_stopped", unwritten_records=unwritten)
                 self._notify.close()
+        if self._fatal is not None:
+            raise self._fatal
         return 0
+
+    def _give_up(self, why: SchedulerDaemonError) -> None:
+        """Stop the daemon, then fail with ``why`` (another daemon took the database)."""
+        self._fatal = why
+        self._stop.set()
 
     async def _start_admin(self) -> None:
         settings = self.config.admin
@@ -213,8 +254,11 @@ class Daemon:
     async def _shutdown(self) -> int:
         """Stop in order, within the grace; the rows left unwritten."""
         grace = self.config.shutdown_grace
-        log.info("daemon_stopping", grace_s=grace)
-        self._notify.stopping(f"stopping: draining {len(self._runner.active())} running fires")
+        budget = stop_budget(self.config)
+        log.info("daemon_stopping", grace_s=grace, budget_s=round(budget, 1))
+        self._notify.stopping(
+            f"stopping: draining {len(self._runner.active())} running fires", needs=budget
+        )
         self._scheduler.stop()
         for name, task in self._loops.items():
             if name != "scheduler":  # stop() ends its loop between two fires
@@ -227,7 +271,7 @@ class Daemon:
         self._job_threads.shutdown(wait=False, cancel_futures=True)
         if self._admin is not None:
             await self._admin.cleanup()  # kept up while draining: operators watch the drain
-        unwritten = await self._recorder.close(timeout=max(5.0, grace))
+        unwritten = await self._recorder.close(timeout=FLUSH_TIMEOUT)
         await self._starts.close()  # after the recorder: the files of attempts with rows go
         await self._http.close()
         return unwritten

@@ -276,6 +276,11 @@ class Metrics(Collector):
             value=stats["pending"],
         )
         yield GaugeMetricFamily(
+            "scheduler_recorder_pending_bytes",
+            "Estimated memory of those rows (output and error text, ~450 bytes a row).",
+            value=stats["pending_bytes"],
+        )
+        yield GaugeMetricFamily(
             "scheduler_recorder_journal_bytes",
             "Size of the on-disk journal of rows waiting for the database.",
             value=live.journal_bytes(),

@@ -54,8 +54,11 @@ class Notifier:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
-    def stopping(self, status: str = "stopping") -> None:
-        self.send("STOPPING=1", f"STATUS={status}")
+    def stopping(self, status: str = "stopping", *, needs: float | None = None) -> None:
+        """``needs``: the seconds the stop may take from now; systemd waits that long if its
+        TimeoutStopSec= is shorter (EXTEND_TIMEOUT_USEC, systemd 236+; it only ever extends)."""
+        extend = () if needs is None else (f"EXTEND_TIMEOUT_USEC={round(needs * 1_000_000)}",)
+        self.send("STOPPING=1", f"STATUS={status}", *extend)
 
     def status(self, text: str) -> None:
         self.send(f"STATUS={text}")

@@ -4,6 +4,11 @@ The runs live in PostgreSQL (`runs`), so a restart reloads the pending ones; a r
 the database just before it starts (retried while the database is away), so a run cancelled
 meanwhile, or started by an earlier process, does not start again. It then runs as a manual fire
 whose fire_id is the run's id.
+
+Bounded: the API and the CLI refuse a run past ``queries.MAX_PENDING_RUNS`` pending (or
+``MAX_PENDING_RUNS_PER_JOB`` of its job), and the daemon waits for at most ``capacity`` runs at a
+time; runs written into the table by other means past that stay pending there, and are taken up,
+the ones due first, as runs start and make room.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
@@ -19,6 +25,7 @@ from typing import Any, Protocol
 import asyncpg
 import structlog
 
+from scheduler_daemon.operation.overrides import BadOverrides, stored_overrides
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage import queries, store
@@ -59,20 +66,35 @@ class OneOffRuns:
         database: PoolSource,
         job: Callable[[str], JobSpec | None],
         submit: Submit,
+        capacity: int = queries.MAX_PENDING_RUNS,
     ) -> None:
-        """``job``: the configured job of that name, now; ``submit``: the runner's."""
+        """``job``: the configured job of that name, now; ``submit``: the runner's;
+        ``capacity``: the most runs waited for at a time."""
         self._clock = clock
         self._database = database
         self._job = job
         self._submit = submit
+        self._capacity = capacity
         self._waiting: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._full = False  # said once per time it fills up
+        # Runs cancelled here lately: a control poll that read them just before would wait for
+        # them again, taking room until their instant (oldest forgotten first).
+        self._cancelled: OrderedDict[uuid.UUID, None] = OrderedDict()
 
     def schedule(self, runs: Iterable[OneOffRun]) -> None:
-        for run in runs:
-            if run.id not in self._waiting:
-                task = asyncio.create_task(self._wait_then_start(run), name=f"run:{run.id}")
-                self._waiting[run.id] = task
-                task.add_done_callback(functools.partial(self._done, run.id))
+        """Wait for each run not waited for yet, while there is room (the rest stay pending in
+        the database: the control poll offers them again, due first)."""
+        fresh = {r.id: r for r in runs if r.id not in self._waiting and r.id not in self._cancelled}
+        new = list(fresh.values())
+        room = self._capacity - len(self._waiting)
+        for run in new[: max(room, 0)]:
+            task = asyncio.create_task(self._wait_then_start(run), name=f"run:{run.id}")
+            self._waiting[run.id] = task
+            task.add_done_callback(functools.partial(self._done, run.id))
+        if len(new) > room and not self._full:
+            log.warning("oneoff_runs_deferred", waiting=len(self._waiting),
+                        capacity=self._capacity)  # fmt: skip
+        self._full = len(new) > room
 
     def _done(self, run_id: uuid.UUID, _: asyncio.Task[None]) -> None:
         self._waiting.pop(run_id, None)
@@ -91,6 +113,9 @@ class OneOffRuns:
         is (None: no such run; one started already is returned unchanged)."""
         run = await queries.cancel_run(db, run_id)
         if run is not None and run.state == "cancelled":
+            self._cancelled[run_id] = None
+            if len(self._cancelled) > self._capacity:
+                self._cancelled.popitem(last=False)
             task = self._waiting.pop(run_id, None)
             if task is not None:
                 task.cancel()
@@ -116,16 +141,41 @@ class OneOffRuns:
             log.exception("oneoff_run_failed_to_start", run_id=str(run.id), job=run.job_name)
 
     async def _start(self, run: OneOffRun) -> None:
-        if not await self._claim(run):
-            return  # cancelled meanwhile, or started by an earlier process
         job = self._job(run.job_name)
         if job is None:
-            log.warning("oneoff_run_dropped", run_id=str(run.id), job=run.job_name,
-                        why="the job is no longer configured")  # fmt: skip
+            # Cancelled, not left pending: it would be loaded again at every poll, and hold a slot.
+            await self._cancel(run, "oneoff_run_dropped", "the job is no longer configured")
             return
-        self._submit(
-            job, run.run_at, trigger=FireKind.MANUAL, overrides=run.overrides, fire_id=run.id
-        )
+        try:
+            overrides = _checked_overrides(job, run)
+        except BadOverrides as exc:
+            # A run no API call could have made (written straight into `runs`).
+            await self._cancel(run, "oneoff_run_refused", str(exc))
+            return
+        if not await self._claim(run):
+            # Cancelled meanwhile or started by an earlier process; or, if it is still pending,
+            # its id is already a fire's (see mark_run_started).
+            if await self._still_pending(run):
+                await self._cancel(run, "oneoff_run_refused", "its id is already another fire's")
+            return
+        self._submit(job, run.run_at, trigger=FireKind.MANUAL, overrides=overrides, fire_id=run.id)
+
+    async def _still_pending(self, run: OneOffRun) -> bool:
+        pool = self._database.pool
+        if pool is None:
+            return False
+        with contextlib.suppress(*store.DB_ERRORS):
+            now = await queries.get_run(pool, run.id)
+            return now is not None and now.state == "pending"
+        return False
+
+    async def _cancel(self, run: OneOffRun, event: str, why: str) -> None:
+        """A run that must not start: logged as ``event`` and cancelled in the database."""
+        log.warning(event, run_id=str(run.id), job=run.job_name, why=why)
+        pool = self._database.pool
+        if pool is not None:
+            with contextlib.suppress(*store.DB_ERRORS):
+                await queries.cancel_run(pool, run.id)
 
     async def _claim(self, run: OneOffRun) -> bool:
         """Mark the run started in the database, trying again while the database is away."""
@@ -135,3 +185,11 @@ class OneOffRuns:
                 with contextlib.suppress(*store.DB_ERRORS):
                     return await queries.mark_run_started(pool, run.id)
             await self._clock.sleep(RUN_CLAIM_RETRY)
+
+
+def _checked_overrides(job: JobSpec, run: OneOffRun) -> dict[str, Any] | None:
+    """The run's overrides, checked as the API checks them; BadOverrides if it must not start."""
+    if run.id.version != 4:
+        # Scheduled fires' ids are version 5: a run must never share one.
+        raise BadOverrides("its id is not a random (version 4) UUID")
+    return stored_overrides(job, run.overrides)

@@ -26,6 +26,7 @@ ERRORS = {
     404: "No such job or run",
     409: "Conflict: the fire did not start, or the run already started",
     413: "The body is larger than 64 KiB",
+    429: "Too many one-off runs pending (of the job, or in all): wait until some start",
     503: "The database is unavailable",
 }
 _PATH_PARAMETERS = {"name": "job name", "id": "run id"}

@@ -45,3 +45,14 @@ def runner_overrides(job: JobSpec, body: Mapping[str, Any] | None) -> dict[str, 
     if "json" in body:
         out["json"] = body["json"]
     return out
+
+
+def stored_overrides(job: JobSpec, stored: object) -> dict[str, Any] | None:
+    """Overrides read back from a `runs` row, in the runner's form: whoever could write to the
+    database wrote them, so they pass the same checks as the API's before anything runs."""
+    if stored is None:
+        return None
+    if not isinstance(stored, Mapping):
+        raise BadOverrides("overrides must be a JSON object")
+    body = {"args": dict(stored)} if job.action.kind == "python" else stored
+    return runner_overrides(job, body)

@@ -60,6 +60,7 @@ class Recovery:
         self._sync_jobs = sync_jobs
         self._starts = starts
         self._catchups: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.done = False  # the first connection settled what the last process left
         # Fires up to this instant that never ran are the catch-up's (the daemon sets it when
         # its schedule starts: the schedule takes the fires after it).
@@ -87,22 +88,24 @@ class Recovery:
         jobs = self._jobs()
         now = self._now()
         retry_abandoned(abandoned, {job.name: job for job in jobs}, self._runner, now)
-        unpaused = [job for job in jobs if job.name not in self._pauses]
-        self._track(
-            catch_up(
-                unpaused,
-                last,
-                resumed_at=self.resumed_at,
-                now=now,
-                runner=self._runner,
-                recorder=self._recorder,
-                node=self._node,
-                began=began,
-            )
+        # Read lazily, as the catch-up yields between jobs: a job paused meanwhile is skipped,
+        # and none starts once we are closed.
+        await catch_up(
+            (job for job in jobs if not self._closed and job.name not in self._pauses),
+            last,
+            resumed_at=self.resumed_at,
+            now=now,
+            runner=self._runner,
+            recorder=self._recorder,
+            node=self._node,
+            track=self._track,
+            began=began,
         )
 
     def on_clock_jump(self, job: JobSpec, first_skipped: datetime, now: datetime) -> None:
         """The scheduler skipped ``job``'s fires from ``first_skipped`` to ``now``."""
+        if self._closed:
+            return
         task = catch_up_job(
             job,
             last=first_skipped - timedelta(microseconds=1),
@@ -113,19 +116,20 @@ class Recovery:
             node=self._node,
             why="the wall clock jumped forward",
         )
-        self._track([] if task is None else [task])
+        if task is not None:
+            self._track(task)
 
     async def close(self) -> None:
         """Cancel the catch-up sequences (the runner drains their running fires)."""
+        self._closed = True
         tasks = list(self._catchups)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _track(self, tasks: Iterable[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            self._catchups.add(task)
-            task.add_done_callback(self._catchups.discard)
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._catchups.add(task)
+        task.add_done_callback(self._catchups.discard)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.time(), UTC)
@@ -159,7 +163,7 @@ def retry_abandoned(
     return retried
 
 
-def catch_up(
+async def catch_up(
     jobs: Iterable[JobSpec],
     last_scheduled: Mapping[str, datetime],
     *,
@@ -168,11 +172,15 @@ def catch_up(
     runner: Runner,
     recorder: RecordSink,
     node: str,
+    track: Callable[[asyncio.Task[None]], None],
     began: Collection[uuid.UUID] = frozenset(),
-) -> list[asyncio.Task[None]]:
+) -> None:
     """Run or record every fire missed between each job's last handled fire and ``resumed_at``,
-    but those in ``began`` (fire ids of attempts that began: they have their row)."""
-    tasks = []
+    but those in ``began`` (fire ids of attempts that began: they have their row).
+
+    ``track`` is given each catch-up sequence as it starts. Yields to the loop after each job, so
+    that however many jobs there are, fires, the watchdog and the API go on meanwhile.
+    """
     for job in jobs:
         last = last_scheduled.get(job.name)
         if last is None or not job.enabled:
@@ -189,8 +197,8 @@ def catch_up(
             began=began,
         )
         if task is not None:
-            tasks.append(task)
-    return tasks
+            track(task)
+        await asyncio.sleep(0)
 
 
 def catch_up_job(

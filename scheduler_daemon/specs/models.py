@@ -110,7 +110,9 @@ class JobSpec(CommandOptions, PythonOptions):
     timezone: Annotated[str, v.Zone()] = "UTC"  # resolved: the job's own or the config's
     at: Annotated[datetime | None, v.DateTime()] = None  # aware: naive is in `timezone`
     enabled: Annotated[bool, v.Boolean()] = True
-    timeout: PositiveSecondsOrNone = None  # per attempt; none: no timeout
+    # Per attempt; null: none. An hour by default, so that a hung job holds its schedule (with
+    # `overlap: skip`, every later fire is skipped) for an hour, not until someone notices.
+    timeout: PositiveSecondsOrNone = 3600.0
     retry: RetrySpec = RetrySpec()  # frozen: one instance shared by every job without `retry`
     overlap: Annotated[Overlap, v.OneOf()] = "skip"  # a fire while the job still runs
     max_instances: Annotated[int, v.Integer(1)] = 1  # with overlap: allow
@@ -318,6 +320,9 @@ class Config(Spec):
     shutdown_grace: Seconds = 30.0  # SIGTERM: how long in-flight attempts may finish
     node: Annotated[str, v.Text()] = Field(default_factory=socket.gethostname)  # executions.node
     events: Annotated[bool, v.Boolean()] = True  # NOTIFY each final attempt (~20% of COPY speed)
+    # Execution rows waiting for the database, in memory (output and error text plus ~450 bytes
+    # a row); past it, or 100,000 rows, they spill to the journal under state_dir.
+    record_buffer: Annotated[int, v.Size()] = 64 * 1024 * 1024
     admin: AdminSpec | None = None
     # Any job field but its schedule and action; a job's own value wins, mappings key by key.
     defaults: Annotated[dict[str, Any], v.AnyMapping()] = Field(default_factory=dict)

@@ -9,9 +9,9 @@ under ``data_dir/pgdata``, listen on a unix socket only (no TCP port to collide 
   running daemon, while ``scheduler-daemon db init`` runs beside it), the server is only borrowed:
   ``stop`` leaves it running for its owner.
 - A stale ``postmaster.pid`` (its pid dead or reused by another program) never blocks a start.
-- PostgreSQL refuses to run as root. As root it runs as the owner of an existing ``pgdata``, else
-  the owner of ``data_dir``'s parent if not root, else ``nobody``; parent directories it cannot
-  traverse get o+x (traverse only, never read), with a warning naming each.
+- Who runs the server, where its files live and who may connect: see ``embedded_home`` (in short:
+  peer authentication, 0700 socket; as root, the system user ``scheduler-daemon``, and root never
+  acts through a path another user controls).
 
 Blocking calls (subprocesses): the daemon calls ``astart``/``astop``, which run in a thread.
 """
@@ -23,11 +23,9 @@ import contextlib
 import fcntl
 import importlib.util
 import os
-import pwd
 import shlex
 import shutil
 import signal
-import stat
 import subprocess
 import tempfile
 import time
@@ -39,6 +37,8 @@ from urllib.parse import quote
 import structlog
 
 from scheduler_daemon.errors import DatabaseUnavailable
+from scheduler_daemon.storage import embedded_home as home
+from scheduler_daemon.storage.embedded_home import ServerUser
 
 log = structlog.get_logger("scheduler_daemon.storage.embedded")
 
@@ -65,13 +65,6 @@ def bin_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class _RunAs:
-    uid: int
-    gid: int
-    name: str
-
-
-@dataclass(frozen=True)
 class _Running:
     """What ``postmaster.pid`` says about a live server."""
 
@@ -84,10 +77,18 @@ class _Running:
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
-        self.pgdata = self.data_dir / "pgdata"
         self.log_file = self.data_dir / "postgresql.log"
         self._bin = bin_dir()
-        self._run_as_cached: _RunAs | bool | None = False  # False: not chosen yet
+        self._as_root = os.geteuid() == 0
+        self._server_user: ServerUser | None = None  # as root, once prepared
+        # Where pgdata and the socket live (see embedded_home): data_dir unless, as root, the
+        # server user cannot reach it.
+        self.server_dir = (
+            home.server_dir_for(self.data_dir, home.lookup_server_user())
+            if self._as_root
+            else self.data_dir
+        )
+        self.pgdata = self.server_dir / "pgdata"
         self._socket_dir: Path | None = None
         self._port = _PORT
         self._borrowed = False  # reused a server whose starting process is still alive
@@ -112,12 +113,15 @@ class EmbeddedPostgres:
     def start(self) -> str:
         """Start (or reuse) the server and return its DSN. Blocking: use ``astart`` in a loop."""
         began = time.monotonic()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare()
         with self._lock():
-            self._prepare_permissions()
+            home.authentication_files(self.server_dir, self._server_user)
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
             running = self._wait_settled(self._running())
+            if running is not None and self._started_by_older_version():
+                self._stop_server(running)
+                running = None
             if running is not None:
                 self._reuse(running)
             else:
@@ -157,23 +161,50 @@ class EmbeddedPostgres:
         """Stop and delete everything (for tests and benchmarks)."""
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.server_dir, ignore_errors=True)
 
     # -- steps -----------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Directories, user, binaries and authentication files, before anything runs."""
+        if self._as_root:
+            self._server_user = home.server_user()
+            self._bin = home.binaries(self._bin.parent, self._server_user)
+        mode = 0o711 if self._as_root else 0o700  # as root: the server user passes through
+        home.own_dir(self.data_dir, mode)
+        if self.server_dir != self.data_dir:
+            home.own_dir(home.SYSTEM_DIR, 0o711)
+            home.own_dir(self.server_dir, 0o711)
+            log.info(
+                "embedded_postgres_elsewhere",
+                data_dir=str(self.data_dir),
+                server_dir=str(self.server_dir),
+                why=f"{home.SERVER_USER} cannot reach {self.data_dir}",
+            )
+        blocked = self._as_root and home.blocking_parent(self.server_dir, self._server_user)
+        if blocked:
+            raise DatabaseUnavailable(
+                f"the embedded PostgreSQL runs as {home.SERVER_USER}, which cannot traverse "
+                f"{blocked}: make it traversable (chmod o+x), or set state_dir elsewhere"
+            )
+        if (self.pgdata / "PG_VERSION").exists():
+            expected = os.geteuid() if self._server_user is None else self._server_user.uid
+            home.expect_owned(self.pgdata, expected)
 
     def _initdb(self) -> None:
         if self.pgdata.exists() and any(self.pgdata.iterdir()):
             raise DatabaseUnavailable(
                 f"{self.pgdata} exists but is not a PostgreSQL data directory; move it away"
             )
-        self.pgdata.mkdir(mode=0o700, exist_ok=True)
-        self._chown(self.pgdata)
+        home.make_server_owned(self.pgdata, self._server_user)
         log.info("embedded_postgres_initdb", pgdata=str(self.pgdata))
         self._run(
             [
                 str(self._bin / "initdb"),
                 "-D",
                 str(self.pgdata),
-                "--auth=trust",
+                "--auth-local=peer",
+                "--auth-host=reject",
                 "-U",
                 "postgres",
                 "--encoding=UTF8",
@@ -188,12 +219,26 @@ class EmbeddedPostgres:
         self._remove_stale_pid()
         self._socket_dir = self._choose_socket_dir()
         self._port = _PORT
-        options = f"-c listen_addresses='' -k {shlex.quote(str(self._socket_dir))} -p {_PORT}"
+        settings = {
+            "listen_addresses": "",
+            "unix_socket_permissions": "0700",
+            "hba_file": str(self.server_dir / "pg_hba.conf"),
+            "ident_file": str(self.server_dir / "pg_ident.conf"),
+        }
+        options = " ".join(
+            [
+                *(f"-c {shlex.quote(f'{name}={value}')}" for name, value in settings.items()),
+                f"-k {shlex.quote(str(self._socket_dir))} -p {_PORT}",
+            ]
+        )
+        # The log is opened here, not by pg_ctl -l as the server user: as root, nothing is
+        # opened as root in a directory the server user could plant a link in, nor the reverse.
+        log_fd = home.open_log(self.log_file)
         try:
             self._pg_ctl(
-                *("start", "-w", "-t", str(_START_TIMEOUT), "-l", str(self.log_file)),
-                *("-o", options),
+                *("start", "-w", "-t", str(_START_TIMEOUT), "-o", options),
                 timeout=_START_TIMEOUT + 30,
+                output=log_fd,
             )
         except DatabaseUnavailable:
             # pg_ctl gave up waiting, but a postmaster may be up or still starting: end it.
@@ -201,7 +246,19 @@ class EmbeddedPostgres:
             if running is not None:
                 self._stop_server(running)
             raise
+        finally:
+            os.close(log_fd)
         self._claim_owner()
+
+    def _started_by_older_version(self) -> bool:
+        """A server we would adopt that was started without our authentication files (an older
+        version's, which trusted every local user): restarted rather than reused."""
+        if self._owner() not in (None, os.getpid()):
+            return False  # borrowed: its owner restarts it
+        try:
+            return "hba_file=" not in home.read_file(self.pgdata / "postmaster.opts")
+        except OSError:
+            return False
 
     def _reuse(self, running: _Running) -> None:
         # The running server's own socket: the directory it was started with may differ from ours.
@@ -233,7 +290,7 @@ class EmbeddedPostgres:
     def _running(self) -> _Running | None:
         """The live postmaster of ``pgdata``, from postmaster.pid, or None."""
         try:
-            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+            lines = home.read_file(self.pgdata / "postmaster.pid").splitlines()
             pid, port = int(lines[0]), int(lines[3])
             socket_dir = Path(lines[4].split(",")[0].strip() or "/tmp")
             status = lines[7].strip() if len(lines) > 7 else "starting"
@@ -281,12 +338,12 @@ class EmbeddedPostgres:
     # the start time guards against pid reuse.
 
     def _claim_owner(self) -> None:
-        (self.data_dir / "owner").write_text(f"{os.getpid()} {_process_start(os.getpid())}\n")
+        home.write_file(self.data_dir / "owner", f"{os.getpid()} {_process_start(os.getpid())}\n")
 
     def _owner(self) -> int | None:
         """The pid of the live process that owns the server, or None."""
         try:
-            pid_text, started = (self.data_dir / "owner").read_text().split()
+            pid_text, started = home.read_file(self.data_dir / "owner").split()
             pid = int(pid_text)
         except (OSError, ValueError):
             return None
@@ -297,15 +354,25 @@ class EmbeddedPostgres:
 
     # -- subprocesses ----------------------------------------------------------------------------
 
-    def _pg_ctl(self, *args: str, timeout: float) -> None:
+    def _pg_ctl(self, *args: str, timeout: float, output: int | None = None) -> None:
         argv = [str(self._bin / "pg_ctl"), "-D", str(self.pgdata), *args]
-        self._run(argv, what=f"pg_ctl {args[0]}", timeout=timeout)
+        self._run(argv, what=f"pg_ctl {args[0]}", timeout=timeout, output=output)
 
-    def _run(self, argv: list[str], *, what: str, check: bool = True, timeout: float = 60) -> int:
+    def _run(
+        self,
+        argv: list[str],
+        *,
+        what: str,
+        check: bool = True,
+        timeout: float = 60,
+        output: int | None = None,
+    ) -> int:
+        """Run a PostgreSQL tool as the server user; its output to ``output`` (a descriptor the
+        server may inherit), else kept for the error message."""
         kwargs: dict[str, object] = {}
-        run_as = self._run_as()
-        if run_as is not None:
-            kwargs = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+        who = self._server_user
+        if who is not None:
+            kwargs = {"user": who.uid, "group": who.gid, "extra_groups": []}
         # PG* variables (PGPORT, PGOPTIONS, ...) would change what the tools do.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         # Output to a file, not a pipe: the server inherits pg_ctl's stdout and would hold a pipe.
@@ -314,7 +381,7 @@ class EmbeddedPostgres:
                 done = subprocess.run(
                     argv,
                     stdin=subprocess.DEVNULL,
-                    stdout=out,
+                    stdout=out if output is None else output,
                     stderr=subprocess.STDOUT,
                     cwd="/",
                     env=env,
@@ -328,16 +395,19 @@ class EmbeddedPostgres:
                 ) from exc
             if check and done.returncode != 0:
                 out.seek(0)
-                output = out.read().decode(errors="replace").strip()
+                said = out.read().decode(errors="replace").strip()
                 raise DatabaseUnavailable(
-                    f"embedded PostgreSQL: {what} failed (exit {done.returncode}): {output}"
+                    f"embedded PostgreSQL: {what} failed (exit {done.returncode}): {said}"
                     f"{self._log_tail()}"
                 )
         return int(done.returncode)
 
     def _log_tail(self) -> str:
         try:
-            lines = self.log_file.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
+            with open(self.log_file, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 64 * 1024))
+                text = f.read().decode(errors="replace")
+            lines = text.splitlines()[-_LOG_TAIL_LINES:]
         except OSError:
             return ""
         return f"\nserver log ({self.log_file}):\n" + "\n".join(lines)
@@ -345,87 +415,37 @@ class EmbeddedPostgres:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         # Two processes starting or stopping the same data directory take turns.
-        with open(self.data_dir / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
-
-    # -- root, permissions, sockets --------------------------------------------------------------
-
-    def _run_as(self) -> _RunAs | None:
-        if self._run_as_cached is False:
-            self._run_as_cached = self._choose_user()
-        assert not isinstance(self._run_as_cached, bool)
-        return self._run_as_cached
-
-    def _choose_user(self) -> _RunAs | None:
-        if os.geteuid() != 0:
-            return None
-        # An existing cluster keeps its owner; else the owner of data_dir's parent, if not root.
-        for path in (self.pgdata, self.data_dir.parent):
-            with contextlib.suppress(OSError, KeyError):
-                owner = path.stat().st_uid
-                if owner != 0:
-                    entry = pwd.getpwuid(owner)
-                    return _RunAs(entry.pw_uid, entry.pw_gid, entry.pw_name)
+        fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
-            entry = pwd.getpwnam("nobody")
-        except KeyError:
-            raise DatabaseUnavailable(
-                "running as root, the embedded PostgreSQL needs an unprivileged user: the owner "
-                "of the state directory, or nobody; neither exists"
-            ) from None
-        return _RunAs(entry.pw_uid, entry.pw_gid, entry.pw_name)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
-    def _prepare_permissions(self) -> None:
-        run_as = self._run_as()
-        if run_as is None:
-            return
-        self._chown(self.data_dir)
-        self._chown(self.log_file)
-        for path in (self.data_dir, self._bin):
-            for parent in path.parents:
-                mode = parent.stat().st_mode
-                if not mode & stat.S_IXOTH:
-                    # Traverse only (never read): the server user must reach its files.
-                    parent.chmod(mode | stat.S_IXOTH)
-                    log.warning(
-                        "embedded_postgres_chmod",
-                        path=str(parent),
-                        added="o+x",
-                        why=f"PostgreSQL runs as {run_as.name}, not root",
-                    )
-
-    def _chown(self, path: Path) -> None:
-        run_as = self._run_as()
-        if run_as is not None and path.exists():
-            os.chown(path, run_as.uid, run_as.gid)
+    # -- the socket directory ---------------------------------------------------------------------
 
     def _choose_socket_dir(self) -> Path:
-        preferred = self.data_dir / "run"
+        preferred = self.server_dir / "run"
         if len(str(preferred)) + len(f"/.s.PGSQL.{_PORT}") <= _SOCKET_PATH_MAX:
-            preferred.mkdir(exist_ok=True)
-            self._chown(preferred)
+            home.make_server_owned(preferred, self._server_user)
             return preferred
         # Too long for a unix socket: a short private directory (mode 0700, the server user's),
         # recorded so that a start after a crash uses the same one and stop() can remove it.
         marker = self.data_dir / "socket_dir"
-        with contextlib.suppress(OSError):
-            existing = Path(marker.read_text().strip())
-            if existing.is_dir() and existing.stat().st_uid == self._expected_uid():
-                return existing
-        short = Path(tempfile.mkdtemp(prefix="sdpg-"))
-        self._chown(short)
-        marker.write_text(f"{short}\n")
+        with contextlib.suppress(OSError, DatabaseUnavailable):  # none, or not ours: a new one
+            existing = Path(home.read_file(marker).strip())
+            expected = os.geteuid() if self._server_user is None else self._server_user.uid
+            home.expect_owned(existing, expected)
+            return existing
+        short = Path(tempfile.mkdtemp(prefix="sdpg-"))  # 0700, ours, in a sticky /tmp
+        home.make_server_owned(short, self._server_user)
+        home.write_file(marker, f"{short}\n")
         return short
-
-    def _expected_uid(self) -> int:
-        run_as = self._run_as()
-        return os.geteuid() if run_as is None else run_as.uid
 
     def _remove_private_socket_dir(self) -> None:
         marker = self.data_dir / "socket_dir"
         with contextlib.suppress(OSError):
-            Path(marker.read_text().strip()).rmdir()  # only if empty: the server has left it
+            Path(home.read_file(marker).strip()).rmdir()  # only if empty: the server has left it
             marker.unlink()
 
 

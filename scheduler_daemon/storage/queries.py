@@ -94,9 +94,13 @@ async def executions(
 
 
 async def jobs(db: Db, name: str | None = None) -> list[asyncpg.Record]:
-    """``jobs`` rows, by name (one, when ``name`` is given)."""
+    """The configured jobs' rows (not removed ones), by name (one, when ``name`` is given)."""
     return list(
-        await db.fetch("SELECT * FROM jobs WHERE $1::text IS NULL OR name = $1 ORDER BY name", name)
+        await db.fetch(
+            "SELECT * FROM jobs WHERE removed_at IS NULL AND ($1::text IS NULL OR name = $1)"
+            " ORDER BY name",
+            name,
+        )
     )
 
 
@@ -208,19 +212,62 @@ class OneOffRun:
 
 
 _RUN_COLUMNS = "id, job_name, run_at, overrides, created_at, started_at, cancelled_at"
+_PENDING = "started_at IS NULL AND cancelled_at IS NULL"
+# At most this many runs wait to start, of one job and in all: each pending run is a task in the
+# daemon's memory until it starts (the daemon holds at most MAX_PENDING_RUNS of them).
+MAX_PENDING_RUNS = 1000
+MAX_PENDING_RUNS_PER_JOB = 100
+_RUNS_LOCK = 0x5C4EE  # advisory lock id: concurrent requests count and insert one at a time
+
+
+class TooManyRuns(Exception):
+    """A new run refused: ``limit`` runs are pending already (of ``job``, or in all if None)."""
+
+    def __init__(self, job: str | None, limit: int) -> None:
+        self.job, self.limit = job, limit
+        what = f"one-off runs of job {job!r}" if job is not None else "one-off runs in all"
+        super().__init__(
+            f"{limit} {what} are pending already, the most allowed; "
+            "wait until some start, or cancel some"
+        )
 
 
 async def create_run(
-    db: Db, job: str, run_at: datetime, overrides: Mapping[str, Any] | None
+    db: Db,
+    job: str,
+    run_at: datetime,
+    overrides: Mapping[str, Any] | None,
+    *,
+    max_pending: int = MAX_PENDING_RUNS,
+    max_pending_per_job: int = MAX_PENDING_RUNS_PER_JOB,
 ) -> OneOffRun:
-    row = await db.fetchrow(
-        f"""INSERT INTO runs (id, job_name, run_at, overrides) VALUES ($1, $2, $3, $4::jsonb)
-            RETURNING {_RUN_COLUMNS}""",
-        uuid.uuid4(),
-        job,
-        run_at,
-        json.dumps(overrides) if overrides is not None else None,
-    )
+    """Insert a pending run; TooManyRuns when its job, or all jobs, have the most pending."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            return await create_run(
+                conn, job, run_at, overrides,
+                max_pending=max_pending, max_pending_per_job=max_pending_per_job,
+            )  # fmt: skip
+    async with db.transaction():
+        await db.execute("SELECT pg_advisory_xact_lock($1)", _RUNS_LOCK)
+        counts = await db.fetchrow(
+            f"""SELECT count(*) FILTER (WHERE job_name = $1) AS of_job, count(*) AS total
+                FROM runs WHERE {_PENDING}""",
+            job,
+        )
+        assert counts is not None
+        if counts["of_job"] >= max_pending_per_job:
+            raise TooManyRuns(job, max_pending_per_job)
+        if counts["total"] >= max_pending:
+            raise TooManyRuns(None, max_pending)
+        row = await db.fetchrow(
+            f"""INSERT INTO runs (id, job_name, run_at, overrides)
+                VALUES ($1, $2, $3, $4::jsonb) RETURNING {_RUN_COLUMNS}""",
+            uuid.uuid4(),
+            job,
+            run_at,
+            json.dumps(overrides) if overrides is not None else None,
+        )
     assert row is not None
     return OneOffRun.from_row(row)
 
@@ -241,10 +288,11 @@ async def list_runs(db: Db, *, pending_only: bool = False, limit: int = 100) -> 
     return [OneOffRun.from_row(r) for r in rows]
 
 
-async def pending_runs(db: Db) -> list[OneOffRun]:
+async def pending_runs(db: Db, limit: int = MAX_PENDING_RUNS + 1) -> list[OneOffRun]:
+    """The ``limit`` pending runs due first: by default one more than the daemon waits for, which
+    tells it that runs written by other means past the bound wait in the table."""
     rows = await db.fetch(
-        f"""SELECT {_RUN_COLUMNS} FROM runs WHERE started_at IS NULL AND cancelled_at IS NULL
-            ORDER BY run_at"""
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE {_PENDING} ORDER BY run_at, id LIMIT $1", limit
     )
     return [OneOffRun.from_row(r) for r in rows]
 
@@ -253,8 +301,7 @@ async def cancel_run(db: Db, run_id: uuid.UUID) -> OneOffRun | None:
     """Cancel a pending run; returns the run as it now is (None: no such run). A run that has
     started or was cancelled already is returned unchanged: the caller tells which by its state."""
     row = await db.fetchrow(
-        f"""UPDATE runs SET cancelled_at = now()
-            WHERE id = $1 AND started_at IS NULL AND cancelled_at IS NULL
+        f"""UPDATE runs SET cancelled_at = now() WHERE id = $1 AND {_PENDING}
             RETURNING {_RUN_COLUMNS}""",
         run_id,
     )
@@ -264,10 +311,13 @@ async def cancel_run(db: Db, run_id: uuid.UUID) -> OneOffRun | None:
 
 
 async def mark_run_started(db: Db, run_id: uuid.UUID) -> bool:
-    """Claim a pending run for starting; False if it was cancelled (or started) meanwhile."""
+    """Claim a pending run for starting; False if it was cancelled (or started) meanwhile, or if
+    its id is already a fire's (a row written straight into `runs` must not add attempts to, or
+    overwrite, another fire's executions)."""
     status = await db.execute(
         "UPDATE runs SET started_at = now() WHERE id = $1 AND started_at IS NULL"
-        " AND cancelled_at IS NULL",
+        " AND cancelled_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM executions WHERE fire_id = $1)",
         run_id,
     )
     return str(status).endswith(" 1")

@@ -5,9 +5,12 @@
 buffer only once its batch is committed (or fsynced to the journal), so nothing is lost in
 between; on a database error the rows stay, in order, and the writer retries on a fresh pool
 (the :class:`Database` owns the pool and the capped exponential backoff; the writer is what keeps
-trying while the database is away). Past ``buffer_limit`` rows during an outage, and at close if
-the database is still unreachable, the buffer spills to the journal, which is replayed first when
-the database is back — in this process or the next. Without a journal, rows are never dropped:
+trying while the database is away). Past ``buffer_limit`` rows or ``buffer_bytes`` (an estimate of
+the rows' memory: their output and error text plus a fixed cost per row), and at close if the
+database is still unreachable, the buffer spills to the journal, which is replayed first when the
+database is back — in this process or the next. The spill starts as soon as the bound is passed,
+whatever the writer is doing (waiting to reconnect, or stuck in a write): it moves every row but
+the batch being written, which leaves when committed. Without a journal, rows are never dropped:
 the buffer keeps growing and ``recorder_buffer_full`` says so.
 """
 
@@ -33,6 +36,26 @@ log = structlog.get_logger("scheduler_daemon.storage.recorder")
 
 # The database refuses a row as data: isolate it so the rest of its batch gets through.
 _REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# What a buffered row costs besides its output and error text: the record, its uuid, instants and
+# numbers, its deque slot (~450 bytes measured with tracemalloc on CPython 3.11), so that a flood
+# of small rows counts too.
+ROW_OVERHEAD = 450
+DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
+# After a spill failed (disk full, ...), new rows wait this long before they start another one
+# (the writer still retries at each failed write): one error per few seconds, not one per row.
+SPILL_RETRY = 5.0
+
+
+def row_size(rec: ExecutionRecord) -> int:
+    """A buffered row's approximate memory in bytes: a str's ``__sizeof__`` counts 1, 2 or 4 bytes
+    a character as CPython stores it (8x cheaper than ``sys.getsizeof``: this is on the fire
+    path)."""
+    output, error = rec.output, rec.error
+    return (
+        ROW_OVERHEAD
+        + (0 if output is None else output.__sizeof__())
+        + (0 if error is None else error.__sizeof__())
+    )
 
 
 class Recorder:
@@ -44,28 +67,41 @@ class Recorder:
         batch_size: int = 1000,
         flush_interval: float = 0.2,
         buffer_limit: int = 100_000,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         journal: Journal | None = None,
         events: bool = True,
     ) -> None:
         """``database``'s on-connect hooks run on every new pool before any write (schema, job
-        sync, recovery); ``journal`` is where rows go when the database stays away (None: they
-        stay in memory)."""
+        sync, recovery); ``journal`` is where rows go past ``buffer_limit`` rows or
+        ``buffer_bytes`` (None: they stay in memory)."""
         self.database = database
         self._clock: Clock = clock or SystemClock()
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._buffer_limit = buffer_limit
+        self._buffer_bytes = buffer_bytes
+        # A batch holds at most a quarter of the byte bound: what a spill leaves (the batch being
+        # written) stays well under the bound, and so does one COPY's copy of its rows.
+        self._batch_bytes = max(1, buffer_bytes // 4)
         self._journal = journal
         self._events = events
         self._journal_pending = journal is not None and journal.exists()
         self._buffer: deque[ExecutionRecord] = deque()
+        self._sizes: deque[int] = deque()  # row_size() of each row of the buffer, in step
+        self._bytes = 0  # their sum
+        self._appended = 0  # rows ever recorded: a spill finds its rows by what came after them
+        self._seqs: deque[int] = deque()  # each row's number (1, 2, ...), in step with the buffer
+        # Told each time rows leave the buffer (the start log forgets the starts they cover).
+        self.on_durable: Callable[[], None] | None = None
+        self._batch = 0  # rows at the buffer's front that the writer is writing now
+        self._spiller: asyncio.Task[None] | None = None
+        self._spill_again_at = 0.0  # monotonic; see SPILL_RETRY
+        # One journal user at a time: a spill appending during a replay would be removed with it.
+        self._journal_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._over_limit = False
-        self._left = 0  # rows that left the buffer: committed (or refused) or journaled
-        # Told each time rows leave the buffer (the start log forgets the starts they cover).
-        self.on_durable: Callable[[], None] | None = None
         # Counters for metrics (see ``stats``).
         self.written = 0  # rows committed (journal replays included)
         self.batches = 0  # committed write transactions
@@ -76,19 +112,44 @@ class Recorder:
     # -- the caller's side: never blocks, never raises -------------------------------------------
 
     def record(self, rec: ExecutionRecord) -> None:
-        was_empty = not self._buffer
-        self._buffer.append(rec)
-        if was_empty or len(self._buffer) >= self._batch_size:
+        buffer = self._buffer
+        was_empty = not buffer
+        buffer.append(rec)
+        size = row_size(rec)
+        self._sizes.append(size)
+        self._bytes += size
+        self._appended += 1
+        self._seqs.append(self._appended)
+        pending = len(buffer)
+        if was_empty or pending >= self._batch_size:
             self._wake.set()
-        if len(self._buffer) > self._buffer_limit and not self._over_limit:
+        if pending > self._buffer_limit or self._bytes > self._buffer_bytes:
+            self._buffer_full()
+
+    def _over(self) -> bool:
+        return len(self._buffer) > self._buffer_limit or self._bytes > self._buffer_bytes
+
+    def _buffer_full(self) -> None:
+        if not self._over_limit:
             self._over_limit = True  # re-armed once the buffer is back under the limit
             self._wake.set()
             log.warning(
                 "recorder_buffer_full",
                 pending=len(self._buffer),
+                pending_bytes=self._bytes,
                 limit=self._buffer_limit,
+                limit_bytes=self._buffer_bytes,
                 action="spill to journal" if self._journal else "keep in memory",
             )
+        spilling = self._spiller is not None and not self._spiller.done()
+        if (
+            self._journal is not None
+            and not spilling
+            and not self._closing  # close() spills what is left itself
+            and self._clock.monotonic() >= self._spill_again_at
+        ):
+            self._spiller = asyncio.create_task(self._spill_while_over(), name="recorder-spill")
+            self._spiller.add_done_callback(self._task_ended)
 
     @property
     def pending(self) -> int:
@@ -96,15 +157,20 @@ class Recorder:
         return len(self._buffer)
 
     @property
+    def pending_bytes(self) -> int:
+        """The estimated memory of those rows (``row_size``)."""
+        return self._bytes
+
+    @property
     def appended(self) -> int:
         """Rows handed to ``record`` so far."""
-        return self._left + len(self._buffer)
+        return self._appended
 
     @property
     def durable(self) -> int:
-        """How many of the first ``appended`` rows are committed or journaled: rows leave the
-        buffer in the order they came, so these are always the oldest."""
-        return self._left
+        """Rows 1 to this one (in record order) are all committed or journaled. (A spill leaves
+        the batch being written at the front: rows do not always leave in order.)"""
+        return self._seqs[0] - 1 if self._seqs else self._appended
 
     @property
     def pool(self) -> asyncpg.Pool | None:
@@ -120,6 +186,7 @@ class Recorder:
         return {
             "written": self.written,
             "pending": self.pending,
+            "pending_bytes": self._bytes,
             "batches": self.batches,
             "failures": self.failures,
             "rejected": self.rejected,
@@ -149,6 +216,8 @@ class Recorder:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._spiller is not None:
+            await asyncio.wait({self._spiller})  # bounded by the disk; its rows leave with it
         await self._spill()  # what is still in memory waits in the journal, if there is one
         if self._buffer:
             log.error("recorder_unwritten", pending=len(self._buffer))
@@ -199,7 +268,7 @@ class Recorder:
             await self._spill()
             # With nothing left in memory, a journal left unreplayed waits for the next start.
             return not self._buffer
-        if len(self._buffer) > self._buffer_limit:
+        if self._over():
             await self._spill()
         return False
 
@@ -213,15 +282,38 @@ class Recorder:
                 await self._wake.wait()
 
     async def _flush_batch(self, pool: asyncpg.Pool) -> None:
-        batch = list(islice(self._buffer, self._batch_size))
-        async with pool.acquire(timeout=store.COMMAND_TIMEOUT) as conn:
-            written = await self._write(conn, batch)
-        for _ in batch:  # only now: rows stay buffered until their batch is committed
-            self._buffer.popleft()
-        self._rows_left(len(batch))
+        if self._spiller is not None and not self._spiller.done():
+            await asyncio.wait({self._spiller})  # it is moving rows a batch would take
+        batch = self._next_batch()
+        if not batch:
+            return  # all spilled meanwhile
+        self._batch = len(batch)  # a spill from now on leaves these rows alone
+        try:
+            async with pool.acquire(timeout=store.COMMAND_TIMEOUT) as conn:
+                written = await self._write(conn, batch)
+            for _ in batch:  # only now: rows stay buffered until their batch is committed
+                self._buffer.popleft()
+                self._bytes -= self._sizes.popleft()
+                self._seqs.popleft()
+        finally:
+            self._batch = 0
+        self._rows_left()
         self.written += written
-        if self._over_limit and len(self._buffer) <= self._buffer_limit:
+        if self._over_limit and not self._over():
             self._over_limit = False
+
+    def _next_batch(self) -> list[ExecutionRecord]:
+        """The oldest rows: at most ``batch_size`` of them, and ``_batch_bytes`` (one row at
+        least) when they are large."""
+        if self._bytes <= self._batch_bytes:  # the common case: no row needs sizing
+            return list(islice(self._buffer, self._batch_size))
+        count = size = 0
+        for row_bytes in islice(self._sizes, self._batch_size):
+            size += row_bytes
+            if count and size > self._batch_bytes:
+                break
+            count += 1
+        return list(islice(self._buffer, count))
 
     async def _write(self, conn: Conn, batch: Sequence[ExecutionRecord]) -> int:
         """Write a batch; if the database refuses it as data, row by row, skipping the bad ones.
@@ -253,23 +345,60 @@ class Recorder:
 
     # -- the journal -----------------------------------------------------------------------------
 
-    async def _spill(self) -> None:
-        """Move the whole buffer to the journal (oldest first); without one, keep it."""
-        if self._journal is None or not self._buffer:
-            return
-        rows = list(self._buffer)
-        try:
-            await asyncio.to_thread(self._journal.append, rows)
-        except OSError as exc:
-            log.error("journal_write_failed", path=str(self._journal.path), error=str(exc))
-            return
-        for _ in rows:
-            self._buffer.popleft()
-        self._rows_left(len(rows))
-        self._journal_pending = True
-        self._over_limit = False
+    async def _spill_while_over(self) -> None:
+        """Spill until under the bounds (rows recorded during a spill may pass them again)."""
+        while await self._spill() and self._over():
+            pass
+
+    async def _spill(self) -> int:
+        """Move the buffer to the journal (oldest first), but for the batch the writer is writing
+        (it may be committing now: it leaves when written); without a journal, keep it. Returns
+        how many rows moved."""
+        journal = self._journal
+        if journal is None:
+            return 0
+        async with self._journal_lock:
+            rows = list(islice(self._buffer, self._batch, None))
+            if not rows:
+                return 0
+            recorded = self._appended
+            try:
+                await _append(journal, rows)
+            except OSError as exc:
+                self._spill_again_at = self._clock.monotonic() + SPILL_RETRY
+                log.error("journal_write_failed", path=str(journal.path), error=str(exc))
+                return 0
+            self._drop_spilled(len(rows), newer=self._appended - recorded)
+            self._journal_pending = True
+        if not self._over():
+            self._over_limit = False
         self.journaled += len(rows)
-        log.warning("recorder_spilled_to_journal", rows=len(rows), path=str(self._journal.path))
+        log.warning(
+            "recorder_spilled_to_journal",
+            rows=len(rows),
+            bytes=sum(map(row_size, rows)),  # (once per spill: off the fire path)
+            path=str(journal.path),
+        )
+        return len(rows)
+
+    def _drop_spilled(self, count: int, *, newer: int) -> None:
+        """Take out the ``count`` rows just journaled: they lie right before the ``newer`` rows
+        recorded since (the writer takes rows from the front only: its batch, before them)."""
+        buffer, sizes, seqs = self._buffer, self._sizes, self._seqs
+        kept = [(buffer.pop(), sizes.pop(), seqs.pop()) for _ in range(newer)]
+        for _ in range(count):
+            buffer.pop()
+            self._bytes -= sizes.pop()
+            seqs.pop()
+        for rec, size, seq in reversed(kept):
+            buffer.append(rec)
+            sizes.append(size)
+            seqs.append(seq)
+        self._rows_left()
+
+    def _rows_left(self) -> None:
+        if self.on_durable is not None:
+            self.on_durable()
 
     async def replay_journal(self, pool: asyncpg.Pool) -> None:
         """Replay a pending journal now (``on_connect`` does, before recovery reads the table)."""
@@ -280,6 +409,10 @@ class Recorder:
         """Write the journal's valid rows (older than the buffer's), then remove it; its bad lines
         are in the quarantine file by then. Idempotent: a replay cut short and done again writes
         nothing twice."""
+        async with self._journal_lock:
+            await self._replay_locked(pool)
+
+    async def _replay_locked(self, pool: asyncpg.Pool) -> None:
         assert self._journal is not None
         batches: Iterator[list[ExecutionRecord]] = self._journal.read(self._batch_size)
         replayed = 0
@@ -305,11 +438,17 @@ class Recorder:
         self.written += replayed
         log.info("journal_replayed", rows=replayed, path=str(journal.path))
 
-    def _rows_left(self, count: int) -> None:
-        self._left += count
-        if self.on_durable is not None:
-            self.on_durable()
-
     def _on_failure(self, exc: BaseException) -> None:
         self.failures += 1
         self.database.failed(exc, pending=len(self._buffer))
+
+
+async def _append(journal: Journal, rows: Sequence[ExecutionRecord]) -> None:
+    """Append and fsync in a worker thread. Cancelled (close's timeout), it still waits for the
+    thread: a second append meanwhile would interleave its lines with this one's."""
+    append = asyncio.ensure_future(asyncio.to_thread(journal.append, rows))
+    try:
+        await asyncio.shield(append)
+    except asyncio.CancelledError:
+        await asyncio.wait({append})
+        raise

@@ -111,11 +111,11 @@ class StartLog:
         self._clock: Clock = clock or SystemClock()
         self._segment_entries = segment_entries
         self._stall_after = stall_after
-        # Left by earlier processes: replayed at the first connection, never written to.
-        self._previous = _files_in(directory)
+        # Left by earlier processes (found by ``start``): replayed at the first connection.
+        self._previous: list[tuple[int, Path]] = []
         self._began: set[uuid.UUID] = set()  # the fire ids they hold
-        self._number = max((n for n, _ in self._previous), default=0)
-        self._segments: deque[Segment] = deque([self._new_segment()])
+        self._number = 0
+        self._segments: deque[Segment] = deque()  # ours, oldest first; the last is logged into
         self._queue: list[tuple[str, Segment]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
@@ -154,6 +154,8 @@ class StartLog:
 
     def rows_durable(self) -> None:
         """The recorder's hook: rows have just become durable; settled files can go."""
+        if not self._segments:
+            return  # not started
         current = self._segments[-1]
         if any((s is not current or s.size) and s.settled() for s in self._segments):
             self._wake.set()
@@ -161,6 +163,11 @@ class StartLog:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Find the files earlier processes left (only now: the daemon holds the state_dir's lock
+        by then, and ours are numbered after theirs), then start the writer."""
+        self._previous = _files_in(self.directory)
+        self._number = max((n for n, _ in self._previous), default=0)
+        self._segments.append(self._new_segment())
         self._task = asyncio.create_task(self._run(), name="startlog")
 
     async def close(self, timeout: float = STALL_AFTER) -> None:

@@ -127,11 +127,12 @@ async def sync_jobs(
     *,
     removed: Sequence[str] | None = None,
 ) -> None:
-    """Make ``jobs`` mirror the configuration: upsert every job, delete the ones removed.
+    """Make ``jobs`` mirror the configuration: upsert every job, mark the others removed.
 
-    A removed job's row goes (its executions stay): ``jobs`` answers "what is configured now".
+    A removed job's row stays, marked ``removed_at`` (its executions stay too): a job that comes
+    back (a config switched back, a job renamed back) keeps its last instants and catches up.
     With ``removed`` given, ``jobs`` is only what changed (a reload): those are upserted and the
-    ``removed`` names deleted, and every other row is left as it is.
+    ``removed`` names marked, and every other row is left as it is.
     """
     # Rendering thousands of specs takes long enough to delay fires: do it off the event loop.
     rows = await asyncio.to_thread(_job_rows, jobs, next_runs)
@@ -140,15 +141,15 @@ async def sync_jobs(
             """INSERT INTO jobs (name, spec, enabled, next_run_at, updated_at)
                VALUES ($1, $2::jsonb, $3, $4, now())
                ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, enabled = EXCLUDED.enabled,
-                   next_run_at = EXCLUDED.next_run_at, updated_at = now()""",
+                   next_run_at = EXCLUDED.next_run_at, updated_at = now(), removed_at = NULL""",
             rows,
         )
+        mark = """UPDATE jobs SET removed_at = now(), next_run_at = NULL, updated_at = now()
+                  WHERE removed_at IS NULL AND """
         if removed is None:
-            await conn.execute(
-                "DELETE FROM jobs WHERE NOT (name = ANY($1::text[]))", [job.name for job in jobs]
-            )
+            await conn.execute(mark + "NOT (name = ANY($1::text[]))", [job.name for job in jobs])
         elif removed:
-            await conn.execute("DELETE FROM jobs WHERE name = ANY($1::text[])", list(removed))
+            await conn.execute(mark + "name = ANY($1::text[])", list(removed))
 
 
 def _job_rows(

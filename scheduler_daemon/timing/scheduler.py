@@ -139,7 +139,7 @@ class Scheduler:
         while not self._stopped:
             self._wake.clear()
             wall, mono = self._clock.time(), self._clock.monotonic()
-            self._check_clock_step((wall - last_wall) - (mono - last_mono), wall)
+            await self._check_clock_step((wall - last_wall) - (mono - last_mono), wall)
             last_wall, last_mono = wall, mono
             for dispatched, (job, fire_at) in enumerate(self._iter_due(wall), 1):
                 self._dispatch(job, fire_at)
@@ -151,7 +151,7 @@ class Scheduler:
             await self._sleep(self._delay())
         log.info("scheduler_stopped")
 
-    def _check_clock_step(self, step: float, now: float) -> None:
+    async def _check_clock_step(self, step: float, now: float) -> None:
         """React to the wall clock stepping (NTP, manual change, resume from suspend)."""
         if step < -JUMP_THRESHOLD:
             # Entries keep their instants: nothing already fired fires again; jobs resume when
@@ -160,22 +160,29 @@ class Scheduler:
         elif step > JUMP_THRESHOLD:
             log.warning("clock_jump", direction="forward", seconds=round(step, 3))
             if self._on_jump is not None:
-                self._skip_to(datetime.fromtimestamp(now, UTC))
+                await self._skip_to(datetime.fromtimestamp(now, UTC))
 
-    def _skip_to(self, now: datetime) -> None:
+    async def _skip_to(self, now: datetime) -> None:
         """Reschedule every overdue job from ``now``; its skipped fires go to the catch-up policy.
 
         O(jobs), but only on a clock step: without it a per-second job would fire once for every
-        second the clock skipped.
+        second the clock skipped. Every job is rescheduled at once; the catch-up plans, which cost
+        more, are made one job at a time, yielding to the loop in between.
         """
         assert self._on_jump is not None
+        skipped = []
         for entry in self._jobs.values():
             first = entry.next_at
             if first is None or first > now:
                 continue
             entry.generation = next(self._generations)  # its heap entry becomes stale
             self._push(entry, entry.schedule.next_after(now))
-            self._on_jump(entry.job, first, now)
+            skipped.append((entry.job, first))
+        for job, first in skipped:
+            if self._stopped:
+                break
+            self._on_jump(job, first, now)
+            await asyncio.sleep(0)
 
     def _delay(self) -> float:
         delay = self._max_sleep

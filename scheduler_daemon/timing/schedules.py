@@ -61,8 +61,23 @@ class IntervalSchedule:
         self._offset = round(offset * 1_000_000) % self._every
 
     def next_after(self, t: datetime) -> datetime | None:
-        micros = _micros(t) - self._offset
-        k = micros // self._every + 1
+        return self._at(self._index(t) + 1)
+
+    def count_between(self, after: datetime, until: datetime) -> int:
+        """How many fires there are in (after, until]: arithmetic, however long the span."""
+        return max(0, self._index(until) - self._index(after))
+
+    def newest_between(self, after: datetime, until: datetime, keep: int) -> list[datetime]:
+        """The newest ``keep`` fires in (after, until], oldest first."""
+        last = self._index(until)
+        first = max(self._index(after), last - max(keep, 0)) + 1
+        return [self._at(k) for k in range(first, last + 1)]
+
+    def _index(self, t: datetime) -> int:
+        """k of the last fire at or before ``t`` (fire k is at k * every + offset)."""
+        return (_micros(t) - self._offset) // self._every
+
+    def _at(self, k: int) -> datetime:
         return _from_micros(k * self._every + self._offset)
 
     def describe(self) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from scheduler_daemon.operation.cli import main
+from scheduler_daemon.specs import load_config
 from tests.helpers import REPO
 
 
@@ -29,6 +30,13 @@ def test_check_accepts_the_shipped_example_config(capsys: pytest.CaptureFixture[
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
 def test_check_accepts_every_example(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["check", "-c", str(REPO / "examples" / name)]) == 0
+
+
+def test_the_shipped_configs_each_have_a_state_dir_of_their_own() -> None:
+    # One daemon per state_dir: the examples must run beside the quick start.
+    configs = [REPO / "config.yaml", *sorted((REPO / "examples").glob("*.yaml"))]
+    states = [load_config(path, environ={}).state_dir for path in configs]
+    assert len(set(states)) == len(configs), states
 
 
 def test_check_lists_every_error_with_file_and_line(

@@ -14,10 +14,12 @@ import sys
 import uuid
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from scheduler_daemon.operation import daemon as daemon_module
 from scheduler_daemon.operation import pauses as pauses_module
+from scheduler_daemon.storage import queries
 from tests.helpers import (
     ENV,
     REPO,
@@ -120,3 +122,23 @@ async def test_operator_commands_straight_to_postgresql(
 
 async def _paused(daemon: daemon_module.Daemon, job: str, expected: bool = True) -> bool:
     return (job in daemon.paused()) == expected
+
+
+async def test_a_trigger_past_the_pending_runs_bound_is_refused_with_the_reason(
+    tmp_path: Path, database_url: str
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.executemany(
+            "INSERT INTO runs (id, job_name, run_at) VALUES ($1, 'greet', now() + '1 day')",
+            [(uuid.uuid4(),) for _ in range(queries.MAX_PENDING_RUNS_PER_JOB)],
+        )
+    finally:
+        await conn.close()
+    direct = tmp_path / "direct.yaml"
+    write_config(direct, database_url, NO_TARGET, listen=None)
+    code, out, err = await cli(direct, "trigger", "greet")
+    assert code == 1 and out == ""
+    assert "100 one-off runs of job 'greet' are pending already" in err
+    total = "SELECT count(*) FROM runs WHERE started_at IS NULL AND cancelled_at IS NULL"
+    assert await query_value(database_url, total) == queries.MAX_PENDING_RUNS_PER_JOB

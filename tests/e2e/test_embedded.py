@@ -11,7 +11,10 @@ import asyncio
 import importlib.util
 import os
 import pwd
+import shutil
 import signal
+import stat
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -21,8 +24,24 @@ import pytest
 from structlog.testing import capture_logs
 
 from scheduler_daemon.errors import DatabaseUnavailable
+from scheduler_daemon.storage import embedded
+from scheduler_daemon.storage import embedded_home as home
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
-from tests.helpers import start_daemon
+from tests.helpers import reachable_dir, start_daemon
+
+
+@pytest.fixture(autouse=True)
+def system_dir(clusters_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where servers that root's server user cannot reach go, for this test: not /var/lib."""
+    place = reachable_dir(clusters_root) / "system"
+    monkeypatch.setattr(home, "SYSTEM_DIR", place)
+    return place
+
+
+@pytest.fixture
+def reachable(clusters_root: Path) -> Path:
+    """A new directory that root's server user can traverse (tmp_path's parents are 0700)."""
+    return reachable_dir(clusters_root)
 
 
 def postgres_processes(data_dir: Path) -> list[int]:
@@ -149,7 +168,8 @@ def test_without_the_wheel_the_error_says_what_to_do(monkeypatch: pytest.MonkeyP
         EmbeddedPostgres(Path("/nonexistent"))
 
 
-def test_a_foreign_data_directory_is_not_overwritten(tmp_path: Path) -> None:
+def test_a_foreign_data_directory_is_not_overwritten(reachable: Path) -> None:
+    tmp_path = reachable
     (tmp_path / "pg" / "pgdata").mkdir(parents=True)
     (tmp_path / "pg" / "pgdata" / "precious.txt").write_text("keep me")
     with pytest.raises(DatabaseUnavailable, match="not a PostgreSQL data directory"):
@@ -162,41 +182,161 @@ def _uid(pid: int) -> int:
     return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL's user switch happens only as root")
-def test_as_root_it_runs_as_nobody_and_opens_only_traversal(tmp_path: Path) -> None:
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a second uid, a user switch")
+
+
+def _psql_as(uid: int, dsn: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["psql", dsn, "-Atc", "SELECT current_user"],
+        capture_output=True,
+        text=True,
+        user=uid,
+        env={"PATH": os.defpath},
+        check=False,
+    )
+
+
+async def test_peer_authentication_and_a_private_socket(cluster_dir: Path) -> None:
+    server = EmbeddedPostgres(cluster_dir)
+    conn = await asyncpg.connect(await server.astart())
+    try:
+        rules = await conn.fetch("SELECT type, auth_method FROM pg_hba_file_rules")
+        assert [tuple(r) for r in rules] == [("local", "peer")]
+        assert await conn.fetchval("SHOW unix_socket_permissions") == "0700"
+        assert await conn.fetchval("SHOW listen_addresses") == ""
+    finally:
+        await conn.close()
+        await server.astop()
+    assert stat.S_IMODE(server.socket_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(server.pgdata.stat().st_mode) == 0o700
+
+
+@as_root
+async def test_another_local_user_cannot_connect(cluster_dir: Path) -> None:
+    server = EmbeddedPostgres(cluster_dir)
+    dsn = await server.astart()
+    try:
+        stranger = _psql_as(pwd.getpwnam("nobody").pw_uid, dsn)
+        assert stranger.returncode != 0 and "Permission denied" in stranger.stderr
+        # The server's own user passes the socket's permissions; peer authentication stops it.
+        insider = _psql_as(pwd.getpwnam(home.SERVER_USER).pw_uid, dsn)
+        assert insider.returncode != 0 and "Peer authentication failed" in insider.stderr
+        assert _psql_as(os.geteuid(), dsn).stdout.strip() == "postgres"
+    finally:
+        await server.astop()
+
+
+async def test_a_server_started_trusting_everyone_is_restarted(cluster_dir: Path) -> None:
+    server = EmbeddedPostgres(cluster_dir)
+    await server.astart()
+    await server.astop()
+    # As an older version started it: pgdata's own pg_hba.conf, which trusted every local user.
+    (server.pgdata / "pg_hba.conf").write_text("local all all trust\n")
+    server._run(
+        [
+            str(server._bin / "pg_ctl"),
+            "-D",
+            str(server.pgdata),
+            "start",
+            "-w",
+            "-l",
+            "/dev/null",
+            "-o",
+            f"-c listen_addresses='' -k {server.socket_dir} -p 5432",
+        ],
+        what="old start",
+    )
+    again = EmbeddedPostgres(cluster_dir)
+    conn = await asyncpg.connect(await again.astart())
+    try:
+        assert await conn.fetchval("SHOW hba_file") == str(again.server_dir / "pg_hba.conf")
+    finally:
+        await conn.close()
+        await again.astop()
+
+
+def test_as_an_ordinary_user_its_own_private_directory_is_enough(tmp_path: Path) -> None:
+    # The quick start as alice in /home/alice (0700): her server is herself, nobody need pass.
+    # (A real second ordinary user cannot run this interpreter here: it lives under /root.)
+    home_dir = tmp_path / "home"
+    home_dir.mkdir(mode=0o700)
+    server = EmbeddedPostgres(home_dir / "state" / "pg")
+    server._as_root, server.server_dir = False, server.data_dir  # what __init__ decides for alice
+    server.pgdata = server.data_dir / "pgdata"
+    server._prepare()
+    assert stat.S_IMODE(server.data_dir.stat().st_mode) == 0o700
+
+
+def _server_uids(server: EmbeddedPostgres) -> set[int]:
+    return {_uid(p) for p in postgres_processes(server.pgdata)}
+
+
+@as_root
+def test_as_root_an_unreachable_state_dir_is_left_alone(tmp_path: Path, system_dir: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o700)
     server = EmbeddedPostgres(locked / "state" / "pg")
     with capture_logs() as logs:
         server.start()
     try:
-        [pid] = [p for p in postgres_processes(server.pgdata) if _uid(p) != 0]
-        assert _uid(pid) == pwd.getpwnam("nobody").pw_uid
-        assert locked.stat().st_mode & 0o777 == 0o701  # o+x only: listing stays forbidden
-        chmods = [e["path"] for e in logs if e["event"] == "embedded_postgres_chmod"]
-        assert str(locked) in chmods
+        assert _server_uids(server) == {pwd.getpwnam(home.SERVER_USER).pw_uid}
+        assert server.pgdata.is_relative_to(system_dir)  # moved, not chmodded
+        assert [e for e in logs if e["event"] == "embedded_postgres_elsewhere"]
     finally:
         server.stop()
+    assert stat.S_IMODE(locked.stat().st_mode) == 0o700
     assert postgres_processes(server.pgdata) == []
+    assert (locked / "state" / "pg" / "postgresql.log").stat().st_uid == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL's user switch happens only as root")
-def test_as_root_it_runs_as_the_owner_of_the_state_directory(tmp_path: Path) -> None:
-    owner = pwd.getpwnam("daemon")
-    state = tmp_path / "state"
-    state.mkdir()
-    os.chown(state, owner.pw_uid, owner.pw_gid)
-    server = EmbeddedPostgres(state / "pg")
+@as_root
+def test_as_root_unreachable_binaries_are_copied(
+    tmp_path: Path, system_dir: Path, reachable: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locked = tmp_path / "venv"
+    locked.mkdir(mode=0o700)
+    package = embedded.bin_dir().parent.parent  # site-packages/embedded_postgres
+    for part in (package / "pginstall", package.parent / "embedded_postgres.libs"):
+        shutil.copytree(part, locked / part.relative_to(package.parent), symlinks=True)
+    moved = locked / "embedded_postgres" / "pginstall" / "bin"
+    monkeypatch.setattr(embedded, "bin_dir", lambda: moved)
+    server = EmbeddedPostgres(reachable / "pg")
     server.start()
     try:
-        assert {_uid(p) for p in postgres_processes(server.pgdata)} == {owner.pw_uid}
-        assert server.pgdata.stat().st_uid == owner.pw_uid
+        assert _server_uids(server) == {pwd.getpwnam(home.SERVER_USER).pw_uid}
+        assert server._bin.is_relative_to(system_dir) and server._bin.stat().st_uid == 0
     finally:
         server.stop()
+    assert stat.S_IMODE(locked.stat().st_mode) == 0o700
 
 
-async def test_long_state_paths_get_a_short_socket_directory(tmp_path: Path) -> None:
-    deep = tmp_path / ("d" * 60) / ("e" * 60)
+@as_root
+def test_as_root_a_directory_of_another_user_is_refused_not_followed(reachable: Path) -> None:
+    # An older version's layout: the data directory handed to nobody, who planted a link where
+    # the daemon, as root, used to chown and append its log.
+    victim = reachable / "root-only"
+    victim.write_text("secret\n")
+    victim.chmod(0o600)
+    data_dir = reachable / "pg"
+    data_dir.mkdir()
+    (data_dir / "postgresql.log").symlink_to(victim)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(DatabaseUnavailable, match="owned by nobody"):
+        EmbeddedPostgres(data_dir).start()
+    assert victim.stat().st_uid == 0 and victim.read_text() == "secret\n"
+
+
+@as_root
+def test_as_root_a_cluster_of_another_user_is_refused(cluster_dir: Path) -> None:
+    pgdata = cluster_dir / "pgdata"
+    os.chown(pgdata, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(DatabaseUnavailable, match=f"{pgdata} is a directory owned by nobody"):
+        EmbeddedPostgres(cluster_dir).start()
+
+
+async def test_long_state_paths_get_a_short_socket_directory(reachable: Path) -> None:
+    deep = reachable / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
     server = EmbeddedPostgres(deep / "pg")
     dsn = await server.astart()
@@ -205,8 +345,8 @@ async def test_long_state_paths_get_a_short_socket_directory(tmp_path: Path) -> 
     await server.astop()
 
 
-async def test_a_state_path_with_spaces_works(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "my jobs" / "pg")
+async def test_a_state_path_with_spaces_works(reachable: Path) -> None:
+    server = EmbeddedPostgres(reachable / "my jobs" / "pg")
     dsn = await server.astart()
     try:
         assert " " in str(server.socket_dir) and await _select_one(dsn) == 1
@@ -214,7 +354,8 @@ async def test_a_state_path_with_spaces_works(tmp_path: Path) -> None:
         await server.astop()
 
 
-async def test_the_daemon_runs_on_the_embedded_database_by_default(tmp_path: Path) -> None:
+async def test_the_daemon_runs_on_the_embedded_database_by_default(reachable: Path) -> None:
+    tmp_path = reachable  # as root, a directory the server user can reach: no relocation
     config = tmp_path / "config.yaml"
     config.write_text(
         textwrap.dedent("""

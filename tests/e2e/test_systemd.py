@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from scheduler_daemon.operation.daemon import stop_budget
 from scheduler_daemon.operation.notify import Notifier
+from scheduler_daemon.specs import Config, load_config
 from tests.helpers import REPO, start_daemon
 
 UNIT = REPO / "systemd" / "scheduler-daemon.service"
@@ -64,10 +66,11 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_pid() -> None:
 async def test_the_daemon_speaks_the_notify_protocol(tmp_path: Path, database_url: str) -> None:
     listener = NotifySocket(tmp_path / "notify.sock")
     config = tmp_path / "config.yaml"
-    config.write_text(
+    text = (
         f'database: {{url: "{database_url}"}}\nshutdown_grace: 1s\n'
         'jobs:\n  a: {every: 1s, command: ["true"]}\n'
     )
+    config.write_text(text)
     daemon = await start_daemon(
         config, {"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "1000000"}
     )
@@ -89,8 +92,12 @@ async def test_the_daemon_speaks_the_notify_protocol(tmp_path: Path, database_ur
         after = await listener.expect("READY", "1")
         assert "last reload FAILED" in after["STATUS"]
 
+        config.write_text(text)  # for the budget below (what it runs with)
         daemon.proc.send_signal(signal.SIGTERM)
-        await listener.expect("STOPPING", "1")
+        stopping = await listener.expect("STOPPING", "1")
+        # systemd is told how long this stop may take: 1s of grace, 5s of kill_grace, the rest.
+        budget = stop_budget(load_config(config))
+        assert int(stopping["EXTEND_TIMEOUT_USEC"]) == round(budget * 1_000_000)
         assert await asyncio.wait_for(daemon.proc.wait(), 30) == 0
     finally:
         if daemon.proc.returncode is None:
@@ -148,4 +155,7 @@ def test_the_unit_has_what_operations_need() -> None:
     ):
         assert line in text
     stop = int(re.search(r"TimeoutStopSec=(\d+)s", text).group(1))  # type: ignore[union-attr]
-    assert stop > 30  # above the default shutdown_grace
+    # Above the longest stop of a default config with a command job (its kill_grace counts).
+    default = Config.model_validate({"jobs": {"a": {"every": 60, "command": ["true"]}}})
+    assert default.shutdown_grace == 30 and stop_budget(default) > 70
+    assert stop >= stop_budget(default) + 10

@@ -18,10 +18,12 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from scheduler_daemon.operation import pauses as pauses_module
 from scheduler_daemon.operation.daemon import Daemon
+from scheduler_daemon.operation.oneoff import OneOffRuns
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
 from scheduler_daemon.specs import load_config
-from scheduler_daemon.storage import store
+from scheduler_daemon.storage import queries, store
 from tests import e2e_jobs
 from tests.helpers import (
     ADMIN_TOKEN,
@@ -32,6 +34,7 @@ from tests.helpers import (
     free_port,
     listening,
     next_event,
+    query_value,
     running_daemon,
     wait_until,
     write_config,
@@ -262,6 +265,109 @@ async def test_a_one_off_run_survives_a_restart_and_runs_once(
     finally:
         await conn.close()
     assert [r["output"] for r in rows] == ["hello later"]
+
+
+async def test_runs_written_straight_into_the_table_pass_the_apis_checks(
+    api: Running, database_url: str
+) -> None:
+    status, body = await api.call("POST", "/jobs/greet/trigger", json={"args": {"name": "x"}})
+    assert status == 202
+    await wait_until(lambda: _has_rows(api, body["fire_id"]))
+    taken = uuid.UUID(body["fire_id"])  # a manual fire's id, version 4 like a run's
+    bad = {
+        uuid.uuid4(): '["not", "keyword arguments"]',
+        scheduled_fire_id("greet", datetime(2030, 1, 1, tzinfo=UTC)): None,  # a scheduled fire's
+        taken: None,
+    }
+    conn = await asyncpg.connect(database_url)
+    try:
+        for run_id, overrides in bad.items():
+            await conn.execute(
+                "INSERT INTO runs (id, job_name, run_at, overrides)"
+                " VALUES ($1, 'greet', now(), $2)",
+                run_id,
+                overrides,
+            )
+        with capture_logs() as logs:
+            await wait_until(
+                lambda: query_value(
+                    database_url,
+                    "SELECT count(*) = 3 FROM runs WHERE id = any($1) AND cancelled_at IS NOT NULL",
+                    list(bad),
+                )
+            )
+        refused = {e["run_id"]: e["why"] for e in logs if e["event"] == "oneoff_run_refused"}
+        assert set(refused) == {str(run_id) for run_id in bad}
+        assert "JSON object" in refused[str(next(iter(bad)))]
+        executions = await conn.fetchval(
+            "SELECT count(*) FROM executions WHERE fire_id = any($1)", list(bad)
+        )
+        assert executions == 1  # the manual fire's own attempt, nothing added to it
+    finally:
+        await conn.close()
+
+
+async def _queue_runs(dsn: str, job: str, count: int, *, days: float = 1) -> list[uuid.UUID]:
+    """Pending runs written straight into the table (as the CLI, or a hand, does), in a day."""
+    at = datetime.now(UTC) + timedelta(days=days)
+    ids = [uuid.uuid4() for _ in range(count)]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.executemany(
+            "INSERT INTO runs (id, job_name, run_at) VALUES ($1, $2, $3)",
+            [(run_id, job, at + timedelta(seconds=i)) for i, run_id in enumerate(ids)],
+        )
+    finally:
+        await conn.close()
+    return ids
+
+
+async def test_pending_runs_are_bounded_per_job_with_a_429(api: Running, database_url: str) -> None:
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    await _queue_runs(database_url, "greet", queries.MAX_PENDING_RUNS_PER_JOB - 1)
+    status, last = await api.call("POST", "/runs", json={"job": "greet", "at": later})
+    assert status == 201  # the 100th
+    status, body = await api.call("POST", "/runs", json={"job": "greet", "at": later})
+    assert (status, body["error"]) == (429, "too_many_runs")
+    assert body["message"].startswith("100 one-off runs of job 'greet' are pending already")
+    status, _ = await api.call("POST", "/runs", json={"job": "explode", "at": later})
+    assert status == 201  # another job has room
+    status, _ = await api.call("DELETE", f"/runs/{last['id']}")
+    assert status == 200
+    status, _ = await api.call("POST", "/runs", json={"job": "greet", "at": later})
+    assert status == 201  # a cancelled run makes room
+    document = (await api.call("GET", "/openapi.json"))[1]
+    assert "429" in document["paths"]["/runs"]["post"]["responses"]
+
+
+async def test_runs_past_the_total_bound_wait_in_the_table_until_there_is_room(
+    api: Running, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pauses_module, "CONTROL_POLL", 0.05)
+    oneoff = api.daemon._oneoff
+    capacity = queries.MAX_PENDING_RUNS
+    # Written by hand past the bound (the API and the CLI refuse that many): due in a day, the
+    # first 1000 of them (the ones due first) are waited for, the other 200 stay in the table.
+    with capture_logs() as logs:
+        first = await _queue_runs(database_url, "gone", capacity)
+        await _queue_runs(database_url, "gone", 200, days=2)
+        await wait_until(lambda: _waiting(oneoff, capacity))
+    assert set(oneoff._waiting) == set(first)
+    [deferred] = [e for e in logs if e["event"] == "oneoff_runs_deferred"]
+    assert deferred["capacity"] == capacity and deferred["waiting"] == capacity
+    status, body = await api.call("POST", "/runs", json={"job": "greet"})
+    assert (status, body["error"]) == (429, "too_many_runs")
+    assert body["message"].startswith("1000 one-off runs in all are pending already")
+    for run_id in first[:300]:
+        status, _ = await api.call("DELETE", f"/runs/{run_id}")
+        assert status == 200
+    await wait_until(lambda: _waiting(oneoff, capacity - 100))  # the 200 others now
+    status, body = await api.call("POST", "/runs", json={"job": "greet"})
+    assert status == 201  # room again
+
+
+async def _waiting(oneoff: OneOffRuns, count: int) -> bool:
+    return oneoff.pending() == count
 
 
 async def test_while_the_database_is_away_reads_of_the_schedule_work_and_history_is_503(

@@ -6,7 +6,6 @@ import asyncio
 import json
 import shutil
 import stat
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,14 +17,14 @@ from scheduler_daemon.storage import rows, store
 from scheduler_daemon.storage.database import Database, OnConnect
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from scheduler_daemon.storage.journal import Journal
-from scheduler_daemon.storage.recorder import Recorder
-from tests.helpers import T, copy_cluster, rec
+from scheduler_daemon.storage.recorder import Recorder, row_size
+from tests.helpers import T, copy_cluster, reachable_dir, rec
 
 
 @pytest.fixture(scope="module")
 def _outage_server(clusters_root: Path, cluster_template: Path) -> Iterator[EmbeddedPostgres]:
     """One cluster for the outage tests of this module (a copy and a first start cost ~0.8 s)."""
-    place = Path(tempfile.mkdtemp(dir=clusters_root))
+    place = reachable_dir(clusters_root)
     server = EmbeddedPostgres(copy_cluster(cluster_template, place / "pg"))
     yield server
     server.stop()
@@ -64,6 +63,16 @@ async def _until(predicate: object, timeout: float = 30) -> None:
     await asyncio.wait_for(poll(), timeout)
 
 
+async def _until_waiting_for_a_lock(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        while not await conn.fetchval(query):
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
+
+
 async def _apply_schema(pool: asyncpg.Pool) -> None:
     await store.apply_schema(pool)
 
@@ -95,6 +104,7 @@ async def test_rows_are_written_in_batches(database_url: str) -> None:
     assert recorder.stats() == {
         "written": 3000,
         "pending": 0,
+        "pending_bytes": 0,
         "batches": 6,
         "failures": 0,
         "rejected": 0,
@@ -259,6 +269,88 @@ async def test_a_long_outage_spills_to_the_journal_and_replays_it(
     await _until(lambda: recorder.pending == 0 and not journal.exists())
     assert await recorder.close(timeout=10) == 0
     assert await _count(server.dsn()) == 350
+
+
+_BIG = "x" * 64 * 1024  # a command's whole default capture_bytes
+_MIB = 1024 * 1024
+
+
+async def test_large_rows_spill_past_the_byte_bound_long_before_the_row_bound(
+    server: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "executions.jsonl")
+    recorder = Recorder(
+        database=_database(server.dsn(), _apply_schema),
+        flush_interval=0.05,
+        buffer_bytes=_MIB,  # the row bound stays at its default, 100,000
+        journal=journal,
+    )
+    with capture_logs() as logs:
+        await recorder.start()
+        await _until(lambda: recorder.pool is not None)
+        await server.astop()
+        for i in range(100):  # 6.4 MiB of output in 100 rows
+            recorder.record(rec(n=i, output=_BIG))
+            await asyncio.sleep(0)  # attempts end one by one: the spill keeps up
+        await _until(lambda: recorder.pending_bytes <= _MIB)
+        assert recorder.journaled + recorder.pending == 100 and recorder.journaled >= 80
+        [full] = [e for e in logs if e["event"] == "recorder_buffer_full"]
+        assert full["limit_bytes"] == _MIB and full["pending"] < 20
+
+        await server.astart()
+        await _until(lambda: recorder.pending == 0 and not journal.exists())
+        assert await recorder.close(timeout=10) == 0
+    conn = await asyncpg.connect(server.dsn())
+    try:
+        found = await conn.fetch("SELECT scheduled_at, output FROM executions")
+    finally:
+        await conn.close()
+    assert len(found) == 100 and len({r["scheduled_at"] for r in found}) == 100
+    assert all(r["output"] == _BIG for r in found)
+
+
+async def test_past_the_byte_bound_a_stuck_write_does_not_hold_the_spill_back(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The writer is stuck in a write (a lock held elsewhere): the rows behind its batch go to
+    the journal at once; its batch stays in memory and is written when the lock is released."""
+    journal = Journal(tmp_path / "executions.jsonl")
+    recorder = Recorder(
+        database=_database(database_url),
+        batch_size=5,
+        flush_interval=0.01,
+        buffer_bytes=_MIB,
+        journal=journal,
+    )
+    blocker = await asyncpg.connect(database_url)
+    await recorder.start()
+    try:
+        recorder.record(rec(n=0))
+        await _until(lambda: recorder.written == 1)  # connected, table created
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")  # writes hang
+        for i in range(1, 6):
+            recorder.record(rec(n=i))  # the writer's next batch: it hangs on the lock
+        await _until_waiting_for_a_lock(database_url)  # the writer is in its write now
+        for i in range(6, 56):
+            recorder.record(rec(n=i, output=_BIG))  # 3.2 MiB behind the stuck batch
+            await asyncio.sleep(0)
+        await _until(lambda: recorder.journaled >= 40)
+        assert recorder.pending_bytes <= _MIB and recorder.failures == 0  # still stuck
+        await tx.rollback()
+        await _until(lambda: recorder.pending == 0 and not journal.exists())
+        assert await recorder.close(timeout=10) == 0
+    finally:
+        await blocker.close()
+    assert await _replayed_rows(database_url) == list(range(56))
+
+
+def test_a_row_is_sized_by_its_text_and_a_fixed_cost() -> None:
+    small, large = row_size(rec()), row_size(rec(output=_BIG, error="e" * 1000))
+    assert 300 < small < 1000
+    assert large - small == pytest.approx(len(_BIG) + 1000, abs=200)
+    assert row_size(rec(output="€" * 1000)) - small > 2000  # CPython keeps it 2 bytes a char
 
 
 async def test_close_during_an_outage_journals_and_the_next_start_replays(

@@ -54,7 +54,9 @@ async def test_replay_gives_a_row_to_each_attempt_that_began_and_has_none(
     (directory / "starts-7.jsonl").write_bytes(b"".join(damaged))
 
     starts = StartLog(directory, rows=Rows())
+    await starts.start()  # finds the files an earlier process left
     began = await starts.replay(pool)
+    await starts.close()
 
     assert began == {started(n).fire_id for n in (1, 2, 3, 4)}
     statuses = dict(await pool.fetch("SELECT scheduled_at, status FROM executions"))
@@ -122,3 +124,50 @@ async def test_starts_stay_until_their_rows_are_committed_or_journaled(
     assert (unwritten, recorder.durable) == ((0, 1) if journaled else (1, 0))
     kept = (tmp_path / "journal" / "starts-1.jsonl").exists()
     assert kept is not journaled  # a row only in memory is lost with a crash: the start stays
+
+
+async def test_the_watermark_waits_for_the_batch_a_spill_leaves_in_memory(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Rows do not always leave the buffer in order: a spill moves every row but the batch being
+    written. The rows before the first one still in memory are the durable ones."""
+    database = Database(dsn=database_url)
+    journal = Journal(tmp_path / "journal" / "executions.jsonl")
+    recorder = Recorder(
+        database=database, batch_size=2, flush_interval=0.01, buffer_limit=3, journal=journal
+    )
+    lock = await asyncpg.connect(database_url)
+    held = lock.transaction()
+    await held.start()
+    await lock.execute("LOCK TABLE executions IN EXCLUSIVE MODE")  # the first batch waits
+    await recorder.start()
+    try:
+        recorder.record(rec(n=1))
+        recorder.record(rec(n=2))
+        async with asyncio.timeout(10):
+            while not await _waiting_for_a_lock(lock):
+                await asyncio.sleep(0.02)
+        for n in range(3, 7):
+            recorder.record(rec(n=n))  # past the limit: rows 3-6 are journaled
+        async with asyncio.timeout(10):
+            while recorder.journaled < 4:
+                await asyncio.sleep(0.02)
+        assert (recorder.appended, recorder.pending, recorder.durable) == (6, 2, 0)
+        await held.rollback()
+        async with asyncio.timeout(10):
+            while recorder.pending:
+                await asyncio.sleep(0.02)
+        assert recorder.durable == 6
+    finally:
+        await lock.close()
+        await recorder.close(timeout=10)
+        await database.close()
+
+
+async def _waiting_for_a_lock(conn: asyncpg.Connection) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()"
+        )
+    )

@@ -118,17 +118,38 @@ async def test_a_bad_row_rolls_back_its_whole_batch(pool: asyncpg.Pool) -> None:
     assert await pool.fetchval("SELECT count(*) FROM executions") == 1
 
 
-async def test_jobs_sync_upserts_redacts_and_removes(pool: asyncpg.Pool) -> None:
+async def test_jobs_sync_upserts_redacts_and_marks_removed(pool: asyncpg.Pool) -> None:
     secret = make_job(
         "api", action=HttpSpec(url="http://x", headers={"Authorization": "Bearer s3"})
     )
     nxt = T + timedelta(minutes=1)
     await store.sync_jobs(pool, [secret, make_job("b"), make_job("c", enabled=False)], {"api": nxt})
     await store.sync_jobs(pool, [secret, make_job("c", enabled=False)], {"api": nxt})
-    rows = {r["name"]: r for r in await pool.fetch("SELECT * FROM jobs")}
+    rows = {r["name"]: r for r in await pool.fetch("SELECT * FROM jobs WHERE removed_at IS NULL")}
     assert set(rows) == {"api", "c"}
+    assert [r["name"] for r in await queries.jobs(pool)] == ["api", "c"]
     assert rows["api"]["next_run_at"] == nxt and rows["c"]["enabled"] is False
     assert "s3" not in rows["api"]["spec"] and '"***"' in rows["api"]["spec"]
+
+
+async def test_a_job_that_leaves_the_config_and_comes_back_keeps_its_past(
+    pool: asyncpg.Pool,
+) -> None:
+    # Two configs on one database in turn (the README's examples once shared a state_dir): the
+    # second's sync must not erase the first's instants, or its catch-up would find nothing.
+    await store.sync_jobs(pool, [make_job("a"), make_job("b")], {})
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, [rec("a", n=5)])
+    await queries.set_paused(pool, "a", True)
+    last_before = await store.last_scheduled(pool)
+    await store.sync_jobs(pool, [make_job("other")], {})
+    assert [r["name"] for r in await queries.jobs(pool)] == ["other"]
+    assert await pool.fetchval("SELECT count(*) FROM job_health") == 1
+    await store.sync_jobs(pool, [make_job("a"), make_job("b")], {})
+    assert await store.last_scheduled(pool) == last_before and "a" in last_before
+    assert set(await queries.paused_jobs(pool)) == {"a"}
+    marked = await pool.fetch("SELECT name FROM jobs WHERE removed_at IS NOT NULL")
+    assert [r["name"] for r in marked] == ["other"]
 
 
 async def test_writes_stamp_last_run_at_on_jobs(pool: asyncpg.Pool) -> None:
@@ -171,7 +192,7 @@ async def test_jobs_sync_after_a_reload_touches_only_what_changed(pool: asyncpg.
     await store.sync_jobs(pool, [make_job("a"), make_job("b"), make_job("c")], {})
     before = {r["name"]: r["updated_at"] for r in await pool.fetch("SELECT * FROM jobs")}
     await store.sync_jobs(pool, [make_job("b", every=5.0), make_job("d")], {}, removed=["c"])
-    rows = {r["name"]: r for r in await pool.fetch("SELECT * FROM jobs")}
+    rows = {r["name"]: r for r in await pool.fetch("SELECT * FROM jobs WHERE removed_at IS NULL")}
     assert set(rows) == {"a", "b", "d"}
     assert rows["a"]["updated_at"] == before["a"]  # untouched
     assert '"every": 5.0' in rows["b"]["spec"]

@@ -26,6 +26,7 @@ timezone: Europe/Berlin
 max_concurrency: 8
 shutdown_grace: 1m30s
 node: web-1
+record_buffer: 16MiB
 defaults:
   timeout: 30s
   retry: {attempts: 3, delay: 2s, backoff: 2, max_delay: 1m, jitter: 0.1}
@@ -83,6 +84,7 @@ def test_a_full_config_loads_into_frozen_objects(tmp_path: Path) -> None:
         90.0,
         "web-1",
     )
+    assert config.record_buffer == 16 * 1024 * 1024
     jobs = {job.name: job for job in config.jobs}
     assert list(jobs) == ["prices", "market_open", "pipeline", "once"]
 

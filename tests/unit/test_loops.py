@@ -173,7 +173,7 @@ class StubPool:
         self.paused, self.runs, self.reads = paused, runs, 0
         self.error: BaseException | None = None
 
-    async def fetch(self, sql: str) -> list[dict[str, Any]]:
+    async def fetch(self, sql: str, *args: object) -> list[dict[str, Any]]:
         self.reads += 1
         if self.error is not None:
             raise self.error

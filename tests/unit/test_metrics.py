@@ -72,6 +72,7 @@ def test_live_gauges_are_read_at_scrape_time() -> None:
         waiting_fires=lambda priority: {"high": 1, "normal": 0, "low": 7}[priority],
         recorder_stats=lambda: {
             "pending": pending[0],
+            "pending_bytes": 2048,
             "written": 10,
             "failures": 1,
             "journaled": 0,
@@ -86,6 +87,7 @@ def test_live_gauges_are_read_at_scrape_time() -> None:
     assert got[("scheduler_running_attempts", ())] == 2
     assert got[("scheduler_waiting_fires", (("priority", "low"),))] == 7
     assert got[("scheduler_recorder_pending_rows", ())] == 5
+    assert got[("scheduler_recorder_pending_bytes", ())] == 2048
     assert got[("scheduler_recorder_journal_bytes", ())] == 4096
     assert got[("scheduler_database_up", ())] == 0
     assert got[("scheduler_jobs", (("state", "paused"),))] == 1
@@ -106,7 +108,7 @@ def test_every_metric_the_grafana_dashboard_queries_is_exported() -> None:
     wanted = {name for expr in exprs for name in re.findall(r"\bscheduler_\w+", expr)}
     metrics = Metrics()
     metrics.live = LiveState(lambda: 0, lambda p: 0, lambda: dict.fromkeys(
-        ("pending", "written", "failures", "journaled", "rejected", "batches"), 0),
+        ("pending", "pending_bytes", "written", "failures", "journaled", "rejected", "batches"), 0),
         lambda: 0, lambda: True, lambda: {})  # fmt: skip
     metrics.attempt_finished(rec("a", Status.SUCCEEDED))
     metrics.fire_ended("a", Status.SUCCEEDED)

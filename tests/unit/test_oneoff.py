@@ -13,11 +13,11 @@ from structlog.testing import capture_logs
 
 from scheduler_daemon.operation.oneoff import RUN_CLAIM_RETRY, OneOffRuns
 from scheduler_daemon.running.records import FireKind
-from scheduler_daemon.specs import JobSpec
+from scheduler_daemon.specs import JobSpec, PythonSpec
 from scheduler_daemon.storage.queries import OneOffRun
 from tests.helpers import FakeClock, make_job
 
-JOB = make_job("report")
+JOB = make_job("report", action=PythonSpec(target="reports:build"))  # takes keyword arguments
 
 
 class StubPool:
@@ -27,6 +27,7 @@ class StubPool:
     def __init__(self, *answers: str | BaseException) -> None:
         self.answers: Iterator[str | BaseException] = iter(answers)
         self.claims = 0
+        self.queries: list[str] = []
 
     async def execute(self, sql: str, run_id: uuid.UUID) -> str:
         self.claims += 1
@@ -34,6 +35,10 @@ class StubPool:
         if isinstance(answer, BaseException):
             raise answer
         return answer
+
+    async def fetchrow(self, sql: str, run_id: uuid.UUID) -> None:
+        self.queries.append(sql)
+        return None  # the run as it now is: gone (cancelled runs are not read back here)
 
 
 class StubDatabase:
@@ -106,13 +111,14 @@ async def test_the_claim_is_retried_while_the_database_is_away(
     assert oneoff.pending() == 0
 
 
-async def test_a_run_of_a_job_no_longer_configured_is_dropped() -> None:
-    clock, submit = FakeClock(), Submitted()
-    oneoff = runs(clock, StubDatabase(StubPool("UPDATE 1")), submit)
+async def test_a_run_of_a_job_no_longer_configured_is_dropped_and_cancelled() -> None:
+    clock, submit, pool = FakeClock(), Submitted(), StubPool("UPDATE 1")
+    oneoff = runs(clock, StubDatabase(pool), submit)
     with capture_logs() as logs:
         oneoff.schedule([run_at(clock, 1, job="gone")])
         await clock.advance(1)
-    assert submit.fires == []
+    assert submit.fires == [] and pool.claims == 0
+    assert any(sql.lstrip().startswith("UPDATE runs SET cancelled_at") for sql in pool.queries)
     [dropped] = [e for e in logs if e["event"] == "oneoff_run_dropped"]
     assert dropped["job"] == "gone"
 
@@ -162,3 +168,63 @@ async def test_cancel_stops_the_wait_only_of_a_run_cancelled_in_the_database(
     await clock.settle()
     assert oneoff.pending() == pending
     await oneoff.close()
+
+
+@pytest.mark.parametrize(
+    ("run_id", "overrides", "why"),
+    [
+        (uuid.uuid4(), ["not", "an", "object"], "JSON object"),
+        (uuid.uuid5(uuid.NAMESPACE_URL, "x"), None, "version 4"),  # a scheduled fire's kind of id
+    ],
+)
+async def test_a_run_the_api_could_not_have_made_is_refused_not_started(
+    run_id: uuid.UUID, overrides: Any, why: str
+) -> None:
+    clock, submit, pool = FakeClock(), Submitted(), StubPool("UPDATE 1")
+    oneoff = runs(clock, StubDatabase(pool), submit)
+    run = OneOffRun(
+        id=run_id,
+        job_name="report",
+        run_at=datetime.fromtimestamp(clock.time(), UTC),
+        overrides=overrides,
+    )
+    with capture_logs() as logs:
+        oneoff.schedule([run])
+        await clock.advance(0)
+    assert submit.fires == [] and pool.claims == 0
+    [refused] = [e for e in logs if e["event"] == "oneoff_run_refused"]
+    assert why in refused["why"]
+
+
+async def test_at_capacity_the_runs_due_first_are_waited_for_and_the_rest_later() -> None:
+    clock, submit = FakeClock(), Submitted()
+    jobs = {JOB.name: JOB}
+    pool = StubPool(*["UPDATE 1"] * 5)
+    oneoff = OneOffRuns(
+        clock=clock, database=StubDatabase(pool), job=jobs.get, submit=submit, capacity=3
+    )
+    pending = [run_at(clock, seconds) for seconds in (10, 20, 30, 40, 50)]  # due first, first
+    with capture_logs() as logs:
+        oneoff.schedule(pending)
+        oneoff.schedule(pending)  # the next control poll: still full, said once
+    assert oneoff.pending() == 3
+    assert [e["event"] for e in logs] == ["oneoff_runs_deferred"]
+    await clock.advance(10)  # the first starts: room for one
+    oneoff.schedule(pending[1:])  # what the table still holds as pending
+    assert oneoff.pending() == 3
+    await clock.advance(40)
+    assert [fire[1] for fire in submit.fires] == [run.run_at for run in pending[:4]]
+    oneoff.schedule(pending[4:])
+    await clock.advance(10)
+    assert len(submit.fires) == 5 and oneoff.pending() == 0
+
+
+async def test_a_run_cancelled_here_is_not_waited_for_again_by_a_poll_that_read_it_before() -> None:
+    clock, submit = FakeClock(), Submitted()
+    oneoff = runs(clock, StubDatabase(None), submit)
+    run = run_at(clock, 60)
+    polled = [run]  # what a control poll read just before the cancel committed
+    oneoff.schedule([run])
+    await oneoff.cancel(StubRunsTable(run, started=False), run.id)  # type: ignore[arg-type]
+    oneoff.schedule(polled)
+    assert oneoff.pending() == 0

@@ -74,10 +74,12 @@ ADMIN = AdminSpec.model_validate({"listen": "127.0.0.1:8089"})
          {"database": DatabaseSpec(url="postgresql:///b")}, ("database",)),
         ({}, {"state_dir": Path("/srv/s")}, ("state_dir",)),
         ({"node": "n1"}, {"node": "n2", "events": False}, ("events", "node")),
+        ({}, {"record_buffer": 1024}, ("record_buffer",)),
         ({}, {"admin": ADMIN}, ("admin",)),
         ({"admin": ADMIN}, {}, ("admin",)),
     ],
-    ids=["none", "reloadable", "database", "state_dir", "node+events", "admin-on", "admin-off"],
+    ids=["none", "reloadable", "database", "state_dir", "node+events", "record_buffer", "admin-on",
+         "admin-off"],
 )  # fmt: skip
 def test_restart_only_settings_keep_their_running_values(
     old: dict[str, Any], new: dict[str, Any], restart_only: tuple[str, ...]

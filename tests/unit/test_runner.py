@@ -196,6 +196,19 @@ async def test_timeout_cancels_the_attempt_and_is_retried(rig: Rig) -> None:
     assert [s - T0 for s in action.starts] == [0, 6]
 
 
+async def test_a_job_without_a_timeout_times_out_after_an_hour(rig: Rig) -> None:
+    rig.script("hung", (100_000, OK))
+    rig.script("patient", (100_000, OK))
+    rig.fire(make_job("hung"))
+    rig.fire(make_job("patient", timeout=None))  # `timeout: null`: no timeout at all
+    await rig.clock.advance(100_001)
+    assert [(r.job_name, str(r.status), r.error) for r in rig.sink.records] == [
+        ("hung", "timed_out", "timed out after 3600s"),
+        ("patient", "succeeded", None),
+    ]
+    assert rig.sink.records[0].duration_ms == pytest.approx(3_600_000)
+
+
 async def test_overlap_skip_records_the_skipped_fire(rig: Rig) -> None:
     rig.script("j", (10, OK))
     job = make_job("j", overlap="skip")

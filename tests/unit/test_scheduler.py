@@ -175,3 +175,34 @@ async def test_a_backward_clock_step_repeats_no_fire(jh: JumpHarness) -> None:
     assert later and min(later) > max(made)  # instants already fired are not fired again
     assert later == sorted(set(later))
     assert jh.jumps == []
+
+
+async def test_a_forward_clock_step_hands_each_job_over_on_its_own_loop_turn() -> None:
+    clock = FakeClock(T0 + 0.25)
+    turn = 0
+    handed: list[tuple[str, int]] = []  # (job, loop turn when handed to the catch-up policy)
+    scheduler = Scheduler(
+        clock=clock,
+        dispatch=lambda job, at: None,
+        on_jump=lambda job, first, now: handed.append((job.name, turn)),
+    )
+    scheduler.set_jobs(make_job(f"j{i}", every=1.0) for i in range(5))
+
+    async def count_turns() -> None:
+        nonlocal turn
+        while True:
+            turn += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(count_turns())
+    loop = asyncio.create_task(scheduler.run())
+    await clock.advance(2)
+    clock.jump(3600)
+    await clock.advance(MAX_SLEEP)
+    scheduler.stop()
+    ticker.cancel()
+    await clock.advance(MAX_SLEEP)
+    await asyncio.wait_for(loop, 1)
+    assert sorted(name for name, _ in handed) == [f"j{i}" for i in range(5)]
+    turns = [t for _, t in handed]
+    assert sorted(set(turns)) == turns  # strictly later each time: another task ran between

@@ -20,6 +20,7 @@ from scheduler_daemon.specs import (
     RetrySpec,
     load_config,
 )
+from scheduler_daemon.specs.schema import config_schema
 
 
 def problems(exc: ValidationError) -> list[tuple[str, str]]:
@@ -77,6 +78,22 @@ def test_a_minimal_yaml_job_has_exactly_the_models_defaults(tmp_path: Path) -> N
     assert loaded == JobSpec(name="a", every=1.0, command=("true",))
     assert loaded.retry == RetrySpec()
     assert loaded.action == CommandSpec(argv=("true",))
+
+
+def test_an_attempt_times_out_after_an_hour_unless_its_job_says_otherwise(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "jobs:\n"
+        "  default: {every: 1m, command: [x]}\n"
+        "  none: {every: 1m, command: [x], timeout: null}\n"
+        "  own: {every: 1m, command: [x], timeout: 5m}\n"
+    )
+    timeouts = {job.name: job.timeout for job in load_config(path, environ={}).jobs}
+    assert timeouts == {"default": 3600.0, "none": None, "own": 300.0}
+    path.write_text("defaults: {timeout: null}\njobs:\n  a: {every: 1m, command: [x]}\n")
+    assert load_config(path, environ={}).jobs[0].timeout is None
+    job_schema = config_schema()["$defs"]["JobSpec"]["properties"]["timeout"]
+    assert job_schema["default"] == 3600.0 and {"type": "null"} in job_schema["anyOf"]
 
 
 def test_a_job_built_in_code_may_give_its_action_spec() -> None:
