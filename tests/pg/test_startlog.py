@@ -18,7 +18,7 @@ from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.recorder import Recorder
 from scheduler_daemon.storage.startline import encode_start
 from scheduler_daemon.storage.startlog import StartLog
-from tests.helpers import T, make_job, rec
+from tests.helpers import T, make_job, query_value, rec
 
 
 class Rows:
@@ -145,7 +145,7 @@ async def test_the_watermark_waits_for_the_batch_a_spill_leaves_in_memory(
         recorder.record(rec(n=1))
         recorder.record(rec(n=2))
         async with asyncio.timeout(10):
-            while not await _waiting_for_a_lock(lock):
+            while not await _waiting_for_a_lock(database_url):
                 await asyncio.sleep(0.02)
         for n in range(3, 7):
             recorder.record(rec(n=n))  # past the limit: rows 3-6 are journaled
@@ -164,10 +164,12 @@ async def test_the_watermark_waits_for_the_batch_a_spill_leaves_in_memory(
         await database.close()
 
 
-async def _waiting_for_a_lock(conn: asyncpg.Connection) -> bool:
+async def _waiting_for_a_lock(dsn: str) -> bool:
+    # From a connection of its own: in the lock's transaction, pg_stat_activity stays as first read
     return bool(
-        await conn.fetchval(
+        await query_value(
+            dsn,
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND datname = current_database()"
+            " AND datname = current_database()",
         )
     )
