@@ -48,6 +48,7 @@ from scheduler_daemon.storage.database import POOL_CLOSE_TIMEOUT, open_database
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
+from scheduler_daemon.storage.startlog import StartLog
 from scheduler_daemon.timing.clock import Clock, SystemClock
 from scheduler_daemon.timing.scheduler import Scheduler
 
@@ -96,6 +97,11 @@ class Daemon:
             events=config.events,
             buffer_bytes=config.record_buffer,
         )
+        # Each attempt's start is on disk before its action begins (README: crash).
+        self._starts = StartLog(
+            config.state_dir / "journal", rows=self._recorder, clock=self._clock
+        )
+        self._recorder.on_durable = self._starts.rows_durable
         self._http = HttpClient()
         self._job_threads = job_threads()
         self._limiter = Limiter(config.max_concurrency)
@@ -106,6 +112,7 @@ class Daemon:
             action_for=ActionCache(self._http, self._job_threads),
             node=config.node,
             observer=self.metrics,
+            starts=self._starts,
         )
         self._pauses = Pauses(cache=config.state_dir / "paused.json")
         self._oneoff = OneOffRuns(
@@ -123,6 +130,7 @@ class Daemon:
             pauses=self._pauses,
             runs=self._oneoff,
             sync_jobs=self._sync_jobs,
+            starts=self._starts,
         )
         # One daemon per state_dir and per database, settled before recovery touches a row.
         self._state_lock = StateLock(config.state_dir)
@@ -147,6 +155,7 @@ class Daemon:
                 await self._database_lock.try_at_start()
                 self._pauses.load_cache()  # before any connection brings the database's view
                 await self._start_admin()
+                await self._starts.start()
                 self._start_schedule()
                 # Only now: the first connection's recovery needs the instant the schedule
                 # resumed at, and syncs each job's next fire.
@@ -273,6 +282,7 @@ class Daemon:
         if self._admin is not None:
             await self._admin.cleanup()  # kept up while draining: operators watch the drain
         unwritten = await self._recorder.close(timeout=FLUSH_TIMEOUT)
+        await self._starts.close()  # after the recorder: the files of attempts with rows go
         await self._http.close()
         return unwritten
 

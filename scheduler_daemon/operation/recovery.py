@@ -8,7 +8,8 @@ the catch-up sequences in progress (after a restart or a forward clock jump).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -21,6 +22,7 @@ from scheduler_daemon.running.runner import RecordSink, Runner
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage import queries, store
 from scheduler_daemon.storage.recorder import Recorder
+from scheduler_daemon.storage.startlog import StartLog
 from scheduler_daemon.timing.catchup import CatchUpPlan, plan_catch_up
 from scheduler_daemon.timing.clock import Clock
 from scheduler_daemon.timing.schedules import build_schedule
@@ -44,8 +46,10 @@ class Recovery:
         pauses: Pauses,
         runs: OneOffRuns,
         sync_jobs: SyncJobs,
+        starts: StartLog | None = None,
     ) -> None:
-        """``jobs``: the configured jobs, now; ``sync_jobs``: mirror them all in the database."""
+        """``jobs``: the configured jobs, now; ``sync_jobs``: mirror them all in the database;
+        ``starts``: the start log, whose earlier files say which attempts began."""
         self._clock = clock
         self._runner = runner
         self._recorder = recorder
@@ -54,6 +58,7 @@ class Recovery:
         self._pauses = pauses
         self._runs = runs
         self._sync_jobs = sync_jobs
+        self._starts = starts
         self._catchups: set[asyncio.Task[None]] = set()
         self._closed = False
         self.done = False  # the first connection settled what the last process left
@@ -70,6 +75,9 @@ class Recovery:
         # previous process left behind. Its journal first: rows in it are attempts that ended
         # (not abandoned) and fires that ran (not to catch up) — read after, they ran twice.
         await self._recorder.replay_journal(pool)
+        # Then the starts it made durable: an attempt that began and has no row gets one, to be
+        # abandoned below with those left `running`; the catch-up does not run those fires again.
+        began = await self._starts.replay(pool) if self._starts is not None else set()
         abandoned = await store.abandon_running(pool, self._node)
         last = await store.last_scheduled(pool)
         await self._sync_jobs(pool)
@@ -91,6 +99,7 @@ class Recovery:
             recorder=self._recorder,
             node=self._node,
             track=self._track,
+            began=began,
         )
 
     def on_clock_jump(self, job: JobSpec, first_skipped: datetime, now: datetime) -> None:
@@ -164,8 +173,10 @@ async def catch_up(
     recorder: RecordSink,
     node: str,
     track: Callable[[asyncio.Task[None]], None],
+    began: Collection[uuid.UUID] = frozenset(),
 ) -> None:
-    """Run or record every fire missed between each job's last handled fire and ``resumed_at``.
+    """Run or record every fire missed between each job's last handled fire and ``resumed_at``,
+    but those in ``began`` (fire ids of attempts that began: they have their row).
 
     ``track`` is given each catch-up sequence as it starts. Yields to the loop after each job, so
     that however many jobs there are, fires, the watchdog and the API go on meanwhile.
@@ -183,6 +194,7 @@ async def catch_up(
             recorder=recorder,
             node=node,
             why="the daemon was not running",
+            began=began,
         )
         if task is not None:
             track(task)
@@ -199,9 +211,12 @@ def catch_up_job(
     recorder: RecordSink,
     node: str,
     why: str,
+    began: Collection[uuid.UUID] = frozenset(),
 ) -> asyncio.Task[None] | None:
-    """Apply ``job``'s catch-up policy to its fires in (last, until]."""
+    """Apply ``job``'s catch-up policy to its fires in (last, until], but those in ``began``."""
     plan = plan_catch_up(job, build_schedule(job), last=last, until=until, now=now)
+    if began:
+        _leave_out(job, plan, began)
     if not plan.run and not plan.missed_total:
         return None
     _record_missed(job, plan, recorder, node, now, why)
@@ -225,6 +240,17 @@ async def _run_in_order(job: JobSpec, instants: list[datetime], runner: Runner) 
         fire = runner.submit(job, at, trigger=FireKind.CATCHUP)
         if fire is not None and fire.task is not None:
             await asyncio.wait((fire.task,))
+
+
+def _leave_out(job: JobSpec, plan: CatchUpPlan, began: Collection[uuid.UUID]) -> None:
+    """Fires whose attempt began before the crash (the start log holds them) are neither run
+    again nor recorded missed: their row is there, `abandoned`, and their retry is the policy's.
+    (Their instants can lie past the last one handled: rows recorded before them may have been
+    lost in the crash, and those instants are still the catch-up's.)"""
+    plan.run = [t for t in plan.run if scheduled_fire_id(job.name, t) not in began]
+    missed = [t for t in plan.missed if scheduled_fire_id(job.name, t) not in began]
+    plan.missed_total -= len(plan.missed) - len(missed)
+    plan.missed = missed
 
 
 def _record_missed(

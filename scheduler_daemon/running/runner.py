@@ -2,7 +2,8 @@
 
 Every attempt that starts ends in exactly one ExecutionRecord handed to the recorder, come what may;
 a fire that never gets to start (skipped by the overlap policy, cancelled while waiting for a slot)
-is recorded too, so nothing scheduled disappears silently.
+is recorded too, so nothing scheduled disappears silently. With a start log, an attempt's start is
+on disk before its action begins, so that a crash cannot hide an attempt that began.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -36,6 +37,24 @@ RUNNING_ROWS_EVERY = 0.2
 
 class RecordSink(Protocol):
     def record(self, rec: ExecutionRecord) -> None: ...
+
+
+class StartEntry(Protocol):
+    def recorded(self) -> None:
+        """A row of this attempt (`running` or final) has been handed to the recorder."""
+
+
+class StartSink(Protocol):
+    """Makes attempts' starts durable before their actions begin (storage/startlog.py)."""
+
+    def log(self, rec: ExecutionRecord) -> StartEntry:
+        """Queue ``rec``, the attempt's `running` record, for the next group commit."""
+        ...
+
+    def durable(self) -> Awaitable[None]:
+        """Done once every record logged so far is on disk (or failed to get there, said in the
+        log: attempts run anyway)."""
+        ...
 
 
 class FireObserver(Protocol):
@@ -77,12 +96,13 @@ class Fire:
     trigger: FireKind
     overrides: Mapping[str, Any] | None
     given_id: uuid.UUID | None = None  # manual and resumed fires; else derived on first use
-    state: str = "waiting"  # waiting (for a slot) | running | backoff
+    state: str = "waiting"  # waiting (for a slot) | starting (its start logged) | running | backoff
     attempt: int = 1
     cancel_reason: str = "cancelled"
     started: float = 0.0  # the running attempt's start and due times (wall clock)
     due: float = 0.0
     announced: bool = False  # its `running` row has been recorded
+    start: StartEntry | None = None  # the running attempt's start entry, until a row covers it
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -104,8 +124,11 @@ class Runner:
         node: str,
         rng: random.Random | None = None,
         observer: FireObserver | None = None,
+        starts: StartSink | None = None,
     ) -> None:
+        """``starts``: where attempts' starts are made durable first (None: they are not)."""
         self._clock = clock
+        self._starts = starts
         self._observer: FireObserver = observer or _NoObserver()
         self._limiter = limiter
         self._recorder = recorder
@@ -171,8 +194,11 @@ class Runner:
             while True:
                 fire.state = "waiting"
                 await self._limiter.acquire(job.priority)
-                fire.state = "running"
                 try:
+                    if self._starts is not None:
+                        fire.state = "starting"
+                        await self._log_start(self._starts, fire, due)
+                    fire.state = "running"
                     outcome_status, outcome = await self._attempt(fire, due)
                 finally:
                     self._limiter.release()
@@ -194,7 +220,7 @@ class Runner:
                 await self._clock.sleep(delay)
                 fire.attempt += 1
         except asyncio.CancelledError:
-            if fire.state == "waiting":
+            if fire.state in ("waiting", "starting"):
                 self._record_unstarted(fire, Status.CANCELLED, fire.cancel_reason)
             else:
                 # running: _attempt recorded it; backoff: the last attempt is already recorded.
@@ -213,6 +239,14 @@ class Runner:
         if status is Status.TIMED_OUT:
             return True
         return outcome is not None and outcome.retryable
+
+    async def _log_start(self, starts: StartSink, fire: Fire, due: float) -> None:
+        """Return once the attempt's start is on disk: after a crash it is found (`abandoned`)
+        and its instant is not run again by the catch-up."""
+        now = self._clock.time()
+        row = self._row(fire, Status.RUNNING, started_at=_dt(now), drift_ms=(now - due) * 1000.0)
+        fire.start = starts.log(row)
+        await starts.durable()
 
     async def _attempt(self, fire: Fire, due: float) -> tuple[Status, Outcome | None]:
         """Run one attempt with its timeout and record it, whatever happens."""
@@ -269,6 +303,7 @@ class Runner:
             output=outcome.output if outcome else None,
         )
         self._recorder.record(rec)
+        self._covered(fire)
         self._observer.attempt_finished(rec)
         # A failure is worth a warning (alerting on the log level sees it); a success is routine.
         (log.warning if status in FAILURES else log.info)(
@@ -301,6 +336,7 @@ class Runner:
                         drift_ms=(fire.started - fire.due) * 1000.0,
                     )
                 )
+                self._covered(fire)
                 announced += 1
         return announced
 
@@ -314,8 +350,16 @@ class Runner:
     def _record_unstarted(self, fire: Fire, status: Status, reason: str) -> None:
         rec = self._row(fire, status, finished_at=_dt(self._clock.time()), error=reason)
         self._recorder.record(rec)
+        self._covered(fire)
         self._observer.attempt_finished(rec)
         self._observer.fire_ended(rec.job_name, status)
+
+    @staticmethod
+    def _covered(fire: Fire) -> None:
+        """A row of the attempt was just recorded: its start entry is no longer the only trace."""
+        if fire.start is not None:
+            fire.start.recorded()
+            fire.start = None
 
     def _row(
         self,

@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -45,9 +46,20 @@ _INSTANTS = ("scheduled_at", "started_at", "finished_at")
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        quarantine_path: Path | None = None,
+        decode: Callable[[bytes], ExecutionRecord] | None = None,
+    ) -> None:
+        """``decode``: a line's record, ValueError saying why when it holds none (the start log
+        has its own lines and one quarantine for all its files)."""
         self.path = path
-        self.quarantine_path = path.with_name(f"{path.stem}.quarantine{path.suffix}")
+        self.quarantine_path = quarantine_path or path.with_name(
+            f"{path.stem}.quarantine{path.suffix}"
+        )
+        self._decode = decode or decode_line
         # Of the last complete ``read``: lines moved to the quarantine, and whether that failed
         # (then the bad lines are still only in the journal, which must not be removed).
         self.quarantined = 0
@@ -84,7 +96,7 @@ class Journal:
                 if not line.strip():
                     continue  # an empty line holds nothing to keep
                 try:
-                    batch.append(decode_line(line))
+                    batch.append(self._decode(line))
                 except ValueError as exc:
                     self.quarantined += 1
                     if len(self.examples) < _EXAMPLES:
@@ -112,8 +124,8 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
-def decode_line(line: bytes) -> ExecutionRecord:
-    """The record a journal line holds; ValueError saying why when it holds none."""
+def load_object(line: bytes) -> dict[str, Any]:
+    """The JSON object a line holds; ValueError saying why when it holds none."""
     try:
         data = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -124,6 +136,12 @@ def decode_line(line: bytes) -> ExecutionRecord:
         raise ValueError(f"expected a JSON object, got unparsable text ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def decode_line(line: bytes) -> ExecutionRecord:
+    """The record a journal line holds; ValueError saying why when it holds none."""
+    data = load_object(line)
     try:
         record = rows.from_json(data)
     except ValidationError as exc:
@@ -132,11 +150,11 @@ def decode_line(line: bytes) -> ExecutionRecord:
         raise ValueError(f"expected an execution record, got invalid fields ({fields})") from None
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise ValueError(f"expected an execution record, got {type(exc).__name__}") from None
-    _check(record)
+    check(record)
     return record
 
 
-def _check(record: ExecutionRecord) -> None:
+def check(record: ExecutionRecord) -> None:
     """What the record's types allow but the daemon never writes and the database would refuse
     or misread: naive or missing instants, out-of-range integers, text PostgreSQL cannot hold."""
     for name in _INSTANTS:
@@ -166,7 +184,7 @@ def _check(record: ExecutionRecord) -> None:
 def _append(path: Path, payload: bytes) -> None:
     """Append ``payload`` and fsync; a torn last line (a crash or a full disk mid-append) is
     ended first, so that it stays one bad line instead of swallowing the first new record."""
-    _ensure_dir(path.parent)
+    ensure_dir(path.parent)
     try:
         fd = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, FILE_MODE)
         created = True
@@ -186,10 +204,10 @@ def _append(path: Path, payload: bytes) -> None:
     finally:
         os.close(fd)
     if created:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
-def _ensure_dir(directory: Path) -> None:
+def ensure_dir(directory: Path) -> None:
     if directory.is_dir():
         return  # an existing directory keeps its modes: it may be the operator's
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -198,10 +216,10 @@ def _ensure_dir(directory: Path) -> None:
     except FileExistsError:
         return
     os.chmod(directory, DIR_MODE)  # mkdir's mode is masked by the umask
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 
 import asyncpg
@@ -90,6 +90,9 @@ class Recorder:
         self._sizes: deque[int] = deque()  # row_size() of each row of the buffer, in step
         self._bytes = 0  # their sum
         self._appended = 0  # rows ever recorded: a spill finds its rows by what came after them
+        self._seqs: deque[int] = deque()  # each row's number (1, 2, ...), in step with the buffer
+        # Told each time rows leave the buffer (the start log forgets the starts they cover).
+        self.on_durable: Callable[[], None] | None = None
         self._batch = 0  # rows at the buffer's front that the writer is writing now
         self._spiller: asyncio.Task[None] | None = None
         self._spill_again_at = 0.0  # monotonic; see SPILL_RETRY
@@ -116,6 +119,7 @@ class Recorder:
         self._sizes.append(size)
         self._bytes += size
         self._appended += 1
+        self._seqs.append(self._appended)
         pending = len(buffer)
         if was_empty or pending >= self._batch_size:
             self._wake.set()
@@ -156,6 +160,17 @@ class Recorder:
     def pending_bytes(self) -> int:
         """The estimated memory of those rows (``row_size``)."""
         return self._bytes
+
+    @property
+    def appended(self) -> int:
+        """Rows handed to ``record`` so far."""
+        return self._appended
+
+    @property
+    def durable(self) -> int:
+        """Rows 1 to this one (in record order) are all committed or journaled. (A spill leaves
+        the batch being written at the front: rows do not always leave in order.)"""
+        return self._seqs[0] - 1 if self._seqs else self._appended
 
     @property
     def pool(self) -> asyncpg.Pool | None:
@@ -279,8 +294,10 @@ class Recorder:
             for _ in batch:  # only now: rows stay buffered until their batch is committed
                 self._buffer.popleft()
                 self._bytes -= self._sizes.popleft()
+                self._seqs.popleft()
         finally:
             self._batch = 0
+        self._rows_left()
         self.written += written
         if self._over_limit and not self._over():
             self._over_limit = False
@@ -367,14 +384,21 @@ class Recorder:
     def _drop_spilled(self, count: int, *, newer: int) -> None:
         """Take out the ``count`` rows just journaled: they lie right before the ``newer`` rows
         recorded since (the writer takes rows from the front only: its batch, before them)."""
-        buffer, sizes = self._buffer, self._sizes
-        kept = [(buffer.pop(), sizes.pop()) for _ in range(newer)]
+        buffer, sizes, seqs = self._buffer, self._sizes, self._seqs
+        kept = [(buffer.pop(), sizes.pop(), seqs.pop()) for _ in range(newer)]
         for _ in range(count):
             buffer.pop()
             self._bytes -= sizes.pop()
-        for rec, size in reversed(kept):
+            seqs.pop()
+        for rec, size, seq in reversed(kept):
             buffer.append(rec)
             sizes.append(size)
+            seqs.append(seq)
+        self._rows_left()
+
+    def _rows_left(self) -> None:
+        if self.on_durable is not None:
+            self.on_durable()
 
     async def replay_journal(self, pool: asyncpg.Pool) -> None:
         """Replay a pending journal now (``on_connect`` does, before recovery reads the table)."""

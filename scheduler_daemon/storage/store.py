@@ -207,6 +207,26 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd") if value else value
 
 
+async def insert_started(conn: Conn, records: Sequence[ExecutionRecord]) -> int:
+    """Rows for attempts known to have started (the start log): each attempt with no row gets
+    its record (`running`: ``abandon_running`` settles it next); a row already there is kept.
+    ``jobs`` is left alone: rows written before these may have been lost with the crash, and
+    the catch-up must still see their instants as unhandled."""
+    latest = _last_per_attempt(records)
+    if not latest:
+        return 0
+    async with conn.transaction():
+        await conn.execute(_STAGE_DDL)
+        await conn.copy_records_to_table(
+            "executions_stage", records=[_row(r) for r in latest.values()], columns=COLUMNS
+        )
+        status = await conn.execute(
+            f"INSERT INTO executions ({_COLS}) SELECT {_COLS} FROM executions_stage"
+            " ON CONFLICT (fire_id, attempt) DO NOTHING"
+        )
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def abandon_running(pool: asyncpg.Pool, node: str) -> list[asyncpg.Record]:
     """Mark this node's attempts left `running` by a previous process as `abandoned`."""
     return list(

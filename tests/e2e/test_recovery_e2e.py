@@ -20,7 +20,7 @@ from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, 
 from scheduler_daemon.specs import load_config
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.journal import Journal
-from tests.helpers import processes_with, query_value, start_daemon, wait_until
+from tests.helpers import DaemonProcess, processes_with, query_value, start_daemon, wait_until
 
 FINISHED = "attempt_finished"
 
@@ -96,8 +96,9 @@ async def test_kill_9_then_restart_recovers_and_leaves_no_gap(
     seconds = sorted({r["scheduled_at"] for r in ticks})
     assert seconds == [seconds[0] + timedelta(seconds=i) for i in range(len(seconds))]
     statuses = {r["status"] for r in ticks}
-    # (a live fire may meet the catch-up fire still running: overlap skip records it)
-    assert "missed" in statuses and statuses <= {"succeeded", "missed", "skipped"}
+    # (a live fire may meet the catch-up fire still running: overlap skip records it; a tick
+    # that began just before the kill, its row not yet written, is abandoned)
+    assert "missed" in statuses and statuses <= {"succeeded", "missed", "skipped", "abandoned"}
     assert sum(r["trigger"] == "catchup" for r in ticks) == 1  # catch_up: latest
     assert len(ticks) == len(seconds)  # one row per instant: nothing twice
 
@@ -175,3 +176,92 @@ jobs:
 
 async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
     return any(e["event"] == event for e in logs)
+
+
+# -- an attempt that began just before the crash: its start is on disk, not only in a batch --------
+
+
+async def test_an_attempt_killed_before_its_row_was_written_is_abandoned_and_not_run_again(
+    tmp_path: Path, database_url: str
+) -> None:
+    starts = tmp_path / "starts"  # one file per attempt that began
+    starts.mkdir()
+    marker = f"startlog-{os.getpid()}"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        textwrap.dedent(f"""
+        database: {{url: "{database_url}"}}
+        state_dir: ./state
+        shutdown_grace: 2s
+        jobs:
+          mark:
+            every: 1s
+            shell: "mktemp {starts}/start.XXXXXX >/dev/null; sleep 0.3 # {marker}"
+            retry: {{attempts: 1}}
+    """)
+    )
+    try:
+        first = await start_daemon(config)
+        await first.wait_for("database_connected")
+        await wait_until(lambda: _rows(database_url, "job_name = 'mark'"))  # catch-up's start
+        killed_file_at = await _kill_right_after_a_start(first, database_url, starts)
+
+        second = await start_daemon(config)
+        connected = await second.wait_for("database_connected")
+        assert connected["abandoned"] >= 1
+        await second.wait_for(FINISHED, job="mark", trigger="schedule")
+        assert await second.stop() == 0
+        # replayed, then its own files removed at the clean stop
+        assert not list((tmp_path / "state" / "journal").glob("starts-*.jsonl"))
+    finally:
+        for pid in processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT * FROM executions ORDER BY scheduled_at, attempt")
+    finally:
+        await conn.close()
+    began = [r for r in rows if r["started_at"] is not None]
+    # every attempt that began has a row of its own: none ran twice (a row may also be an
+    # attempt killed between its start reaching the disk and its action: abandoned too)
+    assert len(list(starts.iterdir())) <= len(began)
+    # the attempt killed is abandoned (started_at: before its file, by the fsync at most)
+    killed = max(
+        (r for r in began if r["started_at"].timestamp() <= killed_file_at + 0.05),
+        key=lambda r: r["started_at"],
+    )
+    assert killed["status"] == "abandoned"
+    assert all(r["status"] != "running" for r in rows)
+    # and every instant from the first to the last has a row
+    seconds = sorted({r["scheduled_at"] for r in rows})
+    assert seconds == [seconds[0] + timedelta(seconds=i) for i in range(len(seconds))]
+
+
+async def _kill_right_after_a_start(daemon: DaemonProcess, dsn: str, starts: Path) -> float:
+    """SIGKILL ``daemon`` as soon as an attempt's action has begun, with none of the rows
+    recorded since just before then in the database (a lock holds the recorder's batch);
+    returns when that action began (its file's mtime)."""
+    lock = await asyncpg.connect(dsn)
+    try:
+        held = lock.transaction()
+        await held.start()
+        await lock.execute("LOCK TABLE executions IN EXCLUSIVE MODE")
+        before = set(starts.iterdir())
+        await wait_until(lambda: _more_files_than(starts, len(before)))
+        daemon.proc.send_signal(signal.SIGKILL)
+        await daemon.proc.wait()
+        [new] = set(starts.iterdir()) - before
+        # The batch it was writing waits for our lock: end it before it can go on.
+        await lock.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'scheduler_daemon' AND datname = current_database()"
+        )
+        await held.rollback()
+    finally:
+        await lock.close()
+    return new.stat().st_mtime
+
+
+async def _more_files_than(directory: Path, count: int) -> bool:
+    return len(list(directory.iterdir())) > count

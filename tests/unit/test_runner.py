@@ -1,5 +1,7 @@
 """Overlap, priorities, retries, timeouts and drain, all on the fake clock."""
 
+from __future__ import annotations
+
 import asyncio
 import random
 import uuid
@@ -63,8 +65,45 @@ class Sink:
         return [str(r.status) for r in self.records]
 
 
+class Starts:
+    """A start log whose writes complete when the test says (``commit``)."""
+
+    def __init__(self) -> None:
+        self.logged: list[ExecutionRecord] = []
+        self.covered: list[ExecutionRecord] = []  # entries a row was recorded for
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def log(self, rec: ExecutionRecord) -> Entry:
+        self.logged.append(rec)
+        return Entry(self, rec)
+
+    def durable(self) -> asyncio.Future[None]:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def commit(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+
+class Entry:
+    def __init__(self, starts: Starts, rec: ExecutionRecord) -> None:
+        self.starts, self.rec = starts, rec
+
+    def recorded(self) -> None:
+        self.starts.covered.append(self.rec)
+
+
 class Rig:
-    def __init__(self, capacity: int = 10, action_for: ActionFor | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int = 10,
+        action_for: ActionFor | None = None,
+        starts: Starts | None = None,
+    ) -> None:
         self.clock = FakeClock(T0)
         self.sink = Sink()
         self.actions: dict[str, ScriptedAction] = {}
@@ -76,6 +115,7 @@ class Rig:
             action_for=action_for or (lambda job: self.actions[job.name]),
             node="test-node",
             rng=random.Random(7),
+            starts=starts,
         )
 
     def script(self, name: str, *steps: tuple[float, Outcome | BaseException]) -> ScriptedAction:
@@ -362,3 +402,83 @@ async def test_a_fire_can_resume_at_a_later_attempt(rig: Rig) -> None:
     await rig.clock.advance(1)
     [rec] = rig.sink.records
     assert (rec.fire_id, rec.attempt, rec.status) == (fire_id, 2, Status.SUCCEEDED)
+
+
+# -- with a start log: an attempt's start is on disk before its action begins --------------------
+
+
+async def test_an_attempt_begins_only_once_its_start_is_durable() -> None:
+    starts = Starts()
+    rig = Rig(starts=starts)
+    action = rig.script("j", (1, OK))
+    rig.fire(make_job("j"), at=T0 - 0.04)
+    await rig.clock.settle()
+    [logged] = starts.logged
+    assert (logged.status, logged.attempt, logged.finished_at) == (Status.RUNNING, 1, None)
+    assert logged.started_at == datetime.fromtimestamp(T0, UTC)
+    assert logged.drift_ms == pytest.approx(40.0)
+    assert action.starts == []  # its start is not on disk yet
+    assert rig.runner.announce_running() == 0  # not running yet either
+    starts.commit()
+    await rig.clock.advance(2)
+    assert action.starts == [T0]
+    assert rig.sink.statuses() == ["succeeded"]
+    assert starts.covered == [logged]  # by the final row
+
+
+async def test_a_fire_cancelled_before_its_start_is_durable_never_runs() -> None:
+    starts = Starts()
+    rig = Rig(starts=starts)
+    action = rig.script("j", (1, OK))
+    rig.fire(make_job("j"))
+    await rig.clock.settle()
+    rig.runner.cancel_job("j", "job removed by reload")
+    await rig.clock.advance(2)
+    assert action.starts == []
+    [rec] = rig.sink.records
+    assert (rec.status, rec.started_at, rec.error) == (
+        Status.CANCELLED,
+        None,
+        "job removed by reload",
+    )
+    assert starts.covered == starts.logged  # its row covers the entry, should it be on disk
+
+
+async def test_drain_cancels_at_once_an_attempt_whose_start_is_not_durable() -> None:
+    starts = Starts()
+    rig = Rig(starts=starts)
+    rig.script("j", (1, OK))
+    rig.fire(make_job("j"))
+    await rig.clock.settle()
+    await asyncio.wait_for(rig.runner.drain(grace=30), 1)
+    assert rig.sink.statuses() == ["cancelled"]
+    assert len(starts.covered) == 1
+
+
+async def test_a_long_attempt_is_covered_once_by_its_running_row() -> None:
+    starts = Starts()
+    rig = Rig(starts=starts)
+    rig.script("j", (10, OK))
+    rig.fire(make_job("j"))
+    await rig.clock.settle()
+    starts.commit()
+    await rig.clock.advance(1)
+    assert rig.runner.announce_running() == 1
+    assert starts.covered == starts.logged
+    await rig.clock.advance(10)
+    assert rig.sink.statuses() == ["succeeded"]
+    assert len(starts.covered) == 1  # not again by the final row
+
+
+async def test_each_attempt_logs_its_own_start() -> None:
+    starts = Starts()
+    rig = Rig(starts=starts)
+    rig.script("j", (1, FAIL), (1, OK))
+    rig.fire(make_job("j", retry=RetrySpec(attempts=2, delay=1)))
+    for _ in range(3):
+        await rig.clock.settle()
+        starts.commit()
+        await rig.clock.advance(1)
+    assert rig.sink.statuses() == ["failed", "succeeded"]
+    assert [r.attempt for r in starts.logged] == [1, 2]
+    assert starts.covered == starts.logged

@@ -1,0 +1,90 @@
+"""One line of the start log: an attempt's `running` record, compact and checked on the way back.
+
+Instants are integer µs since the epoch: exact, and 4x cheaper to write than ISO text (a line is
+written on every attempt's path). A line read back is refused with a ValueError saying why, never
+quoting it (lines are moved to the quarantine as they are), like the journal's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
+from scheduler_daemon.storage.journal import check, load_object
+
+_LINE = (
+    '{"fire_id":"%s","job":%s,"scheduled_us":%d,"attempt":%d,"trigger":"%s",'
+    '"started_us":%d,"drift_ms":%s,"node":%s}\n'
+)
+_FIELDS = frozenset(
+    ("fire_id", "job", "scheduled_us", "attempt", "trigger", "started_us", "drift_ms", "node")
+)
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_TRIGGERS = frozenset(FireKind)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+_quote = json.JSONEncoder().encode  # ASCII out: any name is one valid line
+
+
+def encode_start(rec: ExecutionRecord) -> str:
+    """The line of an attempt's `running` record."""
+    assert rec.started_at is not None
+    drift = "null" if rec.drift_ms is None else repr(rec.drift_ms)
+    return _LINE % (
+        rec.fire_id.hex,
+        _quote(rec.job_name),
+        (rec.scheduled_at - _EPOCH) // _MICRO,
+        rec.attempt,
+        rec.trigger,
+        (rec.started_at - _EPOCH) // _MICRO,
+        drift,
+        _quote(rec.node),
+    )
+
+
+def decode_start(line: bytes) -> ExecutionRecord:
+    """The `running` record a start line holds; ValueError saying why when it holds none."""
+    data = load_object(line)
+    if data.keys() != _FIELDS:
+        missing, unknown = sorted(_FIELDS - data.keys()), len(data.keys() - _FIELDS)
+        raise ValueError(f"expected a start entry, got {missing} missing, {unknown} unknown")
+    fire_id, trigger = _typed(data, "fire_id", str), _typed(data, "trigger", str)
+    if not _HEX32.fullmatch(fire_id):
+        raise ValueError("expected fire_id as 32 hexadecimal digits, got other text")
+    if trigger not in _TRIGGERS:
+        raise ValueError(f"expected trigger in {sorted(_TRIGGERS)}, got another value")
+    try:
+        rec = ExecutionRecord(
+            fire_id=uuid.UUID(hex=fire_id),
+            job_name=_typed(data, "job", str),
+            scheduled_at=_instant(data, "scheduled_us"),
+            attempt=_typed(data, "attempt", int),
+            trigger=FireKind(trigger),
+            status=Status.RUNNING,
+            started_at=_instant(data, "started_us"),
+            finished_at=None,
+            drift_ms=None if data["drift_ms"] is None else float(_typed(data, "drift_ms", float)),
+            duration_ms=None,
+            node=_typed(data, "node", str),
+        )
+    except (TypeError, OverflowError) as exc:
+        raise ValueError(f"expected a start entry, got {exc}") from None
+    check(rec)
+    return rec
+
+
+def _typed(data: dict[str, Any], name: str, kind: type) -> Any:
+    value = data[name]
+    kinds = (int, float) if kind is float else kind  # JSON writes 2.0 as 2
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise ValueError(f"expected {name} as {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _instant(data: dict[str, Any], name: str) -> datetime:
+    micros: int = _typed(data, name, int)
+    return _EPOCH + micros * _MICRO

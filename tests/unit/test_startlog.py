@@ -1,0 +1,344 @@
+"""The start log on disk: group commits, files deleted once covered, bad lines quarantined."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from structlog.testing import capture_logs
+
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
+from scheduler_daemon.storage.journal import Journal
+from scheduler_daemon.storage.startline import decode_start, encode_start
+from scheduler_daemon.storage.startlog import Segment, StartLog
+from tests.helpers import FakeClock, T, rec, wait_until
+
+TOKYO = ZoneInfo("Asia/Tokyo")
+
+
+class Rows:
+    """The recorder's watermarks, moved by hand."""
+
+    def __init__(self) -> None:
+        self.appended = 0
+        self.durable = 0
+
+
+def started(n: int, **kw: object) -> ExecutionRecord:
+    """The `running` record of job j's fire at T + n seconds, as the runner logs it."""
+    kw.setdefault("status", Status.RUNNING)
+    return rec(n=n, finished_at=None, duration_ms=None, **kw)  # type: ignore[arg-type]
+
+
+def lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines() if path.exists() else []
+
+
+@pytest.fixture
+def rows() -> Rows:
+    return Rows()
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "journal"
+
+
+@pytest.fixture
+async def starts(directory: Path, rows: Rows) -> Iterator[StartLog]:
+    log = StartLog(directory, rows=rows)
+    await log.start()
+    yield log
+    await log.close()
+
+
+FsyncCounter = list[bool]  # one entry per fsync: True for a directory
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> FsyncCounter:
+    calls: FsyncCounter = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def gated_fsync(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[int]]:
+    """File fsyncs wait for the returned gate; the list counts them (as they begin)."""
+    gate, calls = threading.Event(), []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            calls.append(fd)
+            assert gate.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return gate, calls
+
+
+async def true_soon(check: Callable[[], bool]) -> None:
+    """Until ``check`` holds: the writer works in its own thread."""
+
+    async def holds() -> bool:
+        return check()
+
+    await wait_until(holds)
+
+
+# -- group commit --------------------------------------------------------------------------------
+
+
+async def test_a_burst_of_starts_costs_one_fsync_and_each_waits_for_it(
+    starts: StartLog, directory: Path, fsyncs: FsyncCounter
+) -> None:
+    async def attempt(n: int) -> bool:
+        starts.log(started(n))
+        await starts.durable()
+        # once durable returns, its line is on disk
+        return started(n).fire_id.hex.encode() in (directory / "starts-1.jsonl").read_bytes()
+
+    assert all(await asyncio.gather(*(attempt(n) for n in range(200))))
+    assert fsyncs.count(False) == 1  # the file, once for all 200
+    assert starts.commits == 1
+    assert [decode_start(line) for line in lines(directory / "starts-1.jsonl")] == [
+        started(n) for n in range(200)
+    ]
+
+
+async def test_starts_logged_during_a_write_wait_for_the_next_one(
+    starts: StartLog, directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, calls = gated_fsync(monkeypatch)
+    starts.log(started(0))
+    first = starts.durable()
+    await true_soon(lambda: len(calls) == 1)  # the first write is being fsynced
+    later = []
+    for n in range(1, 51):
+        starts.log(started(n))
+        later.append(starts.durable())
+    await asyncio.sleep(0)
+    assert not first.done() and not any(w.done() for w in later)
+    gate.set()
+    await asyncio.gather(first, *later)
+    assert len(calls) == 2  # one fsync for the first start, one for the 50 that came meanwhile
+    assert len(lines(directory / "starts-1.jsonl")) == 51
+
+
+async def test_durable_returns_at_once_when_nothing_is_queued(starts: StartLog) -> None:
+    await asyncio.wait_for(starts.durable(), 1)
+
+
+async def test_a_cancelled_waiter_does_not_disturb_the_others(
+    starts: StartLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, calls = gated_fsync(monkeypatch)
+    starts.log(started(0))
+    starts.log(started(1))
+    waiters = [starts.durable() for _ in range(2)]
+    await true_soon(lambda: len(calls) == 1)
+    waiters[0].cancel()
+    gate.set()
+    await waiters[1]
+    assert waiters[0].cancelled()
+
+
+# -- when the disk will not --------------------------------------------------------------------
+
+
+async def test_a_log_that_cannot_be_written_lets_attempts_run_and_says_so_once(
+    tmp_path: Path, rows: Rows
+) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("not a directory")
+    starts = StartLog(blocker / "journal", rows=rows)
+    await starts.start()
+    with capture_logs() as logs:
+        for n in range(3):
+            starts.log(started(n))
+            await asyncio.wait_for(starts.durable(), 5)  # not held back
+        blocker.unlink()
+        starts.log(started(3))
+        await starts.durable()
+    await starts.close()
+    events = [e["event"] for e in logs]
+    assert events == ["startlog_write_failed", "startlog_recovered"]
+    assert starts.failures == 3
+    assert [decode_start(line) for line in lines(blocker / "journal" / "starts-1.jsonl")] == [
+        started(3)
+    ]
+
+
+async def test_a_disk_that_does_not_answer_stops_holding_attempts_back(
+    directory: Path, rows: Rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, calls = gated_fsync(monkeypatch)
+    clock = FakeClock()
+    starts = StartLog(directory, rows=rows, clock=clock, stall_after=5)
+    await starts.start()
+    with capture_logs() as logs:
+        starts.log(started(0))
+        first = starts.durable()
+        await true_soon(lambda: len(calls) == 1)
+        await clock.advance(4)
+        assert not first.done()
+        await clock.advance(1)
+        assert first.done()
+        starts.log(started(1))  # while stalled, a start does not wait at all
+        await asyncio.wait_for(starts.durable(), 1)
+        gate.set()
+        await true_soon(lambda: len(lines(directory / "starts-1.jsonl")) == 2)
+    await starts.close()
+    assert [e["event"] for e in logs][:2] == ["startlog_stalled", "startlog_unstalled"]
+
+
+# -- files: written, rotated, emptied, deleted --------------------------------------------------
+
+
+def _cover(entries: list[Segment], rows: Rows, *, durable: bool) -> None:
+    """A row of each attempt reaches the recorder (and, with ``durable``, PostgreSQL)."""
+    for entry in entries:
+        rows.appended += 1
+        entry.recorded()
+    if durable:
+        rows.durable = rows.appended
+
+
+async def test_a_file_goes_once_each_of_its_attempts_has_a_durable_row(
+    directory: Path, rows: Rows
+) -> None:
+    starts = StartLog(directory, rows=rows, segment_entries=3)
+    await starts.start()
+    entries = [starts.log(started(n)) for n in range(7)]
+    await starts.durable()
+    files = [directory / f"starts-{i}.jsonl" for i in (1, 2, 3)]
+    assert [len(lines(f)) for f in files] == [3, 3, 1]
+
+    _cover(entries[:3], rows, durable=False)  # recorded, not yet committed
+    starts.rows_durable()
+    _cover(entries[3:5], rows, durable=True)  # file 2 still has an attempt without a row
+    starts.rows_durable()
+    await true_soon(lambda: not files[0].exists())
+    assert files[1].exists() and files[2].exists()
+
+    _cover(entries[5:], rows, durable=True)
+    starts.rows_durable()
+    await true_soon(lambda: not files[1].exists())
+    await true_soon(lambda: lines(files[2]) == [])  # the current file is emptied, kept
+    starts.log(started(8))
+    await starts.durable()
+    assert [decode_start(line) for line in lines(files[2])] == [started(8)]
+    await starts.close()
+
+
+async def test_close_removes_the_files_whose_attempts_have_rows_and_keeps_the_others(
+    directory: Path, rows: Rows
+) -> None:
+    starts = StartLog(directory, rows=rows, segment_entries=2)
+    await starts.start()
+    entries = [starts.log(started(n)) for n in range(4)]
+    await starts.durable()
+    _cover(entries[:3], rows, durable=True)  # the 4th attempt was still going at the crash
+    await starts.close()
+    assert sorted(p.name for p in directory.iterdir()) == ["starts-2.jsonl"]
+
+    again = StartLog(directory, rows=rows)  # the next process: replays it, writes a new file
+    await again.start()
+    entry = again.log(started(9))
+    await again.durable()
+    _cover([entry], rows, durable=True)
+    await again.close()
+    assert sorted(p.name for p in directory.iterdir()) == ["starts-2.jsonl"]
+
+
+async def test_files_are_0600_in_a_0700_directory_whatever_the_umask(
+    directory: Path, rows: Rows
+) -> None:
+    old = os.umask(0)
+    try:
+        starts = StartLog(directory, rows=rows)
+        await starts.start()
+        starts.log(started(0))
+        await starts.durable()
+        await starts.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE((directory / "starts-1.jsonl").stat().st_mode) == 0o600
+
+
+async def test_a_new_file_fsyncs_its_directory(
+    starts: StartLog, directory: Path, fsyncs: FsyncCounter
+) -> None:
+    starts.log(started(0))
+    await starts.durable()
+    assert fsyncs.count(True) >= 1
+    fsyncs.clear()
+    starts.log(started(1))
+    await starts.durable()
+    assert fsyncs == [False]
+
+
+# -- lines ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        started(0),
+        started(1, drift_ms=None, node='nœud "1"', attempt=3, trigger=FireKind.CATCHUP),
+        started(2, scheduled_at=(T + timedelta(microseconds=7)).astimezone(TOKYO)),
+    ],
+)
+def test_a_start_line_reads_back_as_its_record(record: ExecutionRecord) -> None:
+    line = encode_start(record)
+    assert line.endswith("\n") and line.count("\n") == 1 and line.isascii()
+    decoded = decode_start(line.rstrip("\n").encode())
+    assert decoded == record
+    assert decoded.scheduled_at.utcoffset() == timedelta(0)
+
+
+BAD_LINES = [
+    b"\xff\xfe not utf-8",
+    b'{"fire_id": "trunc',  # torn by a crash
+    b"[1, 2]",
+    b'{"job": "j"}',
+    encode_start(started(5)).replace('"trigger":"schedule"', '"trigger":"secret-xyz"').encode(),
+    encode_start(started(5)).replace('"attempt":1', '"attempt":0').encode(),
+    encode_start(started(5)).replace('"attempt":1', '"attempt":true').encode(),
+    encode_start(started(5)).replace('"scheduled_us":', '"scheduled_us":9').encode() + b"9" * 30,
+]
+
+
+@pytest.mark.parametrize("bad", BAD_LINES)
+def test_a_bad_start_line_is_refused_without_quoting_it(bad: bytes) -> None:
+    with pytest.raises(ValueError) as refused:
+        decode_start(bad.rstrip(b"\n"))
+    assert "secret" not in str(refused.value)
+
+
+def test_a_torn_and_damaged_start_file_reads_its_valid_lines_and_quarantines_the_rest(
+    directory: Path,
+) -> None:
+    directory.mkdir(parents=True)
+    path = directory / "starts-1.jsonl"
+    good = [encode_start(started(n)).encode() for n in range(4)]
+    path.write_bytes(good[0] + good[1] + b"garbage\n" + good[2] + good[3] + good[0][:30])
+    quarantine = directory / "starts.quarantine.jsonl"
+    reader = Journal(path, quarantine_path=quarantine, decode=decode_start)
+    assert [r for batch in reader.read(2) for r in batch] == [started(n) for n in range(4)]
+    assert reader.quarantined == 2
+    assert quarantine.read_bytes() == b"garbage\n" + good[0][:30] + b"\n"
