@@ -3,8 +3,8 @@
 Run by an ordinary user, the server is that user and everything lives under ``data_dir`` (0700).
 
 PostgreSQL refuses to run as root. Run by root, the server is the dedicated system user
-``scheduler-daemon`` (created if missing) and root never opens, chowns or chmods anything through a
-path another user controls (no parent directory is ever chmodded):
+``scheduler-daemon-pg`` (created if missing) and root never opens, chowns or chmods anything
+through a path another user controls (no parent directory is ever chmodded):
 
 - ``data_dir`` (root's, 0711) keeps root's own files: ``.lock``, ``owner``, ``postgresql.log``
   (root opens the log and hands the server the descriptor).
@@ -40,7 +40,9 @@ from scheduler_daemon.errors import DatabaseUnavailable
 
 log = structlog.get_logger("scheduler_daemon.storage.embedded")
 
-SERVER_USER = "scheduler-daemon"
+# Not "scheduler-daemon": that is the systemd unit's DynamicUser, which would take over a static
+# user of that name (and its RemoveIPC would remove a root-run daemon's server's shared memory).
+SERVER_USER = "scheduler-daemon-pg"
 # Not /var/lib/scheduler-daemon: that is the systemd unit's StateDirectory (DynamicUser's symlink).
 SYSTEM_DIR = Path("/var/lib/scheduler-daemon-embedded")
 _READ_LIMIT = 1 << 20
