@@ -29,7 +29,7 @@ from scheduler_daemon.storage import store
 
 log = structlog.get_logger("scheduler_daemon.operation.instance")
 
-# pg_advisory_lock's key for "a daemon runs on this database" (schema.sql uses another).
+# pg_advisory_lock's key for "a daemon runs on this database" (schema upgrades use another).
 INSTANCE_LOCK = 0x5C4ED01
 _HOLDER = """
 SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
