@@ -148,7 +148,9 @@ class DatabaseLock:
             return bool(
                 await self._conn.fetchval(_MINE, INSTANCE_LOCK, timeout=store.CONNECT_TIMEOUT)
             )
-        except (*store.DB_ERRORS, OSError):
+        except (*store.DB_ERRORS, OSError, asyncpg.InternalClientError):
+            # InternalClientError: the server's "terminating connection" arrived while the
+            # connection was idle, and asyncpg refuses the next query ("cannot switch to state").
             return False
 
     async def release(self) -> None:
