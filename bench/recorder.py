@@ -29,7 +29,7 @@ import structlog
 import uvloop
 
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
-from scheduler_daemon.storage import store
+from scheduler_daemon.storage import schema, store
 from scheduler_daemon.storage.database import Database
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from scheduler_daemon.storage.recorder import Recorder
@@ -113,7 +113,7 @@ async def run(
     dsn: str, rates: list[int], seconds: float, burst: int, batch_size: int
 ) -> dict[str, object]:
     pool = await asyncpg.create_pool(dsn, min_size=10, max_size=10)
-    await store.apply_schema(pool)
+    await schema.upgrade(pool)
     results: dict[str, object] = {}
     for label, rate in [*((f"{r}/s", r) for r in rates), (f"burst {burst}", None)]:
         n = burst if rate is None else int(rate * seconds)

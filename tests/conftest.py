@@ -17,10 +17,11 @@ Fixtures
   tests that create or drop databases. ``SCHEDULER_TEST_DATABASE_URL`` if set (a role that may
   CREATE DATABASE), else an embedded PostgreSQL started once per session from the same wheel the
   daemon uses, stopped at the end.
-- ``database_url`` (function): DSN of a database with schema.sql applied and no rows: cloned from a
-  template once (~0.35 s), then emptied after each test for the next (its sessions ended, its
-  tables truncated, identities restarted: ~0.02 s), dropped at the end of the run.
-- ``empty_database_url`` (function): the same without the schema (for schema and ``db init`` tests).
+- ``database_url`` (function): DSN of a database with every migration applied and no rows: cloned
+  from a template once (~0.35 s), then emptied after each test for the next (its sessions ended,
+  its tables but ``scheduler_migrations`` truncated, identities restarted: ~0.02 s), dropped at
+  the end of the run.
+- ``empty_database_url`` (function): the same without the schema (for schema and ``db`` tests).
 - ``cluster_template`` (session): a data directory made by initdb once per run, never started;
   every embedded server of the run (``pg_server``'s included) starts from a copy of it (a copy
   costs ~0.3 s, initdb ~1.2 s). All live outside pytest's temp root (see ``clusters_root``).
@@ -59,7 +60,7 @@ import structlog
 from aiohttp import web
 
 from scheduler_daemon.specs.pytargets import use_python_path
-from scheduler_daemon.storage import store
+from scheduler_daemon.storage import schema
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from tests.helpers import (
     STARTED_PIDS,
@@ -93,7 +94,7 @@ async def _create_template(server: str) -> None:
     await _admin(server, f"CREATE DATABASE {TEMPLATE}")
     conn = await asyncpg.connect(with_database(server, TEMPLATE))
     try:
-        await store.apply_schema(conn)
+        await schema.upgrade(conn)
     finally:
         await conn.close()
 
@@ -206,7 +207,8 @@ async def _empty(server: str, name: str) -> None:
     try:
         tables = await conn.fetchval(
             "SELECT string_agg(format('%I.%I', schemaname, tablename), ', ')"
-            " FROM pg_tables WHERE schemaname = 'public'"
+            " FROM pg_tables WHERE schemaname = 'public' AND tablename <> $1",
+            schema.TABLE,  # the schema's version stays: the next test gets a current database
         )
         await conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
     finally:

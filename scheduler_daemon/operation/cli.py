@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -32,6 +33,11 @@ from scheduler_daemon.timing.schedule_text import schedule_in_words
 from scheduler_daemon.timing.schedules import build_schedule
 
 EX_CONFIG = 78  # sysexits.h: a configuration error (systemd shows it as status=78/CONFIG)
+
+if TYPE_CHECKING:  # imported when used: `check` and `next` need no database driver
+    import asyncpg
+
+    from scheduler_daemon.storage.schema import SchemaState
 
 
 def _default_config() -> str:
@@ -84,9 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "schema", help="print the config's JSON Schema (for editors: yaml-language-server)"
     )
-    db = sub.add_parser("db", help="database commands")
+    db = sub.add_parser("db", help="the database schema: status, upgrade")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
-    with_config(db_sub.add_parser("init", help="apply schema.sql (idempotent; run does it too)"))
+    with_config(
+        db_sub.add_parser(
+            "status", help="the schema's version, one line per migration; exit 3 if some pending"
+        )
+    )
+    with_config(db_sub.add_parser("upgrade", help="apply the pending migrations (run does too)"))
+    with_config(db_sub.add_parser("init", help="the same as upgrade"))
     return parser
 
 
@@ -94,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Commands other than `run` print results on stdout (tables, JSON for scripts): their own
     # progress logs (e.g. borrowing the embedded PostgreSQL) would get in the way.
-    quiet = "info" if args.command in ("run", "db") else "warning"
+    quiet = "info" if args.command == "run" else "warning"
     configure_logging(
         level="debug" if args.debug else os.environ.get("SCHEDULER_LOG_LEVEL", quiet),
         cache=args.command == "run",
@@ -166,7 +178,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "next":
         return _next(config, count=args.n, after=args.after, names=args.jobs)
     if args.command == "db":
-        return asyncio.run(_db_init(config))
+        return asyncio.run(_db(config, args.db_command))
     return asyncio.run(_operate(config, args))
 
 
@@ -246,12 +258,60 @@ def _local(t: datetime, job: JobSpec) -> datetime:
     return t.astimezone(ZoneInfo(job.timezone))
 
 
-async def _db_init(config: Config) -> int:
+async def _db(config: Config, command: str) -> int:
+    from scheduler_daemon.storage import store
     from scheduler_daemon.storage.database import open_database
 
-    async with open_database(config) as database:
-        await database.connect()  # applies the schema
-    print("schema applied")
+    async with open_database(config) as database, database.connection() as conn:
+        try:
+            if command == "status":
+                return await _db_status(conn)
+            return await _db_upgrade(conn)
+        except store.DB_ERRORS as exc:
+            raise database.unreachable(exc, f"finish `db {command}` on") from None
+
+
+async def _db_status(conn: asyncpg.Connection) -> int:
+    from scheduler_daemon.storage import schema
+
+    state = await schema.read_state(conn)
+    lines = [
+        (a.label, f"applied {a.applied_at:%Y-%m-%d %H:%M:%S}Z", _status_note(a.version, state))
+        for a in state.applied
+    ] + [(m.label, "pending", "") for m in state.pending]
+    width = max((len(label) for label, _, _ in lines), default=0)
+    for label, what, note in sorted(lines):
+        print(f"{label:<{width}}  {what}{note}")
+    state.refuse_if_newer()
+    if state.changed:
+        print("a migration applied differs from this version's file: see README, Database")
+    if state.legacy:
+        print("tables from before versioned migrations: 0001 adopts them, rows kept")
+    count = len(state.pending)
+    if count:
+        print(f"schema version {state.version} of {state.latest}: {count} pending "
+              "(`scheduler-daemon db upgrade` applies them)")  # fmt: skip
+        return 3
+    print(f"schema version {state.version}: up to date")
+    return 0
+
+
+def _status_note(version: int, state: SchemaState) -> str:
+    if version > state.latest:
+        return f" (unknown to scheduler-daemon {__version__})"
+    return " (changed since applied)" if version in {a.version for a in state.changed} else ""
+
+
+async def _db_upgrade(conn: asyncpg.Connection) -> int:
+    from scheduler_daemon.storage import schema
+
+    def applied(migration: schema.Migration, seconds: float, over_legacy: bool) -> None:
+        over = " over the tables made before versioned migrations" if over_legacy else ""
+        print(f"applied {migration.label}{over} ({seconds * 1000:.0f} ms)", flush=True)
+
+    done = await schema.upgrade(conn, on_applied=applied)
+    state = await schema.read_state(conn)
+    print(f"schema version {state.version}: up to date" + ("" if done else ", nothing to apply"))
     return 0
 
 

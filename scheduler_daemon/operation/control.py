@@ -20,7 +20,7 @@ import asyncpg
 from scheduler_daemon.errors import SchedulerDaemonError
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
 from scheduler_daemon.specs import Config, JobSpec
-from scheduler_daemon.storage import queries
+from scheduler_daemon.storage import queries, schema, store
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.timing.schedule_text import schedule_in_words
 from scheduler_daemon.timing.schedules import build_schedule
@@ -156,12 +156,14 @@ class DbBackend:
     @asynccontextmanager
     async def open(cls, config: Config) -> AsyncIterator[DbBackend]:
         async with AsyncExitStack() as stack:
+            # The embedded server: borrowed from the running daemon, or started for this. The
+            # schema must be this version's: upgrading it is for the daemon and `db upgrade`.
+            database = open_database(config, max_size=2, on_connect=[schema.require_current])
             try:
-                # The embedded server: borrowed from the running daemon, or started for this.
-                database = await stack.enter_async_context(open_database(config, max_size=2))
+                await stack.enter_async_context(database)
                 pool = await database.connect()
-            except (OSError, TimeoutError) as exc:
-                raise ControlError(f"cannot reach PostgreSQL: {exc}") from exc
+            except store.DB_ERRORS as exc:
+                raise database.unreachable(exc) from None
             yield cls(config, pool)
 
     async def jobs(self) -> list[dict[str, Any]]:

@@ -48,6 +48,7 @@ from scheduler_daemon.storage.database import POOL_CLOSE_TIMEOUT, open_database
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
+from scheduler_daemon.storage.schema import Upgrades
 from scheduler_daemon.storage.startlog import StartLog
 from scheduler_daemon.timing.clock import Clock, SystemClock
 from scheduler_daemon.timing.scheduler import Scheduler
@@ -88,7 +89,7 @@ class Daemon:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._journal = Journal(config.state_dir / "journal" / "executions.jsonl")
         # The recorder connects in the background: a database that is down at start delays the
-        # rows, never the schedule. Each (re)connection applies the schema and syncs the jobs.
+        # rows, never the schedule. Each (re)connection upgrades the schema and syncs the jobs.
         self.database = open_database(config, clock=self._clock)
         self._recorder = Recorder(
             database=self.database,
@@ -135,8 +136,10 @@ class Daemon:
         # One daemon per state_dir and per database, settled before recovery touches a row.
         self._state_lock = StateLock(config.state_dir)
         self._database_lock = DatabaseLock(lambda: self.database.dsn, on_lost=self._give_up)
+        self._schema = Upgrades(on_refused=self._give_up)  # a newer schema, a refused migration
         self._fatal: SchedulerDaemonError | None = None  # why the daemon stopped itself
-        self.database.on_connect(self._database_lock.on_connect)
+        self.database.on_connect(self._database_lock.on_connect)  # before any schema change
+        self.database.on_connect(self._schema.on_connect)
         self.database.on_connect(self._recovery.on_connect)
         self._scheduler = Scheduler(
             clock=self._clock, dispatch=self._dispatch, on_jump=self._recovery.on_clock_jump
@@ -153,6 +156,8 @@ class Daemon:
         try:
             async with self.database:
                 await self._database_lock.try_at_start()
+                if self._database_lock.held:  # reachable: an unusable schema refuses the start
+                    await self._schema.at_start(self.database.dsn)
                 self._pauses.load_cache()  # before any connection brings the database's view
                 await self._start_admin()
                 await self._starts.start()
@@ -176,7 +181,8 @@ class Daemon:
         return 0
 
     def _give_up(self, why: SchedulerDaemonError) -> None:
-        """Stop the daemon, then fail with ``why`` (another daemon took the database)."""
+        """Stop the daemon, then fail with ``why`` (another daemon took the database, or its
+        schema cannot be used)."""
         self._fatal = why
         self._stop.set()
 

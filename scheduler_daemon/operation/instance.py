@@ -29,7 +29,7 @@ from scheduler_daemon.storage import store
 
 log = structlog.get_logger("scheduler_daemon.operation.instance")
 
-# pg_advisory_lock's key for "a daemon runs on this database" (schema.sql uses another).
+# pg_advisory_lock's key for "a daemon runs on this database" (schema upgrades use another).
 INSTANCE_LOCK = 0x5C4ED01
 _HOLDER = """
 SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -161,7 +161,9 @@ class DatabaseLock:
             return bool(
                 await self._conn.fetchval(_MINE, INSTANCE_LOCK, timeout=store.CONNECT_TIMEOUT)
             )
-        except (*store.DB_ERRORS, OSError):
+        except (*store.DB_ERRORS, OSError, asyncpg.InternalClientError):
+            # InternalClientError: the server's "terminating connection" arrived while the
+            # connection was idle, and asyncpg refuses the next query ("cannot switch to state").
             return False
 
     async def release(self) -> None:

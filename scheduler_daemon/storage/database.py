@@ -3,22 +3,27 @@
 ``open_database(config)`` is what the daemon and every CLI command that touches the database use:
 with ``database.url`` empty it starts (or borrows) the embedded server under ``state_dir``, else it
 uses the URL. The :class:`Database` it yields owns the pool: it creates it on demand, runs the
-on-connect hooks on each new pool before anyone uses it (schema first), and throws it away when a
-user reports that it failed, so the next ``connect`` starts afresh. Whoever needs the database
-continuously (the recorder) drives reconnection with ``pause_before_retry``'s capped backoff;
-everyone else reads ``pool``, which is None while the database is away.
+on-connect hooks on each new pool before anyone uses it (the caller's: the daemon's lock, schema
+upgrade, recovery), and throws it away when a user reports that it failed, so the next ``connect``
+starts afresh. ``connection()`` is one plain connection, for the ``db`` commands (a failure is one
+line, no traceback). Whoever needs the database continuously (the recorder) drives reconnection
+with ``pause_before_retry``'s capped backoff; everyone else reads ``pool``, which is None while
+the database is away.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 
 import asyncpg
 import structlog
 
+from scheduler_daemon.errors import DatabaseUnavailable
 from scheduler_daemon.specs import Config
+from scheduler_daemon.storage import dsn as dsn_text
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from scheduler_daemon.timing.clock import Clock, SystemClock
@@ -55,6 +60,7 @@ class Database:
         self._hooks = list(on_connect)
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._reached = False  # a pool was ever created: the URL, user and password are right
         self._outage = False
         self._backoff = MIN_BACKOFF
 
@@ -101,6 +107,7 @@ class Database:
         """The pool, created (and its on-connect hooks run) if there is none; raises on failure."""
         if self._pool is None:
             pool = await store.connect(self.dsn, max_size=self._max_size)
+            self._reached = True
             try:
                 for hook in self._hooks:
                     await hook(pool)
@@ -109,6 +116,31 @@ class Database:
                 raise
             self._pool = pool
         return self._pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """One connection of its own (no pool, no hooks); DatabaseUnavailable if it fails."""
+        try:
+            conn = await asyncpg.connect(
+                self.dsn,
+                timeout=store.CONNECT_TIMEOUT,
+                command_timeout=store.COMMAND_TIMEOUT,
+                server_settings=store.SERVER_SETTINGS,
+            )
+        except (*store.DB_ERRORS, ValueError) as exc:  # ValueError: a malformed URL
+            raise self.unreachable(exc) from None
+        try:
+            yield conn
+        finally:
+            await conn.close(timeout=store.CONNECT_TIMEOUT)
+
+    def unreachable(self, exc: BaseException, doing: str = "connect to") -> DatabaseUnavailable:
+        """``cannot connect to postgresql://user@host:port/db: why`` (no password, no query)."""
+        if not self._dsn:
+            where = f"the embedded PostgreSQL in {self._embedded_dir}"
+        else:
+            where = dsn_text.target(self._dsn).url()
+        return DatabaseUnavailable(f"cannot {doing} {where}: {dsn_text.why(exc)}")
 
     async def close(self) -> None:
         """Close the pool (terminated if it does not close in time), then stop our server."""
@@ -144,10 +176,17 @@ class Database:
 
     def failed(self, exc: BaseException, **context: object) -> None:
         """A connect or a write failed: drop the pool (its connections may be dead), and say so
-        once per outage (``context``: the reporter's fields for the log)."""
+        once per outage (``context``: the reporter's fields for the log). A database never
+        reached since start is an error, naming where it was looked for: most likely the URL,
+        the password or the database name is wrong, and nothing will be written until fixed."""
         if not self._outage:
             self._outage = True
-            log.warning("recorder_db_unavailable", error=f"{type(exc).__name__}: {exc}", **context)
+            if self._reached:
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("recorder_db_unavailable", error=error, **context)
+            else:
+                where = dsn_text.target(self._dsn).fields()
+                log.error("database_unreachable", **where, error=dsn_text.why(exc), **context)
         if self._pool is not None:
             self._pool.terminate()
             self._pool = None
@@ -165,13 +204,19 @@ class Database:
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
 
 
-def open_database(config: Config, *, clock: Clock | None = None, max_size: int = 4) -> Database:
+def open_database(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    max_size: int = 4,
+    on_connect: Sequence[OnConnect] = (),
+) -> Database:
     """The database ``config`` names (embedded under ``state_dir`` when ``database.url`` is
-    empty), applying the schema on each connection. Use it as ``async with``."""
+    empty), running ``on_connect`` on each new pool. Use it as ``async with``."""
     return Database(
         dsn=config.database_url or "",
         embedded_dir=None if config.database_url else config.state_dir / "postgres",
         clock=clock,
-        on_connect=[store.apply_schema],
+        on_connect=on_connect,
         max_size=max_size,
     )

@@ -2,8 +2,8 @@
 
 ExecutionRecord's fields are the one definition of the row. The column list, the COPY staging
 table, the journal's encoding and the API's Execution body are all computed from them here, so a
-field added to the record reaches every one of them (and the schema test says if schema.sql
-disagrees).
+field added to the record reaches every one of them (and the schema test says if the migrations
+disagree: a new column needs one).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ for _name, _hint in get_type_hints(ExecutionRecord).items():
 NULLABLE = frozenset(_nullable)
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ExecutionRecord))
-# Columns the database adds to each row (schema.sql): never written by the daemon.
+# Columns the database adds to each row (storage/migrations/): never written by the daemon.
 DATABASE_COLUMNS = {"id": "bigint", "recorded_at": "timestamptz"}
 # What identifies an attempt and never changes once written; the rest is the attempt's outcome.
 IDENTITY = ("fire_id", "job_name", "scheduled_at", "attempt", "trigger")
@@ -49,7 +49,7 @@ _SQL_TYPES: dict[type, str] = {
 
 
 def sql_type(python_type: type) -> str:
-    # A StrEnum (Status, FireKind) is text constrained by a CHECK list in schema.sql.
+    # A StrEnum (Status, FireKind) is text constrained by a CHECK list in the migrations.
     return _SQL_TYPES[str if issubclass(python_type, StrEnum) else python_type]
 
 

@@ -1,4 +1,4 @@
-"""PostgreSQL access: schema, job sync, batched execution writes and the queries built on them."""
+"""PostgreSQL access: the pool, job sync, batched execution writes (the schema: schema.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from importlib import resources
-from pathlib import Path
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -26,8 +24,8 @@ Row: TypeAlias = "asyncpg.Record | Mapping[str, Any]"
 # What a query raises when the database is away, slow or restarting (not a bug, not bad data).
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 CONNECT_TIMEOUT = 5.0
+SERVER_SETTINGS = {"application_name": "scheduler_daemon"}  # who we are, in pg_stat_activity
 COMMAND_TIMEOUT = 30.0
-_SCHEMA_LOCK = 0x5C4ED  # advisory lock id: concurrent starts apply the schema one at a time
 
 COLUMNS = rows.COLUMNS
 _STAGE_DDL = rows.staging_ddl("executions_stage")
@@ -82,14 +80,6 @@ WHERE jobs.name = s.job_name
 ABANDONED_ERROR = "the daemon stopped before this attempt finished (crash, kill -9 or power loss)"
 
 
-def schema_sql() -> str:
-    packaged = resources.files("scheduler_daemon").joinpath("schema.sql")
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    # Editable install / source checkout: the file lives at the top of the repository.
-    return (Path(__file__).resolve().parents[2] / "schema.sql").read_text(encoding="utf-8")
-
-
 async def connect(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
     """A small pool: the recorder writes on one connection, queries use the others."""
     pool = await asyncpg.create_pool(
@@ -98,21 +88,10 @@ async def connect(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.
         max_size=max_size,
         timeout=CONNECT_TIMEOUT,
         command_timeout=COMMAND_TIMEOUT,
-        server_settings={"application_name": "scheduler_daemon"},
+        server_settings=SERVER_SETTINGS,
     )
     assert pool is not None
     return pool
-
-
-async def apply_schema(db: Db) -> None:
-    """Apply schema.sql (idempotent); concurrent callers take turns on an advisory lock."""
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn:
-            await apply_schema(conn)
-        return
-    async with db.transaction():
-        await db.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-        await db.execute(schema_sql())
 
 
 def job_spec(job: JobSpec) -> dict[str, Any]:

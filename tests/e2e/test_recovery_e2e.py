@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from scheduler_daemon.operation.daemon import Daemon
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
 from scheduler_daemon.specs import load_config
-from scheduler_daemon.storage import store
+from scheduler_daemon.storage import schema, store
 from scheduler_daemon.storage.journal import Journal
 from tests.helpers import DaemonProcess, processes_with, query_value, start_daemon, wait_until
 
@@ -152,7 +152,7 @@ jobs:
     config = load_config(path, environ={})
     pool = await store.connect(database_url)
     try:
-        await store.apply_schema(pool)
+        await schema.upgrade(pool)
         await store.sync_jobs(pool, config.jobs, {})
         # What the database knew before the outage: the instant before.
         await pool.execute("UPDATE jobs SET last_scheduled_at = $1", ran_at - timedelta(hours=1))

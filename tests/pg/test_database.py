@@ -1,5 +1,6 @@
 """The database entry point against a real PostgreSQL (URL mode; the embedded mode runs in
-tests/e2e/test_embedded.py): the schema on connect, hooks in order, a pool dropped on failure."""
+tests/e2e/test_embedded.py): hooks on connect, in order, a pool dropped on failure, and what a
+database that cannot be reached looks like in the log and on the command line."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from scheduler_daemon.errors import DatabaseUnavailable
 from scheduler_daemon.specs import Config, DatabaseSpec
+from scheduler_daemon.storage import dsn, schema
 from scheduler_daemon.storage.database import Database, open_database
-from tests.helpers import make_config
+from tests.conftest import with_database
+from tests.helpers import free_port, make_config
 
 
 def config(tmp_path: Path, url: str) -> Config:
@@ -20,10 +24,11 @@ def config(tmp_path: Path, url: str) -> Config:
     )
 
 
-async def test_open_database_applies_the_schema_on_connect(
+async def test_open_database_runs_its_hooks_on_connect(
     tmp_path: Path, empty_database_url: str
 ) -> None:
-    async with open_database(config(tmp_path, empty_database_url)) as database:
+    hooks = [schema.upgrade]
+    async with open_database(config(tmp_path, empty_database_url), on_connect=hooks) as database:
         assert database.pool is None and not database.connected  # connecting is the user's call
         pool = await database.connect()
         assert await database.connect() is pool  # one pool, kept
@@ -81,3 +86,53 @@ async def test_an_unreachable_url_raises_on_connect(tmp_path: Path) -> None:
         with pytest.raises(OSError):
             await database.connect()
         assert database.pool is None
+
+
+async def test_a_database_never_reached_is_an_error_naming_where_then_quiet(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    url = f"postgresql://bob:s3cr3t@127.0.0.1:{port}/jobs?sslmode=disable&password=s3cr3t"
+    async with Database(dsn=url) as database:
+        with capture_logs() as logs:
+            for pending in (1, 2, 3):  # the recorder's retries: one line for the outage
+                with pytest.raises(OSError) as failure:
+                    await database.connect()
+                database.failed(failure.value, pending=pending)
+    assert logs == [
+        {
+            "event": "database_unreachable",
+            "log_level": "error",
+            "host": "127.0.0.1",
+            "port": str(port),
+            "database": "jobs",
+            "user": "bob",
+            "error": "connection refused",
+            "pending": 1,
+        }
+    ]
+    assert "s3cr3t" not in repr(logs)
+
+
+async def test_a_missing_database_is_named_in_the_error(pg_server: str) -> None:
+    url = with_database(pg_server, "no_such_db")
+    async with Database(dsn=url) as database:
+        with capture_logs() as logs:
+            with pytest.raises(asyncpg.InvalidCatalogNameError) as failure:
+                await database.connect()
+            database.failed(failure.value)
+        with pytest.raises(DatabaseUnavailable) as refused:
+            async with database.connection():
+                pass
+    [logged] = logs
+    assert logged["log_level"] == "error" and logged["database"] == "no_such_db"
+    assert logged["error"] == 'database "no_such_db" does not exist'
+    where = dsn.target(url).url()  # its forms: tests/unit/test_dsn.py
+    assert where.startswith("postgresql://") and "/no_such_db" in where
+    assert str(refused.value) == f'cannot connect to {where}: database "no_such_db" does not exist'
+
+
+async def test_a_database_reached_once_then_lost_is_a_warning(database_url: str) -> None:
+    async with Database(dsn=database_url) as database:
+        await database.connect()
+        with capture_logs() as logs:
+            database.failed(OSError("connection reset"))
+    assert [(e["event"], e["log_level"]) for e in logs] == [("recorder_db_unavailable", "warning")]

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from scheduler_daemon.storage import rows, store
+from scheduler_daemon.storage import rows, schema
 from scheduler_daemon.storage.database import Database, OnConnect
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from scheduler_daemon.storage.journal import Journal
@@ -74,7 +74,7 @@ async def _until_waiting_for_a_lock(dsn: str) -> None:
 
 
 async def _apply_schema(pool: asyncpg.Pool) -> None:
-    await store.apply_schema(pool)
+    await schema.upgrade(pool)
 
 
 _opened: list[Database] = []
@@ -170,7 +170,7 @@ async def test_a_database_down_at_start_is_waited_for(server: EmbeddedPostgres) 
     connected = asyncio.Event()
 
     async def on_connect(pool: asyncpg.Pool) -> None:
-        await store.apply_schema(pool)
+        await schema.upgrade(pool)
         connected.set()
 
     recorder = Recorder(database=_database(dsn, on_connect), flush_interval=0.05)

@@ -24,31 +24,6 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
-async def test_schema_applies_concurrently_on_an_empty_database(empty_database_url: str) -> None:
-    conns = [await asyncpg.connect(empty_database_url) for _ in range(4)]
-    try:
-        await asyncio.gather(*(store.apply_schema(c) for c in conns))  # a connection works too
-        tables = await conns[0].fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
-        )
-    finally:
-        for conn in conns:
-            await conn.close()
-    assert [t["tablename"] for t in tables] == ["executions", "jobs", "runs"]
-
-
-async def test_schema_applies_again_cleanly(pool: asyncpg.Pool) -> None:
-    await store.apply_schema(pool)
-    await store.apply_schema(pool)
-    cols = {
-        r["column_name"]
-        for r in await pool.fetch(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'executions'"
-        )
-    }
-    assert set(store.COLUMNS) | {"id", "recorded_at"} <= cols
-
-
 async def test_every_column_round_trips(pool: asyncpg.Pool) -> None:
     full = rec(
         http_status=503,

@@ -1,4 +1,4 @@
-"""The execution record: fire ids, and the row definition derived from it against schema.sql."""
+"""The execution record: fire ids, and the row definition derived from it against the schema."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from scheduler_daemon.running.records import (
     scheduled_fire_id,
 )
 from scheduler_daemon.storage import rows
-from scheduler_daemon.storage.store import schema_sql
+from scheduler_daemon.storage.schema import reference_sql
 
 
 def test_a_scheduled_fire_id_is_the_uuid5_of_job_and_instant() -> None:
@@ -41,12 +41,12 @@ def test_fire_ids_differ_by_job_and_by_microsecond() -> None:
     assert len(ids) == 3
 
 
-# -- the row definition against schema.sql ------------------------------------------------------
+# -- the row definition against the schema's migrations -------------------------------------------
 
 
 def _executions_table() -> dict[str, str]:
-    """schema.sql's `CREATE TABLE executions` columns: name -> the rest of its definition."""
-    body = re.search(r"CREATE TABLE IF NOT EXISTS executions \((.*?)\n\);", schema_sql(), re.S)
+    """The migrations' `CREATE TABLE executions` columns: name -> the rest of its definition."""
+    body = re.search(r"CREATE TABLE IF NOT EXISTS executions \((.*?)\n\);", reference_sql(), re.S)
     assert body is not None
     columns: dict[str, str] = {}
     for item in _top_level_items(re.sub(r"--[^\n]*", "", body.group(1))):
