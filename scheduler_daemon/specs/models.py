@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from scheduler_daemon.specs import action_values as av
+from scheduler_daemon.specs import places
 from scheduler_daemon.specs import values as v
 from scheduler_daemon.specs.cron import REBOOT
 from scheduler_daemon.specs.redaction import redact
@@ -30,7 +32,7 @@ CatchUp = Literal["none", "latest", "all"]
 
 Seconds = Annotated[float, v.Duration()]
 PositiveSecondsOrNone = Annotated[float | None, v.Duration(positive=True, optional=True)]
-StrMap = Annotated[dict[str, str], v.StrMap()]
+StrMap = Annotated[dict[str, str], av.StrMap()]
 
 SCHEDULE_KEYS = ("cron", "every", "at")
 ACTION_KEYS = ("http", "command", "shell", "python")
@@ -48,13 +50,13 @@ class RetrySpec(Spec):
 
 class HttpSpec(Spec):
     kind: ClassVar[Literal["http"]] = "http"
-    method: Annotated[str, v.Method()] = "GET"
-    url: Annotated[str, v.Url(), Field(description="an http:// or https:// URL")]
+    method: Annotated[str, av.Method()] = "GET"
+    url: Annotated[str, av.Url(), Field(description="an http:// or https:// URL")]
     headers: StrMap = Field(default_factory=dict)
     params: StrMap = Field(default_factory=dict)
     json_body: Any = Field(default=None, alias="json")
-    body: Annotated[str | None, v.Body()] = None
-    expect: Annotated[tuple[int, ...], v.Statuses()] = ()  # empty: any 2xx
+    body: Annotated[str | None, av.Body()] = None
+    expect: Annotated[tuple[int, ...], av.Statuses()] = ()  # empty: any 2xx
     # A redirect is an answer like any other unless this is set; followed, a hop to another
     # origin loses the secret headers (a key for one API is no one else's business).
     follow_redirects: Annotated[bool, v.Boolean()] = False
@@ -84,20 +86,20 @@ class CommandOptions(Spec):
 
 class CommandSpec(CommandOptions):
     kind: ClassVar[Literal["command"]] = "command"
-    argv: Annotated[tuple[str, ...] | None, v.Argv()] = None  # a job's `command:`
+    argv: Annotated[tuple[str, ...] | None, av.Argv()] = None  # a job's `command:`
 
 
 class PythonOptions(Spec):
-    args: Annotated[dict[str, Any], v.AnyMapping()] = Field(default_factory=dict)  # kwargs
+    args: Annotated[dict[str, Any], av.AnyMapping()] = Field(default_factory=dict)  # kwargs
 
 
 class PythonSpec(PythonOptions):
     kind: ClassVar[Literal["python"]] = "python"
-    target: Annotated[str, v.PyTarget()]  # a job's `python:`, "package.module:function"
+    target: Annotated[str, av.PyTarget()]  # a job's `python:`, "package.module:function"
 
 
 ActionSpec = HttpSpec | CommandSpec | PythonSpec
-PyTarget = Annotated[str | None, v.PyTarget()]
+PyTarget = Annotated[str | None, av.PyTarget()]
 
 
 class JobSpec(CommandOptions, PythonOptions):
@@ -127,7 +129,7 @@ class JobSpec(CommandOptions, PythonOptions):
     run_on_start: Annotated[bool, v.Boolean()] = Field(default=False, validate_default=True)
     # The action: exactly one of these (`shell:` comes with the command options).
     http: HttpSpec | None = None
-    command: Annotated[tuple[str, ...] | None, v.Argv()] = None
+    command: Annotated[tuple[str, ...] | None, av.Argv()] = None
     python: PyTarget = None
     # The job's strings as written where they contained ${...}: shown instead of secrets.
     _templates: dict[str, str] | None = PrivateAttr(default=None)
@@ -253,12 +255,14 @@ class AdminSpec(Spec):
     """The admin HTTP server (`admin:`): off when the section is absent."""
 
     listen: Annotated[
-        v.ListenAddress,
-        v.Listen(),
+        places.ListenAddress,
+        places.Listen(),
         Field(description="host:port like 127.0.0.1:8089, or a unix socket path"),
     ]
     # The Bearer token: written in the config (`token:`, usually ${VAR}), or read from a file.
-    token_text: Annotated[str | None, v.Secret()] = Field(default=None, alias="token", repr=False)
+    token_text: Annotated[str | None, places.Secret()] = Field(
+        default=None, alias="token", repr=False
+    )
     token_file: Annotated[FileToken | None, TokenFile()] = Field(default=None, repr=False)
     allow_remote: Annotated[bool, v.Boolean()] = False  # binding beyond loopback needs this
     # Without a token, reads (history: captured output, run arguments) answer anyone on the host
@@ -318,14 +322,16 @@ class AdminSpec(Spec):
 
 
 class DatabaseSpec(Spec):
-    url: Annotated[str | None, v.PostgresUrl()] = None  # None: embedded PostgreSQL
+    url: Annotated[str | None, places.PostgresUrl()] = None  # None: embedded PostgreSQL
 
 
 class Config(Spec):
     """A whole config file; ``path`` is where it was read from (validation context ``path``)."""
 
     database: DatabaseSpec = DatabaseSpec()
-    state_dir: Annotated[Path, v.Directory()] = Field(default=Path("var"), validate_default=True)
+    state_dir: Annotated[Path, places.Directory()] = Field(
+        default=Path("var"), validate_default=True
+    )
     timezone: Annotated[str, v.Zone()] = "UTC"  # the zone of jobs without their own
     max_concurrency: Annotated[int, v.Integer(1)] = 64  # global running attempts
     shutdown_grace: Seconds = 30.0  # SIGTERM: how long in-flight attempts may finish
@@ -337,9 +343,9 @@ class Config(Spec):
     admin: AdminSpec | None = None
     # Where python jobs' modules are imported from: put first on sys.path at load (relative to
     # the config file's folder), before PYTHONPATH and the installed packages.
-    python_path: Annotated[tuple[Path, ...], v.Directories()] = ()
+    python_path: Annotated[tuple[Path, ...], places.Directories()] = ()
     # Any job field but its schedule and action; a job's own value wins, mappings key by key.
-    defaults: Annotated[dict[str, Any], v.AnyMapping()] = Field(default_factory=dict)
+    defaults: Annotated[dict[str, Any], av.AnyMapping()] = Field(default_factory=dict)
     jobs: tuple[JobSpec, ...]  # written as a mapping: name → job fields
     _path: Path = PrivateAttr(default=Path("config.yaml"))
 

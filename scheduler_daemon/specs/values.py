@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import abc
 import functools
-import ipaddress
 import math
 import re
-import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -194,7 +191,7 @@ class Size(Value):
         }
 
 
-def _from_template(value: Any, kind: type[int] | type[float]) -> Any:
+def from_template(value: Any, kind: type[int] | type[float]) -> Any:
     """A number written as ``${N}``: its text parsed as the field's kind (else left as it is)."""
     if not isinstance(value, Templated):
         return value
@@ -209,7 +206,7 @@ class Integer(Value):
     minimum: int
 
     def convert(self, value: Any, context: Mapping[str, Any]) -> int:
-        number = _from_template(value, int)
+        number = from_template(value, int)
         if isinstance(number, bool) or not isinstance(number, int) or number < self.minimum:
             raise Invalid(f"expected an integer ≥ {self.minimum}, got {got(value)}")
         return number
@@ -229,7 +226,7 @@ class Number(Value):
             if self.maximum is not None
             else f"≥ {self.minimum:g}"
         )
-        number = _from_template(value, float)
+        number = from_template(value, float)
         if isinstance(number, bool) or not isinstance(number, int | float):
             raise Invalid(f"expected a number {bounds}, got {got(value)}")
         too_big = self.maximum is not None and number > self.maximum
@@ -373,39 +370,6 @@ class DateTime(Value):
         return {"type": "string", "description": "ISO 8601 date-time such as 2026-12-01T02:00:00Z"}
 
 
-class StrMap(Value):
-    """Names to strings; numbers and booleans are taken as their text (`limit: 5`)."""
-
-    def convert(self, value: Any, context: Mapping[str, Any]) -> dict[str, str]:
-        if not isinstance(value, dict):
-            raise Invalid(f"expected a mapping of names to strings, got {got(value)}")
-        bad = [k for k, v in value.items() if isinstance(v, dict | list) or v is None]
-        if bad:
-            raise Invalid(f"expected string values, got {got(value[bad[0]])} for {bad[0]!r}")
-        return {str(k): str(v) if isinstance(v, str) else _scalar_text(v) for k, v in value.items()}
-
-    def json_schema(self) -> JsonSchemaValue:
-        return {
-            "type": "object",
-            "additionalProperties": {"type": ["string", "number", "boolean"]},
-        }
-
-
-def _scalar_text(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-class AnyMapping(Value):
-    def convert(self, value: Any, context: Mapping[str, Any]) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise Invalid(f"expected a mapping, got {got(value)}")
-        mapping: dict[str, Any] = plain(value)
-        return mapping
-
-    def json_schema(self) -> JsonSchemaValue:
-        return {"type": "object"}
-
-
 def plain(value: Any) -> Any:
     """``value`` with every Templated string inside it a plain string again."""
     if isinstance(value, Templated):
@@ -415,97 +379,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(v) for v in value]
     return value
-
-
-class Argv(Value):
-    """A list of arguments, or one string split like a shell would (no shell runs it)."""
-
-    def convert(self, value: Any, context: Mapping[str, Any]) -> tuple[str, ...] | None:
-        if isinstance(value, tuple):  # already an argv (a spec built in code)
-            value = list(value)
-        if isinstance(value, str):
-            try:
-                argv = tuple(shlex.split(value))
-            except ValueError as exc:
-                raise Invalid(f"expected a command line, got {got(value)} ({exc})") from None
-        elif isinstance(value, list) and all(
-            isinstance(v, str | int | float) and not isinstance(v, bool) for v in value
-        ):
-            argv = tuple(str(v) for v in value)
-        else:
-            raise Invalid(
-                f'expected a list of arguments such as ["./run.sh", "--all"], got {got(value)}'
-            )
-        if not argv:
-            raise Invalid("expected at least the program to run, got an empty command")
-        return argv
-
-    def json_schema(self) -> JsonSchemaValue:
-        return {
-            "anyOf": [
-                {"type": "array", "items": {"type": ["string", "number"]}, "minItems": 1},
-                {"type": "string", "minLength": 1},
-            ]
-        }
-
-
-_PY_TARGET = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
-
-
-class PyTarget(Value):
-    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
-        if not isinstance(value, str) or not _PY_TARGET.fullmatch(value):
-            raise Invalid(f'expected "package.module:function", got {got(value)}')
-        return value
-
-    def json_schema(self) -> JsonSchemaValue:
-        return {"type": "string", "pattern": f"^{_PY_TARGET.pattern}$"}
-
-
-class Url(Value):
-    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
-        if not isinstance(value, str) or not re.match(r"https?://[^/\s]+", value):
-            raise Invalid(f"expected an http:// or https:// URL, got {got(value)}")
-        return value
-
-    def json_schema(self) -> JsonSchemaValue:
-        return {"type": "string", "pattern": r"^https?://[^/\s]+"}
-
-
-class Method(Value):
-    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
-        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z]+", value):
-            raise Invalid(f"expected an HTTP method such as GET or POST, got {got(value)}")
-        return value.upper()
-
-    def json_schema(self) -> JsonSchemaValue:
-        return {"type": "string", "pattern": "^[A-Za-z]+$"}
-
-
-class Statuses(Value):
-    """HTTP status codes that count as success: one or a list (empty: any 2xx)."""
-
-    def convert(self, value: Any, context: Mapping[str, Any]) -> tuple[int, ...]:
-        items = list(value) if isinstance(value, list | tuple) else [value]
-        items = [_from_template(item, int) for item in items]
-        for item in items:
-            if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
-                raise Invalid(f"expected HTTP status codes (100-599), got {got(item)}")
-        return tuple(items)
-
-    def json_schema(self) -> JsonSchemaValue:
-        code = {"type": "integer", "minimum": 100, "maximum": 599}
-        return {"anyOf": [code, {"type": "array", "items": code}]}
-
-
-class Body(Value):
-    def convert(self, value: Any, context: Mapping[str, Any]) -> str:
-        if not isinstance(value, str):
-            raise Invalid(f"expected a string (use `json:` for structured data), got {got(value)}")
-        return value
-
-    def json_schema(self) -> JsonSchemaValue:
-        return {"type": "string"}
 
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -526,116 +399,3 @@ class JobName(Value):
 
 
 JOB_NAME_PATTERN = rf"^(?!\.\.?$){_JOB_NAME.pattern}$"
-
-
-class PostgresUrl(Value):
-    """A postgresql:// URL; empty or null: the embedded PostgreSQL."""
-
-    def convert(self, value: Any, context: Mapping[str, Any]) -> str | None:
-        if value in (None, ""):
-            return None
-        if not isinstance(value, str) or not re.match(r"postgres(ql)?://", value):
-            raise Invalid(
-                f"expected a postgresql:// URL or nothing (embedded PostgreSQL), got {got(value)}"
-            )
-        return value
-
-    def json_schema(self) -> JsonSchemaValue:
-        return {"anyOf": [{"type": "string"}, {"type": "null"}]}
-
-
-class Directory(Value):
-    """A directory; relative to the config file's folder (``context["base"]``)."""
-
-    def convert(self, value: Any, context: Mapping[str, Any]) -> Path:
-        if isinstance(value, Path):
-            value = str(value)
-        if not isinstance(value, str) or not value.strip():
-            raise Invalid(f"expected a non-empty string, got {got(value)}")
-        # $STATE_DIRECTORY may list several directories (colon-separated): the first is ours.
-        path = Path(value.split(":")[0]).expanduser()
-        if not path.is_absolute():
-            path = Path(context.get("base", ".")) / path
-        return path.resolve()
-
-    def json_schema(self) -> JsonSchemaValue:
-        return {"type": "string", "minLength": 1}
-
-
-class Directories(Value):
-    """One directory or a list of them; each relative to the config file's folder."""
-
-    def convert(self, value: Any, context: Mapping[str, Any]) -> tuple[Path, ...]:
-        items = list(value) if isinstance(value, list | tuple) else [value]
-        base = Path(context.get("base", "."))
-        paths: list[Path] = []
-        for item in items:
-            if isinstance(item, Path):
-                item = str(item)
-            if not isinstance(item, str) or not item.strip():
-                raise Invalid(f"expected a directory or a list of directories, got {got(item)}")
-            path = Path(item).expanduser()
-            paths.append((path if path.is_absolute() else base / path).resolve())
-        return tuple(paths)
-
-    def json_schema(self) -> JsonSchemaValue:
-        text = {"type": "string", "minLength": 1}
-        return {"anyOf": [text, {"type": "array", "items": text}]}
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    """Where the admin server listens: a TCP host and port, or a unix socket."""
-
-    host: str | None = None
-    port: int | None = None
-    unix_socket: Path | None = None
-    text: str = field(default="", compare=False)  # as written, for messages
-
-    @property
-    def is_loopback(self) -> bool:
-        if self.unix_socket is not None or self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host or "").is_loopback
-        except ValueError:
-            return False
-
-
-class Listen(Value):
-    """`127.0.0.1:8089`, `[::1]:9000`, or a unix socket path (relative to the config file)."""
-
-    expected = "expected host:port (127.0.0.1:8089) or a unix socket path"
-
-    def convert(self, value: Any, context: Mapping[str, Any]) -> ListenAddress:
-        if isinstance(value, ListenAddress):
-            return value
-        if not isinstance(value, str) or not value.strip():
-            raise Invalid(f"{self.expected}, got {got(value)}")
-        listen = value.strip()
-        text = value.template if isinstance(value, Templated) else listen  # never the value
-        if listen.startswith(("unix:", "/", "./", "../")):
-            path = Path(listen.removeprefix("unix:")).expanduser()
-            base = Path(context.get("base", "."))
-            socket = path if path.is_absolute() else (base / path).resolve()
-            return ListenAddress(unix_socket=socket, text=text)
-        host, sep, port_text = listen.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise Invalid(f"{self.expected}, got {got(value)}")
-        return ListenAddress(host=host or "0.0.0.0", port=int(port_text), text=text)
-
-    def json_schema(self) -> JsonSchemaValue:
-        return {"type": "string", "description": "host:port (127.0.0.1:8089) or a socket path"}
-
-
-class Secret(Value):
-    """A string whose value is never shown; empty means none."""
-
-    def convert(self, value: Any, context: Mapping[str, Any]) -> str | None:
-        if value is not None and not isinstance(value, str):
-            raise Invalid(f"expected a string, got {got(value)}")
-        return value or None
-
-    def json_schema(self) -> JsonSchemaValue:
-        return {"anyOf": [{"type": "string"}, {"type": "null"}]}

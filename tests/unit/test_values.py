@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from scheduler_daemon.specs import Invalid, parse_duration
+from scheduler_daemon.specs import Invalid, parse_duration, places
+from scheduler_daemon.specs import action_values as av
 from scheduler_daemon.specs import values as v
 
 ACCEPTED: list[tuple[v.Value, Any, Any]] = [
@@ -25,17 +26,17 @@ ACCEPTED: list[tuple[v.Value, Any, Any]] = [
     (v.Cron(), "@reboot", "@reboot"),
     (v.Cron(), "*/30 * * * * *", "*/30 * * * * *"),
     (v.DateTime(), "2026-12-01T02:00:00Z", datetime.fromisoformat("2026-12-01T02:00:00+00:00")),
-    (v.StrMap(), {"n": 5, "on": True}, {"n": "5", "on": "true"}),
-    (v.Argv(), "./run.sh --all 'a b'", ("./run.sh", "--all", "a b")),
-    (v.Argv(), ["echo", 1], ("echo", "1")),
-    (v.PyTarget(), "pkg.mod:Class.run", "pkg.mod:Class.run"),
-    (v.Url(), "https://example.com/x", "https://example.com/x"),
-    (v.Method(), "post", "POST"),
-    (v.Statuses(), 204, (204,)),
-    (v.Statuses(), [200, 201], (200, 201)),
+    (av.StrMap(), {"n": 5, "on": True}, {"n": "5", "on": "true"}),
+    (av.Argv(), "./run.sh --all 'a b'", ("./run.sh", "--all", "a b")),
+    (av.Argv(), ["echo", 1], ("echo", "1")),
+    (av.PyTarget(), "pkg.mod:Class.run", "pkg.mod:Class.run"),
+    (av.Url(), "https://example.com/x", "https://example.com/x"),
+    (av.Method(), "post", "POST"),
+    (av.Statuses(), 204, (204,)),
+    (av.Statuses(), [200, 201], (200, 201)),
     (v.JobName(), "a.b-c_1", "a.b-c_1"),
-    (v.PostgresUrl(), "", None),
-    (v.Secret(), "", None),
+    (places.PostgresUrl(), "", None),
+    (places.Secret(), "", None),
 ]
 
 
@@ -70,30 +71,38 @@ REFUSED: list[tuple[v.Value, Any, str]] = [
     (v.Cron(), "* * *", "expected 5 or 6 fields (6 = seconds first) or an @alias, got 3"),
     (v.Cron(), 5, "expected a cron expression string, got 5"),
     (v.DateTime(), "tomorrow", "expected an ISO 8601 date-time such as 2026-12-01T02:00:00Z"),
-    (v.StrMap(), {"a": None}, "expected string values, got nothing (null) for 'a'"),
-    (v.StrMap(), [1], "expected a mapping of names to strings, got a list"),
-    (v.AnyMapping(), 3, "expected a mapping, got 3"),
-    (v.Argv(), [], "expected at least the program to run, got an empty command"),
+    (av.StrMap(), {"a": None}, "expected string values, got nothing (null) for 'a'"),
+    (av.StrMap(), [1], "expected a mapping of names to strings, got a list"),
+    (av.AnyMapping(), 3, "expected a mapping, got 3"),
+    (av.Argv(), [], "expected at least the program to run, got an empty command"),
     (
-        v.Argv(),
+        av.Argv(),
         {"a": 1},
         'expected a list of arguments such as ["./run.sh", "--all"], got a mapping',
     ),
-    (v.Argv(), "echo 'open", 'expected a command line, got "echo \'open"'),
-    (v.PyTarget(), "not a target", "expected \"package.module:function\", got 'not a target'"),
-    (v.Url(), "example.com", "expected an http:// or https:// URL, got 'example.com'"),
-    (v.Method(), "GET /", "expected an HTTP method such as GET or POST, got 'GET /'"),
-    (v.Statuses(), [200, 700], "expected HTTP status codes (100-599), got 700"),
-    (v.Body(), {"a": 1}, "expected a string (use `json:` for structured data), got a mapping"),
+    (av.Argv(), "echo 'open", 'expected a command line, got "echo \'open"'),
+    (av.PyTarget(), "not a target", "expected \"package.module:function\", got 'not a target'"),
+    (av.Url(), "example.com", "expected an http:// or https:// URL, got 'example.com'"),
+    (av.Method(), "GET /", "expected an HTTP method such as GET or POST, got 'GET /'"),
+    (av.Statuses(), [200, 700], "expected HTTP status codes (100-599), got 700"),
+    (av.Body(), {"a": 1}, "expected a string (use `json:` for structured data), got a mapping"),
     (
         v.JobName(),
         "bad name",
         "expected a job name of letters, digits, '_', '.', '-', got 'bad name'",
     ),
-    (v.PostgresUrl(), "mysql://x", "expected a postgresql:// URL or nothing (embedded PostgreSQL)"),
-    (v.Listen(), "127.0.0.1", "expected host:port (127.0.0.1:8089) or a unix socket path, got"),
-    (v.Listen(), "127.0.0.1:99999", "expected host:port"),
-    (v.Secret(), [1], "expected a string, got a list"),
+    (
+        places.PostgresUrl(),
+        "mysql://x",
+        "expected a postgresql:// URL or nothing (embedded PostgreSQL)",
+    ),
+    (
+        places.Listen(),
+        "127.0.0.1",
+        "expected host:port (127.0.0.1:8089) or a unix socket path, got",
+    ),
+    (places.Listen(), "127.0.0.1:99999", "expected host:port"),
+    (places.Secret(), [1], "expected a string, got a list"),
 ]
 
 
@@ -115,11 +124,11 @@ def test_parse_duration(value: object, seconds: float) -> None:
 
 
 def test_a_unix_socket_is_relative_to_the_config_folder(tmp_path: Any) -> None:
-    address = v.Listen().convert("./run/admin.sock", {"base": tmp_path})
+    address = places.Listen().convert("./run/admin.sock", {"base": tmp_path})
     assert address.unix_socket == tmp_path / "run" / "admin.sock" and address.is_loopback
-    assert not v.Listen().convert(":8089", {}).is_loopback  # every interface
+    assert not places.Listen().convert(":8089", {}).is_loopback  # every interface
 
 
 def test_a_directory_is_relative_to_the_config_folder(tmp_path: Any) -> None:
-    assert v.Directory().convert("state", {"base": tmp_path}) == (tmp_path / "state").resolve()
-    assert str(v.Directory().convert("/srv/a:/srv/b", {})) == "/srv/a"  # $STATE_DIRECTORY list
+    assert places.Directory().convert("state", {"base": tmp_path}) == (tmp_path / "state").resolve()
+    assert str(places.Directory().convert("/srv/a:/srv/b", {})) == "/srv/a"  # $STATE_DIRECTORY list
