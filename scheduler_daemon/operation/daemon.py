@@ -36,6 +36,7 @@ from scheduler_daemon.operation.reload import (
     load_for_reload,
     plan_reload,
 )
+from scheduler_daemon.operation.stop_budget import FLUSH_TIMEOUT, stop_budget
 from scheduler_daemon.running.actions import ActionCache, HttpClient
 from scheduler_daemon.running.actions.python import job_threads
 from scheduler_daemon.running.limiter import Limiter
@@ -44,7 +45,7 @@ from scheduler_daemon.running.runner import Fire, Runner
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.specs.pytargets import use_python_path
 from scheduler_daemon.storage import store
-from scheduler_daemon.storage.database import POOL_CLOSE_TIMEOUT, open_database
+from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
@@ -54,25 +55,6 @@ from scheduler_daemon.timing.clock import Clock, SystemClock
 from scheduler_daemon.timing.scheduler import Scheduler
 
 log = structlog.get_logger("scheduler_daemon.operation.daemon")
-
-# A stop, step by step (each bounded): the drain (shutdown_grace, then the longest kill_grace of a
-# command cancelled at its end), the admin server's close, the last flush (what it has not written
-# by then goes to the journal), the journal spill of a full buffer (100,000 small rows: 3.5 s,
-# 64 MiB of output: 0.9 s on a 2-core VM; allowed 3x that and more), the pool's close and the
-# embedded PostgreSQL's stop (a fast shutdown's checkpoint). systemd/scheduler-daemon.service's
-# TimeoutStopSec= covers the default config; the daemon asks systemd for more when it needs it.
-FLUSH_TIMEOUT = 10.0
-SPILL_ROWS_TIME = 10.0  # a spill of the row bound's 100,000 rows
-SPILL_BYTES_PER_S = 20 * 1024 * 1024  # of record_buffer bytes
-EMBEDDED_STOP_TIME = 10.0
-
-
-def stop_budget(config: Config) -> float:
-    """The seconds a stop may take with ``config``: every step at its bound."""
-    kill = max((j.kill_grace for j in config.jobs if j.action.kind == "command"), default=0.0)
-    spill = SPILL_ROWS_TIME + config.record_buffer / SPILL_BYTES_PER_S
-    close = admin.SHUTDOWN_TIMEOUT + POOL_CLOSE_TIMEOUT + EMBEDDED_STOP_TIME
-    return config.shutdown_grace + kill + FLUSH_TIMEOUT + spill + close
 
 
 class Daemon:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scheduler_daemon.operation.daemon import stop_budget
 from scheduler_daemon.operation.notify import Notifier
+from scheduler_daemon.operation.stop_budget import stop_budget
 from scheduler_daemon.specs import Config, load_config
 from tests.helpers import REPO, readme_install_steps, start_daemon
 
