@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -149,10 +149,7 @@ async def write_executions(
     if not latest:
         return 0
     async with conn.transaction():
-        await conn.execute(_STAGE_DDL)
-        await conn.copy_records_to_table(
-            "executions_stage", records=[_row(r) for r in latest.values()], columns=COLUMNS
-        )
+        await _stage(conn, latest.values())
         written = await conn.fetchval(_MERGE if events else _MERGE_QUIETLY)
         await conn.execute(_TOUCH_JOBS)
     return int(written)
@@ -169,6 +166,14 @@ def _last_per_attempt(records: Sequence[ExecutionRecord]) -> dict[tuple[Any, int
         if seen is None or seen.status == Status.RUNNING or rec.status != Status.RUNNING:
             latest[key] = rec
     return latest
+
+
+async def _stage(conn: Conn, records: Iterable[ExecutionRecord]) -> None:
+    """Fill this transaction's staging table with ``records`` (COPY: the fast way in)."""
+    await conn.execute(_STAGE_DDL)
+    await conn.copy_records_to_table(
+        "executions_stage", records=[_row(r) for r in records], columns=COLUMNS
+    )
 
 
 def _row(rec: ExecutionRecord) -> tuple[Any, ...]:
@@ -195,10 +200,7 @@ async def insert_started(conn: Conn, records: Sequence[ExecutionRecord]) -> int:
     if not latest:
         return 0
     async with conn.transaction():
-        await conn.execute(_STAGE_DDL)
-        await conn.copy_records_to_table(
-            "executions_stage", records=[_row(r) for r in latest.values()], columns=COLUMNS
-        )
+        await _stage(conn, latest.values())
         status = await conn.execute(
             f"INSERT INTO executions ({_COLS}) SELECT {_COLS} FROM executions_stage"
             " ON CONFLICT (fire_id, attempt) DO NOTHING"
