@@ -115,8 +115,9 @@ def cluster_template(clusters_root: Path) -> Path:
     # start()'s first steps alone (permissions as root, then initdb): a new cluster, never started.
     server = EmbeddedPostgres(clusters_root / "template")
     server.data_dir.mkdir(parents=True)
-    server._prepare()
-    server._initdb()
+    with server._lock():
+        server._prepare()
+        server._initdb()
     return server.pgdata
 
 

@@ -113,8 +113,8 @@ class EmbeddedPostgres:
     def start(self) -> str:
         """Start (or reuse) the server and return its DSN. Blocking: use ``astart`` in a loop."""
         began = time.monotonic()
-        self._prepare()
         with self._lock():
+            self._prepare()
             home.authentication_files(self.server_dir, self._server_user)
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
@@ -166,21 +166,12 @@ class EmbeddedPostgres:
     # -- steps -----------------------------------------------------------------------------------
 
     def _prepare(self) -> None:
-        """Directories, user, binaries and authentication files, before anything runs."""
+        """User, binaries and directories, before anything runs (under the lock)."""
         if self._as_root:
             self._server_user = home.server_user()
             self._bin = home.binaries(self._bin.parent, self._server_user)
-        mode = 0o711 if self._as_root else 0o700  # as root: the server user passes through
-        home.own_dir(self.data_dir, mode)
         if self.server_dir != self.data_dir:
-            home.own_dir(home.SYSTEM_DIR, 0o711)
-            home.own_dir(self.server_dir, 0o711)
-            log.info(
-                "embedded_postgres_elsewhere",
-                data_dir=str(self.data_dir),
-                server_dir=str(self.server_dir),
-                why=f"{home.SERVER_USER} cannot reach {self.data_dir}",
-            )
+            self._claim_server_dir()
         blocked = self._as_root and home.blocking_parent(self.server_dir, self._server_user)
         if blocked:
             raise DatabaseUnavailable(
@@ -190,6 +181,26 @@ class EmbeddedPostgres:
         if (self.pgdata / "PG_VERSION").exists():
             expected = os.geteuid() if self._server_user is None else self._server_user.uid
             home.expect_owned(self.pgdata, expected)
+
+    def _claim_server_dir(self) -> None:
+        # The directory elsewhere is this data_dir's: a marker in data_dir says so. One found
+        # without it belonged to a data_dir since deleted (its path is a hash of the path):
+        # moved aside, so that a new state_dir at the same path starts empty, as it would in place.
+        marker = self.data_dir / "server_dir"
+        if not marker.exists() and self.server_dir.exists():
+            aside = self.server_dir.with_name(f"{self.server_dir.name}.orphaned-{int(time.time())}")
+            os.rename(self.server_dir, aside)
+            log.warning("embedded_postgres_orphan_moved", server_dir=str(self.server_dir),
+                        to=str(aside), why=f"{self.data_dir} has no record of it")  # fmt: skip
+        home.own_dir(home.SYSTEM_DIR, 0o711)
+        home.own_dir(self.server_dir, 0o711)
+        home.write_file(marker, f"{self.server_dir}\n")
+        log.info(
+            "embedded_postgres_elsewhere",
+            data_dir=str(self.data_dir),
+            server_dir=str(self.server_dir),
+            why=f"{home.SERVER_USER} cannot reach {self.data_dir}",
+        )
 
     def _initdb(self) -> None:
         if self.pgdata.exists() and any(self.pgdata.iterdir()):
@@ -415,6 +426,7 @@ class EmbeddedPostgres:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         # Two processes starting or stopping the same data directory take turns.
+        home.own_dir(self.data_dir, 0o711 if self._as_root else 0o700)  # root: others pass through
         fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

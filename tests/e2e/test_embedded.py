@@ -263,7 +263,8 @@ def test_as_an_ordinary_user_its_own_private_directory_is_enough(tmp_path: Path)
     server = EmbeddedPostgres(home_dir / "state" / "pg")
     server._as_root, server.server_dir = False, server.data_dir  # what __init__ decides for alice
     server.pgdata = server.data_dir / "pgdata"
-    server._prepare()
+    with server._lock():
+        server._prepare()
     assert stat.S_IMODE(server.data_dir.stat().st_mode) == 0o700
 
 
@@ -287,6 +288,37 @@ def test_as_root_an_unreachable_state_dir_is_left_alone(tmp_path: Path, system_d
     assert stat.S_IMODE(locked.stat().st_mode) == 0o700
     assert postgres_processes(server.pgdata) == []
     assert (locked / "state" / "pg" / "postgresql.log").stat().st_uid == 0
+
+
+@as_root
+async def test_as_root_a_new_state_dir_never_inherits_a_deleted_ones_data(
+    tmp_path: Path, system_dir: Path
+) -> None:
+    # Elsewhere means a path derived from state_dir's: a project deleted and cloned again at the
+    # same path must start empty, as it would with its data in place.
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    first = EmbeddedPostgres(locked / "pg")
+    conn = await asyncpg.connect(await first.astart())
+    await conn.execute("CREATE TABLE from_the_deleted_project (x int)")
+    await conn.close()
+    await first.astop()
+    shutil.rmtree(locked / "pg")
+    again = EmbeddedPostgres(locked / "pg")
+    with capture_logs() as logs:
+        conn = await asyncpg.connect(await again.astart())
+    try:
+        assert await conn.fetchval("SELECT to_regclass('from_the_deleted_project')") is None
+    finally:
+        await conn.close()
+        await again.astop()
+    [moved] = [e for e in logs if e["event"] == "embedded_postgres_orphan_moved"]
+    assert Path(moved["to"]).is_dir() and again.pgdata.is_relative_to(system_dir)
+    resumed = EmbeddedPostgres(locked / "pg")  # and the same state_dir keeps its own
+    with capture_logs() as logs:
+        await resumed.astart()
+    await resumed.astop()
+    assert not [e for e in logs if e["event"] == "embedded_postgres_orphan_moved"]
 
 
 @as_root
