@@ -90,18 +90,6 @@ class ApiBackend:
                 f"cannot reach the daemon's admin API at {self._base}: {exc}"
             ) from None
 
-    def _explain(self, status: int, body: Mapping[str, Any]) -> str:
-        """The API's refusal, saying which side lacks the token when that is why."""
-        code = body.get("error")
-        said = f"{body.get('message')} ({status} {code})"
-        if code == "no_token_configured":
-            return f"{said}: the daemon runs without admin.token; give it one and restart it"
-        if code == "unauthorized" and not self._headers:
-            return f"{said}: this config has no admin.token; set the daemon's token in it"
-        if code == "unauthorized":
-            return f"{said}: the daemon runs with another token than this config's admin.token"
-        return said
-
     async def jobs(self) -> list[dict[str, Any]]:
         body = await self._call("GET", "/jobs")
         return [_api_job(job) for job in body["jobs"]]
