@@ -7,6 +7,7 @@ database is asked can be tested in milliseconds. tests/pg/test_admin.py covers t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import defaultdict
@@ -155,6 +156,58 @@ async def test_health_and_metrics_are_open_everything_else_needs_the_token(api: 
     status, document = await api.call("GET", "/openapi.json")
     assert status == 200 and document["openapi"].startswith("3.")
     assert api.daemon.triggered == []  # nothing ran for a refused request
+
+
+async def test_the_token_may_come_in_x_api_key_instead(api: Api) -> None:
+    """Clients that only know API keys send the same token in X-API-Key."""
+    key = {"X-API-Key": ADMIN_TOKEN}
+    status, body = await api.call("GET", "/jobs", auth=False, headers=key)
+    assert status == 200 and body["jobs"]
+    status, _ = await api.call("POST", "/jobs/greet/trigger", auth=False, headers=key)
+    assert status == 202 and api.daemon.triggered == [("greet", None)]
+    for wrong in ({"X-API-Key": "wrong"}, {"X-API-Key": f"Bearer {ADMIN_TOKEN}"},
+                  {"X-API-Key": ""}, {"X-Api-Key": ADMIN_TOKEN[:-1]}):  # fmt: skip
+        status, body = await api.call("GET", "/jobs", auth=False, headers=wrong)
+        assert (status, body["error"]) == (401, "unauthorized"), wrong
+        assert "X-API-Key" in body["message"]
+    # Either header carrying the token is enough: a proxy may fill Authorization with its own.
+    for both in ({**key, "Authorization": "Basic cHJveHk6cHc="},
+                 {"X-API-Key": "wrong", **AUTH}):  # fmt: skip
+        status, _ = await api.call("GET", "/jobs", auth=False, headers=both)
+        assert status == 200, both
+
+
+async def test_a_token_header_that_is_not_utf8_is_refused_not_a_crash(api: Api) -> None:
+    for header in (b"Authorization: Bearer \xff\xfe", b"X-API-Key: \xff" + ADMIN_TOKEN.encode()):
+        status, body = await _raw_get(api, "/jobs", header)
+        assert (status, body["error"]) == (401, "unauthorized"), header
+
+
+async def _raw_get(api: Api, path: str, header: bytes) -> tuple[int, Any]:
+    """A request with bytes in a header that no HTTP client library would send."""
+    url = api.client.make_url(path)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header
+            + b"\r\nConnection: close\r\n\r\n"
+        )  # fmt: skip
+        head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+    finally:
+        writer.close()
+    return int(head.split()[1]), json.loads(body)
+
+
+async def test_health_is_an_alias_of_healthz(api: Api, tokenless: Api) -> None:
+    for served in (api, tokenless):
+        status, health = await served.call("GET", "/health", auth=False)
+        assert status == 200 and health["status"] == "ok", health
+        assert set(health) == set((await served.call("GET", "/healthz", auth=False))[1])
+    api.daemon.recorder.connected = False
+    status, health = await api.call("GET", "/health?ready=1", auth=False)
+    assert status == 503 and health["database"] == "buffering"
+    status, body = await api.call("GET", "/health?verbose=1", auth=False)
+    assert (status, body["error"]) == (400, "unknown_parameter")
 
 
 @pytest.mark.parametrize(
@@ -380,7 +433,8 @@ async def test_health_is_degraded_when_the_database_is_away_or_a_reload_failed(a
 
 # The public contract (README, operation/control.py): these paths and methods, and no others.
 CONTRACT = {
-    ("get", "/healthz"), ("get", "/metrics"), ("get", "/openapi.json"), ("get", "/jobs"),
+    ("get", "/healthz"), ("get", "/health"), ("get", "/metrics"), ("get", "/openapi.json"),
+    ("get", "/jobs"),
     ("get", "/jobs/{name}"), ("get", "/jobs/{name}/executions"), ("post", "/jobs/{name}/trigger"),
     ("post", "/jobs/{name}/pause"), ("post", "/jobs/{name}/resume"), ("get", "/executions"),
     ("get", "/stats"), ("get", "/runs"), ("post", "/runs"), ("get", "/runs/{id}"),
@@ -408,10 +462,22 @@ def test_every_operation_documents_its_refusals_with_the_error_body() -> None:
         for operation in methods.values():
             responses = operation["responses"]
             assert responses["400"]["content"]["application/json"]["schema"] == error
-            assert ("401" in responses) == (path not in ("/healthz", "/metrics")), path
+            open_path = path in ("/healthz", "/health", "/metrics")
+            assert ("401" in responses) == (not open_path), path
+            assert (operation.get("security") == []) == open_path, path
             for status, response in responses.items():
                 if status.startswith("4"):
                     assert response["content"]["application/json"]["schema"] == error
+
+
+def test_the_document_offers_both_ways_of_sending_the_token() -> None:
+    document = spec()
+    assert document["components"]["securitySchemes"] == {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    assert document["security"] == [{"bearer": []}, {"apiKey": []}]  # either one
+    assert "X-API-Key" in document["info"]["description"]
 
 
 def test_query_parameters_come_from_the_query_models() -> None:
