@@ -182,6 +182,7 @@ class Api:
             trigger=query.trigger,
             since=query.since,
             until=query.until,
+            fire_id=query.fire_id,
         )
         try:
             cursor = queries.Cursor.decode(query.cursor) if query.cursor else None

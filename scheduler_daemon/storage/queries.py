@@ -63,6 +63,7 @@ class ExecutionFilter:
     trigger: str | None = None
     since: datetime | None = None  # scheduled at or after
     until: datetime | None = None  # scheduled before
+    fire_id: uuid.UUID | None = None  # one fire's attempts (a one-off run's: its id)
 
 
 async def executions(
@@ -76,14 +77,16 @@ async def executions(
               AND ($3::text IS NULL OR trigger = $3)
               AND ($4::timestamptz IS NULL OR scheduled_at >= $4)
               AND ($5::timestamptz IS NULL OR scheduled_at < $5)
-              AND ($6::timestamptz IS NULL OR (scheduled_at, id) < ($6, $7))
+              AND ($6::uuid IS NULL OR fire_id = $6)
+              AND ($7::timestamptz IS NULL OR (scheduled_at, id) < ($7, $8))
             ORDER BY scheduled_at DESC, id DESC
-            LIMIT $8""",
+            LIMIT $9""",
         where.job,
         where.status,
         where.trigger,
         where.since,
         where.until,
+        where.fire_id,
         after.scheduled_at if after else None,
         after.id if after else None,
         limit + 1,

@@ -175,6 +175,34 @@ async def test_executions_pages_newest_first_with_filters(api: Running, database
     assert other == {"executions": [], "next_cursor": None}  # history of a removed job is fine
 
 
+async def test_executions_filter_by_fire(api: Running, database_url: str) -> None:
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    retried = [_rec("explode", base, Status.FAILED, attempt=n) for n in (1, 2, 3)]
+    others = [_rec("explode", base + timedelta(minutes=1), Status.SUCCEEDED),
+              _rec("greet", base, Status.SUCCEEDED)]  # fmt: skip
+    await _insert(database_url, retried + others)
+    fire = str(retried[0].fire_id)
+    _, page = await api.call("GET", f"/executions?fire_id={fire}")
+    attempts = [(r["fire_id"], r["attempt"]) for r in page["executions"]]
+    assert attempts == [(fire, 3), (fire, 2), (fire, 1)]
+    seen: list[int] = []
+    query: str | None = f"/jobs/explode/executions?fire_id={fire}&limit=2"
+    while query is not None:  # pages of one fire
+        _, page = await api.call("GET", query)
+        seen += [r["attempt"] for r in page["executions"]]
+        cursor = page["next_cursor"]
+        query = (
+            f"/jobs/explode/executions?fire_id={fire}&limit=2&cursor={cursor}" if cursor else None
+        )
+    assert seen == [3, 2, 1]
+    _, page = await api.call("GET", f"/jobs/greet/executions?fire_id={fire}")
+    assert page["executions"] == []  # another job's fire: both filters apply
+    _, page = await api.call("GET", f"/executions?fire_id={fire}&status=succeeded")
+    assert page["executions"] == []
+    _, page = await api.call("GET", f"/executions?fire_id={uuid.uuid4()}")
+    assert page == {"executions": [], "next_cursor": None}
+
+
 async def test_jobs_show_schedule_next_fires_state_and_statistics(
     api: Running, database_url: str
 ) -> None:

@@ -329,6 +329,12 @@ async def test_errors_are_json_with_stable_codes(api: Api) -> None:
             "until: add a UTC offset or Z to '2026-01-01T00:00:00'",
         ),
         ("/executions?job=a%00b", "job: contains a NUL character"),
+        ("/executions?fire_id=42", "fire_id: expected a UUID (8-4-4-4-12 hex digits), got '42'"),
+        (
+            f"/jobs/greet/executions?fire_id={{{uuid.UUID(int=1)}}}",
+            "fire_id: expected a UUID (8-4-4-4-12 hex digits), "
+            "got '{00000000-0000-0000-0000-000000000001}'",
+        ),
         ("/stats?window=0s", "window: expected between 1s and 366d"),
         ("/jobs?window=367d", "window: expected between 1s and 366d"),
         (
@@ -365,7 +371,12 @@ async def test_an_unknown_query_parameter_is_refused(api: Api, method: str, quer
 
 async def test_the_first_value_of_a_parameter_counts_and_an_empty_one_is_absent(api: Api) -> None:
     # Valid queries reach the database, which the stand-in does not have: 503, not 400.
-    for query in ("/executions?limit=5&limit=x", "/executions?limit=&status=&job=&since="):
+    for query in (
+        "/executions?limit=5&limit=x",
+        "/executions?limit=&status=&job=&since=&fire_id=",
+        f"/executions?fire_id={str(uuid.uuid4()).upper()}",
+        f"/jobs/greet/executions?fire_id={uuid.uuid4()}",
+    ):
         status, body = await api.call("GET", query)
         assert (status, body["error"]) == (503, "database_unavailable"), (query, body)
     status, body = await api.call("GET", "/executions?limit=x&limit=5")
@@ -486,6 +497,9 @@ def test_query_parameters_come_from_the_query_models() -> None:
     assert set(parameters) == set(api_models.ExecutionsQuery.model_fields)
     assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 500}
     assert parameters["status"]["schema"] == {"$ref": "#/components/schemas/Status"}
+    assert parameters["fire_id"]["schema"] == {"type": "string", "format": "uuid"}
+    one_job = spec()["paths"]["/jobs/{name}/executions"]["get"]["parameters"]
+    assert "fire_id" in {p["name"] for p in one_job}
     statuses = spec()["components"]["schemas"]["Status"]["enum"]
     assert statuses == [s.value for s in api_models.Status]
     assert all(not p["required"] for p in parameters.values())
