@@ -387,6 +387,28 @@ class Run(Body):
     executions: str
 
 
+class RunOutcome(Body):
+    """How a started run went: its attempts so far, the last one's result."""
+
+    status: Status = Field(
+        description="the last attempt's; running while the fire is in flight (an attempt runs "
+        "or a retry waits)"
+    )
+    attempts: int
+    started_at: Instant | None = Field(description="the first attempt's start")
+    finished_at: Instant | None = Field(description="the last attempt's end")
+    duration_ms: float | None
+    error: str | None
+    http_status: int | None
+    exit_code: int | None
+
+
+class RunDetail(Run):
+    outcome: RunOutcome | None = Field(
+        description="null while pending or cancelled, and until its first attempt is recorded"
+    )
+
+
 class RunList(Body):
     runs: list[Run]
 

@@ -295,6 +295,21 @@ async def get_run(db: Db, run_id: uuid.UUID) -> OneOffRun | None:
     return OneOffRun.from_row(row) if row else None
 
 
+async def run_outcome(db: Db, run_id: uuid.UUID) -> asyncpg.Record | None:
+    """How a run's fire went so far (its executions carry the run's id as fire_id): the number
+    of attempts, the first one's start and the last one's outcome; None before any is recorded."""
+    row: asyncpg.Record | None = await db.fetchrow(
+        """SELECT last.status, (SELECT count(*) FROM executions WHERE fire_id = $1) AS attempts,
+                  first.started_at, last.finished_at, last.duration_ms, last.error,
+                  last.http_status, last.exit_code
+           FROM (SELECT * FROM executions WHERE fire_id = $1 ORDER BY attempt DESC LIMIT 1) last,
+                (SELECT started_at FROM executions WHERE fire_id = $1 ORDER BY attempt LIMIT 1)
+                    first""",
+        run_id,
+    )
+    return row
+
+
 async def list_runs(db: Db, *, pending_only: bool = False, limit: int = 100) -> list[OneOffRun]:
     rows = await db.fetch(
         f"""SELECT {_RUN_COLUMNS} FROM runs

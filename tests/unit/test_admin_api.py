@@ -416,7 +416,7 @@ async def test_a_trigger_answers_202_with_the_fire_or_409_when_refused(api: Api)
         "job": "greet",
         "trigger": "manual",
         "scheduled_at": T.isoformat(),
-        "executions": "/jobs/greet/executions?trigger=manual",
+        "executions": f"/executions?fire_id={body['fire_id']}",  # its attempts, only them
     }
     assert uuid.UUID(body["fire_id"]) and api.daemon.triggered == [("greet", {"name": "x"})]
     api.daemon.refuse_fires = True
@@ -512,6 +512,24 @@ def test_the_execution_body_has_every_column_of_the_row() -> None:
 
     assert list(execution["properties"]) == ["id", *rows.COLUMNS]
     assert execution["required"] == ["id", *rows.COLUMNS]
+
+
+def test_one_run_is_documented_with_its_outcome() -> None:
+    document = spec()
+    one = document["paths"]["/runs/{id}"]["get"]["responses"]["200"]["content"]
+    assert one["application/json"]["schema"] == {"$ref": "#/components/schemas/RunDetail"}
+    detail = document["components"]["schemas"]["RunDetail"]
+    assert detail["properties"]["outcome"]["anyOf"] == [
+        {"$ref": "#/components/schemas/RunOutcome"},
+        {"type": "null"},
+    ]
+    outcome = document["components"]["schemas"]["RunOutcome"]
+    assert set(outcome["required"]) == {
+        "status", "attempts", "started_at", "finished_at", "duration_ms", "error", "http_status",
+        "exit_code",
+    }  # fmt: skip
+    created = document["paths"]["/runs"]["post"]["responses"]["201"]["content"]
+    assert created["application/json"]["schema"] == {"$ref": "#/components/schemas/Run"}
 
 
 def test_every_route_has_a_query_model_and_a_reply() -> None:
