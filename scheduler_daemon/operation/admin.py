@@ -1,10 +1,11 @@
 """The admin HTTP API as a server: its routes, authentication, error replies and listener.
 
-Served by aiohttp on loopback or a unix socket (config `admin:`). Every endpoint but /healthz and
-/metrics needs the bearer token when one is configured; endpoints that change anything are refused
-when none is. Errors are JSON: {"error": "<stable code>", "message": "<for humans>"}; bad input is
-a 4xx, a database that is away is a 503. ROUTES is the one list of endpoints: it builds the app and
-the OpenAPI document (served at /openapi.json). What each endpoint does is api_handlers.py.
+Served by aiohttp on loopback or a unix socket (config `admin:`). Every endpoint but /healthz
+(alias /health) and /metrics needs the token when one is configured (`Authorization: Bearer` or
+`X-API-Key`); endpoints that change anything are refused when none is. Errors are JSON:
+{"error": "<stable code>", "message": "<for humans>"}; bad input is a 4xx, a database that is away
+is a 503. ROUTES is the one list of endpoints: it builds the app and the OpenAPI document (served
+at /openapi.json). What each endpoint does is api_handlers.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aiohttp.typedefs import Middleware
 from scheduler_daemon.operation import api_models as m
 from scheduler_daemon.operation.api_handlers import Api, Controlled, reply
 from scheduler_daemon.operation.api_models import ApiError, Error
-from scheduler_daemon.operation.openapi import Reply, Route, document
+from scheduler_daemon.operation.openapi import API_KEY_HEADER, Reply, Route, document
 from scheduler_daemon.specs import AdminSpec
 from scheduler_daemon.storage import store
 
@@ -138,27 +139,50 @@ def _auth(target: Controlled) -> Middleware:
                     "listen on a unix socket",
                 )
             return await handler(request)
-        given = request.headers.get("Authorization", "")
-        scheme, _, credential = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credential.strip().encode(), token.encode()
-        ):
+        if not _token_given(request, token):
             raise ApiError(
-                401, "unauthorized", "missing or wrong token: send Authorization: Bearer <token>"
+                401,
+                "unauthorized",
+                "missing or wrong token: send Authorization: Bearer <token> or X-API-Key: <token>",
             )
         return await handler(request)
 
     return auth
 
 
+def _token_given(request: web.Request, token: str) -> bool:
+    """Whether the request carries the token, as a Bearer credential or in X-API-Key. Either
+    one matching is enough: a proxy in front may put its own credentials in Authorization."""
+    offered = []
+    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        offered.append(credential.strip())
+    if API_KEY_HEADER in request.headers:
+        offered.append(request.headers[API_KEY_HEADER].strip())
+    expected = token.encode()
+    # Every offer is compared (in constant time), so timing tells at most which header matched.
+    # A header's bytes that are not UTF-8 arrive as surrogates: encoded back, they just differ.
+    matches = [
+        hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected) for given in offered
+    ]
+    return any(matches)
+
+
 # -- the routes and their document -----------------------------------------------------------------
 
 _ANY_OBJECT = {"type": "object"}
 ROUTES: tuple[Route, ...] = (
-    Route(method="GET", path="/healthz", handler=Api.healthz, open=True, query=m.HealthQuery,
-          summary="Is it up: database connected or buffering, last reload",
-          replies=(Reply(status=200, description="Up", model=m.Health),
-                   Reply(status=503, description="Degraded (only with ready=1)", model=m.Health))),
+    *(
+        Route(method="GET", path=path, handler=Api.healthz, open=True, query=m.HealthQuery,
+              summary=summary,
+              replies=(Reply(status=200, description="Up", model=m.Health),
+                       Reply(status=503, description="Degraded (only with ready=1)",
+                             model=m.Health)))
+        for path, summary in (
+            ("/healthz", "Is it up: database connected or buffering, last reload"),
+            ("/health", "The same as /healthz, for clients that ask for /health"),
+        )
+    ),
     Route(method="GET", path="/metrics", handler=Api.metrics, open=True,
           summary="Prometheus metrics",
           replies=(Reply(status=200, description="Prometheus text format", media_type="text/plain",
@@ -203,8 +227,10 @@ ROUTES: tuple[Route, ...] = (
           body_required=True, summary="Schedule a one-off run of a configured job (persisted)",
           replies=(Reply(status=201, description="Scheduled", model=m.Run),),
           errors=(403, 404, 413, 429, 503)),
-    Route(method="GET", path="/runs/{id}", handler=Api.get_run, summary="One run",
-          replies=(Reply(status=200, description="The run", model=m.Run),), errors=(404, 503)),
+    Route(method="GET", path="/runs/{id}", handler=Api.get_run,
+          summary="One run and, once started, its outcome",
+          replies=(Reply(status=200, description="The run", model=m.RunDetail),),
+          errors=(404, 503)),
     Route(method="DELETE", path="/runs/{id}", handler=Api.cancel_run,
           summary="Cancel a pending run",
           replies=(Reply(status=200, description="Cancelled (or was already)", model=m.Run),),
@@ -216,8 +242,9 @@ _INFO = {
     "title": "scheduler_daemon admin API",
     "version": "1",
     "description": "Health, metrics, jobs, execution history, statistics, manual and one-off "
-    "runs, pause and resume. Send `Authorization: Bearer <admin.token>` to every endpoint but "
-    "/healthz and /metrics when a token is configured. Every endpoint refuses a query parameter "
+    "runs, pause and resume. Send `Authorization: Bearer <admin.token>` (or `X-API-Key: "
+    "<admin.token>`) to every endpoint but /healthz, /health and /metrics when a token is "
+    "configured. Every endpoint refuses a query parameter "
     "it does not take (400 unknown_parameter).",
 }
 

@@ -22,7 +22,7 @@ from scheduler_daemon.operation import api_models as m
 from scheduler_daemon.operation.api_models import ApiError
 from scheduler_daemon.operation.metrics import Metrics
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
-from scheduler_daemon.running.records import FireKind
+from scheduler_daemon.running.records import FireKind, Status
 from scheduler_daemon.running.runner import Fire
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.storage import queries
@@ -182,6 +182,7 @@ class Api:
             trigger=query.trigger,
             since=query.since,
             until=query.until,
+            fire_id=query.fire_id,
         )
         try:
             cursor = queries.Cursor.decode(query.cursor) if query.cursor else None
@@ -258,7 +259,7 @@ class Api:
             job=job.name,
             trigger=FireKind.MANUAL,
             scheduled_at=fire.scheduled_at,
-            executions=f"/jobs/{job.name}/executions?trigger=manual",
+            executions=f"/executions?fire_id={fire.fire_id}",
         )
         return reply(body, status=202)
 
@@ -304,10 +305,22 @@ class Api:
 
     async def get_run(self, request: web.Request, query: m.Query) -> web.Response:
         run_id = _run_id(request)  # a malformed id is a 404 even while the database is away
-        run = await queries.get_run(self._pool(), run_id)
+        pool = self._pool()
+        run = await queries.get_run(pool, run_id)
         if run is None:
             raise ApiError(404, "unknown_run", "no such run")
-        return reply(_run(run))
+        outcome = await self._outcome(pool, run) if run.state == "started" else None
+        return reply(m.RunDetail(**dict(_run(run)), outcome=outcome))
+
+    async def _outcome(self, pool: asyncpg.Pool, run: OneOffRun) -> m.RunOutcome | None:
+        row = await queries.run_outcome(pool, run.id)
+        if row is None:
+            return None
+        outcome = m.RunOutcome.model_validate(dict(row))
+        # Between attempts the last row is a failure that a retry may still turn around.
+        if any(fire.fire_id == run.id for fire in self.t.running(run.job_name)):
+            outcome = outcome.model_copy(update={"status": Status.RUNNING})
+        return outcome
 
     async def cancel_run(self, request: web.Request, query: m.Query) -> web.Response:
         run_id = _run_id(request)
@@ -357,7 +370,7 @@ def _run(run: OneOffRun) -> m.Run:
         created_at=run.created_at,
         started_at=run.started_at,
         cancelled_at=run.cancelled_at,
-        executions=f"/executions?job={run.job_name}&trigger=manual",
+        executions=f"/executions?fire_id={run.id}",
     )
 
 

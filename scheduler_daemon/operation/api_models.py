@@ -113,6 +113,16 @@ def _no_nul(value: Any) -> Any:
     return value
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    # The form the API writes ids in only (uuid.UUID would also take braces, urn:, underscores).
+    if isinstance(value, str) and _UUID.fullmatch(value):
+        return uuid.UUID(value)
+    raise ValueError(f"expected a UUID (8-4-4-4-12 hex digits), got {value!r}")
+
+
 def _flag(value: Any) -> bool:
     return value in ("1", "true")
 
@@ -131,6 +141,9 @@ Window = Annotated[
     float,
     BeforeValidator(_window),
     WithJsonSchema({"type": "string", "example": "24h"}),
+]
+QueryUuid = Annotated[
+    uuid.UUID, BeforeValidator(_uuid), WithJsonSchema({"type": "string", "format": "uuid"})
 ]
 Flag = Annotated[
     bool, BeforeValidator(_flag), WithJsonSchema({"type": "string", "enum": ["1", "true"]})
@@ -193,6 +206,9 @@ class HistoryQuery(Query):
         None, description="scheduled at or after (ISO 8601 with offset)"
     )
     until: QueryInstant | None = Field(None, description="scheduled before (ISO 8601 with offset)")
+    fire_id: QueryUuid | None = Field(
+        None, description="only this fire's attempts (a one-off run's fire_id is the run's id)"
+    )
     limit: PageSize = Field(50, description="page size (50)")
     cursor: str | None = Field(None, description="next_cursor of the previous page")
 
@@ -369,6 +385,28 @@ class Run(Body):
     started_at: Instant | None
     cancelled_at: Instant | None
     executions: str
+
+
+class RunOutcome(Body):
+    """How a started run went: its attempts so far, the last one's result."""
+
+    status: Status = Field(
+        description="the last attempt's; running while the fire is in flight (an attempt runs "
+        "or a retry waits)"
+    )
+    attempts: int
+    started_at: Instant | None = Field(description="the first attempt's start")
+    finished_at: Instant | None = Field(description="the last attempt's end")
+    duration_ms: float | None
+    error: str | None
+    http_status: int | None
+    exit_code: int | None
+
+
+class RunDetail(Run):
+    outcome: RunOutcome | None = Field(
+        description="null while pending or cancelled, and until its first attempt is recorded"
+    )
 
 
 class RunList(Body):

@@ -21,13 +21,19 @@ REF = "#/components/schemas/{model}"
 # Each error status, what it means on any endpoint that lists it.
 ERRORS = {
     400: "Bad input: an unknown or bad query parameter, a bad body or cursor",
-    401: "Missing or wrong bearer token",
+    401: "Missing or wrong token (Authorization: Bearer or X-API-Key)",
     403: "Changes are refused: no admin.token is configured",
     404: "No such job or run",
     409: "Conflict: the fire did not start, or the run already started",
     413: "The body is larger than 64 KiB",
     429: "Too many one-off runs pending (of the job, or in all): wait until some start",
     503: "The database is unavailable",
+}
+# The token, in either header (operation/admin.py checks both the same way).
+API_KEY_HEADER = "X-API-Key"
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
 }
 _PATH_PARAMETERS = {"name": "job name", "id": "run id"}
 
@@ -77,10 +83,10 @@ def document(routes: tuple[Route, ...], info: Mapping[str, Any]) -> dict[str, An
         "openapi": "3.1.0",
         "info": dict(info),
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": SECURITY_SCHEMES,
             "schemas": schemas,
         },
-        "security": [{"bearer": []}],
+        "security": [{name: []} for name in SECURITY_SCHEMES],  # any one of them
         "paths": paths,
     }
 

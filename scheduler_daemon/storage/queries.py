@@ -63,6 +63,7 @@ class ExecutionFilter:
     trigger: str | None = None
     since: datetime | None = None  # scheduled at or after
     until: datetime | None = None  # scheduled before
+    fire_id: uuid.UUID | None = None  # one fire's attempts (a one-off run's: its id)
 
 
 async def executions(
@@ -76,14 +77,16 @@ async def executions(
               AND ($3::text IS NULL OR trigger = $3)
               AND ($4::timestamptz IS NULL OR scheduled_at >= $4)
               AND ($5::timestamptz IS NULL OR scheduled_at < $5)
-              AND ($6::timestamptz IS NULL OR (scheduled_at, id) < ($6, $7))
+              AND ($6::uuid IS NULL OR fire_id = $6)
+              AND ($7::timestamptz IS NULL OR (scheduled_at, id) < ($7, $8))
             ORDER BY scheduled_at DESC, id DESC
-            LIMIT $8""",
+            LIMIT $9""",
         where.job,
         where.status,
         where.trigger,
         where.since,
         where.until,
+        where.fire_id,
         after.scheduled_at if after else None,
         after.id if after else None,
         limit + 1,
@@ -290,6 +293,21 @@ async def create_run(
 async def get_run(db: Db, run_id: uuid.UUID) -> OneOffRun | None:
     row = await db.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
     return OneOffRun.from_row(row) if row else None
+
+
+async def run_outcome(db: Db, run_id: uuid.UUID) -> asyncpg.Record | None:
+    """How a run's fire went so far (its executions carry the run's id as fire_id): the number
+    of attempts, the first one's start and the last one's outcome; None before any is recorded."""
+    row: asyncpg.Record | None = await db.fetchrow(
+        """SELECT last.status, (SELECT count(*) FROM executions WHERE fire_id = $1) AS attempts,
+                  first.started_at, last.finished_at, last.duration_ms, last.error,
+                  last.http_status, last.exit_code
+           FROM (SELECT * FROM executions WHERE fire_id = $1 ORDER BY attempt DESC LIMIT 1) last,
+                (SELECT started_at FROM executions WHERE fire_id = $1 ORDER BY attempt LIMIT 1)
+                    first""",
+        run_id,
+    )
+    return row
 
 
 async def list_runs(db: Db, *, pending_only: bool = False, limit: int = 100) -> list[OneOffRun]:

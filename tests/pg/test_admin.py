@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from scheduler_daemon.operation import pauses as pauses_module
 from scheduler_daemon.operation.daemon import Daemon
 from scheduler_daemon.operation.oneoff import OneOffRuns
+from scheduler_daemon.running import runner as runner_module
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
 from scheduler_daemon.specs import load_config
 from scheduler_daemon.storage import queries, store
@@ -175,6 +176,34 @@ async def test_executions_pages_newest_first_with_filters(api: Running, database
     assert other == {"executions": [], "next_cursor": None}  # history of a removed job is fine
 
 
+async def test_executions_filter_by_fire(api: Running, database_url: str) -> None:
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    retried = [_rec("explode", base, Status.FAILED, attempt=n) for n in (1, 2, 3)]
+    others = [_rec("explode", base + timedelta(minutes=1), Status.SUCCEEDED),
+              _rec("greet", base, Status.SUCCEEDED)]  # fmt: skip
+    await _insert(database_url, retried + others)
+    fire = str(retried[0].fire_id)
+    _, page = await api.call("GET", f"/executions?fire_id={fire}")
+    attempts = [(r["fire_id"], r["attempt"]) for r in page["executions"]]
+    assert attempts == [(fire, 3), (fire, 2), (fire, 1)]
+    seen: list[int] = []
+    query: str | None = f"/jobs/explode/executions?fire_id={fire}&limit=2"
+    while query is not None:  # pages of one fire
+        _, page = await api.call("GET", query)
+        seen += [r["attempt"] for r in page["executions"]]
+        cursor = page["next_cursor"]
+        query = (
+            f"/jobs/explode/executions?fire_id={fire}&limit=2&cursor={cursor}" if cursor else None
+        )
+    assert seen == [3, 2, 1]
+    _, page = await api.call("GET", f"/jobs/greet/executions?fire_id={fire}")
+    assert page["executions"] == []  # another job's fire: both filters apply
+    _, page = await api.call("GET", f"/executions?fire_id={fire}&status=succeeded")
+    assert page["executions"] == []
+    _, page = await api.call("GET", f"/executions?fire_id={uuid.uuid4()}")
+    assert page == {"executions": [], "next_cursor": None}
+
+
 async def test_jobs_show_schedule_next_fires_state_and_statistics(
     api: Running, database_url: str
 ) -> None:
@@ -265,6 +294,78 @@ async def test_a_one_off_run_survives_a_restart_and_runs_once(
     finally:
         await conn.close()
     assert [r["output"] for r in rows] == ["hello later"]
+
+
+async def _outcome(api: Running, run_id: str) -> dict[str, Any] | None:
+    status, body = await api.call("GET", f"/runs/{run_id}")
+    assert status == 200, body
+    outcome: dict[str, Any] | None = body["outcome"]
+    return outcome
+
+
+async def _finished(api: Running, run_id: str) -> bool:
+    outcome = await _outcome(api, run_id)
+    return outcome is not None and outcome["status"] != "running"
+
+
+async def test_a_runs_outcome_is_readable_once_it_ran(api: Running) -> None:
+    status, run = await api.call("POST", "/runs", json={"job": "greet", "args": {"name": "o"}})
+    assert status == 201 and "outcome" not in run  # its outcome is GET /runs/{id}'s
+    assert run["executions"] == f"/executions?fire_id={run['id']}"
+    await wait_until(lambda: _finished(api, run["id"]))
+    outcome = await _outcome(api, run["id"])
+    assert outcome is not None
+    _, page = await api.call("GET", run["executions"])
+    [row] = page["executions"]
+    assert row["output"] == "hello o"
+    assert outcome == {
+        "status": "succeeded",
+        "attempts": 1,
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "duration_ms": row["duration_ms"],
+        "error": None,
+        "http_status": None,
+        "exit_code": None,
+    }
+    status, failing = await api.call("POST", "/runs", json={"job": "explode"})
+    assert status == 201
+    await wait_until(lambda: _finished(api, failing["id"]))
+    outcome = await _outcome(api, failing["id"])
+    _, page = await api.call("GET", failing["executions"])
+    second, first = page["executions"]
+    assert outcome is not None and (outcome["status"], outcome["attempts"]) == ("failed", 2)
+    assert outcome["started_at"] == first["started_at"]  # of the first attempt
+    assert outcome["finished_at"] == second["finished_at"]  # the rest: of the last one
+    assert outcome["error"] == second["error"] and "ValueError: boom" in outcome["error"]
+
+
+async def test_a_run_has_no_outcome_until_it_started(api: Running) -> None:
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    _, run = await api.call("POST", "/runs", json={"job": "greet", "at": later})
+    status, body = await api.call("GET", f"/runs/{run['id']}")
+    assert (status, body["state"], body["outcome"]) == (200, "pending", None)
+    await api.call("DELETE", f"/runs/{run['id']}")
+    status, body = await api.call("GET", f"/runs/{run['id']}")
+    assert (status, body["state"], body["outcome"]) == (200, "cancelled", None)
+
+
+async def test_a_run_waiting_for_a_retry_reads_running(
+    api: Running, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its last row says failed, but a retry may still succeed: the outcome is not final yet."""
+    monkeypatch.setattr(runner_module, "backoff_delay", lambda *args: 3600.0)
+    _, run = await api.call("POST", "/runs", json={"job": "explode"})
+    await wait_until(
+        lambda: query_value(
+            database_url,
+            "SELECT status = 'failed' FROM executions WHERE fire_id = $1 AND attempt = 1",
+            uuid.UUID(run["id"]),
+        )
+    )
+    outcome = await _outcome(api, run["id"])
+    assert outcome is not None and (outcome["status"], outcome["attempts"]) == ("running", 1)
+    assert "ValueError: boom" in outcome["error"]  # what the last attempt said
 
 
 async def test_runs_written_straight_into_the_table_pass_the_apis_checks(

@@ -7,6 +7,7 @@ database is asked can be tested in milliseconds. tests/pg/test_admin.py covers t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import defaultdict
@@ -157,6 +158,58 @@ async def test_health_and_metrics_are_open_everything_else_needs_the_token(api: 
     assert api.daemon.triggered == []  # nothing ran for a refused request
 
 
+async def test_the_token_may_come_in_x_api_key_instead(api: Api) -> None:
+    """Clients that only know API keys send the same token in X-API-Key."""
+    key = {"X-API-Key": ADMIN_TOKEN}
+    status, body = await api.call("GET", "/jobs", auth=False, headers=key)
+    assert status == 200 and body["jobs"]
+    status, _ = await api.call("POST", "/jobs/greet/trigger", auth=False, headers=key)
+    assert status == 202 and api.daemon.triggered == [("greet", None)]
+    for wrong in ({"X-API-Key": "wrong"}, {"X-API-Key": f"Bearer {ADMIN_TOKEN}"},
+                  {"X-API-Key": ""}, {"X-Api-Key": ADMIN_TOKEN[:-1]}):  # fmt: skip
+        status, body = await api.call("GET", "/jobs", auth=False, headers=wrong)
+        assert (status, body["error"]) == (401, "unauthorized"), wrong
+        assert "X-API-Key" in body["message"]
+    # Either header carrying the token is enough: a proxy may fill Authorization with its own.
+    for both in ({**key, "Authorization": "Basic cHJveHk6cHc="},
+                 {"X-API-Key": "wrong", **AUTH}):  # fmt: skip
+        status, _ = await api.call("GET", "/jobs", auth=False, headers=both)
+        assert status == 200, both
+
+
+async def test_a_token_header_that_is_not_utf8_is_refused_not_a_crash(api: Api) -> None:
+    for header in (b"Authorization: Bearer \xff\xfe", b"X-API-Key: \xff" + ADMIN_TOKEN.encode()):
+        status, body = await _raw_get(api, "/jobs", header)
+        assert (status, body["error"]) == (401, "unauthorized"), header
+
+
+async def _raw_get(api: Api, path: str, header: bytes) -> tuple[int, Any]:
+    """A request with bytes in a header that no HTTP client library would send."""
+    url = api.client.make_url(path)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header
+            + b"\r\nConnection: close\r\n\r\n"
+        )  # fmt: skip
+        head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+    finally:
+        writer.close()
+    return int(head.split()[1]), json.loads(body)
+
+
+async def test_health_is_an_alias_of_healthz(api: Api, tokenless: Api) -> None:
+    for served in (api, tokenless):
+        status, health = await served.call("GET", "/health", auth=False)
+        assert status == 200 and health["status"] == "ok", health
+        assert set(health) == set((await served.call("GET", "/healthz", auth=False))[1])
+    api.daemon.recorder.connected = False
+    status, health = await api.call("GET", "/health?ready=1", auth=False)
+    assert status == 503 and health["database"] == "buffering"
+    status, body = await api.call("GET", "/health?verbose=1", auth=False)
+    assert (status, body["error"]) == (400, "unknown_parameter")
+
+
 @pytest.mark.parametrize(
     ("host", "status"),
     [
@@ -276,6 +329,12 @@ async def test_errors_are_json_with_stable_codes(api: Api) -> None:
             "until: add a UTC offset or Z to '2026-01-01T00:00:00'",
         ),
         ("/executions?job=a%00b", "job: contains a NUL character"),
+        ("/executions?fire_id=42", "fire_id: expected a UUID (8-4-4-4-12 hex digits), got '42'"),
+        (
+            f"/jobs/greet/executions?fire_id={{{uuid.UUID(int=1)}}}",
+            "fire_id: expected a UUID (8-4-4-4-12 hex digits), "
+            "got '{00000000-0000-0000-0000-000000000001}'",
+        ),
         ("/stats?window=0s", "window: expected between 1s and 366d"),
         ("/jobs?window=367d", "window: expected between 1s and 366d"),
         (
@@ -312,7 +371,12 @@ async def test_an_unknown_query_parameter_is_refused(api: Api, method: str, quer
 
 async def test_the_first_value_of_a_parameter_counts_and_an_empty_one_is_absent(api: Api) -> None:
     # Valid queries reach the database, which the stand-in does not have: 503, not 400.
-    for query in ("/executions?limit=5&limit=x", "/executions?limit=&status=&job=&since="):
+    for query in (
+        "/executions?limit=5&limit=x",
+        "/executions?limit=&status=&job=&since=&fire_id=",
+        f"/executions?fire_id={str(uuid.uuid4()).upper()}",
+        f"/jobs/greet/executions?fire_id={uuid.uuid4()}",
+    ):
         status, body = await api.call("GET", query)
         assert (status, body["error"]) == (503, "database_unavailable"), (query, body)
     status, body = await api.call("GET", "/executions?limit=x&limit=5")
@@ -352,7 +416,7 @@ async def test_a_trigger_answers_202_with_the_fire_or_409_when_refused(api: Api)
         "job": "greet",
         "trigger": "manual",
         "scheduled_at": T.isoformat(),
-        "executions": "/jobs/greet/executions?trigger=manual",
+        "executions": f"/executions?fire_id={body['fire_id']}",  # its attempts, only them
     }
     assert uuid.UUID(body["fire_id"]) and api.daemon.triggered == [("greet", {"name": "x"})]
     api.daemon.refuse_fires = True
@@ -380,7 +444,8 @@ async def test_health_is_degraded_when_the_database_is_away_or_a_reload_failed(a
 
 # The public contract (README, operation/control.py): these paths and methods, and no others.
 CONTRACT = {
-    ("get", "/healthz"), ("get", "/metrics"), ("get", "/openapi.json"), ("get", "/jobs"),
+    ("get", "/healthz"), ("get", "/health"), ("get", "/metrics"), ("get", "/openapi.json"),
+    ("get", "/jobs"),
     ("get", "/jobs/{name}"), ("get", "/jobs/{name}/executions"), ("post", "/jobs/{name}/trigger"),
     ("post", "/jobs/{name}/pause"), ("post", "/jobs/{name}/resume"), ("get", "/executions"),
     ("get", "/stats"), ("get", "/runs"), ("post", "/runs"), ("get", "/runs/{id}"),
@@ -408,10 +473,22 @@ def test_every_operation_documents_its_refusals_with_the_error_body() -> None:
         for operation in methods.values():
             responses = operation["responses"]
             assert responses["400"]["content"]["application/json"]["schema"] == error
-            assert ("401" in responses) == (path not in ("/healthz", "/metrics")), path
+            open_path = path in ("/healthz", "/health", "/metrics")
+            assert ("401" in responses) == (not open_path), path
+            assert (operation.get("security") == []) == open_path, path
             for status, response in responses.items():
                 if status.startswith("4"):
                     assert response["content"]["application/json"]["schema"] == error
+
+
+def test_the_document_offers_both_ways_of_sending_the_token() -> None:
+    document = spec()
+    assert document["components"]["securitySchemes"] == {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    assert document["security"] == [{"bearer": []}, {"apiKey": []}]  # either one
+    assert "X-API-Key" in document["info"]["description"]
 
 
 def test_query_parameters_come_from_the_query_models() -> None:
@@ -420,6 +497,9 @@ def test_query_parameters_come_from_the_query_models() -> None:
     assert set(parameters) == set(api_models.ExecutionsQuery.model_fields)
     assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 500}
     assert parameters["status"]["schema"] == {"$ref": "#/components/schemas/Status"}
+    assert parameters["fire_id"]["schema"] == {"type": "string", "format": "uuid"}
+    one_job = spec()["paths"]["/jobs/{name}/executions"]["get"]["parameters"]
+    assert "fire_id" in {p["name"] for p in one_job}
     statuses = spec()["components"]["schemas"]["Status"]["enum"]
     assert statuses == [s.value for s in api_models.Status]
     assert all(not p["required"] for p in parameters.values())
@@ -432,6 +512,24 @@ def test_the_execution_body_has_every_column_of_the_row() -> None:
 
     assert list(execution["properties"]) == ["id", *rows.COLUMNS]
     assert execution["required"] == ["id", *rows.COLUMNS]
+
+
+def test_one_run_is_documented_with_its_outcome() -> None:
+    document = spec()
+    one = document["paths"]["/runs/{id}"]["get"]["responses"]["200"]["content"]
+    assert one["application/json"]["schema"] == {"$ref": "#/components/schemas/RunDetail"}
+    detail = document["components"]["schemas"]["RunDetail"]
+    assert detail["properties"]["outcome"]["anyOf"] == [
+        {"$ref": "#/components/schemas/RunOutcome"},
+        {"type": "null"},
+    ]
+    outcome = document["components"]["schemas"]["RunOutcome"]
+    assert set(outcome["required"]) == {
+        "status", "attempts", "started_at", "finished_at", "duration_ms", "error", "http_status",
+        "exit_code",
+    }  # fmt: skip
+    created = document["paths"]["/runs"]["post"]["responses"]["201"]["content"]
+    assert created["application/json"]["schema"] == {"$ref": "#/components/schemas/Run"}
 
 
 def test_every_route_has_a_query_model_and_a_reply() -> None:
