@@ -171,7 +171,7 @@ class EmbeddedPostgres:
             self._server_user = home.server_user()
             self._bin = home.binaries(self._bin.parent, self._server_user)
         if self.server_dir != self.data_dir:
-            self._claim_server_dir()
+            home.claim_server_dir(self.data_dir, self.server_dir)
         blocked = self._as_root and home.blocking_parent(self.server_dir, self._server_user)
         if blocked:
             raise DatabaseUnavailable(
@@ -181,26 +181,6 @@ class EmbeddedPostgres:
         if (self.pgdata / "PG_VERSION").exists():
             expected = os.geteuid() if self._server_user is None else self._server_user.uid
             home.expect_owned(self.pgdata, expected)
-
-    def _claim_server_dir(self) -> None:
-        # The directory elsewhere is this data_dir's: a marker in data_dir says so. One found
-        # without it belonged to a data_dir since deleted (its path is a hash of the path):
-        # moved aside, so that a new state_dir at the same path starts empty, as it would in place.
-        marker = self.data_dir / "server_dir"
-        if not marker.exists() and self.server_dir.exists():
-            aside = self.server_dir.with_name(f"{self.server_dir.name}.orphaned-{int(time.time())}")
-            os.rename(self.server_dir, aside)
-            log.warning("embedded_postgres_orphan_moved", server_dir=str(self.server_dir),
-                        to=str(aside), why=f"{self.data_dir} has no record of it")  # fmt: skip
-        home.own_dir(home.SYSTEM_DIR, 0o711)
-        home.own_dir(self.server_dir, 0o711)
-        home.write_file(marker, f"{self.server_dir}\n")
-        log.info(
-            "embedded_postgres_elsewhere",
-            data_dir=str(self.data_dir),
-            server_dir=str(self.server_dir),
-            why=f"{home.SERVER_USER} cannot reach {self.data_dir}",
-        )
 
     def _initdb(self) -> None:
         if self.pgdata.exists() and any(self.pgdata.iterdir()):

@@ -31,6 +31,7 @@ import secrets
 import shutil
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,28 @@ def server_dir_for(data_dir: Path, who: ServerUser | None) -> Path:
         return data_dir
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
     return SYSTEM_DIR / digest
+
+
+def claim_server_dir(data_dir: Path, server_dir: Path) -> None:
+    """Take ``server_dir`` (elsewhere) for ``data_dir``, recording it there."""
+    # The directory elsewhere is this data_dir's: a marker in data_dir says so. One found
+    # without it belonged to a data_dir since deleted (its path is a hash of the path):
+    # moved aside, so that a new state_dir at the same path starts empty, as it would in place.
+    marker = data_dir / "server_dir"
+    if not marker.exists() and server_dir.exists():
+        aside = server_dir.with_name(f"{server_dir.name}.orphaned-{int(time.time())}")
+        os.rename(server_dir, aside)
+        log.warning("embedded_postgres_orphan_moved", server_dir=str(server_dir),
+                    to=str(aside), why=f"{data_dir} has no record of it")  # fmt: skip
+    own_dir(SYSTEM_DIR, 0o711)
+    own_dir(server_dir, 0o711)
+    write_file(marker, f"{server_dir}\n")
+    log.info(
+        "embedded_postgres_elsewhere",
+        data_dir=str(data_dir),
+        server_dir=str(server_dir),
+        why=f"{SERVER_USER} cannot reach {data_dir}",
+    )
 
 
 def binaries(pginstall: Path, who: ServerUser) -> Path:
