@@ -142,13 +142,16 @@ def retry_abandoned(
     retried = 0
     for row in abandoned:
         job = jobs.get(row["job_name"])
+        at_most_once = job is not None and job.delivery == "at_most_once"
         log.warning(
             "attempt_abandoned",
             job=row["job_name"],
             attempt=row["attempt"],
             scheduled_at=row["scheduled_at"].isoformat(),
+            # The attempt may have had its effects: at most once, it is not tried again.
+            **({"not_retried": "delivery: at_most_once"} if at_most_once else {}),
         )
-        if job is None or not job.enabled or row["attempt"] >= job.retry.attempts:
+        if job is None or at_most_once or not job.enabled or row["attempt"] >= job.retry.attempts:
             continue
         if _too_late(job, row["scheduled_at"], now):
             continue
@@ -223,7 +226,8 @@ def catch_up_job(
     log.info(
         "catch_up",
         job=job.name,
-        policy=job.catch_up,
+        policy="none" if job.delivery == "at_most_once" else job.catch_up,
+        delivery=job.delivery,
         run=len(plan.run),
         missed=plan.missed_total,
         counted_all=plan.counted_all,
@@ -256,7 +260,7 @@ def _leave_out(job: JobSpec, plan: CatchUpPlan, began: Collection[uuid.UUID]) ->
 def _record_missed(
     job: JobSpec, plan: CatchUpPlan, recorder: RecordSink, node: str, now: datetime, why: str
 ) -> None:
-    reason = f"missed: {why} (catch_up: {job.catch_up})"
+    reason = f"missed: {why} ({_policy(job)})"
     unrecorded = plan.missed_total - len(plan.missed)
     for i, at in enumerate(plan.missed):
         error = reason
@@ -279,6 +283,13 @@ def _record_missed(
                 node=node,
             )
         )
+
+
+def _policy(job: JobSpec) -> str:
+    """What decided the fate of the job's missed fires, as the config says it."""
+    if job.delivery == "at_most_once":
+        return "delivery: at_most_once"
+    return f"catch_up: {job.catch_up}"
 
 
 def _too_late(job: JobSpec, scheduled_at: datetime, now: datetime) -> bool:

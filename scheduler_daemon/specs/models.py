@@ -29,6 +29,8 @@ from scheduler_daemon.specs.token_file import FileToken, TokenFile
 Overlap = Literal["skip", "allow", "replace"]
 Priority = Literal["high", "normal", "low"]
 CatchUp = Literal["none", "latest", "all"]
+Delivery = Literal["at_least_once", "at_most_once"]
+RUNS_MISSED = ("latest", "all")  # the catch_up values that run missed fires
 
 Seconds = Annotated[float, v.Duration()]
 PositiveSecondsOrNone = Annotated[float | None, v.Duration(positive=True, optional=True)]
@@ -124,6 +126,9 @@ class JobSpec(CommandOptions, PythonOptions):
     # After downtime: run none, the latest, or all of the fires missed meanwhile.
     catch_up: Annotated[CatchUp, v.OneOf()] = "latest"
     catch_up_limit: Annotated[int, v.Integer(0)] = 100  # most fires run or recorded as missed
+    # at_most_once: after a crash or downtime nothing is run again or late — an abandoned attempt
+    # is not retried and every missed fire is only recorded (`catch_up` is not applied).
+    delivery: Annotated[Delivery, v.OneOf()] = "at_least_once"
     starting_deadline: PositiveSecondsOrNone = None  # a fire later than this is not run
     # Fire once at every start; cron "@reboot" implies it.
     run_on_start: Annotated[bool, v.Boolean()] = Field(default=False, validate_default=True)
@@ -188,7 +193,7 @@ class JobSpec(CommandOptions, PythonOptions):
         for key in PYTHON_ONLY:
             if key in data and kind != "python":
                 problems.append(((key,), f"`{key}` only applies to python jobs"))
-        return problems
+        return problems + _delivery_rules(data)
 
     def __eq__(self, other: object) -> bool:
         # Fields only: the derived action, digest and templates are caches of them.
@@ -392,7 +397,7 @@ class Config(Spec):
             (("defaults", key), f"`{key}` cannot be a default: write it on each job")
             for key in (*SCHEDULE_KEYS, *ACTION_KEYS)
             if key in defaults
-        ]
+        ] + [(("defaults", *loc), m) for loc, m in _delivery_rules(defaults)]
 
     @property
     def path(self) -> Path:
@@ -411,11 +416,29 @@ def _under_job(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     return () if loc == ("name",) else loc
 
 
+def _delivery_rules(data: Mapping[str, Any]) -> list[Problem]:
+    """Running missed fires contradicts at-most-once delivery when both are written together."""
+    if data.get("delivery") != "at_most_once" or data.get("catch_up") not in RUNS_MISSED:
+        return []
+    return [
+        (
+            ("catch_up",),
+            f"`catch_up: {data['catch_up']}` runs missed fires, which `delivery: at_most_once`"
+            " never does: write `catch_up: none` or leave it out",
+        )
+    ]
+
+
 def with_defaults(own: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """A job's fields over the config's defaults: mappings merged key by key; the schedule, the
-    action and the options of another kind of action are never taken from defaults."""
+    action and the options of another kind of action are never taken from defaults.
+
+    A default `catch_up` is not taken by an at_most_once job: it would not be applied.
+    """
     kind = next((k for k in ACTION_KEYS if k in own), None)
     skipped = {*SCHEDULE_KEYS, *ACTION_KEYS}
+    if own.get("delivery", defaults.get("delivery")) == "at_most_once":
+        skipped.add("catch_up")
     if kind not in ("command", "shell"):
         skipped.update(COMMAND_ONLY)
     if kind != "python":

@@ -70,9 +70,12 @@ def missed_instants(
 def plan_catch_up(
     job: JobSpec, schedule: Schedule, *, last: datetime, until: datetime, now: datetime
 ) -> CatchUpPlan:
-    """Decide, per the job's policy, which missed fires run and which are recorded as missed."""
+    """Decide, per the job's policy, which missed fires run and which are recorded as missed
+    (all of them for a job with ``delivery: at_most_once``)."""
     limit = job.catch_up_limit
-    most_run = {"none": 0, "latest": 1, "all": limit}[job.catch_up]
+    # At most once: a fire not run on time is never run, whatever `catch_up` says.
+    policy = "none" if job.delivery == "at_most_once" else job.catch_up
+    most_run = {"none": 0, "latest": 1, "all": limit}[policy]
     # The fires run are the newest; the rows recorded are the newest of the rest.
     missed = missed_instants(schedule, last, until, most_run + limit)
     plan = CatchUpPlan(counted_all=missed.counted_all)

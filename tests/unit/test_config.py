@@ -340,6 +340,33 @@ def test_an_absolute_state_dir_is_used_as_written_under_systemd(tmp_path: Path) 
         ("database: {url: 'mysql://x'}\njobs: {}\n", 1, "database.url", "a postgresql:// URL"),
         ("database: {uri: x}\njobs: {}\n", 1, "database.uri", "did you mean 'url'?"),
         (
+            "jobs:\n  a:\n    every: 1s\n    command: [x]\n    delivery: sometimes\n",
+            5,
+            "jobs.a.delivery",
+            "expected one of at_least_once, at_most_once, got 'sometimes'",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    command: [x]\n"
+            "    delivery: at_most_once\n    catch_up: all\n",
+            6,
+            "jobs.a.catch_up",
+            "`catch_up: all` runs missed fires, which `delivery: at_most_once` never does",
+        ),
+        (
+            "defaults:\n  delivery: at_most_once\n  catch_up: latest\n"
+            "jobs:\n  a: {every: 1s, command: [x]}\n",
+            3,
+            "defaults.catch_up",
+            "`delivery: at_most_once` never does",
+        ),
+        (
+            "defaults:\n  delivery: at_most_once\n"
+            "jobs:\n  a: {every: 1s, command: [x], catch_up: latest}\n",
+            4,
+            "jobs.a.catch_up",
+            "`delivery: at_most_once` never does",
+        ),
+        (
             "jobs:\n  a:\n    every: 1s\n    command: [x]\n    starting_deadline: 0\n",
             5,
             "jobs.a.starting_deadline",
@@ -503,3 +530,23 @@ def test_events_can_be_turned_off(tmp_path: Path) -> None:
     path.write_text("events: maybe\njobs: {}\n")
     with pytest.raises(ConfigError, match="events"):
         load_config(path, environ={})
+
+
+def test_delivery_defaults_to_at_least_once_and_a_default_catch_up_yields_to_at_most_once(
+    tmp_path: Path,
+) -> None:
+    file = write(
+        tmp_path,
+        """
+        defaults: {catch_up: all}
+        jobs:
+          usual: {every: 1s, command: [x]}
+          once: {every: 1s, command: [x], delivery: at_most_once}
+          quiet: {every: 1s, command: [x], delivery: at_most_once, catch_up: none}
+        """,
+    )
+    config = load_config(file, environ={})
+    usual, once, quiet = config.jobs
+    assert (usual.delivery, usual.catch_up) == ("at_least_once", "all")
+    assert once.delivery == "at_most_once" and once.catch_up != "all"
+    assert (quiet.delivery, quiet.catch_up) == ("at_most_once", "none")

@@ -52,6 +52,7 @@ JOB = {"every": "10s", "command": ["true"]}
         {"jobs": {"a": {**JOB, "name": "a"}}},  # a job is named by its key
         {"jobs": {"bad name": JOB}},
         {"jobs": {"a": {**JOB, "overlap": "sometimes"}}},
+        {"jobs": {"a": {**JOB, "delivery": "exactly_once"}}},
         {"jobs": {"a": {**JOB, "max_instances": "5"}}},
         {"jobs": {"a": {**JOB, "every": "soon"}}},
         {"jobs": {"a": {**JOB, "timeout": -1}}},
