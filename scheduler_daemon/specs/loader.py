@@ -182,6 +182,11 @@ def _check_targets(config: Config, report: _Report) -> None:
             report.add(loc, problem[1], _line(report.source, loc))
 
 
+def target_problem(target: str, names: tuple[str, ...], *, partial: bool) -> tuple[str, str] | None:
+    """One python target checked as a config's are: None, or where and what is wrong."""
+    return _Targets().problem(target, names, partial=partial)
+
+
 class _Targets:
     """Each target imported once, each set of argument names bound once (100k jobs may share
     one function)."""

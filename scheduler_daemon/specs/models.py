@@ -137,7 +137,7 @@ class JobSpec(CommandOptions, PythonOptions):
     command: Annotated[tuple[str, ...] | None, av.Argv()] = None
     python: PyTarget = None
     # The job's strings as written where they contained ${...}: shown instead of secrets.
-    _templates: dict[str, str] | None = PrivateAttr(default=None)
+    _templates: dict[str, Any] | None = PrivateAttr(default=None)
     _hash: str | None = PrivateAttr(default=None)
     _action: ActionSpec | None = PrivateAttr(default=None)
 
@@ -251,7 +251,7 @@ class JobSpec(CommandOptions, PythonOptions):
         data["action"] = {"kind": action.kind, **action.model_dump(mode="json")}
         return redact(data, self._templates or {})
 
-    def with_templates(self, templates: dict[str, str]) -> None:
+    def with_templates(self, templates: dict[str, Any]) -> None:
         """Remember the job's ${...} strings as written (dotted places in the redacted dump)."""
         self._templates = templates
 
@@ -273,6 +273,17 @@ class AdminSpec(Spec):
     # Without a token, reads (history: captured output, run arguments) answer anyone on the host
     # only when asked for; a unix socket's own modes decide who reaches it.
     open_reads: Annotated[bool, v.Boolean()] = False
+    # The kinds of job the API and `jobs apply` may create besides http: a command, shell or
+    # python job runs anything as the daemon's user, so only the operator can allow them.
+    allow_job_kinds: Annotated[
+        tuple[str, ...],
+        v.Names(
+            pattern="http|command|shell|python", what="job kinds (http, command, shell, python)"
+        ),
+    ] = ()
+    # The daemon's environment variables an API job may use as a secret ({"env": "NAME"}): any
+    # other would hand the daemon's own (its database URL) to whoever holds the token.
+    allow_env: Annotated[tuple[str, ...], v.Names(what="environment variable names")] = ()
 
     @property
     def token(self) -> str | None:

@@ -31,9 +31,10 @@ def is_secret_header(name: str) -> bool:
     )
 
 
-def dump_places(templates: Mapping[tuple[str | int, ...], str]) -> dict[str, str]:
-    """A job's ${...} strings keyed by their path under the job → keyed by dotted dump place."""
-    out: dict[str, str] = {}
+def dump_places(templates: Mapping[tuple[str | int, ...], Any]) -> dict[str, Any]:
+    """A job's ${...} strings (an API job's {"env": NAME}) keyed by their path under the job →
+    keyed by dotted dump place."""
+    out: dict[str, Any] = {}
     for path, text in templates.items():
         rest = [str(p) for p in path]
         head = _DUMP_PLACE.get(rest[0], rest[0])
@@ -43,7 +44,7 @@ def dump_places(templates: Mapping[tuple[str | int, ...], str]) -> dict[str, str
     return out
 
 
-def redact(data: dict[str, Any], templates: Mapping[str, str]) -> dict[str, Any]:
+def redact(data: dict[str, Any], templates: Mapping[str, Any]) -> dict[str, Any]:
     """``data`` (a job's dump) with templates put back and credential headers masked, in place."""
     for key, template in templates.items():
         _set_dotted(data, key, template)

@@ -399,3 +399,21 @@ class JobName(Value):
 
 
 JOB_NAME_PATTERN = rf"^(?!\.\.?$){_JOB_NAME.pattern}$"
+
+
+@dataclass(frozen=True)
+class Names(Value):
+    """A list of names matching ``pattern`` (an environment variable's, a job kind's ...)."""
+
+    pattern: str = r"[A-Za-z_][A-Za-z0-9_]*"
+    what: str = "names"
+
+    def convert(self, value: Any, context: Mapping[str, Any]) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(item, str) and re.fullmatch(self.pattern, item) for item in value
+        ):
+            raise Invalid(f"expected a list of {self.what}, got {got(value)}")
+        return tuple(value)
+
+    def json_schema(self) -> JsonSchemaValue:
+        return {"type": "array", "items": {"type": "string", "pattern": f"^{self.pattern}$"}}
