@@ -36,11 +36,15 @@ MAX_WINDOW = 366 * 86400.0
 
 
 class ApiError(Exception):
-    """A refusal with an HTTP status and a stable code; the API answers it as an Error body."""
+    """A refusal with an HTTP status and a stable code; the API answers it as an Error body.
+    ``problems``: each thing wrong with a body, at its place in it (a 422)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, problems: list[dict[str, str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.problems = problems
 
 
 # -- value types ---------------------------------------------------------------------------------
@@ -230,9 +234,17 @@ class Body(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True)
 
 
+class Problem(Body):
+    path: str = Field(description="where in the body, dotted (retry.attempts); empty: the whole")
+    message: str
+
+
 class Error(Body):
     error: str = Field(description="a stable code, e.g. unknown_job or bad_parameter")
     message: str = Field(description="for humans")
+    problems: list[Problem] | None = Field(
+        default=None, description="an invalid body (422): every problem in it"
+    )
 
 
 class ConfigState(Body):
@@ -271,8 +283,13 @@ class JobStats(Body):
     last_finished_at: Instant | None
 
 
+Source = Literal["config", "api"]
+
+
 class Job(Body):
     name: str
+    source: Source = Field(description="config: the config file's; api: kept in the database")
+    version: int | None = Field(description="an API job's version (its ETag); null: config")
     kind: Kind
     schedule: str | None
     schedule_in_words: str
@@ -323,6 +340,13 @@ class RunningFire(Body):
 
 class JobDetail(Job):
     spec: dict[str, Any] = Field(description="the job as configured, secrets redacted")
+    definition: dict[str, Any] | None = Field(
+        default=None,
+        description='an API job as written (what PUT takes; secrets as {"env": NAME}); null: '
+        "config",
+    )
+    created_at: Instant | None = None
+    updated_at: Instant | None = None
     since: Instant
     last_attempts: list[Execution] | None
     running_fires: list[RunningFire]
@@ -427,6 +451,32 @@ class Overrides(Body):
     args: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, str | float] = Field(default_factory=dict)
     json_body: Any = Field(None, alias="json")
+
+
+class StoredJob(Body):
+    """An API job as stored, after a write."""
+
+    name: str
+    source: Source
+    version: int
+    created_at: Instant
+    updated_at: Instant
+    definition: dict[str, Any] = Field(description='as written; secrets as {"env": NAME}')
+    spec: dict[str, Any] = Field(description="the job with every default, secrets redacted")
+    next_fires: list[Instant]
+
+
+class Deleted(Body):
+    name: str
+    deleted: bool
+    version: int = Field(description="the version the deletion made")
+
+
+class JobPatch(BaseModel):
+    """A JSON merge patch (RFC 7396) over the job as written: a member replaces the field (a
+    mapping merges into it), null removes it."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 class RunRequest(Overrides):

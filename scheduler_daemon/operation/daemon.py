@@ -23,6 +23,7 @@ from aiohttp import web
 
 from scheduler_daemon.errors import AdminUnavailable, ConfigError, SchedulerDaemonError
 from scheduler_daemon.operation import admin
+from scheduler_daemon.operation.api_jobs import ApiJobs, follow_changes, name_taken
 from scheduler_daemon.operation.instance import DatabaseLock, StateLock
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.operation.next_runs import keep_next_runs_current
@@ -35,6 +36,7 @@ from scheduler_daemon.operation.reload import (
     load_checked,
     load_for_reload,
     plan_reload,
+    with_api_jobs,
 )
 from scheduler_daemon.operation.stop_budget import FLUSH_TIMEOUT, stop_budget
 from scheduler_daemon.running.actions import ActionCache, HttpClient
@@ -43,6 +45,7 @@ from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire, Runner
 from scheduler_daemon.specs import Config, JobSpec
+from scheduler_daemon.specs.api_job import ApiJobRules
 from scheduler_daemon.specs.pytargets import use_python_path
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import open_database
@@ -98,6 +101,14 @@ class Daemon:
             starts=self._starts,
         )
         self._pauses = Pauses(cache=config.state_dir / "paused.json")
+        # The config file's jobs; the others in ``config.jobs`` are the database's (api_jobs.py).
+        self._file_names = frozenset(job.name for job in config.jobs)
+        self.api_jobs = ApiJobs(
+            rules=ApiJobRules.of(config),
+            cache=config.state_dir / "api_jobs.json",
+            taken=lambda: self._file_names,
+            on_change=self._api_jobs_changed,
+        )
         self._oneoff = OneOffRuns(
             clock=self._clock,
             database=self.database,
@@ -122,6 +133,7 @@ class Daemon:
         self._fatal: SchedulerDaemonError | None = None  # why the daemon stopped itself
         self.database.on_connect(self._database_lock.on_connect)  # before any schema change
         self.database.on_connect(self._schema.on_connect)
+        self.database.on_connect(self.api_jobs.reread)  # before recovery: it catches them up
         self.database.on_connect(self._recovery.on_connect)
         self._scheduler = Scheduler(
             clock=self._clock, dispatch=self._dispatch, on_jump=self._recovery.on_clock_jump
@@ -141,6 +153,7 @@ class Daemon:
                 if self._database_lock.held:  # reachable: an unusable schema refuses the start
                     await self._schema.at_start(self.database.dsn)
                 self._pauses.load_cache()  # before any connection brings the database's view
+                await self._start_api_jobs()
                 await self._start_admin()
                 await self._starts.start()
                 self._start_schedule()
@@ -180,6 +193,15 @@ class Daemon:
             raise AdminUnavailable(
                 f"admin: cannot listen on {settings.address}: {exc.strerror or exc}"
             ) from None
+
+    async def _start_api_jobs(self) -> None:
+        """The database's jobs join the file's before the first fire."""
+        if not self._database_lock.held:  # the database is away: the copy under state_dir
+            await self.api_jobs.start(None, self.config.path)
+        else:
+            async with self.database.connection() as conn:
+                await self.api_jobs.start(conn, self.config.path)
+        self.config = with_api_jobs(self.config, self._file_names, self.api_jobs.specs)
 
     def _start_schedule(self) -> None:
         config = self.config
@@ -223,6 +245,12 @@ class Daemon:
                 self._clock, lambda: self._runner.attempts_started
             ),
             "announce-running": self._runner.announce_running_every(),
+            "follow-api-jobs": follow_changes(
+                clock=self._clock,
+                dsn=lambda: self.database.dsn,
+                ready=lambda: self._recovery.done and self.database.pool is not None,
+                reread=self._reread_api_jobs,
+            ),
             "next-runs": keep_next_runs_current(
                 clock=self._clock,
                 database=self.database,
@@ -298,7 +326,11 @@ class Daemon:
         pool = pool or self.database.pool
         if pool is None:
             return  # not connected: the next connection syncs the then-current jobs
-        jobs = self.config.jobs if changed is None else changed
+        jobs = [
+            job
+            for job in (self.config.jobs if changed is None else changed)
+            if job.name in self._file_names  # the API writes its own jobs' rows
+        ]
         next_runs = {job.name: self._scheduler.next_fire(job.name) for job in jobs}
         await store.sync_jobs(pool, jobs, next_runs, removed=removed)
 
@@ -333,14 +365,25 @@ class Daemon:
                 log.exception("reload_load_crashed")
                 return self._reload_failed([f"unexpected {type(exc).__name__} while loading"])
             loaded = self._clock.monotonic()
+            clashes = sorted(self.api_jobs.stored.keys() & {job.name for job in new.jobs})
+            if clashes:
+                return self._reload_failed(
+                    [
+                        f"{new.path}: {name_taken(name, 'created through the API')}"
+                        for name in clashes
+                    ]
+                )
             old = self.config
-            plan = plan_reload(old, new)
+            file_names = frozenset(job.name for job in new.jobs)
+            plan = plan_reload(old, with_api_jobs(new, file_names, self.api_jobs.specs))
             try:
                 await self._apply(plan)
             except Exception as exc:
                 log.exception("reload_apply_crashed")
                 self._restore(old, plan)
                 return self._reload_failed([f"unexpected {type(exc).__name__} while applying"])
+            self._file_names = file_names
+            await self.api_jobs.retake()
             self.reload_error = None
             self.metrics.reloads["succeeded"] += 1
             log.info(
@@ -373,6 +416,15 @@ class Daemon:
         self._limiter.resize(old.max_concurrency)
         use_python_path(old.python_path)  # loading the new config put its own on sys.path
         self.config = old
+
+    async def _reread_api_jobs(self) -> None:
+        if self.database.pool is not None:
+            await self.api_jobs.reread(self.database.pool)
+
+    async def _api_jobs_changed(self) -> None:
+        """Schedule the database's jobs as they now are: a reload of just those jobs."""
+        new = with_api_jobs(self.config, self._file_names, self.api_jobs.specs)
+        await self._apply(plan_reload(self.config, new))
 
     async def _apply(self, plan: ReloadPlan) -> None:
         if plan.restart_only:
