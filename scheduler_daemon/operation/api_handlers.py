@@ -43,11 +43,17 @@ RELOAD_FAILED = "see the daemon's log (event reload_failed)"
 class Controlled(Protocol):
     """What the API reads and drives: the running daemon (tests may pass a stand-in)."""
 
-    config: Config
-    api_jobs: ApiJobs
-    reload_error: str | None
     started_at: datetime
     metrics: Metrics
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def api_jobs(self) -> ApiJobs: ...
+
+    @property
+    def reload_error(self) -> str | None: ...
 
     @property
     def scheduler(self) -> Scheduler: ...
