@@ -7,6 +7,7 @@ applied here are ``source = 'api'`` rows. (The installed CLI as a process: tests
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -18,7 +19,8 @@ import pytest
 from scheduler_daemon.operation.cli import main
 from scheduler_daemon.specs import load_config
 from scheduler_daemon.specs.api_job import ApiJobRules, build_api_job
-from scheduler_daemon.storage import store
+from scheduler_daemon.storage import job_store, store
+from tests.helpers import free_port
 
 ENV = {"JOB_TOKEN": "job-secret-83be21", "GREETING": "hello"}
 
@@ -314,3 +316,37 @@ def test_export_round_trips_through_check(
     report = back.job("report")
     assert report is not None and report.http is not None
     assert report.http.headers["X-Api-Key"] == "api-secret"  # ${API_TOKEN}, as a config writes it
+
+
+def test_a_job_changed_meanwhile_fails_the_whole_apply(
+    config: Path, database_url: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    apply(capsys, config, APPLIED.split("  tidy:")[0])  # report, version 1
+    read = job_store.api_jobs
+
+    async def stale(db: Any) -> list[job_store.StoredJob]:
+        # What apply read is one version behind: someone wrote report since.
+        return [dataclasses.replace(job, version=job.version - 1) for job in await read(db)]
+
+    monkeypatch.setattr(job_store, "api_jobs", stale)
+    report, tidy = APPLIED.removeprefix("jobs:\n").split("  tidy:")
+    tidy_first = f"jobs:\n  tidy:{tidy}{report}".replace("every: 10m", "every: 1m")
+    code, out, err = apply(capsys, config, tidy_first)
+    assert (code, out) == (1, "")
+    assert "job 'report' is at version 1, not 0: someone changed it meanwhile" in err
+    assert "Nothing written" in err
+    assert "tidy" not in rows(database_url)  # created before the refusal: rolled back
+    assert json.loads(rows(database_url)["report"]["definition"])["every"] == "10m"
+
+
+def test_an_unreachable_database_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, f"postgresql://bob:s3cr3t@127.0.0.1:{port}/jobs")
+    code, out, err = jobs(capsys, config, "list")
+    assert (code, out) == (1, "")
+    assert err == (
+        f"error: cannot connect to postgresql://bob@127.0.0.1:{port}/jobs: connection refused\n"
+    )

@@ -22,7 +22,7 @@ jobs:
     http:
       method: POST
       url: "https://${HOST}/hook?x=1"
-      headers: {Authorization: "Bearer ${TOKEN}", X-Plain: "a$$b"}
+      headers: {Authorization: "Bearer ${TOKEN}", X-Plain: "a$$$$b"}
       params: {limit: "${LIMIT}"}
       json: {day: "2026-11-27", items: [1, "$$x"]}
       expect: [200, 204]
@@ -61,7 +61,7 @@ def test_every_job_reads_back_the_same_with_its_templates_as_written(tmp_path: P
     assert fields["web"]["http"]["url"] == "https://${HOST}/hook?x=1"
     assert fields["web"]["http"]["headers"] == {
         "Authorization": "Bearer ${TOKEN}",
-        "X-Plain": "a$$b",
+        "X-Plain": "a$$$$b",  # its value is a$$b
     }
     assert fields["cmd"]["env"] == {"FROM_DEFAULTS": "${TOKEN}"}  # what it took from defaults
     assert fields["boot"]["retry"] == {"attempts": 2, "jitter": 0.1}  # the defaults left out
