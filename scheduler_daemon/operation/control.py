@@ -136,6 +136,21 @@ def _state(enabled: bool, paused: bool, running: int) -> str:
     return "running" if running else "idle"
 
 
+@asynccontextmanager
+async def database_pool(config: Config) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool straight to the config's PostgreSQL, for an operator command."""
+    async with AsyncExitStack() as stack:
+        # The embedded server: borrowed from the running daemon, or started for this. The
+        # schema must be this version's: upgrading it is for the daemon and `db upgrade`.
+        database = open_database(config, max_size=2, on_connect=[schema.require_current])
+        try:
+            await stack.enter_async_context(database)
+            pool = await database.connect()
+        except store.DB_ERRORS as exc:
+            raise database.unreachable(exc) from None
+        yield pool
+
+
 async def with_stored_jobs(config: Config, pool: asyncpg.Pool) -> Config:
     """``config`` with the jobs kept in the database after the file's, as a daemon runs them
     (their secrets left unresolved: this process only shows and queues them)."""
@@ -158,15 +173,7 @@ class DbBackend:
     @classmethod
     @asynccontextmanager
     async def open(cls, config: Config) -> AsyncIterator[DbBackend]:
-        async with AsyncExitStack() as stack:
-            # The embedded server: borrowed from the running daemon, or started for this. The
-            # schema must be this version's: upgrading it is for the daemon and `db upgrade`.
-            database = open_database(config, max_size=2, on_connect=[schema.require_current])
-            try:
-                await stack.enter_async_context(database)
-                pool = await database.connect()
-            except store.DB_ERRORS as exc:
-                raise database.unreachable(exc) from None
+        async with database_pool(config) as pool:
             yield cls(await with_stored_jobs(config, pool), pool)
 
     async def jobs(self) -> list[dict[str, Any]]:

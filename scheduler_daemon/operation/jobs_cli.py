@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,13 @@ from scheduler_daemon.errors import (
     SchedulerDaemonError,
 )
 from scheduler_daemon.operation import tables
+from scheduler_daemon.operation.control import database_pool
 from scheduler_daemon.specs import Config
 from scheduler_daemon.specs.api_job import ApiJobRules
 from scheduler_daemon.specs.job_fields import api_fields, config_fields
 from scheduler_daemon.specs.jobs_file import FileJob, read_jobs_file
 from scheduler_daemon.storage import dsn as dsn_text
-from scheduler_daemon.storage import job_store, queries, schema, store
-from scheduler_daemon.storage.database import open_database
+from scheduler_daemon.storage import job_store, queries, store
 
 
 class JobsError(SchedulerDaemonError):
@@ -70,7 +69,7 @@ async def run(config: Config, args: argparse.Namespace) -> int:
                 print(problem, file=sys.stderr)
             print(f"{len(exc.problems)} error(s) in {display}: nothing written", file=sys.stderr)
             return 1
-    async with _pool(config) as pool:
+    async with database_pool(config) as pool:
         try:
             out = await _command(pool, config, args, jobs)
         except store.DB_ERRORS as exc:
@@ -97,20 +96,6 @@ async def _command(
     if args.jobs_command == "export":
         return await export(pool, config)
     raise AssertionError(args.jobs_command)
-
-
-@asynccontextmanager
-async def _pool(config: Config) -> AsyncIterator[asyncpg.Pool]:
-    # The embedded server: borrowed from the running daemon, or started for this. The schema
-    # must be this version's: upgrading it is for the daemon and `db upgrade`.
-    async with AsyncExitStack() as stack:
-        database = open_database(config, max_size=2, on_connect=[schema.require_current])
-        try:
-            await stack.enter_async_context(database)
-            pool = await database.connect()
-        except store.DB_ERRORS as exc:
-            raise database.unreachable(exc) from None
-        yield pool
 
 
 def _read(file: str) -> tuple[str, str]:
