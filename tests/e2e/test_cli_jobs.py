@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port, start_daemon
 
 CLI = Path(sys.executable).with_name("scheduler-daemon")
 SECRETS = {"JOB_TOKEN": "job-secret-83be21", "API_TOKEN": "api-secret-0c4f"}
@@ -102,3 +103,28 @@ async def test_the_apply_workflow_as_an_operator_runs_it(tmp_path: Path, databas
     assert code == 0 and "report" not in out
     code, _, err = await cli("jobs", "delete", "ping", "-c", config)
     assert code == 1 and f"job 'ping' is defined in the config file {config}" in err
+
+
+async def test_an_applied_job_reaches_the_running_daemon_and_a_clashing_reload_is_refused(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The daemon process, the CLI beside it, both straight on PostgreSQL; a real SIGHUP."""
+    config = write_config(tmp_path, database_url)
+    config.write_text(config.read_text().replace("admin:\n  listen: 127.0.0.1:9\n", "admin:\n"
+                      f"  listen: 127.0.0.1:{free_port()}\n"))  # fmt: skip
+    daemon = await start_daemon(config, SECRETS)
+    try:
+        await daemon.wait_for("database_connected")
+        jobs = tmp_path / "jobs.yaml"
+        jobs.write_text(JOBS)
+        code, out, err = await cli("jobs", "apply", "-c", str(config), "-f", str(jobs))
+        assert (code, out) == (0, "created report (version 1)\n"), err
+        # Notified, not found by the 30 s re-read: it is scheduled at once.
+        await daemon.wait_for("api_jobs_applied", timeout=5, added=["report"])
+        # The file may not take the name now: the reload is refused, the job keeps running.
+        config.write_text(config.read_text() + "  report:\n    every: 1h\n    command: ['true']\n")
+        daemon.proc.send_signal(signal.SIGHUP)
+        failed = await daemon.wait_for("reload_failed")
+        assert "jobs.report: the name is taken by a job created through the API" in str(failed)
+    finally:
+        assert await daemon.stop() == 0
