@@ -97,7 +97,9 @@ class Claims:
         return future
 
     async def claim(self, fire: Fire) -> bool:
-        request = ClaimRequest(fire.fire_id, fire.attempt, fire.job.name, fire.scheduled_at)
+        request = ClaimRequest(
+            fire.fire_id, fire.attempt, fire.job.name, fire.scheduled_at, trigger=fire.trigger
+        )
         return await self.ask(request)
 
     def _flush(self) -> None:

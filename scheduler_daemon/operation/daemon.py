@@ -26,6 +26,7 @@ from scheduler_daemon.operation.api_jobs import ApiJobs, follow_changes
 from scheduler_daemon.operation.claims import AloneLiveSet, Claims, ClusterDispatch, LiveSet
 from scheduler_daemon.operation.instance import DatabaseLock, StateLock
 from scheduler_daemon.operation.job_set import JobSet
+from scheduler_daemon.operation.leases import settle_dead_replicas
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.operation.next_runs import keep_next_runs_current
 from scheduler_daemon.operation.notify import Notifier
@@ -111,6 +112,9 @@ class Daemon:
             if self._claims is not None
             else None
         )
+        if self._claims is not None and self._cluster is not None:
+            self.metrics.claims = lambda: self._claims.counts if self._claims else {}
+            self.metrics.takeovers = lambda: self._cluster.takeovers if self._cluster else 0
         self._pauses = Pauses(cache=config.state_dir / "paused.json")
         self._oneoff = OneOffRuns(
             clock=self._clock,
@@ -234,7 +238,7 @@ class Daemon:
 
     def _background_loops(self) -> dict[str, Coroutine[Any, Any, None]]:
         """Each runs until stopped; one that ends on its own stops the daemon (``_serve``)."""
-        cluster = {"take-over": self._cluster.take_over()} if self._cluster is not None else {}
+        cluster = self._cluster_loops()
         return {
             **cluster,
             "scheduler": self._scheduler.run(),
@@ -378,6 +382,22 @@ class Daemon:
             self._cluster(job, fire_at)  # claimed first: run here only if this replica wins it
         else:
             self._runner.submit(job, fire_at)
+
+    def _cluster_loops(self) -> dict[str, Coroutine[Any, Any, None]]:
+        if self._cluster is None:
+            return {}
+        lease = self.config.cluster.lease
+        return {
+            "take-over": self._cluster.take_over(),
+            "settle-dead-replicas": settle_dead_replicas(
+                clock=self._clock,
+                pool=lambda: self.database.pool if self._recovery.done else None,
+                lease=lease,
+                every=lease / 5,
+                jobs=lambda: self.config.jobs,
+                runner=self._runner,
+            ),
+        }
 
     def _live_set(self) -> LiveSet:
         """The replicas alive (cluster mode); until membership is known, this one alone."""

@@ -256,7 +256,10 @@ async def _claimed_catch_up(
     that claims it (one statement for the job's instants)."""
     instants = [*plan.missed, *plan.run]
     won = await claims.claim_all(
-        [ClaimRequest(scheduled_fire_id(job.name, t), 1, job.name, t) for t in instants]
+        [
+            ClaimRequest(scheduled_fire_id(job.name, t), 1, job.name, t, FireKind.CATCHUP)
+            for t in instants
+        ]
     )
     mine = [t for t in instants if scheduled_fire_id(job.name, t) in won]
     unrecorded = plan.missed_total - len(plan.missed)

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import asyncpg
+
+from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.storage.store import Db
 
 # Claims older than this are deleted: no replica claims an instant that old again (a catch-up
@@ -25,13 +28,15 @@ class ClaimRequest:
     attempt: int
     job_name: str
     scheduled_at: datetime
+    trigger: FireKind = FireKind.SCHEDULE
     takeover: bool = False  # asked by a replica other than the fire's preferred one
 
 
 _CLAIM = """
-INSERT INTO fire_claims (fire_id, attempt, job_name, scheduled_at, node, takeover)
-SELECT f, a, j, s, $5, t
-FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $6::bool[]) AS c(f, a, j, s, t)
+INSERT INTO fire_claims (fire_id, attempt, job_name, scheduled_at, trigger, node, takeover)
+SELECT f, a, j, s, g, $5, t
+FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $6::bool[], $7::text[])
+    AS c(f, a, j, s, t, g)
 ON CONFLICT DO NOTHING
 RETURNING fire_id, attempt
 """
@@ -47,6 +52,7 @@ async def claim(db: Db, node: str, requests: Sequence[ClaimRequest]) -> set[tupl
         [r.scheduled_at for r in requests],
         node,
         [r.takeover for r in requests],
+        [str(r.trigger) for r in requests],
     )
     return {(row["fire_id"], row["attempt"]) for row in rows}
 
@@ -57,3 +63,37 @@ async def prune(db: Db) -> int:
         KEEP_CLAIMS_DAYS,
     )
     return int(status.split()[-1])
+
+
+# A dead replica's attempts, each settled by exactly one survivor: an attempt with a `running`
+# row (or none yet: its claim is all there is) becomes `abandoned`; one that ended keeps its row.
+# The executions key arbitrates between survivors: the second finds the row no longer running.
+_ABANDON_DEAD = """
+WITH dead AS (
+    SELECT name FROM nodes
+    WHERE stopped_at IS NULL AND last_seen < now() - make_interval(secs => $1)
+), settled AS (  -- its attempts are settled now: later passes skip it until it heartbeats
+    UPDATE nodes SET stopped_at = now() WHERE name IN (SELECT name FROM dead)
+), lost AS (
+    SELECT c.* FROM fire_claims c JOIN dead ON dead.name = c.node
+    WHERE c.claimed_at > now() - make_interval(days => $3)
+)
+INSERT INTO executions (fire_id, job_name, scheduled_at, attempt, trigger, status,
+                        finished_at, error, node)
+SELECT fire_id, job_name, scheduled_at, attempt, trigger, 'abandoned', now(),
+       format($2, node), node
+FROM lost
+ON CONFLICT (fire_id, attempt) DO UPDATE SET status = 'abandoned', error = EXCLUDED.error,
+    finished_at = COALESCE(executions.finished_at, now())
+WHERE executions.status = 'running'
+RETURNING fire_id, job_name, scheduled_at, attempt, trigger, node
+"""
+
+
+async def abandon_dead(db: Db, lease: float) -> list[asyncpg.Record]:
+    """Mark the attempts of replicas not seen for ``lease`` seconds `abandoned`; those rows."""
+    error = (
+        f"abandoned: replica %s stopped heartbeating for more than {lease:g}s "
+        "(killed, crashed or cut off from the database)"
+    )
+    return list(await db.fetch(_ABANDON_DEAD, lease, error, KEEP_CLAIMS_DAYS))

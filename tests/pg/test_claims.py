@@ -19,9 +19,9 @@ from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
 from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import JobSpec, RetrySpec
-from scheduler_daemon.storage import fire_claims
+from scheduler_daemon.storage import fire_claims, store
 from scheduler_daemon.storage.fire_claims import ClaimRequest
-from tests.helpers import FakeClock, make_job
+from tests.helpers import FakeClock, make_job, rec
 
 T = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -213,3 +213,33 @@ async def _settle(clock: FakeClock) -> None:
     for _ in range(20):
         await clock.settle()
         await asyncio.sleep(0.01)
+
+
+async def test_a_dead_replicas_unfinished_attempts_are_abandoned_once_and_a_live_ones_never(
+    pool: asyncpg.Pool,
+) -> None:
+    await pool.execute(
+        """INSERT INTO nodes (name, started_at, last_seen, version) VALUES
+           ('dead', now() - interval '1 hour', now() - interval '20 seconds', 'x'),
+           ('alive', now() - interval '1 hour', now(), 'x')"""
+    )
+    fires = {name: rec(name, node=node, status=status) for name, node, status in (
+        ("running", "dead", Status.RUNNING), ("ended", "dead", Status.SUCCEEDED),
+        ("slow", "alive", Status.RUNNING),
+    )}  # fmt: skip
+    unrecorded = rec("unrecorded", node="dead")
+    async with pool.acquire() as conn:
+        await store.write_executions(conn, list(fires.values()))
+    for r in (*fires.values(), unrecorded):
+        await fire_claims.claim(
+            pool, r.node, [ClaimRequest(r.fire_id, 1, r.job_name, r.scheduled_at)]
+        )
+    settled = await asyncio.gather(*(fire_claims.abandon_dead(pool, 15.0) for _ in range(3)))
+    abandoned = [row["job_name"] for rows in settled for row in rows]
+    assert sorted(abandoned) == ["running", "unrecorded"]  # each by one survivor only
+    statuses = dict(await pool.fetch("SELECT job_name, status FROM executions"))
+    assert statuses == {"running": "abandoned", "unrecorded": "abandoned",
+                        "ended": "succeeded", "slow": "running"}  # fmt: skip
+    stopped = dict(await pool.fetch("SELECT name, stopped_at IS NOT NULL FROM nodes"))
+    assert stopped == {"dead": True, "alive": False}
+    assert await fire_claims.abandon_dead(pool, 15.0) == []  # settled: not again
