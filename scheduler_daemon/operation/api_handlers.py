@@ -23,8 +23,8 @@ from scheduler_daemon.operation.api_jobs import ApiJobs
 from scheduler_daemon.operation.api_models import ApiError
 from scheduler_daemon.operation.metrics import Metrics
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
+from scheduler_daemon.running.fire import Fire
 from scheduler_daemon.running.records import FireKind, Status
-from scheduler_daemon.running.runner import Fire
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.storage import queries
 from scheduler_daemon.storage.queries import OneOffRun

@@ -25,9 +25,9 @@ from typing import Protocol
 import asyncpg
 import structlog
 
+from scheduler_daemon.running.fire import Fire
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import scheduled_fire_id
-from scheduler_daemon.running.runner import Fire
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage import fire_claims, store
 from scheduler_daemon.storage.fire_claims import ClaimRequest

@@ -39,9 +39,10 @@ from scheduler_daemon.operation.reload import (
 from scheduler_daemon.operation.stop_budget import FLUSH_TIMEOUT, stop_budget
 from scheduler_daemon.running.actions import ActionCache, HttpClient
 from scheduler_daemon.running.actions.python import job_threads
+from scheduler_daemon.running.fire import Fire
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
-from scheduler_daemon.running.runner import Fire, Runner
+from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.storage.journal import Journal

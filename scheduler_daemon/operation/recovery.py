@@ -18,8 +18,9 @@ import structlog
 from scheduler_daemon.operation.claims import Claims
 from scheduler_daemon.operation.oneoff import OneOffRuns
 from scheduler_daemon.operation.pauses import Pauses
+from scheduler_daemon.running.fire import RecordSink
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
-from scheduler_daemon.running.runner import RecordSink, Runner
+from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage import queries, store
 from scheduler_daemon.storage.fire_claims import ClaimRequest

@@ -12,18 +12,26 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from scheduler_daemon.running.actions import Action
 from scheduler_daemon.running.actions.outcome import Outcome
+from scheduler_daemon.running.fire import (
+    ActionFor,
+    Claims,
+    Fire,
+    FireObserver,
+    NoObserver,
+    RecordSink,
+    StartSink,
+    backoff_delay,
+)
 from scheduler_daemon.running.limiter import Limiter
-from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
-from scheduler_daemon.specs import JobSpec, RetrySpec
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
+from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.timing.clock import Clock
 
 log = structlog.get_logger("scheduler_daemon.running.runner")
@@ -33,94 +41,6 @@ FAILURES = frozenset({Status.FAILED, Status.TIMED_OUT})
 
 # How often attempts in flight get their `running` row (see README: crash recovery window).
 RUNNING_ROWS_EVERY = 0.2
-
-
-class RecordSink(Protocol):
-    def record(self, rec: ExecutionRecord) -> None: ...
-
-
-class StartEntry(Protocol):
-    def recorded(self) -> None:
-        """A row of this attempt (`running` or final) has been handed to the recorder."""
-
-
-class StartSink(Protocol):
-    """Makes attempts' starts durable before their actions begin (storage/startlog.py)."""
-
-    def log(self, rec: ExecutionRecord) -> StartEntry:
-        """Queue ``rec``, the attempt's `running` record, for the next group commit."""
-        ...
-
-    def durable(self) -> Awaitable[None]:
-        """Done once every record logged so far is on disk (or failed to get there, said in the
-        log: attempts run anyway)."""
-        ...
-
-
-class Claims(Protocol):
-    """Cluster mode: whether this replica runs an attempt (operation/claims.py)."""
-
-    async def claim(self, fire: Fire) -> bool:
-        """True: this replica won attempt ``fire.attempt`` of the fire; False: another one runs
-        it, or the claim could not be made (then no one here runs it)."""
-        ...
-
-
-class FireObserver(Protocol):
-    """Told of every final attempt and every ended fire (metrics); must return at once."""
-
-    def attempt_finished(self, rec: ExecutionRecord) -> None: ...
-
-    def fire_ended(self, job: str, status: Status) -> None: ...
-
-
-class _NoObserver:
-    def attempt_finished(self, rec: ExecutionRecord) -> None:
-        pass
-
-    def fire_ended(self, job: str, status: Status) -> None:
-        pass
-
-
-ActionFor = Callable[[JobSpec], Action]
-
-
-def backoff_delay(policy: RetrySpec, failed_attempt: int, rng: random.Random) -> float:
-    """Seconds to wait after attempt ``failed_attempt`` (1-based) failed.
-
-    Exponential from ``delay`` by ``backoff``, capped at ``max_delay``, then ± ``jitter``.
-    """
-    delay = min(policy.delay * policy.backoff ** (failed_attempt - 1), policy.max_delay)
-    if policy.jitter:
-        delay *= 1 + rng.uniform(-policy.jitter, policy.jitter)
-    return max(delay, 0.0)
-
-
-@dataclass(slots=True, eq=False)
-class Fire:
-    """A fire in flight: its task and what it is doing now (for drain and overlap decisions)."""
-
-    job: JobSpec
-    scheduled_at: datetime
-    trigger: FireKind
-    overrides: Mapping[str, Any] | None
-    given_id: uuid.UUID | None = None  # manual and resumed fires; else derived on first use
-    state: str = "waiting"  # waiting (for a slot) | starting (its start logged) | running | backoff
-    attempt: int = 1
-    claimed: int = 0  # cluster mode: the attempts of this fire this replica has claimed
-    cancel_reason: str = "cancelled"
-    started: float = 0.0  # the running attempt's start and due times (wall clock)
-    due: float = 0.0
-    announced: bool = False  # its `running` row has been recorded
-    start: StartEntry | None = None  # the running attempt's start entry, until a row covers it
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def fire_id(self) -> uuid.UUID:
-        # Derived lazily: hashing is not worth doing before the attempt has begun.
-        if self.given_id is None:
-            self.given_id = scheduled_fire_id(self.job.name, self.scheduled_at)
-        return self.given_id
 
 
 class Runner:
@@ -142,7 +62,7 @@ class Runner:
         self._clock = clock
         self._starts = starts
         self._claims = claims
-        self._observer: FireObserver = observer or _NoObserver()
+        self._observer: FireObserver = observer or NoObserver()
         self._limiter = limiter
         self._recorder = recorder
         self._action_for = action_for

@@ -24,8 +24,8 @@ from scheduler_daemon.operation import api_models
 from scheduler_daemon.operation.admin import ROUTES, build_app, spec
 from scheduler_daemon.operation.api_jobs import ApiJobs
 from scheduler_daemon.operation.metrics import LiveState, Metrics
+from scheduler_daemon.running.fire import Fire
 from scheduler_daemon.running.records import FireKind
-from scheduler_daemon.running.runner import Fire
 from scheduler_daemon.specs import AdminSpec, Config, JobSpec, load_config
 from scheduler_daemon.specs.api_job import ApiJobRules
 from scheduler_daemon.storage.queries import OneOffRun
