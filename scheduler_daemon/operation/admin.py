@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from scheduler_daemon.operation import api_models as m
-from scheduler_daemon.operation.api_handlers import Api, Controlled, reply
+from scheduler_daemon.operation.api_handlers import Api, Controlled
 from scheduler_daemon.operation.api_models import ApiError, Error
 from scheduler_daemon.operation.openapi import API_KEY_HEADER, Reply, Route, document
 from scheduler_daemon.specs import AdminSpec
@@ -33,7 +33,12 @@ MAX_BODY = 64 * 1024
 
 
 def _refusal(exc: ApiError) -> web.Response:
-    return reply(Error(error=exc.code, message=exc.message), status=exc.status)
+    body = Error.model_validate(
+        {"error": exc.code, "message": exc.message, "problems": exc.problems}
+    )
+    # `problems` only where there are any: the other refusals keep their two keys.
+    text = body.model_dump_json(by_alias=True, exclude_none=True)
+    return web.Response(text=text, status=exc.status, content_type="application/json")
 
 
 # -- the application -----------------------------------------------------------------------------
@@ -224,9 +229,10 @@ ROUTES: tuple[Route, ...] = (
           summary="One-off runs, newest first",
           replies=(Reply(status=200, description="Runs", model=m.RunList),), errors=(503,)),
     Route(method="POST", path="/runs", handler=Api.create_run, body=m.RunRequest,
-          body_required=True, summary="Schedule a one-off run of a configured job (persisted)",
+          body_required=True,
+          summary="Schedule a one-off run of a configured job, or of an ad-hoc job (persisted)",
           replies=(Reply(status=201, description="Scheduled", model=m.Run),),
-          errors=(403, 404, 413, 429, 503)),
+          errors=(403, 404, 409, 413, 422, 429, 503)),
     Route(method="GET", path="/runs/{id}", handler=Api.get_run,
           summary="One run and, once started, its outcome",
           replies=(Reply(status=200, description="The run", model=m.RunDetail),),

@@ -7,6 +7,8 @@ is all a handler may touch of the daemon, so tests can pass a stand-in.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -19,12 +21,20 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from scheduler_daemon.operation import api_models as m
-from scheduler_daemon.operation.api_models import ApiError
+from scheduler_daemon.operation.adhoc import (
+    OPTION_KEYS,
+    RunOptions,
+    adhoc_job,
+    default_name,
+    shown_spec,
+)
+from scheduler_daemon.operation.api_models import ApiError, InvalidJob
 from scheduler_daemon.operation.metrics import Metrics
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
 from scheduler_daemon.running.records import FireKind, Status
 from scheduler_daemon.running.runner import Fire
 from scheduler_daemon.specs import Config, JobSpec
+from scheduler_daemon.specs.api_job import ApiJobRules, JobProblems
 from scheduler_daemon.storage import queries
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
@@ -62,7 +72,11 @@ class Controlled(Protocol):
     def trigger(self, job: JobSpec, overrides: Mapping[str, Any] | None) -> Fire | None: ...
 
     async def create_run(
-        self, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
+        self,
+        job: JobSpec,
+        at: datetime,
+        overrides: Mapping[str, Any] | None,
+        setup: queries.RunSetup | None = None,
     ) -> OneOffRun: ...
 
     async def cancel_run(self, run_id: uuid.UUID) -> OneOffRun | None: ...
@@ -284,24 +298,57 @@ class Api:
 
     async def list_runs(self, request: web.Request, query: m.RunsQuery) -> web.Response:
         runs = await queries.list_runs(self._pool(), pending_only=query.pending, limit=query.limit)
-        return reply(m.RunList(runs=[_run(r) for r in runs]))
+        return reply(m.RunList(runs=[self._run(r) for r in runs]))
 
     async def create_run(self, request: web.Request, query: m.Query) -> web.Response:
         body = await _body(request)
-        if body is None or not isinstance(body.get("job"), str):
-            raise ApiError(400, "bad_request", 'expected a JSON object with "job": "<name>"')
-        job = self.t.config.job(body["job"])
-        if job is None:
-            raise ApiError(404, "unknown_job", f"no job named {body['job']!r} is configured")
+        if body is None or not isinstance(body.get("job"), str | dict):
+            raise ApiError(
+                400, "bad_request", 'expected a JSON object with "job": "<name>" or "job": {<job>}'
+            )
         at = _at(body.get("at")) or datetime.now(UTC)
-        rest = {k: v for k, v in body.items() if k not in ("job", "at")}
+        options = {k: body[k] for k in OPTION_KEYS if body.get(k) is not None}
+        try:
+            RunOptions.of(options)
+        except JobProblems as exc:
+            raise InvalidJob(exc, "invalid_options", "run's options") from None
+        setup = queries.RunSetup(options=options or None)
+        if isinstance(body["job"], str):
+            job = self.t.config.job(body["job"])
+            if job is None:
+                raise ApiError(404, "unknown_job", f"no job named {body['job']!r} is configured")
+        else:
+            job, definition = await self._adhoc_job(body["job"], at, setup.id)
+            setup = dataclasses.replace(setup, job=definition)
+        rest = {k: v for k, v in body.items() if k not in ("job", "at", *OPTION_KEYS)}
         overrides = _overrides(job, rest or None)
         self._pool()
         try:
-            run = await self.t.create_run(job, at, overrides)
+            run = await self.t.create_run(job, at, overrides, setup)
         except queries.TooManyRuns as exc:
             raise ApiError(429, "too_many_runs", str(exc)) from None
-        return reply(_run(run), status=201)
+        return reply(self._run(run), status=201)
+
+    async def _adhoc_job(
+        self, body: dict[str, Any], at: datetime, run_id: uuid.UUID
+    ) -> tuple[JobSpec, dict[str, Any]]:
+        rules = ApiJobRules.of(self.t.config)
+        try:
+            # In a thread: a python job's target is imported to check it (its module's code runs).
+            job, definition = await asyncio.to_thread(
+                adhoc_job, body, at, rules, default=default_name(run_id), check_target=True
+            )
+        except JobProblems as exc:
+            raise InvalidJob(exc) from None
+        pool = self._pool()
+        if self.t.config.job(job.name) is not None or await queries.job_exists(pool, job.name):
+            raise ApiError(
+                409,
+                "already_exists",
+                f'a job named {job.name!r} exists already: run it with "job": {job.name!r}, '
+                "or give this run's job another name",
+            )
+        return job, definition
 
     async def get_run(self, request: web.Request, query: m.Query) -> web.Response:
         run_id = _run_id(request)  # a malformed id is a 404 even while the database is away
@@ -310,7 +357,7 @@ class Api:
         if run is None:
             raise ApiError(404, "unknown_run", "no such run")
         outcome = await self._outcome(pool, run) if run.state == "started" else None
-        return reply(m.RunDetail(**dict(_run(run)), outcome=outcome))
+        return reply(m.RunDetail(**dict(self._run(run)), outcome=outcome))
 
     async def _outcome(self, pool: asyncpg.Pool, run: OneOffRun) -> m.RunOutcome | None:
         row = await queries.run_outcome(pool, run.id)
@@ -330,9 +377,12 @@ class Api:
             raise ApiError(404, "unknown_run", "no such run")
         if run.state == "started":
             raise ApiError(409, "already_started", "the run has started; it cannot be cancelled")
-        return reply(_run(run))
+        return reply(self._run(run))
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _run(self, run: OneOffRun) -> m.Run:
+        return _run(run, ApiJobRules.of(self.t.config))
 
     def _job(self, request: web.Request) -> JobSpec:
         name = request.match_info["name"]
@@ -360,12 +410,15 @@ def _execution(row: Row) -> m.Execution:
     return m.Execution.model_validate(dict(row))
 
 
-def _run(run: OneOffRun) -> m.Run:
+def _run(run: OneOffRun, rules: ApiJobRules) -> m.Run:
+    options = run.options
     return m.Run(
         id=run.id,
         job=run.job_name,
         run_at=run.run_at,
-        overrides=dict(run.overrides) if run.overrides is not None else None,
+        overrides=dict(run.overrides) if isinstance(run.overrides, Mapping) else None,
+        spec=shown_spec(run.job, run.run_at, run.job_name, rules),
+        options=dict(options) if isinstance(options, Mapping) else None,
         state=run.state,
         created_at=run.created_at,
         started_at=run.started_at,

@@ -43,11 +43,12 @@ from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire, Runner
 from scheduler_daemon.specs import Config, JobSpec
+from scheduler_daemon.specs.api_job import ApiJobRules
 from scheduler_daemon.specs.pytargets import use_python_path
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.storage.journal import Journal
-from scheduler_daemon.storage.queries import OneOffRun
+from scheduler_daemon.storage.queries import OneOffRun, RunSetup
 from scheduler_daemon.storage.recorder import Recorder
 from scheduler_daemon.storage.schema import Upgrades
 from scheduler_daemon.storage.startlog import StartLog
@@ -103,6 +104,7 @@ class Daemon:
             database=self.database,
             job=lambda name: self.config.job(name),
             submit=self._runner.submit,
+            rules=lambda: ApiJobRules.of(self.config),
         )
         self._recovery = Recovery(
             clock=self._clock,
@@ -421,10 +423,14 @@ class Daemon:
         return self._runner.submit(job, self._now(), trigger=FireKind.MANUAL, overrides=overrides)
 
     async def create_run(
-        self, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
+        self,
+        job: JobSpec,
+        at: datetime,
+        overrides: Mapping[str, Any] | None,
+        setup: RunSetup | None = None,
     ) -> OneOffRun:
         pool = self.database.require("the run would not persist")
-        return await self._oneoff.create(pool, job, at, overrides)
+        return await self._oneoff.create(pool, job, at, overrides, setup)
 
     async def cancel_run(self, run_id: uuid.UUID) -> OneOffRun | None:
         return await self._oneoff.cancel(self.database.require("the run is left as it is"), run_id)

@@ -24,8 +24,9 @@ ERRORS = {
     401: "Missing or wrong token (Authorization: Bearer or X-API-Key)",
     403: "Changes are refused: no admin.token is configured",
     404: "No such job or run",
-    409: "Conflict: the fire did not start, or the run already started",
+    409: "Conflict: the fire did not start, the run already started, or the name is taken",
     413: "The body is larger than 64 KiB",
+    422: "The job (or the run's options) does not hold: `problems` lists each at its path",
     429: "Too many one-off runs pending (of the job, or in all): wait until some start",
     503: "The database is unavailable",
 }
