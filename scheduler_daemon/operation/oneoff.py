@@ -3,7 +3,8 @@
 The runs live in PostgreSQL (`runs`), so a restart reloads the pending ones; a run is claimed in
 the database just before it starts (retried while the database is away), so a run cancelled
 meanwhile, or started by an earlier process, does not start again. It then runs as a manual fire
-whose fire_id is the run's id.
+whose fire_id is the run's id: of the configured job of its name, or of its own ad-hoc job
+(built again now under the daemon's rules, adhoc.py), with its own options applied.
 
 Bounded: the API and the CLI refuse a run past ``queries.MAX_PENDING_RUNS`` pending (or
 ``MAX_PENDING_RUNS_PER_JOB`` of its job), and the daemon waits for at most ``capacity`` runs at a
