@@ -458,7 +458,10 @@ async def running_daemon(config: Path, base: str) -> AsyncIterator[Running]:
 
 async def _synced(daemon: Daemon) -> bool:
     pool = daemon.recorder.pool
-    return pool is not None and await pool.fetchval("SELECT count(*) FROM jobs") == 4
+    return (
+        pool is not None
+        and await pool.fetchval("SELECT count(*) FROM jobs WHERE source = 'config'") == 4
+    )
 
 
 @asynccontextmanager

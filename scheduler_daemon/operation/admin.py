@@ -20,10 +20,11 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from scheduler_daemon.operation import api_models as m
+from scheduler_daemon.operation import job_handlers as jobs
 from scheduler_daemon.operation.api_handlers import Api, Controlled
 from scheduler_daemon.operation.api_models import ApiError, Error
 from scheduler_daemon.operation.openapi import API_KEY_HEADER, Reply, Route, document
-from scheduler_daemon.specs import AdminSpec
+from scheduler_daemon.specs import AdminSpec, JobSpec
 from scheduler_daemon.storage import store
 
 log = structlog.get_logger("scheduler_daemon.operation.admin")
@@ -33,12 +34,13 @@ MAX_BODY = 64 * 1024
 
 
 def _refusal(exc: ApiError) -> web.Response:
-    body = Error.model_validate(
-        {"error": exc.code, "message": exc.message, "problems": exc.problems}
+    problems = [m.Problem(**p) for p in exc.problems] if exc.problems is not None else None
+    body = Error(error=exc.code, message=exc.message, problems=problems)
+    return web.Response(
+        text=body.model_dump_json(exclude_none=True),
+        status=exc.status,
+        content_type="application/json",
     )
-    # `problems` only where there are any: the other refusals keep their two keys.
-    text = body.model_dump_json(by_alias=True, exclude_none=True)
-    return web.Response(text=text, status=exc.status, content_type="application/json")
 
 
 # -- the application -----------------------------------------------------------------------------
@@ -201,6 +203,25 @@ ROUTES: tuple[Route, ...] = (
           summary="One job: redacted spec, next fires, last attempts, statistics",
           replies=(Reply(status=200, description="The job", model=m.JobDetail),),
           errors=(404, 503)),
+    Route(method="POST", path="/jobs", handler=jobs.create_job, body=JobSpec, body_required=True,
+          summary="Create a job kept in the database: its name and the fields of a config job",
+          replies=(Reply(status=201, description="Created and scheduled", model=m.StoredJob),),
+          errors=(403, 409, 413, 422, 503)),
+    Route(method="PUT", path="/jobs/{name}", handler=jobs.replace_job, body=JobSpec,
+          body_required=True, if_match=True,
+          summary="Replace (or create) a job kept in the database",
+          replies=(Reply(status=200, description="Replaced and rescheduled", model=m.StoredJob),
+                   Reply(status=201, description="Created and scheduled", model=m.StoredJob)),
+          errors=(403, 409, 412, 413, 422, 503)),
+    Route(method="PATCH", path="/jobs/{name}", handler=jobs.patch_job, body=m.JobPatch,
+          body_required=True, if_match=True,
+          summary="Change some fields of a job kept in the database (JSON merge patch)",
+          replies=(Reply(status=200, description="Changed and rescheduled", model=m.StoredJob),),
+          errors=(403, 404, 409, 412, 413, 422, 503)),
+    Route(method="DELETE", path="/jobs/{name}", handler=jobs.delete_job, if_match=True,
+          summary="Delete a job kept in the database (a running attempt finishes)",
+          replies=(Reply(status=200, description="Deleted", model=m.Deleted),),
+          errors=(403, 404, 409, 412, 503)),
     Route(method="GET", path="/jobs/{name}/executions", handler=Api.job_executions,
           query=m.HistoryQuery, summary="A job's attempts, newest first (keyset pagination)",
           replies=(Reply(status=200, description="A page", model=m.ExecutionPage),),
@@ -247,11 +268,11 @@ SHUTDOWN_TIMEOUT = 2.0  # at stop: how long requests in flight may finish
 _INFO = {
     "title": "scheduler_daemon admin API",
     "version": "1",
-    "description": "Health, metrics, jobs, execution history, statistics, manual and one-off "
-    "runs, pause and resume. Send `Authorization: Bearer <admin.token>` (or `X-API-Key: "
-    "<admin.token>`) to every endpoint but /healthz, /health and /metrics when a token is "
-    "configured. Every endpoint refuses a query parameter "
-    "it does not take (400 unknown_parameter).",
+    "description": "Health, metrics, jobs (and creating, changing and deleting the ones kept in "
+    "the database), execution history, statistics, manual and one-off runs, pause and resume. "
+    "Send `Authorization: Bearer <admin.token>` (or `X-API-Key: <admin.token>`) to every "
+    "endpoint but /healthz, /health and /metrics when a token is configured. Every endpoint "
+    "refuses a query parameter it does not take (400 unknown_parameter).",
 }
 
 

@@ -28,6 +28,7 @@ from scheduler_daemon.operation.adhoc import (
     default_name,
     shown_spec,
 )
+from scheduler_daemon.operation.api_jobs import ApiJobs
 from scheduler_daemon.operation.api_models import ApiError, InvalidJob
 from scheduler_daemon.operation.metrics import Metrics
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
@@ -52,10 +53,17 @@ RELOAD_FAILED = "see the daemon's log (event reload_failed)"
 class Controlled(Protocol):
     """What the API reads and drives: the running daemon (tests may pass a stand-in)."""
 
-    config: Config
-    reload_error: str | None
     started_at: datetime
     metrics: Metrics
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def api_jobs(self) -> ApiJobs: ...
+
+    @property
+    def reload_error(self) -> str | None: ...
 
     @property
     def scheduler(self) -> Scheduler: ...
@@ -103,6 +111,11 @@ class Api:
             problems.append(f"database unreachable: {recorder.pending} rows buffered")
         if self.t.reload_error:
             problems.append(f"last reload failed: {RELOAD_FAILED}")
+        if self.t.api_jobs.refused:
+            problems.append(
+                f"{len(self.t.api_jobs.refused)} job(s) kept in the database are not run: see the "
+                "daemon's log (event api_job_not_run)"
+            )
         body = m.Health(
             status="degraded" if problems else "ok",
             problems=problems,
@@ -150,19 +163,29 @@ class Api:
             )
             for f in self.t.running(job.name)
         ]
+        stored = self.t.api_jobs.stored.get(job.name)
         body = m.JobDetail(
             **dict(summary),
             spec=job.redacted(),
+            definition=dict(stored.definition) if stored else None,
+            created_at=stored.created_at if stored else None,
+            updated_at=stored.updated_at if stored else None,
             since=since,
             last_attempts=[_execution(r) for r in last] if last is not None else None,
             running_fires=running,
         )
-        return reply(body)
+        response = reply(body)
+        if stored is not None:
+            response.headers["ETag"] = f'"{stored.version}"'
+        return response
 
     def _job_summary(self, job: JobSpec, stats: Row | None, upcoming: int) -> m.Job:
         paused_at = self.t.paused().get(job.name)
+        stored = self.t.api_jobs.stored.get(job.name)
         return m.Job(
             name=job.name,
+            source="api" if stored else "config",
+            version=stored.version if stored else None,
             kind=job.action.kind,
             schedule=self.t.scheduler.describe(job.name),
             schedule_in_words=schedule_in_words(job),
@@ -203,7 +226,7 @@ class Api:
         except queries.BadCursor as exc:
             raise ApiError(400, "bad_cursor", str(exc)) from None
         rows, next_cursor = await queries.executions(
-            self._pool(), where, after=cursor, limit=query.limit
+            self.pool(), where, after=cursor, limit=query.limit
         )
         return reply(
             m.ExecutionPage(
@@ -214,7 +237,7 @@ class Api:
 
     async def stats(self, request: web.Request, query: m.WindowQuery) -> web.Response:
         since = query.start(datetime.now(UTC))
-        pool = self._pool()
+        pool = self.pool()
         kinds = {job.name: job.action.kind for job in self.t.config.jobs}
         per_job = [
             m.JobStatsOfKind.model_validate({**row, "kind": kinds.get(row["job_name"])})
@@ -256,7 +279,7 @@ class Api:
 
     async def trigger(self, request: web.Request, query: m.Query) -> web.Response:
         job = self._job(request)
-        overrides = _overrides(job, await _body(request))
+        overrides = _overrides(job, await body_of(request))
         fire = self.t.trigger(job, overrides)
         if fire is None:
             raise ApiError(
@@ -285,7 +308,7 @@ class Api:
 
     async def _set_paused(self, request: web.Request, paused: bool) -> web.Response:
         job = self._job(request)
-        self._pool()  # refused up front while the database is away: a pause must persist
+        self.pool()  # refused up front while the database is away: a pause must persist
         try:
             paused_at = await self.t.set_paused(job.name, paused)
         except LookupError:
@@ -297,11 +320,11 @@ class Api:
     # -- one-off runs ----------------------------------------------------------------------------
 
     async def list_runs(self, request: web.Request, query: m.RunsQuery) -> web.Response:
-        runs = await queries.list_runs(self._pool(), pending_only=query.pending, limit=query.limit)
+        runs = await queries.list_runs(self.pool(), pending_only=query.pending, limit=query.limit)
         return reply(m.RunList(runs=[self._run(r) for r in runs]))
 
     async def create_run(self, request: web.Request, query: m.Query) -> web.Response:
-        body = await _body(request)
+        body = await body_of(request)
         if body is None or not isinstance(body.get("job"), str | dict):
             raise ApiError(
                 400, "bad_request", 'expected a JSON object with "job": "<name>" or "job": {<job>}'
@@ -322,7 +345,7 @@ class Api:
             setup = dataclasses.replace(setup, job=definition)
         rest = {k: v for k, v in body.items() if k not in ("job", "at", *OPTION_KEYS)}
         overrides = _overrides(job, rest or None)
-        self._pool()
+        self.pool()
         try:
             run = await self.t.create_run(job, at, overrides, setup)
         except queries.TooManyRuns as exc:
@@ -332,7 +355,7 @@ class Api:
     async def _adhoc_job(
         self, body: dict[str, Any], at: datetime, run_id: uuid.UUID
     ) -> tuple[JobSpec, dict[str, Any]]:
-        rules = ApiJobRules.of(self.t.config)
+        rules = self.t.api_jobs.rules
         try:
             # In a thread: a python job's target is imported to check it (its module's code runs).
             job, definition = await asyncio.to_thread(
@@ -340,8 +363,9 @@ class Api:
             )
         except JobProblems as exc:
             raise InvalidJob(exc) from None
-        pool = self._pool()
-        if self.t.config.job(job.name) is not None or await queries.job_exists(pool, job.name):
+        pool = self.pool()
+        taken = self.t.config.job(job.name) is not None or job.name in self.t.api_jobs.stored
+        if taken or await queries.job_exists(pool, job.name):
             raise ApiError(
                 409,
                 "already_exists",
@@ -352,7 +376,7 @@ class Api:
 
     async def get_run(self, request: web.Request, query: m.Query) -> web.Response:
         run_id = _run_id(request)  # a malformed id is a 404 even while the database is away
-        pool = self._pool()
+        pool = self.pool()
         run = await queries.get_run(pool, run_id)
         if run is None:
             raise ApiError(404, "unknown_run", "no such run")
@@ -371,7 +395,7 @@ class Api:
 
     async def cancel_run(self, request: web.Request, query: m.Query) -> web.Response:
         run_id = _run_id(request)
-        self._pool()
+        self.pool()
         run = await self.t.cancel_run(run_id)
         if run is None:
             raise ApiError(404, "unknown_run", "no such run")
@@ -382,7 +406,7 @@ class Api:
     # -- helpers ---------------------------------------------------------------------------------
 
     def _run(self, run: OneOffRun) -> m.Run:
-        return _run(run, ApiJobRules.of(self.t.config))
+        return _run(run, self.t.api_jobs.rules)
 
     def _job(self, request: web.Request) -> JobSpec:
         name = request.match_info["name"]
@@ -391,7 +415,7 @@ class Api:
             raise ApiError(404, "unknown_job", f"no job named {name!r} is configured")
         return job
 
-    def _pool(self) -> asyncpg.Pool:
+    def pool(self) -> asyncpg.Pool:
         pool = self._pool_or_none()
         if pool is None:
             raise ApiError(
@@ -434,7 +458,7 @@ def _run_id(request: web.Request) -> uuid.UUID:
         raise ApiError(404, "unknown_run", "no such run (run ids are UUIDs)") from None
 
 
-async def _body(request: web.Request) -> dict[str, Any] | None:
+async def body_of(request: web.Request) -> dict[str, Any] | None:
     """The JSON object body, or None when there is none."""
     if not request.can_read_body:
         return None

@@ -37,13 +37,15 @@ MAX_WINDOW = 366 * 86400.0
 
 
 class ApiError(Exception):
-    """A refusal with an HTTP status and a stable code; the API answers it as an Error body."""
+    """A refusal with an HTTP status and a stable code; the API answers it as an Error body.
+    ``problems``: each thing wrong with a body, at its place in it (a 422)."""
 
-    problems: list[dict[str, str]] | None = None  # each at its path in the body (Error.problems)
-
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, problems: list[dict[str, str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.problems = problems
 
 
 class InvalidJob(ApiError):
@@ -51,8 +53,8 @@ class InvalidJob(ApiError):
 
     def __init__(self, exc: JobProblems, code: str = "invalid_job", what: str = "job") -> None:
         count = len(exc.problems)
-        super().__init__(422, code, f"the {what} has {count} problem{'s' * (count != 1)}: {exc}")
-        self.problems = exc.as_list()
+        message = f"the {what} has {count} problem{'s' * (count != 1)}: {exc}"
+        super().__init__(422, code, message, exc.as_list())
 
 
 # -- value types ---------------------------------------------------------------------------------
@@ -252,7 +254,8 @@ class Error(Body):
     error: str = Field(description="a stable code, e.g. unknown_job or bad_parameter")
     message: str = Field(description="for humans")
     problems: list[Problem] | None = Field(
-        None, description="422 invalid_job, invalid_options: every problem (absent otherwise)"
+        default=None,
+        description="an invalid body (422 invalid_job, invalid_options): every problem in it",
     )
 
 
@@ -292,8 +295,13 @@ class JobStats(Body):
     last_finished_at: Instant | None
 
 
+Source = Literal["config", "api"]
+
+
 class Job(Body):
     name: str
+    source: Source = Field(description="config: the config file's; api: kept in the database")
+    version: int | None = Field(description="an API job's version (its ETag); null: config")
     kind: Kind
     schedule: str | None
     schedule_in_words: str
@@ -344,6 +352,13 @@ class RunningFire(Body):
 
 class JobDetail(Job):
     spec: dict[str, Any] = Field(description="the job as configured, secrets redacted")
+    definition: dict[str, Any] | None = Field(
+        default=None,
+        description='an API job as written (what PUT takes; secrets as {"env": NAME}); null: '
+        "config",
+    )
+    created_at: Instant | None = None
+    updated_at: Instant | None = None
     since: Instant
     last_attempts: list[Execution] | None
     running_fires: list[RunningFire]
@@ -453,6 +468,32 @@ class Overrides(Body):
     args: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, str | float] = Field(default_factory=dict)
     json_body: Any = Field(None, alias="json")
+
+
+class StoredJob(Body):
+    """An API job as stored, after a write."""
+
+    name: str
+    source: Source
+    version: int
+    created_at: Instant
+    updated_at: Instant
+    definition: dict[str, Any] = Field(description='as written; secrets as {"env": NAME}')
+    spec: dict[str, Any] = Field(description="the job with every default, secrets redacted")
+    next_fires: list[Instant]
+
+
+class Deleted(Body):
+    name: str
+    deleted: bool
+    version: int = Field(description="the version the deletion made")
+
+
+class JobPatch(BaseModel):
+    """A JSON merge patch (RFC 7396) over the job as written: a member replaces the field (a
+    mapping merges into it), null removes it."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 class RunRequest(Overrides):

@@ -12,18 +12,19 @@ import asyncio
 import gc
 import signal
 import uuid
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import structlog
 from aiohttp import web
 
-from scheduler_daemon.errors import AdminUnavailable, ConfigError, SchedulerDaemonError
+from scheduler_daemon.errors import AdminUnavailable, SchedulerDaemonError
 from scheduler_daemon.operation import admin
+from scheduler_daemon.operation.api_jobs import ApiJobs, follow_changes
 from scheduler_daemon.operation.instance import DatabaseLock, StateLock
+from scheduler_daemon.operation.job_set import JobSet
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.operation.next_runs import keep_next_runs_current
 from scheduler_daemon.operation.notify import Notifier
@@ -31,10 +32,7 @@ from scheduler_daemon.operation.oneoff import OneOffRuns
 from scheduler_daemon.operation.pauses import Pauses, watch_controls
 from scheduler_daemon.operation.recovery import Recovery
 from scheduler_daemon.operation.reload import (
-    ReloadPlan,
     load_checked,
-    load_for_reload,
-    plan_reload,
 )
 from scheduler_daemon.operation.stop_budget import FLUSH_TIMEOUT, stop_budget
 from scheduler_daemon.running.actions import ActionCache, HttpClient
@@ -43,9 +41,6 @@ from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire, Runner
 from scheduler_daemon.specs import Config, JobSpec
-from scheduler_daemon.specs.api_job import ApiJobRules
-from scheduler_daemon.specs.pytargets import use_python_path
-from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.queries import OneOffRun, RunSetup
@@ -60,12 +55,10 @@ log = structlog.get_logger("scheduler_daemon.operation.daemon")
 
 class Daemon:
     def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
-        self.config = config
         self._clock: Clock = clock or SystemClock()
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
         self._notify = Notifier()
-        self.reload_error: str | None = None  # why the last reload was refused, if it was
         self.started_at = datetime.now(UTC)
         self.metrics = Metrics()
         self._admin: web.AppRunner | None = None
@@ -104,7 +97,7 @@ class Daemon:
             database=self.database,
             job=lambda name: self.config.job(name),
             submit=self._runner.submit,
-            rules=lambda: ApiJobRules.of(self.config),
+            rules=lambda: self.jobs.api.rules,
         )
         self._recovery = Recovery(
             clock=self._clock,
@@ -114,7 +107,7 @@ class Daemon:
             jobs=lambda: self.config.jobs,
             pauses=self._pauses,
             runs=self._oneoff,
-            sync_jobs=self._sync_jobs,
+            sync_jobs=lambda pool: self.jobs.sync(pool),
             starts=self._starts,
         )
         # One daemon per state_dir and per database, settled before recovery touches a row.
@@ -122,12 +115,21 @@ class Daemon:
         self._database_lock = DatabaseLock(lambda: self.database.dsn, on_lost=self._give_up)
         self._schema = Upgrades(on_refused=self._give_up)  # a newer schema, a refused migration
         self._fatal: SchedulerDaemonError | None = None  # why the daemon stopped itself
-        self.database.on_connect(self._database_lock.on_connect)  # before any schema change
-        self.database.on_connect(self._schema.on_connect)
-        self.database.on_connect(self._recovery.on_connect)
         self._scheduler = Scheduler(
             clock=self._clock, dispatch=self._dispatch, on_jump=self._recovery.on_clock_jump
         )
+        self.jobs = JobSet(
+            config,
+            clock=self._clock,
+            scheduler=self._scheduler,
+            limiter=self._limiter,
+            metrics=self.metrics,
+            database=self.database,
+        )
+        self.database.on_connect(self._database_lock.on_connect)  # before any schema change
+        self.database.on_connect(self._schema.on_connect)
+        self.database.on_connect(self.api_jobs.reread)  # before recovery: it catches them up
+        self.database.on_connect(self._recovery.on_connect)
         self.metrics.live = self._live_state()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -143,6 +145,7 @@ class Daemon:
                 if self._database_lock.held:  # reachable: an unusable schema refuses the start
                     await self._schema.at_start(self.database.dsn)
                 self._pauses.load_cache()  # before any connection brings the database's view
+                await self.jobs.start(database_reached=self._database_lock.held)
                 await self._start_admin()
                 await self._starts.start()
                 self._start_schedule()
@@ -225,6 +228,12 @@ class Daemon:
                 self._clock, lambda: self._runner.attempts_started
             ),
             "announce-running": self._runner.announce_running_every(),
+            "follow-api-jobs": follow_changes(
+                clock=self._clock,
+                dsn=lambda: self.database.dsn,
+                ready=lambda: self._recovery.done and self.database.pool is not None,
+                reread=self.jobs.reread,
+            ),
             "next-runs": keep_next_runs_current(
                 clock=self._clock,
                 database=self.database,
@@ -289,21 +298,6 @@ class Daemon:
 
     # -- the database --------------------------------------------------------------------------
 
-    async def _sync_jobs(
-        self,
-        pool: asyncpg.Pool | None = None,
-        *,
-        changed: Sequence[JobSpec] | None = None,
-        removed: Sequence[str] | None = None,
-    ) -> None:
-        """Mirror the jobs in the database: all of them, or after a reload just what changed."""
-        pool = pool or self.database.pool
-        if pool is None:
-            return  # not connected: the next connection syncs the then-current jobs
-        jobs = self.config.jobs if changed is None else changed
-        next_runs = {job.name: self._scheduler.next_fire(job.name) for job in jobs}
-        await store.sync_jobs(pool, jobs, next_runs, removed=removed)
-
     # -- signals and reload --------------------------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
@@ -320,80 +314,26 @@ class Daemon:
             log.info("stop_requested", signal=why)
 
     async def reload(self) -> bool:
-        """Re-read the config file; apply it only if it is entirely valid.
-
-        Any exception while loading or applying is a failed reload: the old schedule stays and
-        the daemon keeps running (under Restart=on-failure a crash here would keep it down)."""
+        """Re-read the config file; apply it only if it is entirely valid (job_set.py)."""
         self._notify.reloading()
         try:
-            began = self._clock.monotonic()
-            try:
-                new = await asyncio.to_thread(load_for_reload, self.config.path)
-            except ConfigError as exc:
-                return self._reload_failed(exc.problems)
-            except Exception as exc:
-                log.exception("reload_load_crashed")
-                return self._reload_failed([f"unexpected {type(exc).__name__} while loading"])
-            loaded = self._clock.monotonic()
-            old = self.config
-            plan = plan_reload(old, new)
-            try:
-                await self._apply(plan)
-            except Exception as exc:
-                log.exception("reload_apply_crashed")
-                self._restore(old, plan)
-                return self._reload_failed([f"unexpected {type(exc).__name__} while applying"])
-            self.reload_error = None
-            self.metrics.reloads["succeeded"] += 1
-            log.info(
-                "reload_succeeded",
-                added=len(plan.added),
-                removed=len(plan.removed),
-                changed=len(plan.changed),
-                load_s=round(loaded - began, 3),
-                apply_s=round(self._clock.monotonic() - loaded, 3),
-            )
-            return True
+            return await self.jobs.reload()
         finally:
             self._notify.ready(self.status_line())
 
-    def _reload_failed(self, problems: list[str]) -> bool:
-        self.reload_error = f"{len(problems)} error(s): {problems[0]}"
-        self.metrics.reloads["failed"] += 1
-        log.error("reload_failed", problems=problems)
-        return False
-
-    def _restore(self, old: Config, plan: ReloadPlan) -> None:
-        """Undo a partly applied plan: every job it touched goes back to its old spec."""
-        now = self._now()
-        for name in (*plan.added, *plan.changed, *plan.removed):
-            job = old.job(name)
-            if job is None:
-                self._scheduler.remove(name)
-            else:
-                self._scheduler.add(job, after=now)
-        self._limiter.resize(old.max_concurrency)
-        use_python_path(old.python_path)  # loading the new config put its own on sys.path
-        self.config = old
-
-    async def _apply(self, plan: ReloadPlan) -> None:
-        if plan.restart_only:
-            log.warning("reload_needs_restart", settings=list(plan.restart_only))
-        now = self._now()
-        for name in plan.removed:
-            self._scheduler.remove(name)
-            self.metrics.forget_job(name)
-        scheduled = plan.scheduled()
-        for job in scheduled:
-            self._scheduler.add(job, after=now)
-        self._limiter.resize(plan.config.max_concurrency)
-        self.config = plan.config
-        try:
-            await self._sync_jobs(changed=scheduled, removed=plan.removed)
-        except store.DB_ERRORS as exc:
-            log.warning("jobs_sync_failed", error=str(exc))  # retried at the next connection
-
     # -- operator controls (the admin API's ``Controlled``) ------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self.jobs.config
+
+    @property
+    def reload_error(self) -> str | None:
+        return self.jobs.reload_error
+
+    @property
+    def api_jobs(self) -> ApiJobs:
+        return self.jobs.api
 
     @property
     def scheduler(self) -> Scheduler:

@@ -24,9 +24,12 @@ ERRORS = {
     401: "Missing or wrong token (Authorization: Bearer or X-API-Key)",
     403: "Changes are refused: no admin.token is configured",
     404: "No such job or run",
-    409: "Conflict: the fire did not start, the run already started, or the name is taken",
+    409: "Conflict: the fire did not start, the run already started, or the job is the config "
+    "file's (defined_in_config) or exists already (a job or an ad-hoc run's job)",
+    412: "If-Match names another version of the job (version_mismatch): read it again",
     413: "The body is larger than 64 KiB",
-    422: "The job (or the run's options) does not hold: `problems` lists each at its path",
+    422: "The job in the body (or a run's options) is invalid: every problem is listed in "
+    "`problems`",
     429: "Too many one-off runs pending (of the job, or in all): wait until some start",
     503: "The database is unavailable",
 }
@@ -37,6 +40,13 @@ SECURITY_SCHEMES = {
     "apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
 }
 _PATH_PARAMETERS = {"name": "job name", "id": "run id"}
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": r'^(W/)?"?[0-9]+"?$'},
+    "description": 'the job\'s version as its ETag gave it ("3"): refused (412) if it changed',
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +72,7 @@ class Route:
     body_required: bool = False
     errors: tuple[int, ...] = ()  # besides 400 (every route checks its query) and 401
     open: bool = False  # answered without the token
+    if_match: bool = False  # takes If-Match: a job's version
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -102,6 +113,8 @@ def _operation(
         operation["security"] = []
     parameters = [_path_parameter(name) for name in re.findall(r"{(\w+)}", route.path)]
     parameters += [_query_parameter(n, s) for n, s in query.get("properties", {}).items()]
+    if route.if_match:
+        parameters.append(_IF_MATCH)
     if parameters:
         operation["parameters"] = parameters
     if route.body is not None:

@@ -106,7 +106,8 @@ async def sync_jobs(
     *,
     removed: Sequence[str] | None = None,
 ) -> None:
-    """Make ``jobs`` mirror the configuration: upsert every job, mark the others removed.
+    """Make ``jobs`` mirror the config file: upsert every job, mark the file's others removed
+    (the API's jobs' rows are written by the API: job_store.py).
 
     A removed job's row stays, marked ``removed_at`` (its executions stay too): a job that comes
     back (a config switched back, a job renamed back) keeps its last instants and catches up.
@@ -117,14 +118,18 @@ async def sync_jobs(
     rows = await asyncio.to_thread(_job_rows, jobs, next_runs)
     async with pool.acquire() as conn, conn.transaction():
         await conn.executemany(
+            # A live API job's row is the API's (a daemon never schedules a file job of its name);
+            # a removed one's is taken over.
             """INSERT INTO jobs (name, spec, enabled, next_run_at, updated_at)
                VALUES ($1, $2::jsonb, $3, $4, now())
                ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, enabled = EXCLUDED.enabled,
-                   next_run_at = EXCLUDED.next_run_at, updated_at = now(), removed_at = NULL""",
+                   next_run_at = EXCLUDED.next_run_at, updated_at = now(), removed_at = NULL,
+                   source = 'config', definition = NULL
+               WHERE jobs.source = 'config' OR jobs.removed_at IS NOT NULL""",
             rows,
         )
         mark = """UPDATE jobs SET removed_at = now(), next_run_at = NULL, updated_at = now()
-                  WHERE removed_at IS NULL AND """
+                  WHERE removed_at IS NULL AND source = 'config' AND """
         if removed is None:
             await conn.execute(mark + "NOT (name = ANY($1::text[]))", [job.name for job in jobs])
         elif removed:

@@ -22,10 +22,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from scheduler_daemon.operation import api_models
 from scheduler_daemon.operation.admin import ROUTES, build_app, spec
+from scheduler_daemon.operation.api_jobs import ApiJobs
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Fire
 from scheduler_daemon.specs import AdminSpec, Config, JobSpec, load_config
+from scheduler_daemon.specs.api_job import ApiJobRules
 from scheduler_daemon.storage.queries import OneOffRun, RunSetup
 from tests.helpers import ADMIN_TOKEN, AUTH, ENV, T, write_config
 
@@ -58,6 +60,7 @@ class StubDaemon:
     scheduler: _Scheduler = field(default_factory=_Scheduler)
     recorder: _Recorder = field(default_factory=_Recorder)
     refuse_fires: bool = False
+    api_jobs: ApiJobs = field(default_factory=lambda: _no_api_jobs())
     triggered: list[tuple[str, Mapping[str, Any] | None]] = field(default_factory=list)
 
     def running(self, job: str) -> list[Fire]:
@@ -86,6 +89,18 @@ class StubDaemon:
 
     async def cancel_run(self, run_id: uuid.UUID) -> OneOffRun | None:
         raise AssertionError("the API asks for the database before cancelling a run")
+
+
+def _no_api_jobs() -> ApiJobs:
+    async def nothing() -> None:
+        return None
+
+    return ApiJobs(
+        rules=ApiJobRules(kinds=frozenset(), env=frozenset(), timezone="UTC"),
+        cache=Path("/nonexistent/api_jobs.json"),
+        taken=lambda: (),
+        on_change=nothing,
+    )
 
 
 def _stub(tmp_path: Path, *, token: str | None = "${ADMIN_TOKEN}") -> StubDaemon:
@@ -449,8 +464,9 @@ async def test_health_is_degraded_when_the_database_is_away_or_a_reload_failed(a
 # The public contract (README, operation/control.py): these paths and methods, and no others.
 CONTRACT = {
     ("get", "/healthz"), ("get", "/health"), ("get", "/metrics"), ("get", "/openapi.json"),
-    ("get", "/jobs"),
-    ("get", "/jobs/{name}"), ("get", "/jobs/{name}/executions"), ("post", "/jobs/{name}/trigger"),
+    ("get", "/jobs"), ("post", "/jobs"), ("put", "/jobs/{name}"), ("patch", "/jobs/{name}"),
+    ("delete", "/jobs/{name}"), ("get", "/jobs/{name}"), ("get", "/jobs/{name}/executions"),
+    ("post", "/jobs/{name}/trigger"),
     ("post", "/jobs/{name}/pause"), ("post", "/jobs/{name}/resume"), ("get", "/executions"),
     ("get", "/stats"), ("get", "/runs"), ("post", "/runs"), ("get", "/runs/{id}"),
     ("delete", "/runs/{id}"),

@@ -117,7 +117,7 @@ async def test_any_exception_while_loading_is_a_failed_reload(
     def broken(path: Path) -> None:
         raise ValueError("day is out of range for month")
 
-    monkeypatch.setattr("scheduler_daemon.operation.daemon.load_for_reload", broken)
+    monkeypatch.setattr("scheduler_daemon.operation.job_set.load_for_reload", broken)
     with capture_logs() as logs:
         assert await daemon.reload() is False
     [failed] = [e for e in logs if e["event"] == "reload_failed"]

@@ -16,7 +16,7 @@ def test_a_failed_reload_is_named_without_quoting_the_config(tmp_path: Path) -> 
     )
     daemon = Daemon(load_config(path), clock=FakeClock())
     assert "FAILED" not in daemon.status_line()
-    daemon.reload_error = (
+    daemon.jobs.reload_error = (
         "1 error(s): config.yaml:3: jobs.a.env.TOKEN: expected a string, got 31337"
     )
     line = daemon.status_line()

@@ -1,0 +1,189 @@
+"""The jobs the daemon runs — the config file's and the database's — and every change to them.
+
+A SIGHUP reload and a write to the database's jobs (api_jobs.py) are applied the same way: the
+running config is compared with the new one (``plan_reload``); added and changed jobs are
+(re)scheduled — an unchanged one keeps its next fire — and removed ones unscheduled (an attempt
+already running finishes); then the file's rows in ``jobs`` are synced. A reload is all or
+nothing: one that fails to load or to apply leaves the old schedule running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from scheduler_daemon.errors import ConfigError
+from scheduler_daemon.operation.api_jobs import ApiJobs, name_taken
+from scheduler_daemon.operation.metrics import Metrics
+from scheduler_daemon.operation.reload import (
+    ReloadPlan,
+    load_for_reload,
+    plan_reload,
+    with_api_jobs,
+)
+from scheduler_daemon.running.limiter import Limiter
+from scheduler_daemon.specs import Config, JobSpec
+from scheduler_daemon.specs.api_job import ApiJobRules
+from scheduler_daemon.specs.pytargets import use_python_path
+from scheduler_daemon.storage import store
+from scheduler_daemon.storage.database import Database
+from scheduler_daemon.timing.clock import Clock
+from scheduler_daemon.timing.scheduler import Scheduler
+
+log = structlog.get_logger("scheduler_daemon.operation.job_set")
+
+
+class JobSet:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock,
+        scheduler: Scheduler,
+        limiter: Limiter,
+        metrics: Metrics,
+        database: Database,
+    ) -> None:
+        self.config = config  # what runs: the file's settings and jobs, then the database's jobs
+        self.file_names = frozenset(job.name for job in config.jobs)
+        self.reload_error: str | None = None  # why the last reload was refused, if it was
+        self._clock = clock
+        self._scheduler = scheduler
+        self._limiter = limiter
+        self._metrics = metrics
+        self._database = database
+        self.api = ApiJobs(
+            rules=ApiJobRules.of(config),
+            cache=config.state_dir / "api_jobs.json",
+            taken=lambda: self.file_names,
+            on_change=self._api_jobs_changed,
+        )
+
+    async def start(self, *, database_reached: bool) -> None:
+        """Before the first fire: the database's jobs join the file's (the copy under state_dir
+        when the database is away)."""
+        if not database_reached:
+            await self.api.start(None, self.config.path)
+        else:
+            async with self._database.connection() as conn:
+                await self.api.start(conn, self.config.path)
+        self.config = with_api_jobs(self.config, self.file_names, self.api.specs)
+
+    async def reread(self) -> None:
+        """The database's jobs as another process may have changed them."""
+        if self._database.pool is not None:
+            await self.api.reread(self._database.pool)
+
+    async def sync(
+        self,
+        pool: asyncpg.Pool | None = None,
+        *,
+        changed: Sequence[JobSpec] | None = None,
+        removed: Sequence[str] | None = None,
+    ) -> None:
+        """Mirror the file's jobs in the database: all of them, or after a reload what changed
+        (the API writes its own jobs' rows)."""
+        pool = pool or self._database.pool
+        if pool is None:
+            return  # not connected: the next connection syncs the then-current jobs
+        jobs = [
+            job
+            for job in (self.config.jobs if changed is None else changed)
+            if job.name in self.file_names
+        ]
+        next_runs = {job.name: self._scheduler.next_fire(job.name) for job in jobs}
+        await store.sync_jobs(pool, jobs, next_runs, removed=removed)
+
+    # -- reload ----------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config file; apply it only if it is entirely valid.
+
+        Any exception while loading or applying is a failed reload: the old schedule stays and
+        the daemon keeps running (under Restart=on-failure a crash here would keep it down)."""
+        began = self._clock.monotonic()
+        try:
+            new = await asyncio.to_thread(load_for_reload, self.config.path)
+        except ConfigError as exc:
+            return self._reload_failed(exc.problems)
+        except Exception as exc:
+            log.exception("reload_load_crashed")
+            return self._reload_failed([f"unexpected {type(exc).__name__} while loading"])
+        loaded = self._clock.monotonic()
+        clashes = sorted(self.api.stored.keys() & {job.name for job in new.jobs})
+        if clashes:
+            taken = [f"{new.path}: {name_taken(n, 'created through the API')}" for n in clashes]
+            return self._reload_failed(taken)
+        old, old_names = self.config, self.file_names
+        # Set before applying: an API change applied meanwhile keeps the new file's jobs.
+        self.file_names = frozenset(job.name for job in new.jobs)
+        plan = plan_reload(old, with_api_jobs(new, self.file_names, self.api.specs))
+        try:
+            await self._apply(plan)
+        except Exception as exc:
+            log.exception("reload_apply_crashed")
+            self.file_names = old_names
+            self._restore(old, plan)
+            return self._reload_failed([f"unexpected {type(exc).__name__} while applying"])
+        await self.api.retake()  # a database job the file held until now may run
+        self.reload_error = None
+        self._metrics.reloads["succeeded"] += 1
+        log.info(
+            "reload_succeeded",
+            added=len(plan.added),
+            removed=len(plan.removed),
+            changed=len(plan.changed),
+            load_s=round(loaded - began, 3),
+            apply_s=round(self._clock.monotonic() - loaded, 3),
+        )
+        return True
+
+    def _reload_failed(self, problems: list[str]) -> bool:
+        self.reload_error = f"{len(problems)} error(s): {problems[0]}"
+        self._metrics.reloads["failed"] += 1
+        log.error("reload_failed", problems=problems)
+        return False
+
+    def _restore(self, old: Config, plan: ReloadPlan) -> None:
+        """Undo a partly applied plan: every job it touched goes back to its old spec."""
+        now = self._now()
+        for name in (*plan.added, *plan.changed, *plan.removed):
+            job = old.job(name)
+            if job is None:
+                self._scheduler.remove(name)
+            else:
+                self._scheduler.add(job, after=now)
+        self._limiter.resize(old.max_concurrency)
+        use_python_path(old.python_path)  # loading the new config put its own on sys.path
+        self.config = old
+
+    # -- applying --------------------------------------------------------------------------------
+
+    async def _api_jobs_changed(self) -> None:
+        """Schedule the database's jobs as they now are: a reload of just those jobs."""
+        new = with_api_jobs(self.config, self.file_names, self.api.specs)
+        await self._apply(plan_reload(self.config, new))
+
+    async def _apply(self, plan: ReloadPlan) -> None:
+        if plan.restart_only:
+            log.warning("reload_needs_restart", settings=list(plan.restart_only))
+        now = self._now()
+        for name in plan.removed:
+            self._scheduler.remove(name)
+            self._metrics.forget_job(name)
+        scheduled = plan.scheduled()
+        for job in scheduled:
+            self._scheduler.add(job, after=now)
+        self._limiter.resize(plan.config.max_concurrency)
+        self.config = plan.config
+        try:
+            await self.sync(changed=scheduled, removed=plan.removed)
+        except store.DB_ERRORS as exc:
+            log.warning("jobs_sync_failed", error=str(exc))  # retried at the next connection
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.time(), UTC)
