@@ -108,6 +108,13 @@ async def test_an_adhoc_job_cannot_take_an_existing_jobs_name(
         "POST", "/runs", json={"job": echo_job(target[0], name="greet")}
     )
     assert (status, body["error"]) == (409, "already_exists")
+    api_job = {"name": "kept", "every": "1h", "http": {"url": f"{target[0]}/echo"}}
+    status, _ = await adhoc_api.call("POST", "/jobs", json=api_job)
+    assert status == 201
+    status, body = await adhoc_api.call(
+        "POST", "/runs", json={"job": echo_job(target[0], name="kept")}
+    )
+    assert (status, body["error"]) == (409, "already_exists")  # an API job's name too
     status, body = await adhoc_api.call(
         "POST", "/runs", json={"job": echo_job(target[0], name="mine")}
     )
