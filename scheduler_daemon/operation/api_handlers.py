@@ -7,8 +7,6 @@ is all a handler may touch of the daemon, so tests can pass a stand-in.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -22,20 +20,16 @@ from pydantic import BaseModel
 
 from scheduler_daemon.operation import api_models as m
 from scheduler_daemon.operation.adhoc import (
-    OPTION_KEYS,
-    RunOptions,
-    adhoc_job,
-    default_name,
     shown_spec,
 )
 from scheduler_daemon.operation.api_jobs import ApiJobs
-from scheduler_daemon.operation.api_models import ApiError, InvalidJob
+from scheduler_daemon.operation.api_models import ApiError
 from scheduler_daemon.operation.metrics import Metrics
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
 from scheduler_daemon.running.records import FireKind, Status
 from scheduler_daemon.running.runner import Fire
 from scheduler_daemon.specs import Config, JobSpec
-from scheduler_daemon.specs.api_job import ApiJobRules, JobProblems
+from scheduler_daemon.specs.api_job import ApiJobRules
 from scheduler_daemon.storage import queries
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
@@ -279,7 +273,7 @@ class Api:
 
     async def trigger(self, request: web.Request, query: m.Query) -> web.Response:
         job = self._job(request)
-        overrides = _overrides(job, await body_of(request))
+        overrides = overrides_of(job, await body_of(request))
         fire = self.t.trigger(job, overrides)
         if fire is None:
             raise ApiError(
@@ -321,58 +315,7 @@ class Api:
 
     async def list_runs(self, request: web.Request, query: m.RunsQuery) -> web.Response:
         runs = await queries.list_runs(self.pool(), pending_only=query.pending, limit=query.limit)
-        return reply(m.RunList(runs=[self._run(r) for r in runs]))
-
-    async def create_run(self, request: web.Request, query: m.Query) -> web.Response:
-        body = await body_of(request)
-        if body is None or not isinstance(body.get("job"), str | dict):
-            raise ApiError(
-                400, "bad_request", 'expected a JSON object with "job": "<name>" or "job": {<job>}'
-            )
-        at = _at(body.get("at")) or datetime.now(UTC)
-        options = {k: body[k] for k in OPTION_KEYS if body.get(k) is not None}
-        try:
-            RunOptions.of(options)
-        except JobProblems as exc:
-            raise InvalidJob(exc, "invalid_options", "run's options") from None
-        setup = queries.RunSetup(options=options or None)
-        if isinstance(body["job"], str):
-            job = self.t.config.job(body["job"])
-            if job is None:
-                raise ApiError(404, "unknown_job", f"no job named {body['job']!r} is configured")
-        else:
-            job, definition = await self._adhoc_job(body["job"], at, setup.id)
-            setup = dataclasses.replace(setup, job=definition)
-        rest = {k: v for k, v in body.items() if k not in ("job", "at", *OPTION_KEYS)}
-        overrides = _overrides(job, rest or None)
-        self.pool()
-        try:
-            run = await self.t.create_run(job, at, overrides, setup)
-        except queries.TooManyRuns as exc:
-            raise ApiError(429, "too_many_runs", str(exc)) from None
-        return reply(self._run(run), status=201)
-
-    async def _adhoc_job(
-        self, body: dict[str, Any], at: datetime, run_id: uuid.UUID
-    ) -> tuple[JobSpec, dict[str, Any]]:
-        rules = self.t.api_jobs.rules
-        try:
-            # In a thread: a python job's target is imported to check it (its module's code runs).
-            job, definition = await asyncio.to_thread(
-                adhoc_job, body, at, rules, default=default_name(run_id), check_target=True
-            )
-        except JobProblems as exc:
-            raise InvalidJob(exc) from None
-        pool = self.pool()
-        taken = self.t.config.job(job.name) is not None or job.name in self.t.api_jobs.stored
-        if taken or await queries.job_exists(pool, job.name):
-            raise ApiError(
-                409,
-                "already_exists",
-                f'a job named {job.name!r} exists already: run it with "job": {job.name!r}, '
-                "or give this run's job another name",
-            )
-        return job, definition
+        return reply(m.RunList(runs=[self.run_body(r) for r in runs]))
 
     async def get_run(self, request: web.Request, query: m.Query) -> web.Response:
         run_id = _run_id(request)  # a malformed id is a 404 even while the database is away
@@ -381,7 +324,7 @@ class Api:
         if run is None:
             raise ApiError(404, "unknown_run", "no such run")
         outcome = await self._outcome(pool, run) if run.state == "started" else None
-        return reply(m.RunDetail(**dict(self._run(run)), outcome=outcome))
+        return reply(m.RunDetail(**dict(self.run_body(run)), outcome=outcome))
 
     async def _outcome(self, pool: asyncpg.Pool, run: OneOffRun) -> m.RunOutcome | None:
         row = await queries.run_outcome(pool, run.id)
@@ -401,11 +344,11 @@ class Api:
             raise ApiError(404, "unknown_run", "no such run")
         if run.state == "started":
             raise ApiError(409, "already_started", "the run has started; it cannot be cancelled")
-        return reply(self._run(run))
+        return reply(self.run_body(run))
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _run(self, run: OneOffRun) -> m.Run:
+    def run_body(self, run: OneOffRun) -> m.Run:
         return _run(run, self.t.api_jobs.rules)
 
     def _job(self, request: web.Request) -> JobSpec:
@@ -476,14 +419,14 @@ async def body_of(request: web.Request) -> dict[str, Any] | None:
     return data
 
 
-def _overrides(job: JobSpec, body: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def overrides_of(job: JobSpec, body: Mapping[str, Any] | None) -> dict[str, Any] | None:
     try:
         return runner_overrides(job, body)
     except BadOverrides as exc:
         raise ApiError(400, "bad_overrides", str(exc)) from None
 
 
-def _at(value: Any) -> datetime | None:
+def instant_of(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
     try:
