@@ -20,7 +20,7 @@ import functools
 import os
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -135,6 +135,25 @@ class OneOffRuns:
             if task is not None:
                 task.cancel()
         return run
+
+    async def resumable(
+        self, db: Db, fire_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[JobSpec, dict[str, Any] | None]]:
+        """Of ``fire_ids`` (abandoned manual attempts), those of runs: each one's job as it
+        starts (an ad-hoc run's own, its options applied) and its overrides, so that its next
+        attempt runs what the first ran. A run that no longer builds is left out (logged)."""
+        resumable: dict[uuid.UUID, tuple[JobSpec, dict[str, Any] | None]] = {}
+        for run in await queries.runs_by_id(db, fire_ids) if fire_ids else []:
+            configured = self._job(run.job_name)
+            if configured is None and run.job is None:
+                continue  # its job is gone: not retried, as any job's
+            try:
+                job = self._run_job(run, configured)
+                resumable[run.id] = (job, _checked_overrides(job, run))
+            except (BadOverrides, JobProblems) as exc:
+                log.warning("abandoned_run_not_retried", run_id=str(run.id), job=run.job_name,
+                            why=str(exc))  # fmt: skip
+        return resumable
 
     def pending(self) -> int:
         return len(self._waiting)

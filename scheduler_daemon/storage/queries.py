@@ -325,6 +325,11 @@ async def get_run(db: Db, run_id: uuid.UUID) -> OneOffRun | None:
     return OneOffRun.from_row(row) if row else None
 
 
+async def runs_by_id(db: Db, run_ids: Sequence[uuid.UUID]) -> list[OneOffRun]:
+    rows = await db.fetch(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = any($1)", list(run_ids))
+    return [OneOffRun.from_row(r) for r in rows]
+
+
 async def run_outcome(db: Db, run_id: uuid.UUID) -> asyncpg.Record | None:
     """How a run's fire went so far (its executions carry the run's id as fire_id): the number
     of attempts, the first one's start and the last one's outcome; None before any is recorded."""

@@ -13,12 +13,16 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from scheduler_daemon.running.records import FireKind, Status
+from scheduler_daemon.storage import store
 from tests.helpers import (
     Running,
+    T,
     free_port,
     listening,
     next_event,
     query_value,
+    rec,
     running_daemon,
     wait_until,
     write_config,
@@ -224,3 +228,47 @@ async def test_stored_adhoc_runs_are_checked_like_the_apis_and_under_todays_rule
     assert refused["owned"].startswith("shell: `shell` jobs cannot be created")
     assert "configured now" in refused["greet"] and "no schedule" in refused["sched"]
     assert refused["opts"].startswith("priority:") and "looks like a secret" in refused["clear"]
+
+
+async def test_an_abandoned_attempt_of_a_run_is_resumed_with_what_the_run_ran(
+    tmp_path: Path,
+    database_url: str,
+    target: tuple[str, list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process killed mid-attempt: the next attempt of an ad-hoc run is its own job's, and a
+    configured job's run keeps its overrides and its own retry (greet has no retry of its own)."""
+    monkeypatch.setenv("ADHOC_TOKEN", SECRET)
+    path, base = adhoc_config(tmp_path, database_url, target[0])
+    path.write_text("node: n1\n" + path.read_text())
+    adhoc_id, greet_id = uuid.uuid4(), uuid.uuid4()
+    running = {"status": Status.RUNNING, "finished_at": None, "duration_ms": None}
+    pool: asyncpg.Pool = await store.connect(database_url)
+    try:
+        await pool.execute(
+            """INSERT INTO runs (id, job_name, run_at, overrides, job, options, started_at)
+               VALUES ($1, 'lost', $3, NULL, $4::jsonb, $5::jsonb, $3),
+                      ($2, 'greet', $3, $6::jsonb, NULL, $5::jsonb, $3)""",
+            adhoc_id,
+            greet_id,
+            T,
+            json.dumps(echo_job(target[0])),
+            json.dumps({"retry": {"attempts": 2}}),
+            json.dumps({"name": "resumed"}),
+        )
+        rows = [
+            rec("lost", fire_id=adhoc_id, trigger=FireKind.MANUAL, **running),
+            rec("greet", fire_id=greet_id, trigger=FireKind.MANUAL, **running),
+        ]
+        async with pool.acquire() as conn:
+            await store.write_executions(conn, rows)
+    finally:
+        await pool.close()
+    async with running_daemon(path, base):
+        sql = "SELECT count(*) = 2 FROM executions WHERE attempt = 2 AND status = 'succeeded'"
+        await wait_until(lambda: query_value(database_url, sql))
+    output = await query_value(
+        database_url, "SELECT output FROM executions WHERE fire_id = $1 AND attempt = 2", greet_id
+    )
+    assert output == "hello resumed"
+    assert [seen["auth"] for seen in target[1]] == [SECRET]  # the ad-hoc job's request
