@@ -7,6 +7,7 @@ is all a handler may touch of the daemon, so tests can pass a stand-in.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -315,7 +316,9 @@ class Api:
 
     async def list_runs(self, request: web.Request, query: m.RunsQuery) -> web.Response:
         runs = await queries.list_runs(self.pool(), pending_only=query.pending, limit=query.limit)
-        return reply(m.RunList(runs=[self.run_body(r) for r in runs]))
+        # In a thread: an ad-hoc run's spec is its job built again (~0.2 ms; 500 in a page).
+        bodies = await asyncio.to_thread(lambda: [self.run_body(r) for r in runs])
+        return reply(m.RunList(runs=bodies))
 
     async def get_run(self, request: web.Request, query: m.Query) -> web.Response:
         run_id = _run_id(request)  # a malformed id is a 404 even while the database is away
