@@ -24,7 +24,7 @@ from scheduler_daemon.errors import (
     StateDirUnusable,
 )
 from scheduler_daemon.logs import configure_logging
-from scheduler_daemon.operation import tables
+from scheduler_daemon.operation import jobs_cli, tables
 from scheduler_daemon.operation.reload import load_checked
 from scheduler_daemon.running.actions.python import unfinished_job_calls
 from scheduler_daemon.specs import Config, JobSpec
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config(db_sub.add_parser("upgrade", help="apply the pending migrations (run does too)"))
     with_config(db_sub.add_parser("init", help="the same as upgrade"))
+    jobs_cli.add_parser(sub, with_config)
     return parser
 
 
@@ -179,6 +180,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _next(config, count=args.n, after=args.after, names=args.jobs)
     if args.command == "db":
         return asyncio.run(_db(config, args.db_command))
+    if args.command == "jobs":
+        return asyncio.run(jobs_cli.run(config, args))
     return asyncio.run(_operate(config, args))
 
 

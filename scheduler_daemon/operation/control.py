@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -19,8 +19,10 @@ import asyncpg
 
 from scheduler_daemon.errors import SchedulerDaemonError
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
+from scheduler_daemon.operation.reload import with_api_jobs
 from scheduler_daemon.specs import Config, JobSpec
-from scheduler_daemon.storage import queries, schema, store
+from scheduler_daemon.specs.api_job import ApiJobRules, JobProblems, build_api_job
+from scheduler_daemon.storage import job_store, queries, schema, store
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.timing.schedule_text import schedule_in_words
 from scheduler_daemon.timing.schedules import build_schedule
@@ -134,6 +136,34 @@ def _state(enabled: bool, paused: bool, running: int) -> str:
     return "running" if running else "idle"
 
 
+@asynccontextmanager
+async def database_pool(config: Config) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool straight to the config's PostgreSQL, for an operator command."""
+    async with AsyncExitStack() as stack:
+        # The embedded server: borrowed from the running daemon, or started for this. The
+        # schema must be this version's: upgrading it is for the daemon and `db upgrade`.
+        database = open_database(config, max_size=2, on_connect=[schema.require_current])
+        try:
+            await stack.enter_async_context(database)
+            pool = await database.connect()
+        except store.DB_ERRORS as exc:
+            raise database.unreachable(exc) from None
+        yield pool
+
+
+async def with_stored_jobs(config: Config, pool: asyncpg.Pool) -> Config:
+    """``config`` with the jobs kept in the database after the file's, as a daemon runs them
+    (their secrets left unresolved: this process only shows and queues them)."""
+    rules = ApiJobRules.of(config)
+    built: dict[str, JobSpec] = {}
+    for stored in await job_store.api_jobs(pool):
+        with suppress(JobProblems):  # the daemon does not run it either
+            built[stored.name], _ = build_api_job(
+                stored.name, stored.definition, rules, environ=None
+            )
+    return with_api_jobs(config, {job.name for job in config.jobs}, built)
+
+
 class DbBackend:
     """Straight to PostgreSQL: the schedule is computed from the config, like the daemon does."""
 
@@ -143,16 +173,8 @@ class DbBackend:
     @classmethod
     @asynccontextmanager
     async def open(cls, config: Config) -> AsyncIterator[DbBackend]:
-        async with AsyncExitStack() as stack:
-            # The embedded server: borrowed from the running daemon, or started for this. The
-            # schema must be this version's: upgrading it is for the daemon and `db upgrade`.
-            database = open_database(config, max_size=2, on_connect=[schema.require_current])
-            try:
-                await stack.enter_async_context(database)
-                pool = await database.connect()
-            except store.DB_ERRORS as exc:
-                raise database.unreachable(exc) from None
-            yield cls(config, pool)
+        async with database_pool(config) as pool:
+            yield cls(await with_stored_jobs(config, pool), pool)
 
     async def jobs(self) -> list[dict[str, Any]]:
         now = datetime.now(UTC)

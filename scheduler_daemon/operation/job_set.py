@@ -165,8 +165,15 @@ class JobSet:
 
     async def _api_jobs_changed(self) -> None:
         """Schedule the database's jobs as they now are: a reload of just those jobs."""
-        new = with_api_jobs(self.config, self.file_names, self.api.specs)
-        await self._apply(plan_reload(self.config, new))
+        plan = plan_reload(self.config, with_api_jobs(self.config, self.file_names, self.api.specs))
+        if plan.added or plan.changed or plan.removed:
+            log.info(
+                "api_jobs_applied",
+                added=list(plan.added),
+                changed=list(plan.changed),
+                removed=list(plan.removed),
+            )
+        await self._apply(plan)
 
     async def _apply(self, plan: ReloadPlan) -> None:
         if plan.restart_only:

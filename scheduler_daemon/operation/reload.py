@@ -17,7 +17,7 @@ from scheduler_daemon.specs.cron import REBOOT
 from scheduler_daemon.timing.schedules import CronSchedule, build_schedule
 
 # The database connection, its files and this node's identity are fixed for a process's life.
-RESTART_ONLY = ("database", "state_dir", "node", "admin", "events", "record_buffer")
+RESTART_ONLY = ("database", "state_dir", "node", "admin", "events", "record_buffer", "cluster")
 
 
 @dataclass(frozen=True, slots=True)

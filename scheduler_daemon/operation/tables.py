@@ -95,3 +95,20 @@ def _ms(value: float | None) -> str:
     if -0.05 < value < 0.05:
         value = 0.0  # a hair early or late (clock resolution): never "-0.0 ms"
     return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def job_list(jobs: Sequence[Mapping[str, Any]], now: datetime | None = None) -> str:
+    """`jobs list`: both sources; a version only for the jobs kept in the database."""
+    now = now or datetime.now(UTC)
+    rows = [
+        [
+            job["name"],
+            job["source"],
+            job["kind"] or "-",
+            "disabled" if not job["enabled"] else "paused" if job["paused"] else "enabled",
+            "-" if job["version"] is None else str(job["version"]),
+            _when(job["next_run_at"], now),
+        ]
+        for job in jobs
+    ]
+    return render(["JOB", "SOURCE", "KIND", "STATE", "VERSION", "NEXT"], rows)

@@ -337,6 +337,21 @@ class AdminSpec(Spec):
         return f"{host}:{self.port}"
 
 
+class ClusterSpec(Spec):
+    """Several daemons (replicas) on one PostgreSQL, each fire run by one of them (`cluster:`)."""
+
+    enabled: Annotated[bool, v.Boolean()] = False
+    # A fire's other replicas claim it if its preferred one has not, this long past due.
+    takeover_after: Annotated[float, v.Duration(positive=True)] = 2.0
+    # A replica not seen this long is dead: its running attempts are abandoned and retried.
+    lease: Annotated[float, v.Duration(positive=True)] = 15.0
+
+    def value_rules(self) -> list[Problem]:
+        if self.lease <= self.takeover_after:
+            return [(("lease",), "expected a lease longer than takeover_after")]
+        return []
+
+
 class DatabaseSpec(Spec):
     url: Annotated[str | None, places.PostgresUrl()] = None  # None: embedded PostgreSQL
 
@@ -357,6 +372,7 @@ class Config(Spec):
     # a row); past it, or 100,000 rows, they spill to the journal under state_dir.
     record_buffer: Annotated[int, v.Size()] = 64 * 1024 * 1024
     admin: AdminSpec | None = None
+    cluster: ClusterSpec = ClusterSpec()
     # Where python jobs' modules are imported from: put first on sys.path at load (relative to
     # the config file's folder), before PYTHONPATH and the installed packages.
     python_path: Annotated[tuple[Path, ...], places.Directories()] = ()

@@ -84,7 +84,14 @@ async def test_a_fresh_database_gets_every_migration_once(empty_database_url: st
     assert [(a.label, a.checksum) for a in state.applied] == [
         (m.label, m.checksum) for m in schema.migrations()
     ]
-    assert [t["tablename"] for t in tables] == ["executions", "jobs", "runs", schema.TABLE]
+    assert [t["tablename"] for t in tables] == [
+        "executions",
+        "fire_claims",
+        "jobs",
+        "nodes",
+        "runs",
+        schema.TABLE,
+    ]
     assert {v["viewname"] for v in views} == {"job_health", "recent_failures"}
 
 
