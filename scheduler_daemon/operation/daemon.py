@@ -23,8 +23,10 @@ from aiohttp import web
 from scheduler_daemon.errors import AdminUnavailable, SchedulerDaemonError
 from scheduler_daemon.operation import admin
 from scheduler_daemon.operation.api_jobs import ApiJobs, follow_changes
+from scheduler_daemon.operation.claims import AloneLiveSet, Claims, ClusterDispatch, LiveSet
 from scheduler_daemon.operation.instance import DatabaseLock, StateLock
 from scheduler_daemon.operation.job_set import JobSet
+from scheduler_daemon.operation.leases import settle_dead_replicas
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.operation.next_runs import keep_next_runs_current
 from scheduler_daemon.operation.notify import Notifier
@@ -82,6 +84,12 @@ class Daemon:
         self._http = HttpClient()
         self._job_threads = job_threads()
         self._limiter = Limiter(config.max_concurrency)
+        # Cluster mode: each attempt is claimed in the database first (claims.py).
+        self._claims = (
+            Claims(node=config.node, pool=lambda: self.database.pool, members=self._live_set())
+            if config.cluster.enabled
+            else None
+        )
         self._runner = Runner(
             clock=self._clock,
             limiter=self._limiter,
@@ -90,7 +98,23 @@ class Daemon:
             node=config.node,
             observer=self.metrics,
             starts=self._starts,
+            claims=self._claims,
         )
+        self._cluster = (
+            ClusterDispatch(
+                claims=self._claims,
+                members=self._live_set(),
+                limiter=self._limiter,
+                submit=self._runner.submit,
+                clock=self._clock,
+                takeover_after=config.cluster.takeover_after,
+            )
+            if self._claims is not None
+            else None
+        )
+        if self._claims is not None and self._cluster is not None:
+            self.metrics.claims = lambda: self._claims.counts if self._claims else {}
+            self.metrics.takeovers = lambda: self._cluster.takeovers if self._cluster else 0
         self._pauses = Pauses(cache=config.state_dir / "paused.json")
         self._oneoff = OneOffRuns(
             clock=self._clock,
@@ -109,6 +133,7 @@ class Daemon:
             runs=self._oneoff,
             sync_jobs=lambda pool: self.jobs.sync(pool),
             starts=self._starts,
+            claims=self._claims,
         )
         # One daemon per state_dir and per database, settled before recovery touches a row.
         self._state_lock = StateLock(config.state_dir)
@@ -214,7 +239,9 @@ class Daemon:
 
     def _background_loops(self) -> dict[str, Coroutine[Any, Any, None]]:
         """Each runs until stopped; one that ends on its own stops the daemon (``_serve``)."""
+        cluster = self._cluster_loops()
         return {
+            **cluster,
             "scheduler": self._scheduler.run(),
             "heartbeat": self._notify.heartbeat(self._clock, self.status_line),
             "watch-controls": watch_controls(
@@ -352,7 +379,30 @@ class Daemon:
     def _dispatch(self, job: JobSpec, fire_at: datetime) -> None:
         if job.name in self._pauses:
             return  # a paused job's fires are not run and not recorded; resume picks up from now
-        self._runner.submit(job, fire_at)
+        if self._cluster is not None:
+            self._cluster(job, fire_at)  # claimed first: run here only if this replica wins it
+        else:
+            self._runner.submit(job, fire_at)
+
+    def _cluster_loops(self) -> dict[str, Coroutine[Any, Any, None]]:
+        if self._cluster is None:
+            return {}
+        lease = self.config.cluster.lease
+        return {
+            "take-over": self._cluster.take_over(),
+            "settle-dead-replicas": settle_dead_replicas(
+                clock=self._clock,
+                pool=lambda: self.database.pool if self._recovery.done else None,
+                lease=lease,
+                every=lease / 5,
+                jobs=lambda: self.config.jobs,
+                runner=self._runner,
+            ),
+        }
+
+    def _live_set(self) -> LiveSet:
+        """The replicas alive (cluster mode); until membership is known, this one alone."""
+        return AloneLiveSet(lambda: self.database.pool is not None)
 
     async def set_paused(self, job: str, paused: bool) -> datetime | None:
         pool = self.database.require("the pause would not persist")

@@ -57,6 +57,15 @@ class StartSink(Protocol):
         ...
 
 
+class Claims(Protocol):
+    """Cluster mode: whether this replica runs an attempt (operation/claims.py)."""
+
+    async def claim(self, fire: Fire) -> bool:
+        """True: this replica won attempt ``fire.attempt`` of the fire; False: another one runs
+        it, or the claim could not be made (then no one here runs it)."""
+        ...
+
+
 class FireObserver(Protocol):
     """Told of every final attempt and every ended fire (metrics); must return at once."""
 
@@ -98,6 +107,7 @@ class Fire:
     given_id: uuid.UUID | None = None  # manual and resumed fires; else derived on first use
     state: str = "waiting"  # waiting (for a slot) | starting (its start logged) | running | backoff
     attempt: int = 1
+    claimed: int = 0  # cluster mode: the attempts of this fire this replica has claimed
     cancel_reason: str = "cancelled"
     started: float = 0.0  # the running attempt's start and due times (wall clock)
     due: float = 0.0
@@ -125,10 +135,13 @@ class Runner:
         rng: random.Random | None = None,
         observer: FireObserver | None = None,
         starts: StartSink | None = None,
+        claims: Claims | None = None,
     ) -> None:
-        """``starts``: where attempts' starts are made durable first (None: they are not)."""
+        """``starts``: where attempts' starts are made durable first (None: they are not);
+        ``claims``: cluster mode, each attempt is claimed before it starts."""
         self._clock = clock
         self._starts = starts
+        self._claims = claims
         self._observer: FireObserver = observer or _NoObserver()
         self._limiter = limiter
         self._recorder = recorder
@@ -150,14 +163,17 @@ class Runner:
         overrides: Mapping[str, Any] | None = None,
         fire_id: uuid.UUID | None = None,
         attempt: int = 1,
+        claimed: bool = False,
     ) -> Fire | None:
         """Start a fire of ``job`` unless its overlap policy says no; never blocks.
 
-        ``fire_id`` and ``attempt`` resume a fire whose earlier attempt was abandoned.
+        ``fire_id`` and ``attempt`` resume a fire whose earlier attempt was abandoned;
+        ``claimed``: cluster mode, this replica has won ``attempt`` already.
         """
         if fire_id is None and trigger is FireKind.MANUAL:
             fire_id = uuid.uuid4()
         fire = Fire(job, scheduled_at, trigger, overrides, fire_id, attempt=attempt)
+        fire.claimed = attempt if claimed else 0
         if not self._accepting:
             self._record_unstarted(fire, Status.CANCELLED, "daemon is shutting down")
             return None
@@ -195,6 +211,12 @@ class Runner:
                 fire.state = "waiting"
                 await self._limiter.acquire(job.priority)
                 try:
+                    if self._claims is not None and fire.claimed < fire.attempt:
+                        if not await self._claims.claim(fire):
+                            log.info("attempt_not_claimed", job=job.name, attempt=fire.attempt,
+                                     fire_id=str(fire.fire_id))  # fmt: skip
+                            return  # another replica runs it (or none could be sure: none)
+                        fire.claimed = fire.attempt
                     if self._starts is not None:
                         fire.state = "starting"
                         await self._log_start(self._starts, fire, due)
