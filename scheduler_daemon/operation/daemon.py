@@ -46,7 +46,7 @@ from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.storage.journal import Journal
-from scheduler_daemon.storage.queries import OneOffRun
+from scheduler_daemon.storage.queries import OneOffRun, RunSetup
 from scheduler_daemon.storage.recorder import Recorder
 from scheduler_daemon.storage.schema import Upgrades
 from scheduler_daemon.storage.startlog import StartLog
@@ -122,6 +122,7 @@ class Daemon:
             database=self.database,
             job=lambda name: self.config.job(name),
             submit=self._runner.submit,
+            rules=lambda: self.jobs.api.rules,
         )
         self._recovery = Recovery(
             clock=self._clock,
@@ -413,10 +414,14 @@ class Daemon:
         return self._runner.submit(job, self._now(), trigger=FireKind.MANUAL, overrides=overrides)
 
     async def create_run(
-        self, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
+        self,
+        job: JobSpec,
+        at: datetime,
+        overrides: Mapping[str, Any] | None,
+        setup: RunSetup | None = None,
     ) -> OneOffRun:
         pool = self.database.require("the run would not persist")
-        return await self._oneoff.create(pool, job, at, overrides)
+        return await self._oneoff.create(pool, job, at, overrides, setup)
 
     async def cancel_run(self, run_id: uuid.UUID) -> OneOffRun | None:
         return await self._oneoff.cancel(self.database.require("the run is left as it is"), run_id)

@@ -11,6 +11,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import structlog
@@ -93,7 +94,9 @@ class Recovery:
         log.info("database_connected", abandoned=len(abandoned))
         jobs = self._jobs()
         now = self._now()
-        retry_abandoned(abandoned, {job.name: job for job in jobs}, self._runner, now)
+        manual = [row["fire_id"] for row in abandoned if row["trigger"] == FireKind.MANUAL]
+        runs = await self._runs.resumable(pool, manual)
+        retry_abandoned(abandoned, {job.name: job for job in jobs}, self._runner, now, runs=runs)
         # Read lazily, as the catch-up yields between jobs: a job paused meanwhile is skipped,
         # and none starts once we are closed.
         await catch_up(
@@ -144,12 +147,20 @@ class Recovery:
 
 
 def retry_abandoned(
-    abandoned: Iterable[asyncpg.Record], jobs: Mapping[str, JobSpec], runner: Runner, now: datetime
+    abandoned: Iterable[asyncpg.Record],
+    jobs: Mapping[str, JobSpec],
+    runner: Runner,
+    now: datetime,
+    *,
+    runs: Mapping[uuid.UUID, tuple[JobSpec, Mapping[str, Any] | None]] | None = None,
 ) -> int:
-    """Resume each abandoned fire at its next attempt, where the job's retry policy allows."""
+    """Resume each abandoned fire at its next attempt, where the job's retry policy allows.
+
+    ``runs``: one-off runs' fires by id, with the job and overrides each ran with (an ad-hoc
+    run's own job, a run's own retry)."""
     retried = 0
     for row in abandoned:
-        job = jobs.get(row["job_name"])
+        job, overrides = (runs or {}).get(row["fire_id"]) or (jobs.get(row["job_name"]), None)
         at_most_once = job is not None and job.delivery == "at_most_once"
         log.warning(
             "attempt_abandoned",
@@ -167,6 +178,7 @@ def retry_abandoned(
             job,
             row["scheduled_at"],
             trigger=FireKind(row["trigger"]),
+            overrides=overrides,
             fire_id=row["fire_id"],
             attempt=row["attempt"] + 1,
         )
