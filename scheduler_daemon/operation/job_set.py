@@ -22,6 +22,7 @@ from scheduler_daemon.operation.metrics import Metrics
 from scheduler_daemon.operation.reload import (
     ReloadPlan,
     load_for_reload,
+    plan_api_jobs,
     plan_reload,
     with_api_jobs,
 )
@@ -50,6 +51,8 @@ class JobSet:
     ) -> None:
         self.config = config  # what runs: the file's settings and jobs, then the database's jobs
         self.file_names = frozenset(job.name for job in config.jobs)
+        self._file_jobs = config.jobs  # the file's, as they run
+        self._api_jobs: dict[str, JobSpec] = {}  # the database's, as they run
         self.reload_error: str | None = None  # why the last reload was refused, if it was
         self._clock = clock
         self._scheduler = scheduler
@@ -72,6 +75,7 @@ class JobSet:
             async with self._database.connection() as conn:
                 await self.api.start(conn, self.config.path)
         self.config = with_api_jobs(self.config, self.file_names, self.api.specs)
+        self._api_jobs = {job.name: job for job in self.config.jobs[len(self._file_jobs) :]}
 
     async def reread(self) -> None:
         """The database's jobs as another process may have changed them."""
@@ -118,15 +122,16 @@ class JobSet:
         if clashes:
             taken = [f"{new.path}: {name_taken(n, 'created through the API')}" for n in clashes]
             return self._reload_failed(taken)
-        old, old_names = self.config, self.file_names
+        old, old_names, old_split = self.config, self.file_names, (self._file_jobs, self._api_jobs)
         # Set before applying: an API change applied meanwhile keeps the new file's jobs.
         self.file_names = frozenset(job.name for job in new.jobs)
         plan = plan_reload(old, with_api_jobs(new, self.file_names, self.api.specs))
         try:
-            await self._apply(plan)
+            await self._apply(plan, files=len(new.jobs))
         except Exception as exc:
             log.exception("reload_apply_crashed")
             self.file_names = old_names
+            self._file_jobs, self._api_jobs = old_split
             self._restore(old, plan)
             return self._reload_failed([f"unexpected {type(exc).__name__} while applying"])
         await self.api.retake()  # a database job the file held until now may run
@@ -165,7 +170,7 @@ class JobSet:
 
     async def _api_jobs_changed(self) -> None:
         """Schedule the database's jobs as they now are: a reload of just those jobs."""
-        plan = plan_reload(self.config, with_api_jobs(self.config, self.file_names, self.api.specs))
+        plan = plan_api_jobs(self.config, self._file_jobs, self._api_jobs, self.api.specs)
         if plan.added or plan.changed or plan.removed:
             log.info(
                 "api_jobs_applied",
@@ -173,9 +178,10 @@ class JobSet:
                 changed=list(plan.changed),
                 removed=list(plan.removed),
             )
-        await self._apply(plan)
+        await self._apply(plan, files=len(self._file_jobs))
 
-    async def _apply(self, plan: ReloadPlan) -> None:
+    async def _apply(self, plan: ReloadPlan, *, files: int) -> None:
+        """Run ``plan``, whose config has the file's ``files`` jobs first, then the database's."""
         if plan.restart_only:
             log.warning("reload_needs_restart", settings=list(plan.restart_only))
         now = self._now()
@@ -187,6 +193,8 @@ class JobSet:
             self._scheduler.add(job, after=now)
         self._limiter.resize(plan.config.max_concurrency)
         self.config = plan.config
+        self._file_jobs = plan.config.jobs[:files]
+        self._api_jobs = {job.name: job for job in plan.config.jobs[files:]}
         try:
             await self.sync(changed=scheduled, removed=plan.removed)
         except store.DB_ERRORS as exc:

@@ -7,7 +7,7 @@ Pure: ``plan_reload(old, new)`` compares two validated configs; the daemon appli
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,9 +28,12 @@ class ReloadPlan:
     unchanged: tuple[str, ...]
     restart_only: tuple[str, ...]  # settings that differ but keep their running values (sorted)
     config: Config  # what to run from now on
+    to_schedule: tuple[JobSpec, ...] | None = None  # known already (plan_api_jobs)
 
     def scheduled(self) -> list[JobSpec]:
         """The jobs to (re)schedule: the added and the changed ones."""
+        if self.to_schedule is not None:
+            return list(self.to_schedule)
         names = {*self.added, *self.changed}
         return [job for job in self.config.jobs if job.name in names]
 
@@ -48,7 +51,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         before = old_jobs.get(job.name)
         if before is None:
             added.append(job.name)
-        elif before.spec_hash() != job.spec_hash():
+        elif before is not job and before.spec_hash() != job.spec_hash():
             changed.append(job.name)
         else:
             unchanged.append(job.name)
@@ -65,6 +68,37 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         unchanged=tuple(unchanged),
         restart_only=tuple(sorted(kept)),
         config=new.model_copy(update={"jobs": tuple(jobs), **kept}),
+    )
+
+
+def plan_api_jobs(
+    config: Config,
+    file_jobs: Sequence[JobSpec],
+    before: Mapping[str, JobSpec],
+    after: Mapping[str, JobSpec],
+) -> ReloadPlan:
+    """A change of the database's jobs alone (``before`` → ``after``, by name): only those are
+    compared, so that one API write to a config of 100k jobs costs what its own jobs cost."""
+    added, changed, unchanged = [], [], []
+    jobs: dict[str, JobSpec] = {}
+    for name in sorted(after):
+        job, old = after[name], before.get(name)
+        if old is None:
+            added.append(name)
+        elif old is not job and old.spec_hash() != job.spec_hash():
+            changed.append(name)
+        else:
+            unchanged.append(name)
+            job = old
+        jobs[name] = job
+    return ReloadPlan(
+        added=tuple(added),
+        changed=tuple(changed),
+        removed=tuple(sorted(before.keys() - after.keys())),
+        unchanged=tuple(unchanged),
+        restart_only=(),
+        config=config.model_copy(update={"jobs": (*file_jobs, *jobs.values())}),
+        to_schedule=tuple(jobs[name] for name in (*added, *changed)),
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from scheduler_daemon.operation.reload import RESTART_ONLY, plan_reload
+from scheduler_daemon.operation.reload import RESTART_ONLY, plan_api_jobs, plan_reload
 from scheduler_daemon.specs import AdminSpec, Config, DatabaseSpec, JobSpec
 from tests.helpers import make_config, make_job
 
@@ -91,3 +91,15 @@ def test_restart_only_settings_keep_their_running_values(
         assert getattr(plan.config, key) == getattr(running, key)
     for key in ("max_concurrency", "shutdown_grace", "timezone"):
         assert getattr(plan.config, key) == getattr(loaded, key)
+
+
+def test_a_change_of_the_databases_jobs_compares_only_those() -> None:
+    filed = make_job("filed")
+    running = config(filed, A, B)
+    plan = plan_api_jobs(running, (filed,), {"a": A, "b": B}, {"b": B_AGAIN, "c": C})
+    assert (plan.added, plan.changed, plan.removed, plan.unchanged) == (("c",), (), ("a",), ("b",))
+    assert plan.config.jobs == (filed, B, C)
+    assert plan.config.jobs[0] is filed and plan.config.jobs[1] is B  # kept: its entry stays
+    assert plan.scheduled() == [C]
+    changed = plan_api_jobs(running, (filed,), {"a": A, "b": B}, {"a": A_SLOWER, "b": B})
+    assert changed.changed == ("a",) and changed.scheduled() == [A_SLOWER]
