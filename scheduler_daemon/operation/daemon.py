@@ -25,6 +25,7 @@ from scheduler_daemon.operation import admin
 from scheduler_daemon.operation.api_jobs import ApiJobs, follow_changes
 from scheduler_daemon.operation.instance import DatabaseLock, StateLock
 from scheduler_daemon.operation.job_set import JobSet
+from scheduler_daemon.operation.membership import Membership, PgNodes
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.operation.next_runs import keep_next_runs_current
 from scheduler_daemon.operation.notify import Notifier
@@ -51,6 +52,8 @@ from scheduler_daemon.timing.clock import Clock, SystemClock
 from scheduler_daemon.timing.scheduler import Scheduler
 
 log = structlog.get_logger("scheduler_daemon.operation.daemon")
+
+MEMBERSHIP = "membership"  # the cluster heartbeat's loop: it ends after the drain, not before
 
 
 class Daemon:
@@ -111,7 +114,19 @@ class Daemon:
         )
         # One daemon per state_dir and per database, settled before recovery touches a row.
         self._state_lock = StateLock(config.state_dir)
-        self._database_lock = DatabaseLock(lambda: self.database.dsn, on_lost=self._give_up)
+        self._database_lock = DatabaseLock(
+            lambda: self.database.dsn, on_lost=self._give_up, shared=config.cluster.enabled
+        )
+        # Cluster mode: who is alive, for the claim path (None: this daemon runs alone).
+        self.membership: Membership | None = None
+        if config.cluster.enabled:
+            self.membership = Membership(
+                clock=self._clock,
+                node=config.node,
+                cluster=config.cluster,
+                table=PgNodes(lambda: self.database.dsn),
+                on_refused=self._give_up,
+            )
         self._schema = Upgrades(on_refused=self._give_up)  # a newer schema, a refused migration
         self._fatal: SchedulerDaemonError | None = None  # why the daemon stopped itself
         self._scheduler = Scheduler(
@@ -143,6 +158,8 @@ class Daemon:
                 await self._database_lock.try_at_start()
                 if self._database_lock.held:  # reachable: an unusable schema refuses the start
                     await self._schema.at_start(self.database.dsn)
+                if self.membership is not None:  # a name clash refuses the start, like the lock
+                    await self.membership.start()
                 self._pauses.load_cache()  # before any connection brings the database's view
                 await self.jobs.start(database_reached=self._database_lock.held)
                 await self._start_admin()
@@ -157,6 +174,8 @@ class Daemon:
                     unwritten = await self._shutdown()
                     await self._database_lock.release()
         finally:
+            if self.membership is not None:  # a start that failed after registering
+                await self.membership.stop()
             await self._database_lock.release()
             self._state_lock.release()
             if unwritten is not None:  # the database and its server are closed by now
@@ -213,7 +232,8 @@ class Daemon:
 
     def _background_loops(self) -> dict[str, Coroutine[Any, Any, None]]:
         """Each runs until stopped; one that ends on its own stops the daemon (``_serve``)."""
-        return {
+        loops = self._membership_loop()
+        return loops | {
             "scheduler": self._scheduler.run(),
             "heartbeat": self._notify.heartbeat(self._clock, self.status_line),
             "watch-controls": watch_controls(
@@ -242,6 +262,9 @@ class Daemon:
             ),
         }
 
+    def _membership_loop(self) -> dict[str, Coroutine[Any, Any, None]]:
+        return {} if self.membership is None else {MEMBERSHIP: self.membership.run()}
+
     async def _serve(self) -> None:
         while not self._stop.is_set():
             stop = asyncio.ensure_future(self._stop.wait())
@@ -268,21 +291,35 @@ class Daemon:
             f"stopping: draining {len(self._runner.active())} running fires", needs=budget
         )
         self._scheduler.stop()
-        for name, task in self._loops.items():
+        if self.membership is not None:
+            await self.membership.leave()  # no fire is routed to us any more
+        # The membership loop heartbeats through the drain: our attempts are not abandoned.
+        loops = {name: task for name, task in self._loops.items() if name != MEMBERSHIP}
+        for name, task in loops.items():
             if name != "scheduler":  # stop() ends its loop between two fires
                 task.cancel()
         await self._recovery.close()  # catch-up sequences: their running fires are drained below
-        await asyncio.gather(*self._loops.values(), return_exceptions=True)
+        await asyncio.gather(*loops.values(), return_exceptions=True)
         await self._oneoff.close()  # pending runs stay in the database for the next start
         await self._runner.drain(grace)
         # A plain function still running past the grace cannot be stopped: it is left behind.
         self._job_threads.shutdown(wait=False, cancel_futures=True)
+        await self._stop_membership()
         if self._admin is not None:
             await self._admin.cleanup()  # kept up while draining: operators watch the drain
         unwritten = await self._recorder.close(timeout=FLUSH_TIMEOUT)
         await self._starts.close()  # after the recorder: the files of attempts with rows go
         await self._http.close()
         return unwritten
+
+    async def _stop_membership(self) -> None:
+        """After the drain: the heartbeat ends, and the stop is our row's last word."""
+        heartbeat = self._loops.get(MEMBERSHIP)
+        if heartbeat is not None:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+        if self.membership is not None:
+            await self.membership.stop()
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (and `systemctl status`)."""
@@ -378,7 +415,12 @@ class Daemon:
             journal=self._journal.path,
             jobs=lambda: self.config.jobs,
             paused=self._pauses,
+            cluster=None if self.membership is None else self._cluster_gauges,
         )
+
+    def _cluster_gauges(self) -> tuple[int, bool]:
+        assert self.membership is not None
+        return len(self.membership.live), self.membership.connected
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.time(), UTC)
