@@ -122,22 +122,32 @@ async def test_a_live_name_refuses_a_stale_one_is_taken(database_url: str) -> No
             await a.stop()
 
 
-async def test_a_lost_connection_disconnects_until_the_next_heartbeat_reconnects(
+async def test_a_lost_connection_disconnects_until_a_heartbeat_reconnects(
     database_url: str,
 ) -> None:
-    a = member(database_url, "a")
+    where = [database_url]
+    a = Membership(
+        clock=SystemClock(),
+        node="a",
+        cluster=CLUSTER,
+        table=PgNodes(lambda: where[0]),
+        on_refused=lambda exc: None,
+    )
     await a.start()
+    name = f"pid {os.getpid()} on host {socket.gethostname()}"[:63]
+    backend = "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
     try:
         async with admin(database_url) as db:
-            await db.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = $1 AND pid <> pg_backend_pid()",
-                f"pid {os.getpid()} on host {socket.gethostname()}"[:63],
-            )
-        await a.beat()
-        assert not a.connected and not a.dead("anyone")
-        await a.beat()
-        assert a.connected and a.live == ("a",)
+            first = await db.fetchval(backend, name)
+            # The server ends the session (waiting up to 5 s until it has ended)...
+            await db.execute("SELECT pg_terminate_backend($1, 5000)", first)
+            where[0] = "postgresql://nobody@127.0.0.1:9/none"  # ... and cannot be reached
+            await a.beat()
+            assert not a.connected and not a.dead("anyone")
+            where[0] = database_url
+            await a.beat()
+            assert a.connected and a.live == ("a",)
+            assert await db.fetchval(backend, name) not in (None, first)  # a new connection
     finally:
         await a.stop()
 
