@@ -183,6 +183,7 @@ CREATE TABLE IF NOT EXISTS fire_claims (
     attempt      integer     NOT NULL CHECK (attempt >= 1),
     job_name     text        NOT NULL,
     scheduled_at timestamptz NOT NULL,
+    trigger      text        NOT NULL CHECK (trigger IN ('schedule', 'manual', 'catchup')),
     node         text        NOT NULL,    -- the replica that won it and runs the attempt
     claimed_at   timestamptz NOT NULL DEFAULT now(),
     takeover     boolean     NOT NULL DEFAULT false,  -- won by a replica not its preferred owner

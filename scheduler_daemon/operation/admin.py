@@ -21,6 +21,7 @@ from aiohttp.typedefs import Middleware
 
 from scheduler_daemon.operation import api_models as m
 from scheduler_daemon.operation import job_handlers as jobs
+from scheduler_daemon.operation import run_handlers as runs
 from scheduler_daemon.operation.api_handlers import Api, Controlled
 from scheduler_daemon.operation.api_models import ApiError, Error
 from scheduler_daemon.operation.openapi import API_KEY_HEADER, Reply, Route, document
@@ -249,10 +250,11 @@ ROUTES: tuple[Route, ...] = (
     Route(method="GET", path="/runs", handler=Api.list_runs, query=m.RunsQuery,
           summary="One-off runs, newest first",
           replies=(Reply(status=200, description="Runs", model=m.RunList),), errors=(503,)),
-    Route(method="POST", path="/runs", handler=Api.create_run, body=m.RunRequest,
-          body_required=True, summary="Schedule a one-off run of a configured job (persisted)",
+    Route(method="POST", path="/runs", handler=runs.create_run, body=m.RunRequest,
+          body_required=True,
+          summary="Schedule a one-off run of a configured job, or of an ad-hoc job (persisted)",
           replies=(Reply(status=201, description="Scheduled", model=m.Run),),
-          errors=(403, 404, 413, 429, 503)),
+          errors=(403, 404, 409, 413, 422, 429, 503)),
     Route(method="GET", path="/runs/{id}", handler=Api.get_run,
           summary="One run and, once started, its outcome",
           replies=(Reply(status=200, description="The run", model=m.RunDetail),),

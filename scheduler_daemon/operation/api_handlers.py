@@ -7,6 +7,7 @@ is all a handler may touch of the daemon, so tests can pass a stand-in.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -19,13 +20,17 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from scheduler_daemon.operation import api_models as m
+from scheduler_daemon.operation.adhoc import (
+    shown_spec,
+)
 from scheduler_daemon.operation.api_jobs import ApiJobs
 from scheduler_daemon.operation.api_models import ApiError
 from scheduler_daemon.operation.metrics import Metrics
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
+from scheduler_daemon.running.fire import Fire
 from scheduler_daemon.running.records import FireKind, Status
-from scheduler_daemon.running.runner import Fire
 from scheduler_daemon.specs import Config, JobSpec
+from scheduler_daemon.specs.api_job import ApiJobRules
 from scheduler_daemon.storage import queries
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
@@ -83,7 +88,11 @@ class Controlled(Protocol):
     def trigger(self, job: JobSpec, overrides: Mapping[str, Any] | None) -> Fire | None: ...
 
     async def create_run(
-        self, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
+        self,
+        job: JobSpec,
+        at: datetime,
+        overrides: Mapping[str, Any] | None,
+        setup: queries.RunSetup | None = None,
     ) -> OneOffRun: ...
 
     async def cancel_run(self, run_id: uuid.UUID) -> OneOffRun | None: ...
@@ -289,7 +298,7 @@ class Api:
 
     async def trigger(self, request: web.Request, query: m.Query) -> web.Response:
         job = self._job(request)
-        overrides = _overrides(job, await body_of(request))
+        overrides = overrides_of(job, await body_of(request))
         fire = self.t.trigger(job, overrides)
         if fire is None:
             raise ApiError(
@@ -331,24 +340,9 @@ class Api:
 
     async def list_runs(self, request: web.Request, query: m.RunsQuery) -> web.Response:
         runs = await queries.list_runs(self.pool(), pending_only=query.pending, limit=query.limit)
-        return reply(m.RunList(runs=[_run(r) for r in runs]))
-
-    async def create_run(self, request: web.Request, query: m.Query) -> web.Response:
-        body = await body_of(request)
-        if body is None or not isinstance(body.get("job"), str):
-            raise ApiError(400, "bad_request", 'expected a JSON object with "job": "<name>"')
-        job = self.t.config.job(body["job"])
-        if job is None:
-            raise ApiError(404, "unknown_job", f"no job named {body['job']!r} is configured")
-        at = _at(body.get("at")) or datetime.now(UTC)
-        rest = {k: v for k, v in body.items() if k not in ("job", "at")}
-        overrides = _overrides(job, rest or None)
-        self.pool()
-        try:
-            run = await self.t.create_run(job, at, overrides)
-        except queries.TooManyRuns as exc:
-            raise ApiError(429, "too_many_runs", str(exc)) from None
-        return reply(_run(run), status=201)
+        # In a thread: an ad-hoc run's spec is its job built again (~0.2 ms; 500 in a page).
+        bodies = await asyncio.to_thread(lambda: [self.run_body(r) for r in runs])
+        return reply(m.RunList(runs=bodies))
 
     async def get_run(self, request: web.Request, query: m.Query) -> web.Response:
         run_id = _run_id(request)  # a malformed id is a 404 even while the database is away
@@ -357,7 +351,7 @@ class Api:
         if run is None:
             raise ApiError(404, "unknown_run", "no such run")
         outcome = await self._outcome(pool, run) if run.state == "started" else None
-        return reply(m.RunDetail(**dict(_run(run)), outcome=outcome))
+        return reply(m.RunDetail(**dict(self.run_body(run)), outcome=outcome))
 
     async def _outcome(self, pool: asyncpg.Pool, run: OneOffRun) -> m.RunOutcome | None:
         row = await queries.run_outcome(pool, run.id)
@@ -377,9 +371,12 @@ class Api:
             raise ApiError(404, "unknown_run", "no such run")
         if run.state == "started":
             raise ApiError(409, "already_started", "the run has started; it cannot be cancelled")
-        return reply(_run(run))
+        return reply(self.run_body(run))
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def run_body(self, run: OneOffRun) -> m.Run:
+        return _run(run, self.t.api_jobs.rules)
 
     def _job(self, request: web.Request) -> JobSpec:
         name = request.match_info["name"]
@@ -407,12 +404,15 @@ def _execution(row: Row) -> m.Execution:
     return m.Execution.model_validate(dict(row))
 
 
-def _run(run: OneOffRun) -> m.Run:
+def _run(run: OneOffRun, rules: ApiJobRules) -> m.Run:
+    options = run.options
     return m.Run(
         id=run.id,
         job=run.job_name,
         run_at=run.run_at,
-        overrides=dict(run.overrides) if run.overrides is not None else None,
+        overrides=dict(run.overrides) if isinstance(run.overrides, Mapping) else None,
+        spec=shown_spec(run.job, run.run_at, run.job_name, rules),
+        options=dict(options) if isinstance(options, Mapping) else None,
         state=run.state,
         created_at=run.created_at,
         started_at=run.started_at,
@@ -446,14 +446,14 @@ async def body_of(request: web.Request) -> dict[str, Any] | None:
     return data
 
 
-def _overrides(job: JobSpec, body: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def overrides_of(job: JobSpec, body: Mapping[str, Any] | None) -> dict[str, Any] | None:
     try:
         return runner_overrides(job, body)
     except BadOverrides as exc:
         raise ApiError(400, "bad_overrides", str(exc)) from None
 
 
-def _at(value: Any) -> datetime | None:
+def instant_of(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
     try:

@@ -26,7 +26,8 @@ from pydantic import (
 )
 
 from scheduler_daemon.running.records import FireKind, Status
-from scheduler_daemon.specs import Invalid, parse_duration
+from scheduler_daemon.specs import Invalid, Priority, parse_duration
+from scheduler_daemon.specs.api_job import JobProblems
 from scheduler_daemon.storage import rows
 from scheduler_daemon.storage.queries import RunState
 
@@ -45,6 +46,15 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.problems = problems
+
+
+class InvalidJob(ApiError):
+    """422: a job body (or a run's options) with problems, every one listed at its path."""
+
+    def __init__(self, exc: JobProblems, code: str = "invalid_job", what: str = "job") -> None:
+        count = len(exc.problems)
+        message = f"the {what} has {count} problem{'s' * (count != 1)}: {exc}"
+        super().__init__(422, code, message, exc.as_list())
 
 
 # -- value types ---------------------------------------------------------------------------------
@@ -235,7 +245,8 @@ class Body(BaseModel):
 
 
 class Problem(Body):
-    path: str = Field(description="where in the body, dotted (retry.attempts); empty: the whole")
+    path: str = Field(description="where in the body, dotted (http.url, retry.attempts); '' is "
+                      "the body as a whole")  # fmt: skip
     message: str
 
 
@@ -243,7 +254,8 @@ class Error(Body):
     error: str = Field(description="a stable code, e.g. unknown_job or bad_parameter")
     message: str = Field(description="for humans")
     problems: list[Problem] | None = Field(
-        default=None, description="an invalid body (422): every problem in it"
+        default=None,
+        description="an invalid body (422 invalid_job, invalid_options): every problem in it",
     )
 
 
@@ -415,9 +427,14 @@ class PauseState(Body):
 
 class Run(Body):
     id: uuid.UUID
-    job: str
+    job: str = Field(description="its job's name (an ad-hoc run's: its body's, or adhoc-<id>)")
     run_at: Instant
     overrides: dict[str, Any] | None
+    spec: dict[str, Any] | None = Field(
+        description="an ad-hoc run's job, secrets redacted (null: a configured job's run, or an "
+        "ad-hoc job that the daemon's rules no longer allow)"
+    )
+    options: dict[str, Any] | None = Field(description="its own priority and retry, as given")
     state: RunState
     created_at: Instant | None
     started_at: Instant | None
@@ -494,7 +511,15 @@ class JobPatch(BaseModel):
 
 
 class RunRequest(Overrides):
-    """A one-off run of a configured job, at ``at`` (default: now)."""
+    """A one-off run at ``at`` (default: now) of a configured job (its name), or of an ad-hoc
+    job (a job's fields, as in the config file, without a schedule; `name` optional)."""
 
-    job: str
+    job: str | dict[str, Any] = Field(
+        description="a configured job's name, or an ad-hoc job's body (refused with 422 "
+        "invalid_job, every problem listed, when it does not hold)"
+    )
     at: Instant | None = None
+    priority: Priority | None = Field(None, description="this run's (default: the job's)")
+    retry: dict[str, Any] | None = Field(
+        None, description="this run's retry policy, as a job's `retry:` (default: the job's)"
+    )

@@ -23,8 +23,10 @@ from aiohttp import web
 from scheduler_daemon.errors import AdminUnavailable, SchedulerDaemonError
 from scheduler_daemon.operation import admin
 from scheduler_daemon.operation.api_jobs import ApiJobs, follow_changes
+from scheduler_daemon.operation.claims import AloneLiveSet, Claims, ClusterDispatch, LiveSet
 from scheduler_daemon.operation.instance import DatabaseLock, StateLock
 from scheduler_daemon.operation.job_set import JobSet
+from scheduler_daemon.operation.leases import settle_dead_replicas
 from scheduler_daemon.operation.membership import Membership, PgNodes
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.operation.next_runs import keep_next_runs_current
@@ -38,13 +40,14 @@ from scheduler_daemon.operation.reload import (
 from scheduler_daemon.operation.stop_budget import FLUSH_TIMEOUT, stop_budget
 from scheduler_daemon.running.actions import ActionCache, HttpClient
 from scheduler_daemon.running.actions.python import job_threads
+from scheduler_daemon.running.fire import Fire
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
-from scheduler_daemon.running.runner import Fire, Runner
+from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.storage.journal import Journal
-from scheduler_daemon.storage.queries import OneOffRun
+from scheduler_daemon.storage.queries import OneOffRun, RunSetup
 from scheduler_daemon.storage.recorder import Recorder
 from scheduler_daemon.storage.schema import Upgrades
 from scheduler_daemon.storage.startlog import StartLog
@@ -85,6 +88,22 @@ class Daemon:
         self._http = HttpClient()
         self._job_threads = job_threads()
         self._limiter = Limiter(config.max_concurrency)
+        # Cluster mode: who is alive, for the claim path (None: this daemon runs alone).
+        self.membership: Membership | None = None
+        if config.cluster.enabled:
+            self.membership = Membership(
+                clock=self._clock,
+                node=config.node,
+                cluster=config.cluster,
+                table=PgNodes(lambda: self.database.dsn),
+                on_refused=self._give_up,
+            )
+        # Cluster mode: each attempt is claimed in the database first (claims.py).
+        self._claims = (
+            Claims(node=config.node, pool=lambda: self.database.pool, members=self._live_set())
+            if config.cluster.enabled
+            else None
+        )
         self._runner = Runner(
             clock=self._clock,
             limiter=self._limiter,
@@ -93,13 +112,30 @@ class Daemon:
             node=config.node,
             observer=self.metrics,
             starts=self._starts,
+            claims=self._claims,
         )
+        self._cluster = (
+            ClusterDispatch(
+                claims=self._claims,
+                members=self._live_set(),
+                limiter=self._limiter,
+                submit=self._runner.submit,
+                clock=self._clock,
+                takeover_after=config.cluster.takeover_after,
+            )
+            if self._claims is not None
+            else None
+        )
+        if self._claims is not None and self._cluster is not None:
+            self.metrics.claims = lambda: self._claims.counts if self._claims else {}
+            self.metrics.takeovers = lambda: self._cluster.takeovers if self._cluster else 0
         self._pauses = Pauses(cache=config.state_dir / "paused.json")
         self._oneoff = OneOffRuns(
             clock=self._clock,
             database=self.database,
             job=lambda name: self.config.job(name),
             submit=self._runner.submit,
+            rules=lambda: self.jobs.api.rules,
         )
         self._recovery = Recovery(
             clock=self._clock,
@@ -111,22 +147,13 @@ class Daemon:
             runs=self._oneoff,
             sync_jobs=lambda pool: self.jobs.sync(pool),
             starts=self._starts,
+            claims=self._claims,
         )
         # One daemon per state_dir and per database, settled before recovery touches a row.
         self._state_lock = StateLock(config.state_dir)
         self._database_lock = DatabaseLock(
             lambda: self.database.dsn, on_lost=self._give_up, shared=config.cluster.enabled
         )
-        # Cluster mode: who is alive, for the claim path (None: this daemon runs alone).
-        self.membership: Membership | None = None
-        if config.cluster.enabled:
-            self.membership = Membership(
-                clock=self._clock,
-                node=config.node,
-                cluster=config.cluster,
-                table=PgNodes(lambda: self.database.dsn),
-                on_refused=self._give_up,
-            )
         self._schema = Upgrades(on_refused=self._give_up)  # a newer schema, a refused migration
         self._fatal: SchedulerDaemonError | None = None  # why the daemon stopped itself
         self._scheduler = Scheduler(
@@ -232,8 +259,9 @@ class Daemon:
 
     def _background_loops(self) -> dict[str, Coroutine[Any, Any, None]]:
         """Each runs until stopped; one that ends on its own stops the daemon (``_serve``)."""
-        loops = self._membership_loop()
-        return loops | {
+        return {
+            **self._membership_loop(),
+            **self._cluster_loops(),
             "scheduler": self._scheduler.run(),
             "heartbeat": self._notify.heartbeat(self._clock, self.status_line),
             "watch-controls": watch_controls(
@@ -388,7 +416,32 @@ class Daemon:
     def _dispatch(self, job: JobSpec, fire_at: datetime) -> None:
         if job.name in self._pauses:
             return  # a paused job's fires are not run and not recorded; resume picks up from now
-        self._runner.submit(job, fire_at)
+        if self._cluster is not None:
+            self._cluster(job, fire_at)  # claimed first: run here only if this replica wins it
+        else:
+            self._runner.submit(job, fire_at)
+
+    def _cluster_loops(self) -> dict[str, Coroutine[Any, Any, None]]:
+        if self._cluster is None:
+            return {}
+        lease = self.config.cluster.lease
+        return {
+            "take-over": self._cluster.take_over(),
+            "settle-dead-replicas": settle_dead_replicas(
+                clock=self._clock,
+                pool=lambda: self.database.pool if self._recovery.done else None,
+                lease=lease,
+                every=lease / 5,
+                jobs=lambda: self.config.jobs,
+                runner=self._runner,
+            ),
+        }
+
+    def _live_set(self) -> LiveSet:
+        """The replicas alive (cluster mode): membership's heartbeat view."""
+        if self.membership is not None:
+            return self.membership
+        return AloneLiveSet(lambda: self.database.pool is not None)
 
     async def set_paused(self, job: str, paused: bool) -> datetime | None:
         pool = self.database.require("the pause would not persist")
@@ -399,10 +452,14 @@ class Daemon:
         return self._runner.submit(job, self._now(), trigger=FireKind.MANUAL, overrides=overrides)
 
     async def create_run(
-        self, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
+        self,
+        job: JobSpec,
+        at: datetime,
+        overrides: Mapping[str, Any] | None,
+        setup: RunSetup | None = None,
     ) -> OneOffRun:
         pool = self.database.require("the run would not persist")
-        return await self._oneoff.create(pool, job, at, overrides)
+        return await self._oneoff.create(pool, job, at, overrides, setup)
 
     async def cancel_run(self, run_id: uuid.UUID) -> OneOffRun | None:
         return await self._oneoff.cancel(self.database.require("the run is left as it is"), run_id)

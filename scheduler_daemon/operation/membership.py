@@ -25,9 +25,10 @@ both sides agree on the preferred owner nearly all the time. It is never more th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
@@ -67,8 +68,7 @@ class NodesTable(Protocol):
     async def register(self, me: Me, lease: float) -> datetime | None: ...
     async def take_over(self, me: Me, gone: Holder) -> datetime | None: ...
     async def holder(self, name: str) -> Holder | None: ...
-    async def heartbeat(self, me: Me, started_at: datetime) -> Seen: ...
-    async def leave(self, me: Me, started_at: datetime) -> None: ...
+    async def heartbeat(self, me: Me, started_at: datetime, leaving: bool) -> Seen: ...
     async def stop(self, me: Me, started_at: datetime) -> None: ...
     def reset(self) -> None: ...
     async def close(self) -> None: ...
@@ -91,11 +91,8 @@ class PgNodes:
     async def holder(self, name: str) -> Holder | None:
         return await nodes.holder(await self._connection(), name)
 
-    async def heartbeat(self, me: Me, started_at: datetime) -> Seen:
-        return await nodes.heartbeat(await self._connection(), me, started_at)
-
-    async def leave(self, me: Me, started_at: datetime) -> None:
-        await nodes.leave(await self._connection(), me, started_at)
+    async def heartbeat(self, me: Me, started_at: datetime, leaving: bool) -> Seen:
+        return await nodes.heartbeat(await self._connection(), me, started_at, leaving=leaving)
 
     async def stop(self, me: Me, started_at: datetime) -> None:
         await nodes.stop(await self._connection(), me, started_at)
@@ -215,7 +212,7 @@ class Membership:
                 if self._started_at is None:
                     self._started_at = await self._register()
                     log.info("cluster_node_registered", node=self.node, host=self._me.host)
-                seen = await self._table.heartbeat(self._me, self._started_at)
+                seen = await self._table.heartbeat(self._me, self._started_at, self._leaving)
         except NodeNameInUse:
             self._ok = False
             raise
@@ -233,29 +230,43 @@ class Membership:
         """Say we stop: out of everyone's live set at once; the heartbeat goes on through the
         drain, so our running attempts are not taken for abandoned."""
         self._leaving = True
-        await self._say("leave", self._table.leave)
+        with contextlib.suppress(NodeNameInUse):  # stopping anyway
+            await self.beat()
 
     async def stop(self) -> None:
         """After the drain, with the loop ended: a clean stop, then the connection closes.
         Once: a second call does nothing."""
-        await self._say("stop", self._table.stop)
-        self._started_at = None
+        started, self._started_at = self._started_at, None
         self._ok = False
+        if started is not None:
+            try:
+                async with self._busy, self._clock.timeout(self.live_within):
+                    await self._table.stop(self._me, started)
+            except DB_FAILURES as exc:
+                self._table.reset()
+                log.warning(
+                    "cluster_stop_unrecorded",
+                    error=f"{type(exc).__name__}: {exc}",
+                    consequence=f"the others count this replica out after {self.lease:g}s",
+                )
         await self._table.close()
 
     # -- inside ----------------------------------------------------------------------------------
 
     async def _register(self) -> datetime:
         started = await self._table.register(self._me, self.lease)
+        held = None if started else await self._table.holder(self.node)
+        if started is None and held is None:  # the row went between the two: free now
+            started = await self._table.register(self._me, self.lease)
+            held = None if started else await self._table.holder(self.node)
         if started is not None:
             return started
-        held = await self._table.holder(self.node)
         if held is not None and self._gone_process(held):
             started = await self._table.take_over(self._me, held)
             if started is not None:
                 log.info("cluster_node_taken_over", node=self.node, old_pid=held.pid)
                 return started
-        who = f"pid {held.pid} on host {held.host}" if held else "a process that just left"
+        who = f"pid {held.pid} on host {held.host}" if held else "unknown"
         raise NodeNameInUse(
             f"node name {self.node} is in use by a live replica ({who}): give each replica its "
             "own `node:`"
@@ -275,6 +286,13 @@ class Membership:
         return False
 
     def _saw(self, seen: Seen) -> None:
+        if self.node in seen.stopping and not self._leaving:
+            log.warning(
+                "cluster_node_counted_dead",
+                node=self.node,
+                why=f"no heartbeat went through for over {self.lease:g}s: the other replicas "
+                "abandoned this one's running attempts (retried per policy); live again now",
+            )
         if self._outage:
             self._outage = False
             log.info("cluster_heartbeat_recovered", node=self.node)
@@ -282,11 +300,13 @@ class Membership:
         self._seen_at = self._clock.monotonic()
         self._ages = {**seen.ages, self.node: 0.0}
         self._gone = seen.gone
+        # Our own row as this heartbeat left it (the answer shows it as it was before).
+        stopping = (seen.stopping - {self.node}) | ({self.node} if self._leaving else set())
         live = tuple(
             sorted(
                 node
                 for node, age in self._ages.items()
-                if age < self.live_within and node not in seen.stopping
+                if age < self.live_within and node not in stopping
             )
         )
         if live != self.live:
@@ -307,14 +327,3 @@ class Membership:
                 claims="stopped until the database answers",
             )
         self._ok = False
-
-    async def _say(self, what: str, statement: Callable[[Me, datetime], Awaitable[None]]) -> None:
-        started = self._started_at
-        if started is None:
-            return
-        try:
-            async with self._busy, self._clock.timeout(self.live_within):
-                await statement(self._me, started)
-        except DB_FAILURES as exc:
-            self._table.reset()
-            log.warning(f"cluster_{what}_unrecorded", error=f"{type(exc).__name__}: {exc}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import defaultdict
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,9 @@ class Metrics(Collector):
         self._drifts: dict[str, _Histogram] = {}
         self._last_success: dict[str, float] = {}
         self.reloads = {"succeeded": 0, "failed": 0}
+        # Cluster mode: claims by result (won, lost, unreachable) and fires taken over.
+        self.claims: Callable[[], Mapping[str, int]] | None = None
+        self.takeovers: Callable[[], int] | None = None
         self.live: LiveState | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -247,6 +250,23 @@ class Metrics(Collector):
         for job, at in sorted(self._last_success.items()):
             success.add_metric([job], at)
         yield from (fires, attempts, reloads, success)
+        yield from self._cluster()
+
+    def _cluster(self) -> Iterator[Metric]:
+        if self.claims is None or self.takeovers is None:
+            return
+        claims = CounterMetricFamily(
+            "scheduler_claims", "Cluster mode: attempts claimed, by result.", labels=["result"]
+        )
+        counts = self.claims()
+        for result in ("won", "lost", "unreachable"):
+            claims.add_metric([result], counts.get(result, 0))
+        takeovers = CounterMetricFamily(
+            "scheduler_takeovers",
+            "Cluster mode: fires this replica ran for a replica that had not claimed them.",
+        )
+        takeovers.add_metric([], self.takeovers())
+        yield from (claims, takeovers)
 
     def _histograms(self) -> Iterator[Metric]:
         for name, doc, table in (

@@ -3,7 +3,8 @@
 The runs live in PostgreSQL (`runs`), so a restart reloads the pending ones; a run is claimed in
 the database just before it starts (retried while the database is away), so a run cancelled
 meanwhile, or started by an earlier process, does not start again. It then runs as a manual fire
-whose fire_id is the run's id.
+whose fire_id is the run's id: of the configured job of its name, or of its own ad-hoc job
+(built again now under the daemon's rules, adhoc.py), with its own options applied.
 
 Bounded: the API and the CLI refuse a run past ``queries.MAX_PENDING_RUNS`` pending (or
 ``MAX_PENDING_RUNS_PER_JOB`` of its job), and the daemon waits for at most ``capacity`` runs at a
@@ -16,20 +17,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
 import structlog
 
+from scheduler_daemon.operation.adhoc import RunOptions, adhoc_job
 from scheduler_daemon.operation.overrides import BadOverrides, stored_overrides
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.specs import JobSpec
+from scheduler_daemon.specs.api_job import ApiJobRules, JobProblems
 from scheduler_daemon.storage import queries, store
-from scheduler_daemon.storage.queries import OneOffRun
+from scheduler_daemon.storage.queries import OneOffRun, RunSetup
 from scheduler_daemon.storage.store import Db
 from scheduler_daemon.timing.clock import Clock
 
@@ -67,12 +71,18 @@ class OneOffRuns:
         job: Callable[[str], JobSpec | None],
         submit: Submit,
         capacity: int = queries.MAX_PENDING_RUNS,
+        rules: Callable[[], ApiJobRules] | None = None,
+        environ: Mapping[str, str] = os.environ,
     ) -> None:
         """``job``: the configured job of that name, now; ``submit``: the runner's;
-        ``capacity``: the most runs waited for at a time."""
+        ``capacity``: the most runs waited for at a time; ``rules``: what an ad-hoc run's job
+        must obey, now (None: http jobs only, no secrets); ``environ``: where its secret
+        references are resolved."""
         self._clock = clock
         self._database = database
         self._job = job
+        self._rules = rules or (lambda: ApiJobRules(frozenset(), frozenset(), "UTC"))
+        self._environ = environ
         self._submit = submit
         self._capacity = capacity
         self._waiting: dict[uuid.UUID, asyncio.Task[None]] = {}
@@ -100,10 +110,15 @@ class OneOffRuns:
         self._waiting.pop(run_id, None)
 
     async def create(
-        self, db: Db, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
+        self,
+        db: Db,
+        job: JobSpec,
+        at: datetime,
+        overrides: Mapping[str, Any] | None,
+        setup: RunSetup | None = None,
     ) -> OneOffRun:
         """Store a run of ``job`` at ``at`` (it survives a restart), then wait for it."""
-        run = await queries.create_run(db, job.name, at, overrides)
+        run = await queries.create_run(db, job.name, at, overrides, setup)
         self.schedule([run])
         log.info("oneoff_run_created", run_id=str(run.id), job=job.name, run_at=at.isoformat())
         return run
@@ -120,6 +135,25 @@ class OneOffRuns:
             if task is not None:
                 task.cancel()
         return run
+
+    async def resumable(
+        self, db: Db, fire_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[JobSpec, dict[str, Any] | None]]:
+        """Of ``fire_ids`` (abandoned manual attempts), those of runs: each one's job as it
+        starts (an ad-hoc run's own, its options applied) and its overrides, so that its next
+        attempt runs what the first ran. A run that no longer builds is left out (logged)."""
+        resumable: dict[uuid.UUID, tuple[JobSpec, dict[str, Any] | None]] = {}
+        for run in await queries.runs_by_id(db, fire_ids) if fire_ids else []:
+            configured = self._job(run.job_name)
+            if configured is None and run.job is None:
+                continue  # its job is gone: not retried, as any job's
+            try:
+                job = self._run_job(run, configured)
+                resumable[run.id] = (job, _checked_overrides(job, run))
+            except (BadOverrides, JobProblems) as exc:
+                log.warning("abandoned_run_not_retried", run_id=str(run.id), job=run.job_name,
+                            why=str(exc))  # fmt: skip
+        return resumable
 
     def pending(self) -> int:
         return len(self._waiting)
@@ -141,14 +175,15 @@ class OneOffRuns:
             log.exception("oneoff_run_failed_to_start", run_id=str(run.id), job=run.job_name)
 
     async def _start(self, run: OneOffRun) -> None:
-        job = self._job(run.job_name)
-        if job is None:
+        configured = self._job(run.job_name)
+        if configured is None and run.job is None:
             # Cancelled, not left pending: it would be loaded again at every poll, and hold a slot.
             await self._cancel(run, "oneoff_run_dropped", "the job is no longer configured")
             return
         try:
+            job = self._run_job(run, configured)
             overrides = _checked_overrides(job, run)
-        except BadOverrides as exc:
+        except (BadOverrides, JobProblems) as exc:
             # A run no API call could have made (written straight into `runs`).
             await self._cancel(run, "oneoff_run_refused", str(exc))
             return
@@ -159,6 +194,25 @@ class OneOffRuns:
                 await self._cancel(run, "oneoff_run_refused", "its id is already another fire's")
             return
         self._submit(job, run.run_at, trigger=FireKind.MANUAL, overrides=overrides, fire_id=run.id)
+
+    def _run_job(self, run: OneOffRun, configured: JobSpec | None) -> JobSpec:
+        """The job the run runs, its options applied; JobProblems or BadOverrides if none."""
+        if run.job is None:
+            assert configured is not None
+            job = configured
+        elif configured is not None:
+            # Its executions, and the overlap policy, would mix with that job's.
+            raise BadOverrides(f"a job named {run.job_name!r} is configured now")
+        elif not isinstance(run.job, Mapping):
+            raise BadOverrides(f"its job must be a JSON object, got {type(run.job).__name__}")
+        else:
+            job, _ = adhoc_job(
+                run.job, run.run_at, self._rules(), default=run.job_name, environ=self._environ
+            )
+            if job.name != run.job_name:
+                raise BadOverrides(f"its job is named {job.name!r}, its row {run.job_name!r}")
+        options = RunOptions.of(run.options)
+        return options.applied(job) if options is not None else job
 
     async def _still_pending(self, run: OneOffRun) -> bool:
         pool = self._database.pool

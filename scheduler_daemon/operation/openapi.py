@@ -25,10 +25,11 @@ ERRORS = {
     403: "Changes are refused: no admin.token is configured",
     404: "No such job or run",
     409: "Conflict: the fire did not start, the run already started, or the job is the config "
-    "file's (defined_in_config) or exists already",
+    "file's (defined_in_config) or exists already (a job or an ad-hoc run's job)",
     412: "If-Match names another version of the job (version_mismatch): read it again",
     413: "The body is larger than 64 KiB",
-    422: "The job in the body is invalid: every problem is listed in `problems`",
+    422: "The job in the body (or a run's options) is invalid: every problem is listed in "
+    "`problems`",
     429: "Too many one-off runs pending (of the job, or in all): wait until some start",
     503: "The database is unavailable",
 }

@@ -11,16 +11,20 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import structlog
 
+from scheduler_daemon.operation.claims import Claims
 from scheduler_daemon.operation.oneoff import OneOffRuns
 from scheduler_daemon.operation.pauses import Pauses
+from scheduler_daemon.running.fire import RecordSink
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
-from scheduler_daemon.running.runner import RecordSink, Runner
+from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage import queries, store
+from scheduler_daemon.storage.fire_claims import ClaimRequest
 from scheduler_daemon.storage.recorder import Recorder
 from scheduler_daemon.storage.startlog import StartLog
 from scheduler_daemon.timing.catchup import CatchUpPlan, plan_catch_up
@@ -47,9 +51,12 @@ class Recovery:
         runs: OneOffRuns,
         sync_jobs: SyncJobs,
         starts: StartLog | None = None,
+        claims: Claims | None = None,
     ) -> None:
         """``jobs``: the configured jobs, now; ``sync_jobs``: mirror them all in the database;
-        ``starts``: the start log, whose earlier files say which attempts began."""
+        ``starts``: the start log, whose earlier files say which attempts began; ``claims``:
+        cluster mode, a missed fire is run or recorded only by the replica that claims it."""
+        self._claims = claims
         self._clock = clock
         self._runner = runner
         self._recorder = recorder
@@ -87,7 +94,9 @@ class Recovery:
         log.info("database_connected", abandoned=len(abandoned))
         jobs = self._jobs()
         now = self._now()
-        retry_abandoned(abandoned, {job.name: job for job in jobs}, self._runner, now)
+        manual = [row["fire_id"] for row in abandoned if row["trigger"] == FireKind.MANUAL]
+        runs = await self._runs.resumable(pool, manual)
+        retry_abandoned(abandoned, {job.name: job for job in jobs}, self._runner, now, runs=runs)
         # Read lazily, as the catch-up yields between jobs: a job paused meanwhile is skipped,
         # and none starts once we are closed.
         await catch_up(
@@ -100,6 +109,7 @@ class Recovery:
             node=self._node,
             track=self._track,
             began=began,
+            claims=self._claims,
         )
 
     def on_clock_jump(self, job: JobSpec, first_skipped: datetime, now: datetime) -> None:
@@ -115,6 +125,7 @@ class Recovery:
             recorder=self._recorder,
             node=self._node,
             why="the wall clock jumped forward",
+            claims=self._claims,
         )
         if task is not None:
             self._track(task)
@@ -136,12 +147,20 @@ class Recovery:
 
 
 def retry_abandoned(
-    abandoned: Iterable[asyncpg.Record], jobs: Mapping[str, JobSpec], runner: Runner, now: datetime
+    abandoned: Iterable[asyncpg.Record],
+    jobs: Mapping[str, JobSpec],
+    runner: Runner,
+    now: datetime,
+    *,
+    runs: Mapping[uuid.UUID, tuple[JobSpec, Mapping[str, Any] | None]] | None = None,
 ) -> int:
-    """Resume each abandoned fire at its next attempt, where the job's retry policy allows."""
+    """Resume each abandoned fire at its next attempt, where the job's retry policy allows.
+
+    ``runs``: one-off runs' fires by id, with the job and overrides each ran with (an ad-hoc
+    run's own job, a run's own retry)."""
     retried = 0
     for row in abandoned:
-        job = jobs.get(row["job_name"])
+        job, overrides = (runs or {}).get(row["fire_id"]) or (jobs.get(row["job_name"]), None)
         at_most_once = job is not None and job.delivery == "at_most_once"
         log.warning(
             "attempt_abandoned",
@@ -159,6 +178,7 @@ def retry_abandoned(
             job,
             row["scheduled_at"],
             trigger=FireKind(row["trigger"]),
+            overrides=overrides,
             fire_id=row["fire_id"],
             attempt=row["attempt"] + 1,
         )
@@ -177,6 +197,7 @@ async def catch_up(
     node: str,
     track: Callable[[asyncio.Task[None]], None],
     began: Collection[uuid.UUID] = frozenset(),
+    claims: Claims | None = None,
 ) -> None:
     """Run or record every fire missed between each job's last handled fire and ``resumed_at``,
     but those in ``began`` (fire ids of attempts that began: they have their row).
@@ -198,6 +219,7 @@ async def catch_up(
             node=node,
             why="the daemon was not running",
             began=began,
+            claims=claims,
         )
         if task is not None:
             track(task)
@@ -215,13 +237,59 @@ def catch_up_job(
     node: str,
     why: str,
     began: Collection[uuid.UUID] = frozenset(),
+    claims: Claims | None = None,
 ) -> asyncio.Task[None] | None:
-    """Apply ``job``'s catch-up policy to its fires in (last, until], but those in ``began``."""
+    """Apply ``job``'s catch-up policy to its fires in (last, until], but those in ``began``
+    (with ``claims``, but those another replica claims)."""
     plan = plan_catch_up(job, build_schedule(job), last=last, until=until, now=now)
     if began:
         _leave_out(job, plan, began)
     if not plan.run and not plan.missed_total:
         return None
+    if claims is not None:
+        task = _claimed_catch_up(job, plan, claims, runner, recorder, node, now, why)
+        return asyncio.create_task(task, name=f"catchup:{job.name}")
+    if not _begin_catch_up(job, plan, recorder, node, now, why):
+        return None
+    task = _run_in_order(job, plan.run, runner, claimed=False)
+    return asyncio.create_task(task, name=f"catchup:{job.name}")
+
+
+async def _claimed_catch_up(
+    job: JobSpec,
+    plan: CatchUpPlan,
+    claims: Claims,
+    runner: Runner,
+    recorder: RecordSink,
+    node: str,
+    now: datetime,
+    why: str,
+) -> None:
+    """Every replica plans the same catch-up: each instant is run or recorded missed by the one
+    that claims it (one statement for the job's instants)."""
+    instants = [*plan.missed, *plan.run]
+    won = await claims.claim_all(
+        [
+            ClaimRequest(scheduled_fire_id(job.name, t), 1, job.name, t, FireKind.CATCHUP)
+            for t in instants
+        ]
+    )
+    mine = [t for t in instants if scheduled_fire_id(job.name, t) in won]
+    unrecorded = plan.missed_total - len(plan.missed)
+    first_is_mine = bool(plan.missed) and plan.missed[0] in mine
+    plan.missed = [t for t in plan.missed if t in mine]
+    plan.missed_total = len(plan.missed) + (unrecorded if first_is_mine else 0)
+    plan.run = [t for t in plan.run if t in mine]
+    if not plan.run and not plan.missed_total:
+        return
+    if _begin_catch_up(job, plan, recorder, node, now, why):
+        await _run_in_order(job, plan.run, runner, claimed=True)
+
+
+def _begin_catch_up(
+    job: JobSpec, plan: CatchUpPlan, recorder: RecordSink, node: str, now: datetime, why: str
+) -> bool:
+    """Record the missed fires and say what the catch-up does; whether it runs any."""
     _record_missed(job, plan, recorder, node, now, why)
     log.info(
         "catch_up",
@@ -233,15 +301,15 @@ def catch_up_job(
         counted_all=plan.counted_all,
         why=why,
     )
-    if not plan.run:
-        return None
-    return asyncio.create_task(_run_in_order(job, plan.run, runner), name=f"catchup:{job.name}")
+    return bool(plan.run)
 
 
-async def _run_in_order(job: JobSpec, instants: list[datetime], runner: Runner) -> None:
+async def _run_in_order(
+    job: JobSpec, instants: list[datetime], runner: Runner, *, claimed: bool
+) -> None:
     # One after another, so `catch_up: all` works whatever the job's overlap policy.
     for at in instants:
-        fire = runner.submit(job, at, trigger=FireKind.CATCHUP)
+        fire = runner.submit(job, at, trigger=FireKind.CATCHUP, claimed=claimed)
         if fire is not None and fire.task is not None:
             await asyncio.wait((fire.task,))
 

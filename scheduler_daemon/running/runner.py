@@ -12,18 +12,26 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from scheduler_daemon.running.actions import Action
 from scheduler_daemon.running.actions.outcome import Outcome
+from scheduler_daemon.running.fire import (
+    ActionFor,
+    Claims,
+    Fire,
+    FireObserver,
+    NoObserver,
+    RecordSink,
+    StartSink,
+    backoff_delay,
+)
 from scheduler_daemon.running.limiter import Limiter
-from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
-from scheduler_daemon.specs import JobSpec, RetrySpec
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
+from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.timing.clock import Clock
 
 log = structlog.get_logger("scheduler_daemon.running.runner")
@@ -33,84 +41,6 @@ FAILURES = frozenset({Status.FAILED, Status.TIMED_OUT})
 
 # How often attempts in flight get their `running` row (see README: crash recovery window).
 RUNNING_ROWS_EVERY = 0.2
-
-
-class RecordSink(Protocol):
-    def record(self, rec: ExecutionRecord) -> None: ...
-
-
-class StartEntry(Protocol):
-    def recorded(self) -> None:
-        """A row of this attempt (`running` or final) has been handed to the recorder."""
-
-
-class StartSink(Protocol):
-    """Makes attempts' starts durable before their actions begin (storage/startlog.py)."""
-
-    def log(self, rec: ExecutionRecord) -> StartEntry:
-        """Queue ``rec``, the attempt's `running` record, for the next group commit."""
-        ...
-
-    def durable(self) -> Awaitable[None]:
-        """Done once every record logged so far is on disk (or failed to get there, said in the
-        log: attempts run anyway)."""
-        ...
-
-
-class FireObserver(Protocol):
-    """Told of every final attempt and every ended fire (metrics); must return at once."""
-
-    def attempt_finished(self, rec: ExecutionRecord) -> None: ...
-
-    def fire_ended(self, job: str, status: Status) -> None: ...
-
-
-class _NoObserver:
-    def attempt_finished(self, rec: ExecutionRecord) -> None:
-        pass
-
-    def fire_ended(self, job: str, status: Status) -> None:
-        pass
-
-
-ActionFor = Callable[[JobSpec], Action]
-
-
-def backoff_delay(policy: RetrySpec, failed_attempt: int, rng: random.Random) -> float:
-    """Seconds to wait after attempt ``failed_attempt`` (1-based) failed.
-
-    Exponential from ``delay`` by ``backoff``, capped at ``max_delay``, then ± ``jitter``.
-    """
-    delay = min(policy.delay * policy.backoff ** (failed_attempt - 1), policy.max_delay)
-    if policy.jitter:
-        delay *= 1 + rng.uniform(-policy.jitter, policy.jitter)
-    return max(delay, 0.0)
-
-
-@dataclass(slots=True, eq=False)
-class Fire:
-    """A fire in flight: its task and what it is doing now (for drain and overlap decisions)."""
-
-    job: JobSpec
-    scheduled_at: datetime
-    trigger: FireKind
-    overrides: Mapping[str, Any] | None
-    given_id: uuid.UUID | None = None  # manual and resumed fires; else derived on first use
-    state: str = "waiting"  # waiting (for a slot) | starting (its start logged) | running | backoff
-    attempt: int = 1
-    cancel_reason: str = "cancelled"
-    started: float = 0.0  # the running attempt's start and due times (wall clock)
-    due: float = 0.0
-    announced: bool = False  # its `running` row has been recorded
-    start: StartEntry | None = None  # the running attempt's start entry, until a row covers it
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def fire_id(self) -> uuid.UUID:
-        # Derived lazily: hashing is not worth doing before the attempt has begun.
-        if self.given_id is None:
-            self.given_id = scheduled_fire_id(self.job.name, self.scheduled_at)
-        return self.given_id
 
 
 class Runner:
@@ -125,11 +55,14 @@ class Runner:
         rng: random.Random | None = None,
         observer: FireObserver | None = None,
         starts: StartSink | None = None,
+        claims: Claims | None = None,
     ) -> None:
-        """``starts``: where attempts' starts are made durable first (None: they are not)."""
+        """``starts``: where attempts' starts are made durable first (None: they are not);
+        ``claims``: cluster mode, each attempt is claimed before it starts."""
         self._clock = clock
         self._starts = starts
-        self._observer: FireObserver = observer or _NoObserver()
+        self._claims = claims
+        self._observer: FireObserver = observer or NoObserver()
         self._limiter = limiter
         self._recorder = recorder
         self._action_for = action_for
@@ -150,14 +83,17 @@ class Runner:
         overrides: Mapping[str, Any] | None = None,
         fire_id: uuid.UUID | None = None,
         attempt: int = 1,
+        claimed: bool = False,
     ) -> Fire | None:
         """Start a fire of ``job`` unless its overlap policy says no; never blocks.
 
-        ``fire_id`` and ``attempt`` resume a fire whose earlier attempt was abandoned.
+        ``fire_id`` and ``attempt`` resume a fire whose earlier attempt was abandoned;
+        ``claimed``: cluster mode, this replica has won ``attempt`` already.
         """
         if fire_id is None and trigger is FireKind.MANUAL:
             fire_id = uuid.uuid4()
         fire = Fire(job, scheduled_at, trigger, overrides, fire_id, attempt=attempt)
+        fire.claimed = attempt if claimed else 0
         if not self._accepting:
             self._record_unstarted(fire, Status.CANCELLED, "daemon is shutting down")
             return None
@@ -195,6 +131,12 @@ class Runner:
                 fire.state = "waiting"
                 await self._limiter.acquire(job.priority)
                 try:
+                    if self._claims is not None and fire.claimed < fire.attempt:
+                        if not await self._claims.claim(fire):
+                            log.info("attempt_not_claimed", job=job.name, attempt=fire.attempt,
+                                     fire_id=str(fire.fire_id))  # fmt: skip
+                            return  # another replica runs it (or none could be sure: none)
+                        fire.claimed = fire.attempt
                     if self._starts is not None:
                         fire.state = "starting"
                         await self._log_start(self._starts, fire, due)

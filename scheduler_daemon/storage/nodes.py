@@ -79,12 +79,14 @@ SELECT host, pid, started_at, extract(epoch FROM now() - last_seen)::float8 AS a
 
 # A row's states: running (stopped_at NULL); leaving (stopped_at <= last_seen: it said it stops
 # and still heartbeats through its drain); gone (stopped_at > last_seen: a clean stop was its
-# last word). One round trip: renew our row (only if still ours) and read everyone's. The SELECT
-# sees the table as before the UPDATE: our own age is the previous heartbeat's (the caller knows
-# it is 0).
+# last word, or the survivors settled it as dead, fire_claims.py). One round trip: renew our row
+# (only if still ours; leaving: $5) and read everyone's. A replica that heartbeats again after
+# being settled is running again. The SELECT sees the table as before the UPDATE: our own age is
+# the previous heartbeat's (the caller knows it is 0).
 _HEARTBEAT = """
 WITH me AS (
-    UPDATE nodes SET last_seen = now()
+    UPDATE nodes SET last_seen = now(),
+                     stopped_at = CASE WHEN $5 THEN coalesce(stopped_at, now()) END
      WHERE name = $1 AND host = $2 AND pid = $3 AND started_at = $4
     RETURNING name
 )
@@ -95,11 +97,6 @@ SELECT EXISTS (SELECT 1 FROM me) AS mine,
        coalesce(array_agg(n.name) FILTER (WHERE n.stopped_at IS NOT NULL), '{}') AS stopping,
        coalesce(array_agg(n.name) FILTER (WHERE n.stopped_at > n.last_seen), '{}') AS gone
   FROM nodes n
-"""
-
-_LEAVE = """
-UPDATE nodes SET stopped_at = now(), last_seen = now()
- WHERE name = $1 AND host = $2 AND pid = $3 AND started_at = $4
 """
 
 # The stop is the row's last word: after the last heartbeat, so the row reads as gone at once.
@@ -145,8 +142,10 @@ async def holder(db: Db, name: str) -> Holder | None:
     )
 
 
-async def heartbeat(db: Db, me: Me, started_at: datetime) -> Seen:
-    row = await db.fetchrow(_HEARTBEAT, me.name, me.host, me.pid, started_at)
+async def heartbeat(db: Db, me: Me, started_at: datetime, *, leaving: bool = False) -> Seen:
+    """Renew our row and read everyone's. ``leaving``: we stop (out of every live set at once),
+    and heartbeat on through the drain, so our running attempts are not taken for abandoned."""
+    row = await db.fetchrow(_HEARTBEAT, me.name, me.host, me.pid, started_at, leaving)
     assert row is not None  # an aggregate without GROUP BY: always one row
     return Seen(
         mine=row["mine"],
@@ -154,12 +153,6 @@ async def heartbeat(db: Db, me: Me, started_at: datetime) -> Seen:
         stopping=frozenset(row["stopping"]),
         gone=frozenset(row["gone"]),
     )
-
-
-async def leave(db: Db, me: Me, started_at: datetime) -> None:
-    """Say this replica is stopping: no longer live (no fire is routed to it); it still
-    heartbeats while it drains, so its running attempts are not taken for abandoned."""
-    await db.execute(_LEAVE, me.name, me.host, me.pid, started_at)
 
 
 async def stop(db: Db, me: Me, started_at: datetime) -> None:

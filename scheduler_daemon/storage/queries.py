@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
@@ -208,6 +208,8 @@ class OneOffRun:
     created_at: datetime | None = None
     started_at: datetime | None = None
     cancelled_at: datetime | None = None
+    job: Any = None  # an ad-hoc run's job as written (`runs.job`); None: a configured job's run
+    options: Any = None  # its own priority and retry (`runs.options`), checked when it starts
 
     @property
     def state(self) -> RunState:
@@ -217,19 +219,34 @@ class OneOffRun:
 
     @classmethod
     def from_row(cls, row: Row) -> OneOffRun:
-        overrides = row["overrides"]
         return cls(
             id=row["id"],
             job_name=row["job_name"],
             run_at=row["run_at"],
-            overrides=json.loads(overrides) if isinstance(overrides, str) else overrides,
+            overrides=_json(row["overrides"]),
             created_at=row["created_at"],
             started_at=row["started_at"],
             cancelled_at=row["cancelled_at"],
+            job=_json(row.get("job")),
+            options=_json(row.get("options")),
         )
 
 
-_RUN_COLUMNS = "id, job_name, run_at, overrides, created_at, started_at, cancelled_at"
+@dataclass(frozen=True, slots=True)
+class RunSetup:
+    """A new run's id, and what it carries besides its job's name: an ad-hoc job's definition,
+    its own options (JSON objects, or None)."""
+
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    job: Mapping[str, Any] | None = None
+    options: Mapping[str, Any] | None = None
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+_RUN_COLUMNS = "id, job_name, run_at, overrides, created_at, started_at, cancelled_at, job, options"
 _PENDING = "started_at IS NULL AND cancelled_at IS NULL"
 # At most this many runs wait to start, of one job and in all: each pending run is a task in the
 # daemon's memory until it starts (the daemon holds at most MAX_PENDING_RUNS of them).
@@ -255,6 +272,7 @@ async def create_run(
     job: str,
     run_at: datetime,
     overrides: Mapping[str, Any] | None,
+    setup: RunSetup | None = None,
     *,
     max_pending: int = MAX_PENDING_RUNS,
     max_pending_per_job: int = MAX_PENDING_RUNS_PER_JOB,
@@ -263,9 +281,10 @@ async def create_run(
     if isinstance(db, asyncpg.Pool):
         async with db.acquire() as conn:
             return await create_run(
-                conn, job, run_at, overrides,
+                conn, job, run_at, overrides, setup,
                 max_pending=max_pending, max_pending_per_job=max_pending_per_job,
             )  # fmt: skip
+    setup = setup or RunSetup()
     async with db.transaction():
         await db.execute("SELECT pg_advisory_xact_lock($1)", _RUNS_LOCK)
         counts = await db.fetchrow(
@@ -279,20 +298,36 @@ async def create_run(
         if counts["total"] >= max_pending:
             raise TooManyRuns(None, max_pending)
         row = await db.fetchrow(
-            f"""INSERT INTO runs (id, job_name, run_at, overrides)
-                VALUES ($1, $2, $3, $4::jsonb) RETURNING {_RUN_COLUMNS}""",
-            uuid.uuid4(),
+            f"""INSERT INTO runs (id, job_name, run_at, overrides, job, options)
+                VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6::jsonb) RETURNING {_RUN_COLUMNS}""",
+            setup.id,
             job,
             run_at,
-            json.dumps(overrides) if overrides is not None else None,
+            *(
+                json.dumps(v) if v is not None else None
+                for v in (overrides, setup.job, setup.options)
+            ),
         )
     assert row is not None
     return OneOffRun.from_row(row)
 
 
+async def job_exists(db: Db, name: str) -> bool:
+    """Whether a job of that name has a live row (the config file's or the API's)."""
+    found = await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE name = $1 AND removed_at IS NULL)", name
+    )
+    return bool(found)
+
+
 async def get_run(db: Db, run_id: uuid.UUID) -> OneOffRun | None:
     row = await db.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
     return OneOffRun.from_row(row) if row else None
+
+
+async def runs_by_id(db: Db, run_ids: Sequence[uuid.UUID]) -> list[OneOffRun]:
+    rows = await db.fetch(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = any($1)", list(run_ids))
+    return [OneOffRun.from_row(r) for r in rows]
 
 
 async def run_outcome(db: Db, run_id: uuid.UUID) -> asyncpg.Record | None:

@@ -11,14 +11,17 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from scheduler_daemon import __version__
 from scheduler_daemon.operation import control
 from scheduler_daemon.operation.instance import INSTANCE_LOCK, AnotherDaemon, DatabaseLock
 from scheduler_daemon.operation.membership import Membership, NodeNameInUse, PgNodes
 from scheduler_daemon.specs.models import ClusterSpec, DatabaseSpec
+from scheduler_daemon.storage import fire_claims
+from scheduler_daemon.storage.fire_claims import ClaimRequest
 from scheduler_daemon.timing.clock import SystemClock
-from tests.helpers import make_config
+from tests.helpers import make_config, rec
 
 CLUSTER = ClusterSpec(enabled=True)
 
@@ -150,6 +153,46 @@ async def test_a_lost_connection_disconnects_until_a_heartbeat_reconnects(
             assert await db.fetchval(backend, name) not in (None, first)  # a new connection
     finally:
         await a.stop()
+
+
+async def test_the_survivors_settle_a_replica_that_died_while_leaving_and_one_back_is_live(
+    database_url: str,
+) -> None:
+    """Membership's rows as the lease settlement (storage/fire_claims.py) reads them: a replica
+    that crashed during its drain is settled after the lease like any other; one the survivors
+    settled that heartbeats again (it was only cut off) is live again."""
+    a, b = member(database_url, "a"), member(database_url, "b")
+    await a.start()
+    await b.start()
+    fire = rec("slow", node="b")
+    request = ClaimRequest(fire.fire_id, 1, fire.job_name, fire.scheduled_at)
+    try:
+        async with admin(database_url) as db:
+            assert await fire_claims.claim(db, "b", [request])
+            await b.leave()  # draining: its attempt is still its own
+            assert await fire_claims.abandon_dead(db, CLUSTER.lease) == []
+            await db.execute(  # ... and it crashed 20 s ago, mid-drain
+                "UPDATE nodes SET last_seen = last_seen - interval '20 s',"
+                " stopped_at = stopped_at - interval '20 s' WHERE name = 'b'"
+            )
+            settled = await fire_claims.abandon_dead(db, CLUSTER.lease)
+            assert [(r["job_name"], r["node"]) for r in settled] == [("slow", "b")]
+            await a.beat()
+            assert a.dead("b") and a.live == ("a",)
+
+            await db.execute("UPDATE nodes SET last_seen = now() - interval '20 s' WHERE name='a'")
+            assert await fire_claims.abandon_dead(db, CLUSTER.lease) == []  # nothing of a's
+            assert await db.fetchval("SELECT stopped_at FROM nodes WHERE name = 'a'") is not None
+            with capture_logs() as logs:
+                await a.beat()  # a was only cut off: it is back
+            assert a.connected and a.live == ("a",)
+            assert [e["event"] for e in logs if e["event"] == "cluster_node_counted_dead"] == [
+                "cluster_node_counted_dead"
+            ]
+            assert await db.fetchval("SELECT stopped_at FROM nodes WHERE name = 'a'") is None
+    finally:
+        await a.stop()
+        await b.stop()
 
 
 async def test_status_reads_the_live_replicas_from_the_database(

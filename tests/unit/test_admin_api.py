@@ -24,11 +24,11 @@ from scheduler_daemon.operation import api_models
 from scheduler_daemon.operation.admin import ROUTES, build_app, spec
 from scheduler_daemon.operation.api_jobs import ApiJobs
 from scheduler_daemon.operation.metrics import LiveState, Metrics
+from scheduler_daemon.running.fire import Fire
 from scheduler_daemon.running.records import FireKind
-from scheduler_daemon.running.runner import Fire
 from scheduler_daemon.specs import AdminSpec, Config, JobSpec, load_config
 from scheduler_daemon.specs.api_job import ApiJobRules
-from scheduler_daemon.storage.queries import OneOffRun
+from scheduler_daemon.storage.queries import OneOffRun, RunSetup
 from tests.helpers import ADMIN_TOKEN, AUTH, ENV, T, write_config
 
 # -- the stand-in ---------------------------------------------------------------------------------
@@ -89,7 +89,11 @@ class StubDaemon:
         return Fire(job=job, scheduled_at=T, trigger=FireKind.MANUAL, overrides=overrides)
 
     async def create_run(
-        self, job: JobSpec, at: datetime, overrides: Mapping[str, Any] | None
+        self,
+        job: JobSpec,
+        at: datetime,
+        overrides: Mapping[str, Any] | None,
+        setup: RunSetup | None = None,
     ) -> OneOffRun:
         raise AssertionError("the API asks for the database before creating a run")
 

@@ -105,7 +105,7 @@ class FakeNodes:
         gone = row.stopped_at is not None and row.stopped_at > row.last_seen
         return Holder(row.host, row.pid, row.started_at, now - row.last_seen, gone)
 
-    async def heartbeat(self, me: Me, started_at: datetime) -> Seen:
+    async def heartbeat(self, me: Me, started_at: datetime, leaving: bool) -> Seen:
         now = self._now()
         if self.hang:
             await asyncio.get_running_loop().create_future()
@@ -114,18 +114,13 @@ class FakeNodes:
         mine = self._mine(me, started_at)
         if mine is not None:
             mine.last_seen = now
+            mine.stopped_at = (mine.stopped_at or now) if leaving else None
         return Seen(
             mine=mine is not None,
             ages={name: now - row.last_seen for name, row in before.items()},
             stopping=frozenset(n for n, r in before.items() if r.stopped_at is not None),
             gone=frozenset(n for n, r in before.items() if (r.stopped_at or 0) > r.last_seen),
         )
-
-    async def leave(self, me: Me, started_at: datetime) -> None:
-        now = self._now()
-        row = self._mine(me, started_at)
-        if row is not None:
-            row.stopped_at = row.last_seen = now
 
     async def stop(self, me: Me, started_at: datetime) -> None:
         now = self._now()

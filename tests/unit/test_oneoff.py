@@ -49,9 +49,11 @@ class StubDatabase:
 class Submitted:
     def __init__(self) -> None:
         self.fires: list[tuple[str, datetime, dict[str, Any]]] = []
+        self.jobs: list[JobSpec] = []
 
     def __call__(self, job: JobSpec, scheduled_at: datetime, **kw: Any) -> None:
         self.fires.append((job.name, scheduled_at, kw))
+        self.jobs.append(job)
 
 
 def run_at(clock: FakeClock, seconds: float, job: str = "report") -> OneOffRun:

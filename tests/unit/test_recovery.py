@@ -4,6 +4,7 @@ abandoned attempts are retried and missed fires run per the job's delivery."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -164,3 +165,21 @@ async def test_a_forward_clock_step_records_an_at_most_once_jobs_fires_missed() 
     assert {r.error for r in rows.records if r.job_name == "most"} == {
         "missed: the wall clock jumped forward (delivery: at_most_once)"
     }
+
+
+def test_a_runs_abandoned_attempt_resumes_with_the_runs_own_job_and_overrides() -> None:
+    configured = make_job("greet")  # one attempt: not retried on its own
+    own = configured.model_copy(update={"retry": RetrySpec(attempts=2)})
+    adhoc = make_job("adhoc-1", retry=RetrySpec(attempts=3))  # configured nowhere
+    rows = [abandoned_row("greet"), abandoned_row("adhoc-1"), abandoned_row("greet")]
+    rows[0]["fire_id"], rows[1]["fire_id"] = uuid.uuid4(), uuid.uuid4()
+    runs = {rows[0]["fire_id"]: (own, {"name": "x"}), rows[1]["fire_id"]: (adhoc, None)}
+    submitted: list[tuple[str, int, Any]] = []
+
+    class Runner:
+        def submit(self, job: Any, at: datetime, **kw: Any) -> None:
+            submitted.append((job.name, job.retry.attempts, kw["overrides"]))
+
+    retried = retry_abandoned(rows, {"greet": configured}, Runner(), at(1), runs=runs)  # type: ignore[arg-type]
+    assert retried == 2  # the scheduled fire of greet: its own single attempt, done
+    assert submitted == [("greet", 2, {"name": "x"}), ("adhoc-1", 3, None)]

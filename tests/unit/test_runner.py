@@ -14,9 +14,10 @@ from structlog.testing import capture_logs
 
 from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.actions.python import PythonAction, job_threads
+from scheduler_daemon.running.fire import ActionFor, backoff_delay
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
-from scheduler_daemon.running.runner import ActionFor, Runner, backoff_delay
+from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import JobSpec, PythonSpec, RetrySpec
 from tests.helpers import FakeClock, make_job
 
