@@ -114,8 +114,12 @@ class PgNodes:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
+            try:
+                dsn = self._dsn()
+            except RuntimeError as exc:  # the embedded server is not running (any more)
+                raise ConnectionError(str(exc)) from None
             self._conn = await asyncpg.connect(
-                self._dsn(),
+                dsn,
                 timeout=store.CONNECT_TIMEOUT,
                 command_timeout=store.COMMAND_TIMEOUT,
                 server_settings={"application_name": identity()},

@@ -22,6 +22,7 @@ from scheduler_daemon.operation.instance import AnotherDaemon
 from scheduler_daemon.operation.membership import (
     Membership,
     NodeNameInUse,
+    PgNodes,
     heartbeat_every,
     live_within,
 )
@@ -331,3 +332,19 @@ async def test_leaving_takes_us_out_of_live_while_the_heartbeat_goes_on_then_sto
     stopped = table.rows["a"].stopped_at
     await member.stop()  # once
     assert table.rows["a"].stopped_at == stopped
+
+
+async def test_an_embedded_server_not_running_is_a_database_away_not_a_crash() -> None:
+    def no_server() -> str:
+        raise RuntimeError("the embedded PostgreSQL is not started")
+
+    member = Membership(
+        clock=FakeClock(),
+        node="a",
+        cluster=CLUSTER,
+        table=PgNodes(no_server),
+        on_refused=lambda exc: None,
+    )
+    await member.start()  # deferred to the loop, as with a database that is down
+    assert not member.connected
+    await member.stop()
