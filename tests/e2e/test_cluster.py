@@ -127,3 +127,56 @@ async def test_replicas_share_a_database_and_a_lone_daemon_is_refused(
         database_url, "SELECT json_agg(name ORDER BY name) FROM nodes WHERE stopped_at IS NOT NULL"
     )
     assert json.loads(rows) == ["a", "b"]  # the refused ones never registered
+
+
+async def test_a_draining_replica_keeps_its_attempt_past_the_lease(
+    tmp_path: Path, database_url: str
+) -> None:
+    """SIGTERM during a long attempt: the replica leaves the live set at once but heartbeats on
+    while it drains, so the survivor never takes its attempt for abandoned (lease 2 s, drain
+    ~4 s)."""
+    replicas: dict[str, DaemonProcess] = {}
+    for node in ("a", "b"):
+        folder = tmp_path / node
+        folder.mkdir()
+        (folder / "config.yaml").write_text(
+            textwrap.dedent(f"""
+            database: {{url: "{database_url}"}}
+            state_dir: ./state
+            shutdown_grace: 20s
+            node: {node}
+            cluster: {{enabled: true, takeover_after: 1s, lease: 2s}}
+            jobs:
+              slow:
+                every: 3s
+                shell: "sleep 4"
+            """)
+        )
+        replicas[node] = await start_daemon(folder / "config.yaml")
+    try:
+        for daemon in replicas.values():
+            await daemon.wait_for("daemon_started")
+        running = "SELECT fire_id FROM executions WHERE status = 'running'"
+        await wait_until(lambda: _has_value(database_url, running), timeout=15)
+        fire_id = await query_value(database_url, running)
+        owner = await query_value(  # the replica that won the claim
+            database_url, "SELECT node FROM executions WHERE fire_id = $1", fire_id
+        )
+        survivor = replicas["b" if owner == "a" else "a"]
+        assert await replicas.pop(owner).stop() == 0  # drains: ~4 s, twice the lease
+        assert not survivor.matching("replica_attempts_abandoned")
+    finally:
+        for daemon in replicas.values():
+            assert await daemon.stop() == 0
+    statuses = await query_value(
+        database_url,
+        "SELECT json_agg(status || ' on ' || node) FROM executions WHERE fire_id = $1",
+        fire_id,
+    )
+    assert json.loads(statuses) == [f"succeeded on {owner}"]  # finished where it began
+    abandoned = "SELECT count(*) FROM executions WHERE status = 'abandoned'"
+    assert await query_value(database_url, abandoned) == 0
+
+
+async def _has_value(dsn: str, sql: str) -> bool:
+    return await query_value(dsn, sql) is not None
