@@ -434,6 +434,7 @@ class Daemon:
                 every=lease / 5,
                 jobs=lambda: self.config.jobs,
                 runner=self._runner,
+                runs=self._oneoff,
             ),
         }
 

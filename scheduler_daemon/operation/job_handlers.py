@@ -16,7 +16,7 @@ from aiohttp import web
 
 from scheduler_daemon.operation import api_models as m
 from scheduler_daemon.operation.api_handlers import Api, body_of, reply
-from scheduler_daemon.operation.api_models import ApiError
+from scheduler_daemon.operation.api_models import ApiError, InvalidJob
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.specs.api_job import JobProblems
 from scheduler_daemon.storage import job_store
@@ -113,7 +113,7 @@ async def _write(
             pool, name, fields, if_version=if_version, create_only=create_only
         )
     except JobProblems as exc:
-        raise _invalid(exc.problems) from None
+        raise InvalidJob(exc) from None
     except JobWriteRefused as exc:
         raise _refused(exc) from None
     response = reply(stored_job(api, stored, spec), status=201 if created else 200)
@@ -170,10 +170,7 @@ async def _job_body(request: web.Request) -> dict[str, Any]:
 
 
 def _invalid(problems: list[tuple[tuple[str | int, ...], str]]) -> ApiError:
-    listed = JobProblems(problems).as_list()
-    return ApiError(
-        422, "invalid_job", f"the job has {len(listed)} problem(s): see problems", listed
-    )
+    return InvalidJob(JobProblems(problems))
 
 
 def _refused(exc: JobWriteRefused) -> ApiError:

@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 
+from scheduler_daemon.operation.oneoff import OneOffRuns
 from scheduler_daemon.operation.recovery import retry_abandoned
+from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage import fire_claims, store
@@ -32,7 +34,7 @@ async def settle_dead_replicas(
     every: float,
     jobs: Callable[[], Sequence[JobSpec]],
     runner: Runner,
-    on_settled: Callable[[int], None] = lambda n: None,
+    runs: OneOffRuns,
 ) -> None:
     """Every ``every`` seconds: abandon and retry the attempts of replicas dead past ``lease``."""
     while True:
@@ -53,5 +55,11 @@ async def settle_dead_replicas(
             attempts=len(abandoned),
         )
         now = datetime.fromtimestamp(clock.time(), UTC)
-        retry_abandoned(abandoned, {job.name: job for job in jobs()}, runner, now)
-        on_settled(len(abandoned))
+        manual = [row["fire_id"] for row in abandoned if row["trigger"] == FireKind.MANUAL]
+        try:
+            resumable = await runs.resumable(db, manual)  # a one-off run resumes as it ran
+        except store.DB_ERRORS as exc:
+            log.warning("abandoned_runs_not_read", error=str(exc))
+            resumable = {}
+        by_name = {job.name: job for job in jobs()}
+        retry_abandoned(abandoned, by_name, runner, now, runs=resumable)
