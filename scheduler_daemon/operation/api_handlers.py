@@ -45,11 +45,24 @@ log = structlog.get_logger("scheduler_daemon.operation.api_handlers")
 RELOAD_FAILED = "see the daemon's log (event reload_failed)"
 
 
+class ClusterView(Protocol):
+    """What /healthz shows of cluster mode (membership.py's Membership)."""
+
+    node: str
+    live: tuple[str, ...]
+
+    @property
+    def connected(self) -> bool: ...
+
+
 class Controlled(Protocol):
     """What the API reads and drives: the running daemon (tests may pass a stand-in)."""
 
     started_at: datetime
     metrics: Metrics
+
+    @property
+    def membership(self) -> ClusterView | None: ...  # cluster mode
 
     @property
     def config(self) -> Config: ...
@@ -111,6 +124,12 @@ class Api:
                 f"{len(self.t.api_jobs.refused)} job(s) kept in the database are not run: see the "
                 "daemon's log (event api_job_not_run)"
             )
+        cluster = self.t.membership
+        if cluster is not None and not cluster.connected:
+            problems.append(
+                "cluster: this replica cannot heartbeat: it claims no fire until the database "
+                "answers"
+            )
         body = m.Health(
             status="degraded" if problems else "ok",
             problems=problems,
@@ -124,6 +143,11 @@ class Api:
             ),
             started_at=self.t.started_at,
             uptime_s=round((datetime.now(UTC) - self.t.started_at).total_seconds(), 1),
+            cluster=None
+            if cluster is None
+            else m.ClusterState(
+                node=cluster.node, live=list(cluster.live), connected=cluster.connected
+            ),
         )
         # Liveness: 200 while the loop answers. Readiness/alerting: ?ready=1 is 503 when degraded.
         return reply(body, status=503 if query.ready and problems else 200)

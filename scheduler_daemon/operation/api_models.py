@@ -62,6 +62,17 @@ class ConfigState(Body):
     reload_error: str | None
 
 
+class ClusterState(Body):
+    node: str = Field(description="this replica's node name")
+    live: list[str] = Field(
+        description="the replicas heartbeating now (this one included, sorted): those that "
+        "share the fires"
+    )
+    connected: bool = Field(
+        description="this replica's heartbeat goes through; false: it claims no fire"
+    )
+
+
 class Health(Body):
     status: Literal["ok", "degraded"]
     problems: list[str]
@@ -70,6 +81,9 @@ class Health(Body):
     config: ConfigState
     started_at: Instant
     uptime_s: float
+    cluster: ClusterState | None = Field(
+        default=None, description="cluster mode's view; null: this daemon runs alone"
+    )
 
 
 class JobStats(Body):

@@ -192,6 +192,9 @@ async def _operate(config: Config, args: argparse.Namespace) -> int:
         if args.command == "status":
             jobs = await backend.jobs()
             print(json.dumps(jobs, indent=2) if args.json else tables.status(jobs))
+            live = None if args.json else await backend.cluster()
+            if live is not None:
+                print(tables.cluster(live))
         elif args.command == "history":
             rows = await backend.history(args.job, args.n, args.status)
             if not rows and config.job(args.job) is None:

@@ -18,11 +18,12 @@ import aiohttp
 import asyncpg
 
 from scheduler_daemon.errors import SchedulerDaemonError
+from scheduler_daemon.operation.membership import live_within
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
 from scheduler_daemon.operation.reload import with_api_jobs
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.specs.api_job import ApiJobRules, JobProblems, build_api_job
-from scheduler_daemon.storage import job_store, queries, schema, store
+from scheduler_daemon.storage import job_store, nodes, queries, schema, store
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.timing.schedule_text import schedule_in_words
 from scheduler_daemon.timing.schedules import build_schedule
@@ -42,6 +43,9 @@ class Backend(Protocol):
     async def trigger(self, job: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]: ...
 
     async def set_paused(self, job: str, paused: bool) -> dict[str, Any]: ...
+
+    async def cluster(self) -> list[str] | None:
+        """The live replicas (sorted) in cluster mode; None: the daemon runs alone."""
 
 
 @asynccontextmanager
@@ -112,6 +116,10 @@ class ApiBackend:
             "POST", f"/jobs/{job}/{'pause' if paused else 'resume'}"
         )
         return result
+
+    async def cluster(self) -> list[str] | None:
+        cluster = (await self._call("GET", "/healthz")).get("cluster")
+        return None if cluster is None else list(cluster["live"])
 
 
 def _api_job(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -224,6 +232,11 @@ class DbBackend:
                 f"job {job!r} is not in the database yet: start the daemon"
             ) from None
         return {"job": job, "paused": since is not None, "paused_at": _iso(since)}
+
+    async def cluster(self) -> list[str] | None:
+        if not self._config.cluster.enabled:
+            return None
+        return await nodes.live(self._pool, within=live_within(self._config.cluster))
 
     def _job(self, name: str) -> JobSpec:
         job = self._config.job(name)

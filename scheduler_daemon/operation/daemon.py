@@ -27,6 +27,7 @@ from scheduler_daemon.operation.claims import AloneLiveSet, Claims, ClusterDispa
 from scheduler_daemon.operation.instance import DatabaseLock, StateLock
 from scheduler_daemon.operation.job_set import JobSet
 from scheduler_daemon.operation.leases import settle_dead_replicas
+from scheduler_daemon.operation.membership import Membership, PgNodes
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.operation.next_runs import keep_next_runs_current
 from scheduler_daemon.operation.notify import Notifier
@@ -54,6 +55,8 @@ from scheduler_daemon.timing.clock import Clock, SystemClock
 from scheduler_daemon.timing.scheduler import Scheduler
 
 log = structlog.get_logger("scheduler_daemon.operation.daemon")
+
+MEMBERSHIP = "membership"  # the cluster heartbeat's loop: it ends after the drain, not before
 
 
 class Daemon:
@@ -85,6 +88,16 @@ class Daemon:
         self._http = HttpClient()
         self._job_threads = job_threads()
         self._limiter = Limiter(config.max_concurrency)
+        # Cluster mode: who is alive, for the claim path (None: this daemon runs alone).
+        self.membership: Membership | None = None
+        if config.cluster.enabled:
+            self.membership = Membership(
+                clock=self._clock,
+                node=config.node,
+                cluster=config.cluster,
+                table=PgNodes(lambda: self.database.dsn),
+                on_refused=self._give_up,
+            )
         # Cluster mode: each attempt is claimed in the database first (claims.py).
         self._claims = (
             Claims(node=config.node, pool=lambda: self.database.pool, members=self._live_set())
@@ -138,7 +151,9 @@ class Daemon:
         )
         # One daemon per state_dir and per database, settled before recovery touches a row.
         self._state_lock = StateLock(config.state_dir)
-        self._database_lock = DatabaseLock(lambda: self.database.dsn, on_lost=self._give_up)
+        self._database_lock = DatabaseLock(
+            lambda: self.database.dsn, on_lost=self._give_up, shared=config.cluster.enabled
+        )
         self._schema = Upgrades(on_refused=self._give_up)  # a newer schema, a refused migration
         self._fatal: SchedulerDaemonError | None = None  # why the daemon stopped itself
         self._scheduler = Scheduler(
@@ -170,6 +185,8 @@ class Daemon:
                 await self._database_lock.try_at_start()
                 if self._database_lock.held:  # reachable: an unusable schema refuses the start
                     await self._schema.at_start(self.database.dsn)
+                if self.membership is not None:  # a name clash refuses the start, like the lock
+                    await self.membership.start()
                 self._pauses.load_cache()  # before any connection brings the database's view
                 await self.jobs.start(database_reached=self._database_lock.held)
                 await self._start_admin()
@@ -184,6 +201,8 @@ class Daemon:
                     unwritten = await self._shutdown()
                     await self._database_lock.release()
         finally:
+            if self.membership is not None:  # a start that failed after registering
+                await self.membership.stop()
             await self._database_lock.release()
             self._state_lock.release()
             if unwritten is not None:  # the database and its server are closed by now
@@ -240,9 +259,9 @@ class Daemon:
 
     def _background_loops(self) -> dict[str, Coroutine[Any, Any, None]]:
         """Each runs until stopped; one that ends on its own stops the daemon (``_serve``)."""
-        cluster = self._cluster_loops()
         return {
-            **cluster,
+            **self._membership_loop(),
+            **self._cluster_loops(),
             "scheduler": self._scheduler.run(),
             "heartbeat": self._notify.heartbeat(self._clock, self.status_line),
             "watch-controls": watch_controls(
@@ -271,6 +290,9 @@ class Daemon:
             ),
         }
 
+    def _membership_loop(self) -> dict[str, Coroutine[Any, Any, None]]:
+        return {} if self.membership is None else {MEMBERSHIP: self.membership.run()}
+
     async def _serve(self) -> None:
         while not self._stop.is_set():
             stop = asyncio.ensure_future(self._stop.wait())
@@ -297,21 +319,35 @@ class Daemon:
             f"stopping: draining {len(self._runner.active())} running fires", needs=budget
         )
         self._scheduler.stop()
-        for name, task in self._loops.items():
+        if self.membership is not None:
+            await self.membership.leave()  # no fire is routed to us any more
+        # The membership loop heartbeats through the drain: our attempts are not abandoned.
+        loops = {name: task for name, task in self._loops.items() if name != MEMBERSHIP}
+        for name, task in loops.items():
             if name != "scheduler":  # stop() ends its loop between two fires
                 task.cancel()
         await self._recovery.close()  # catch-up sequences: their running fires are drained below
-        await asyncio.gather(*self._loops.values(), return_exceptions=True)
+        await asyncio.gather(*loops.values(), return_exceptions=True)
         await self._oneoff.close()  # pending runs stay in the database for the next start
         await self._runner.drain(grace)
         # A plain function still running past the grace cannot be stopped: it is left behind.
         self._job_threads.shutdown(wait=False, cancel_futures=True)
+        await self._stop_membership()
         if self._admin is not None:
             await self._admin.cleanup()  # kept up while draining: operators watch the drain
         unwritten = await self._recorder.close(timeout=FLUSH_TIMEOUT)
         await self._starts.close()  # after the recorder: the files of attempts with rows go
         await self._http.close()
         return unwritten
+
+    async def _stop_membership(self) -> None:
+        """After the drain: the heartbeat ends, and the stop is our row's last word."""
+        heartbeat = self._loops.get(MEMBERSHIP)
+        if heartbeat is not None:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+        if self.membership is not None:
+            await self.membership.stop()
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (and `systemctl status`)."""
@@ -403,7 +439,9 @@ class Daemon:
         }
 
     def _live_set(self) -> LiveSet:
-        """The replicas alive (cluster mode); until membership is known, this one alone."""
+        """The replicas alive (cluster mode): membership's heartbeat view."""
+        if self.membership is not None:
+            return self.membership
         return AloneLiveSet(lambda: self.database.pool is not None)
 
     async def set_paused(self, job: str, paused: bool) -> datetime | None:
@@ -435,7 +473,12 @@ class Daemon:
             journal=self._journal.path,
             jobs=lambda: self.config.jobs,
             paused=self._pauses,
+            cluster=None if self.membership is None else self._cluster_gauges,
         )
+
+    def _cluster_gauges(self) -> tuple[int, bool]:
+        assert self.membership is not None
+        return len(self.membership.live), self.membership.connected
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.time(), UTC)

@@ -10,7 +10,8 @@ the first one's running attempts ``abandoned``. So ``run`` takes, before anythin
   down at start is locked at the first connection; losing the lock to another daemon meanwhile
   stops this one.
 
-Several daemons on one database will be an explicit cluster mode; until then, one per database.
+In cluster mode (``cluster.enabled``) the database lock is taken shared: replicas coexist, while a
+daemon not in cluster mode (exclusive) and replicas refuse each other, both ways.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ log = structlog.get_logger("scheduler_daemon.operation.instance")
 
 # pg_advisory_lock's key for "a daemon runs on this database" (schema upgrades use another).
 INSTANCE_LOCK = 0x5C4ED01
-_HOLDER = """
-SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+# Who holds it, and how: ExclusiveLock (a daemon not in cluster mode) or ShareLock (replicas).
+_HOLDERS = """
+SELECT a.application_name, l.mode FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
  WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = $1
    AND l.objsubid = 1
    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+ ORDER BY l.mode, a.backend_start
 """
 
 _MINE = """
@@ -99,11 +102,19 @@ def _unusable(state_dir: Path, exc: OSError) -> str:
 class DatabaseLock:
     """The advisory lock that says a daemon runs on the database, on a connection of its own."""
 
-    def __init__(self, dsn: Callable[[], str], *, on_lost: Callable[[AnotherDaemon], None]) -> None:
+    def __init__(
+        self,
+        dsn: Callable[[], str],
+        *,
+        on_lost: Callable[[AnotherDaemon], None],
+        shared: bool = False,
+    ) -> None:
         """``dsn``: the database's, when asked (the embedded one's is known once started);
-        ``on_lost``: called when the lock turns out to be another daemon's after the start."""
+        ``on_lost``: called when the lock turns out to be another daemon's after the start;
+        ``shared``: cluster mode (replicas share the lock)."""
         self._dsn = dsn
         self._on_lost = on_lost
+        self._shared = shared
         self._conn: asyncpg.Connection | None = None
 
     @property
@@ -121,18 +132,38 @@ class DatabaseLock:
             timeout=store.CONNECT_TIMEOUT,
             server_settings={"application_name": identity()},
         )
+        take = "pg_try_advisory_lock_shared" if self._shared else "pg_try_advisory_lock"
         try:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", INSTANCE_LOCK):
-                holder = await conn.fetchval(_HOLDER, INSTANCE_LOCK) or "unknown"
-                raise AnotherDaemon(
-                    f"another daemon ({holder}) runs on this database: one daemon per database "
-                    "(stop it, or give this one a database of its own)"
-                )
+            if not await conn.fetchval(f"SELECT {take}($1)", INSTANCE_LOCK):
+                raise AnotherDaemon(self._refusal(await conn.fetch(_HOLDERS, INSTANCE_LOCK)))
         except BaseException:
             await conn.close()
             raise
         self._conn = conn
-        log.info("database_locked", lock=INSTANCE_LOCK)
+        log.info("database_locked", lock=INSTANCE_LOCK, shared=self._shared)
+
+    def _refusal(self, holders: list[asyncpg.Record]) -> str:
+        """Why the lock is not ours: who holds it, in which mode, and what to do."""
+        replicas = [r["application_name"] for r in holders if r["mode"] == "ShareLock"]
+        single = [r["application_name"] for r in holders if r["mode"] != "ShareLock"]
+        if self._shared:
+            who = single[0] if single else "unknown"
+            return (
+                f"a daemon not in cluster mode runs on this database ({who}): stop it, or set "
+                "cluster.enabled on every daemon of this database"
+            )
+        if replicas:
+            return (
+                f"daemons in cluster mode run on this database ({'; '.join(replicas[:3])}"
+                f"{'; ...' if len(replicas) > 3 else ''}): stop them, or set cluster.enabled "
+                "on this daemon too (every daemon of a database runs in cluster mode, or one "
+                "runs alone)"
+            )
+        who = single[0] if single else "unknown"
+        return (
+            f"another daemon ({who}) runs on this database: one daemon per database (stop it, "
+            "or give this one a database of its own, or set cluster.enabled on both)"
+        )
 
     async def try_at_start(self) -> None:
         """Before the schedule starts: take the lock, or learn the database is down (then the

@@ -87,6 +87,8 @@ class LiveState:
     journal_bytes: Callable[[], int]
     database_up: Callable[[], bool]
     jobs_by_state: Callable[[], dict[str, int]]  # enabled / disabled / paused
+    # Cluster mode: (replicas live, this one's heartbeat goes through); None: runs alone.
+    cluster: Callable[[], tuple[int, bool]] | None = None
 
     @classmethod
     def of(
@@ -98,6 +100,7 @@ class LiveState:
         journal: Path,
         jobs: Callable[[], Sequence[JobSpec]],
         paused: Container[str],
+        cluster: Callable[[], tuple[int, bool]] | None = None,
     ) -> LiveState:
         """Read from the daemon's parts; ``jobs``: the configured jobs, now."""
 
@@ -120,6 +123,7 @@ class LiveState:
             journal_bytes=journal_bytes,
             database_up=lambda: recorder.connected,
             jobs_by_state=jobs_by_state,
+            cluster=cluster,
         )
 
 
@@ -322,4 +326,16 @@ class Metrics(Collector):
         for state, n in sorted(live.jobs_by_state().items()):
             jobs.add_metric([state], n)
         yield jobs
+        if live.cluster is not None:
+            live_nodes, connected = live.cluster()
+            yield GaugeMetricFamily(
+                "scheduler_cluster_nodes_live",
+                "Replicas heartbeating now, this one included (cluster mode).",
+                value=live_nodes,
+            )
+            yield GaugeMetricFamily(
+                "scheduler_cluster_connected",
+                "1 when this replica's heartbeat goes through (0: it claims no fire).",
+                value=1 if connected else 0,
+            )
         yield GaugeMetricFamily("scheduler_scrape_timestamp_seconds", "Now.", value=time.time())

@@ -26,6 +26,12 @@ def status(jobs: Sequence[Mapping[str, Any]], now: datetime | None = None) -> st
     return render(header, rows)
 
 
+def cluster(live: Sequence[str]) -> str:
+    """`status`'s line in cluster mode: the replicas heartbeating now."""
+    replicas = "replica" if len(live) == 1 else "replicas"
+    return f"cluster: {len(live)} {replicas} live: {', '.join(live) or '-'}"
+
+
 def history(rows: Sequence[Mapping[str, Any]], now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     table = [

@@ -70,8 +70,9 @@ async def prune(db: Db) -> int:
 # The executions key arbitrates between survivors: the second finds the row no longer running.
 _ABANDON_DEAD = """
 WITH dead AS (
-    SELECT name FROM nodes
-    WHERE stopped_at IS NULL AND last_seen < now() - make_interval(secs => $1)
+    SELECT name FROM nodes  -- running, or leaving (stopping, heartbeating through its drain)
+    WHERE (stopped_at IS NULL OR stopped_at <= last_seen)
+      AND last_seen < now() - make_interval(secs => $1)
 ), settled AS (  -- its attempts are settled now: later passes skip it until it heartbeats
     UPDATE nodes SET stopped_at = now() WHERE name IN (SELECT name FROM dead)
 ), lost AS (

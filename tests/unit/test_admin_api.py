@@ -50,6 +50,15 @@ class _Recorder:
 
 
 @dataclass
+class Cluster:
+    """membership.py's Membership as /healthz reads it."""
+
+    node: str = "a"
+    live: tuple[str, ...] = ("a", "b")
+    connected: bool = True
+
+
+@dataclass
 class StubDaemon:
     """Implements operation/admin.py's ``Controlled``; records what the API asked of it."""
 
@@ -62,6 +71,7 @@ class StubDaemon:
     refuse_fires: bool = False
     api_jobs: ApiJobs = field(default_factory=lambda: _no_api_jobs())
     triggered: list[tuple[str, Mapping[str, Any] | None]] = field(default_factory=list)
+    membership: Cluster | None = None
 
     def running(self, job: str) -> list[Fire]:
         return []
@@ -227,6 +237,24 @@ async def test_health_is_an_alias_of_healthz(api: Api, tokenless: Api) -> None:
     assert status == 503 and health["database"] == "buffering"
     status, body = await api.call("GET", "/health?verbose=1", auth=False)
     assert (status, body["error"]) == (400, "unknown_parameter")
+
+
+async def test_healthz_shows_the_cluster_and_is_degraded_when_this_replica_cannot_heartbeat(
+    api: Api,
+) -> None:
+    _, health = await api.call("GET", "/healthz", auth=False)
+    assert health["cluster"] is None  # runs alone
+    api.daemon.membership = Cluster()
+    status, health = await api.call("GET", "/healthz?ready=1", auth=False)
+    assert status == 200 and health["status"] == "ok"
+    assert health["cluster"] == {"node": "a", "live": ["a", "b"], "connected": True}
+    api.daemon.membership = Cluster(live=(), connected=False)
+    status, health = await api.call("GET", "/healthz?ready=1", auth=False)
+    assert status == 503 and health["status"] == "degraded"
+    assert health["cluster"] == {"node": "a", "live": [], "connected": False}
+    assert health["problems"] == [
+        "cluster: this replica cannot heartbeat: it claims no fire until the database answers"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -110,6 +110,28 @@ def test_live_gauges_are_read_at_scrape_time() -> None:
     assert samples(metrics)[("scheduler_recorder_pending_rows", ())] == 9
 
 
+def test_cluster_gauges_are_exported_in_cluster_mode_only() -> None:
+    metrics = Metrics()
+    stats = dict.fromkeys(
+        ("pending", "pending_bytes", "written", "failures", "journaled", "rejected"), 0
+    )
+    alone = LiveState(lambda: 0, lambda p: 0, lambda: stats, lambda: 0, lambda: True, lambda: {})
+    metrics.live = alone
+    assert not {name for name, _ in samples(metrics) if name.startswith("scheduler_cluster")}
+    view = [(3, True)]
+    metrics.live = LiveState(
+        lambda: 0, lambda p: 0, lambda: stats, lambda: 0, lambda: True, lambda: {},
+        cluster=lambda: view[0],
+    )  # fmt: skip
+    got = samples(metrics)
+    assert got[("scheduler_cluster_nodes_live", ())] == 3
+    assert got[("scheduler_cluster_connected", ())] == 1
+    view[0] = (0, False)
+    got = samples(metrics)
+    assert got[("scheduler_cluster_nodes_live", ())] == 0
+    assert got[("scheduler_cluster_connected", ())] == 0
+
+
 def test_every_metric_the_grafana_dashboard_queries_is_exported() -> None:
     import json
     import re

@@ -6,6 +6,12 @@ from scheduler_daemon.operation.control import refusal
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
+def test_status_says_which_replicas_are_live_in_cluster_mode() -> None:
+    assert tables.cluster(["a", "b", "c"]) == "cluster: 3 replicas live: a, b, c"
+    assert tables.cluster(["a"]) == "cluster: 1 replica live: a"
+    assert tables.cluster([]) == "cluster: 0 replicas live: -"
+
+
 def test_history_shows_when_how_late_and_why() -> None:
     rows = [
         {"scheduled_at": "2026-11-25T11:59:50+00:00", "attempt": 2, "trigger": "schedule",
