@@ -46,21 +46,6 @@ class LiveSet(Protocol):
     def connected(self) -> bool: ...
 
 
-class AloneLiveSet:
-    """A cluster of this replica alone, connected while the database is."""
-
-    def __init__(self, connected: Callable[[], bool]) -> None:
-        self._connected = connected
-
-    @property
-    def live(self) -> Sequence[str]:
-        return ()
-
-    @property
-    def connected(self) -> bool:
-        return self._connected()
-
-
 def preferred(job: str, live: Sequence[str]) -> str:
     """The replica that claims ``job``'s fires first: the same answer on every replica that sees
     the same live set, and when one leaves only its jobs move (rendezvous hashing)."""

@@ -23,11 +23,10 @@ from aiohttp import web
 from scheduler_daemon.errors import AdminUnavailable, SchedulerDaemonError
 from scheduler_daemon.operation import admin
 from scheduler_daemon.operation.api_jobs import ApiJobs, follow_changes
-from scheduler_daemon.operation.claims import AloneLiveSet, Claims, ClusterDispatch, LiveSet
+from scheduler_daemon.operation.cluster import MEMBERSHIP, Cluster
 from scheduler_daemon.operation.instance import DatabaseLock, StateLock
 from scheduler_daemon.operation.job_set import JobSet
-from scheduler_daemon.operation.leases import settle_dead_replicas
-from scheduler_daemon.operation.membership import Membership, PgNodes
+from scheduler_daemon.operation.membership import Membership
 from scheduler_daemon.operation.metrics import LiveState, Metrics
 from scheduler_daemon.operation.next_runs import keep_next_runs_current
 from scheduler_daemon.operation.notify import Notifier
@@ -55,8 +54,6 @@ from scheduler_daemon.timing.clock import Clock, SystemClock
 from scheduler_daemon.timing.scheduler import Scheduler
 
 log = structlog.get_logger("scheduler_daemon.operation.daemon")
-
-MEMBERSHIP = "membership"  # the cluster heartbeat's loop: it ends after the drain, not before
 
 
 class Daemon:
@@ -88,22 +85,19 @@ class Daemon:
         self._http = HttpClient()
         self._job_threads = job_threads()
         self._limiter = Limiter(config.max_concurrency)
-        # Cluster mode: who is alive, for the claim path (None: this daemon runs alone).
-        self.membership: Membership | None = None
-        if config.cluster.enabled:
-            self.membership = Membership(
+        # Cluster mode: each attempt is claimed in the database first (cluster.py).
+        self.cluster = (
+            Cluster(
+                config,
                 clock=self._clock,
-                node=config.node,
-                cluster=config.cluster,
-                table=PgNodes(lambda: self.database.dsn),
+                database=self.database,
+                limiter=self._limiter,
                 on_refused=self._give_up,
             )
-        # Cluster mode: each attempt is claimed in the database first (claims.py).
-        self._claims = (
-            Claims(node=config.node, pool=lambda: self.database.pool, members=self._live_set())
             if config.cluster.enabled
             else None
         )
+        claims = self.cluster.claims if self.cluster is not None else None
         self._runner = Runner(
             clock=self._clock,
             limiter=self._limiter,
@@ -112,23 +106,8 @@ class Daemon:
             node=config.node,
             observer=self.metrics,
             starts=self._starts,
-            claims=self._claims,
+            claims=claims,
         )
-        self._cluster = (
-            ClusterDispatch(
-                claims=self._claims,
-                members=self._live_set(),
-                limiter=self._limiter,
-                submit=self._runner.submit,
-                clock=self._clock,
-                takeover_after=config.cluster.takeover_after,
-            )
-            if self._claims is not None
-            else None
-        )
-        if self._claims is not None and self._cluster is not None:
-            self.metrics.claims = lambda: self._claims.counts if self._claims else {}
-            self.metrics.takeovers = lambda: self._cluster.takeovers if self._cluster else 0
         self._pauses = Pauses(cache=config.state_dir / "paused.json")
         self._oneoff = OneOffRuns(
             clock=self._clock,
@@ -147,8 +126,16 @@ class Daemon:
             runs=self._oneoff,
             sync_jobs=lambda pool: self.jobs.sync(pool),
             starts=self._starts,
-            claims=self._claims,
+            claims=claims,
         )
+        if self.cluster is not None:
+            self.cluster.attach(
+                self._runner,
+                jobs=lambda: self.config.jobs,
+                runs=self._oneoff,
+                ready=lambda: self._recovery.done,
+                metrics=self.metrics,
+            )
         # One daemon per state_dir and per database, settled before recovery touches a row.
         self._state_lock = StateLock(config.state_dir)
         self._database_lock = DatabaseLock(
@@ -240,9 +227,15 @@ class Daemon:
         # Fires up to this instant that never ran are the catch-up's; the schedule starts after.
         resumed_at = self._recovery.resumed_at = self._now()
         self._scheduler.set_jobs(config.jobs, after=resumed_at)
-        for job in config.jobs:
-            if job.run_on_start and job.enabled and job.name not in self._pauses:
-                self._runner.submit(job, resumed_at)
+        starting = [
+            job
+            for job in config.jobs
+            if job.run_on_start and job.enabled and job.name not in self._pauses
+        ]
+        if self.cluster is not None:
+            self.cluster.run_on_start(starting, resumed_at)  # claimed once connected
+        for job in starting if self.cluster is None else ():
+            self._runner.submit(job, resumed_at)
         self._loops = {
             name: asyncio.create_task(loop, name=name)
             for name, loop in self._background_loops().items()
@@ -260,8 +253,7 @@ class Daemon:
     def _background_loops(self) -> dict[str, Coroutine[Any, Any, None]]:
         """Each runs until stopped; one that ends on its own stops the daemon (``_serve``)."""
         return {
-            **self._membership_loop(),
-            **self._cluster_loops(),
+            **(self.cluster.loops() if self.cluster is not None else {}),
             "scheduler": self._scheduler.run(),
             "heartbeat": self._notify.heartbeat(self._clock, self.status_line),
             "watch-controls": watch_controls(
@@ -289,9 +281,6 @@ class Daemon:
                 next_fire=self._scheduler.next_fire,
             ),
         }
-
-    def _membership_loop(self) -> dict[str, Coroutine[Any, Any, None]]:
-        return {} if self.membership is None else {MEMBERSHIP: self.membership.run()}
 
     async def _serve(self) -> None:
         while not self._stop.is_set():
@@ -341,13 +330,8 @@ class Daemon:
         return unwritten
 
     async def _stop_membership(self) -> None:
-        """After the drain: the heartbeat ends, and the stop is our row's last word."""
-        heartbeat = self._loops.get(MEMBERSHIP)
-        if heartbeat is not None:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
-        if self.membership is not None:
-            await self.membership.stop()
+        if self.cluster is not None:
+            await self.cluster.stop(self._loops.get(MEMBERSHIP))
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (and `systemctl status`)."""
@@ -388,6 +372,10 @@ class Daemon:
     # -- operator controls (the admin API's ``Controlled``) ------------------------------------
 
     @property
+    def membership(self) -> Membership | None:
+        return self.cluster.membership if self.cluster is not None else None
+
+    @property
     def config(self) -> Config:
         return self.jobs.config
 
@@ -416,33 +404,10 @@ class Daemon:
     def _dispatch(self, job: JobSpec, fire_at: datetime) -> None:
         if job.name in self._pauses:
             return  # a paused job's fires are not run and not recorded; resume picks up from now
-        if self._cluster is not None:
-            self._cluster(job, fire_at)  # claimed first: run here only if this replica wins it
+        if self.cluster is not None:
+            self.cluster.dispatch(job, fire_at)  # claimed first: run here only if we win it
         else:
             self._runner.submit(job, fire_at)
-
-    def _cluster_loops(self) -> dict[str, Coroutine[Any, Any, None]]:
-        if self._cluster is None:
-            return {}
-        lease = self.config.cluster.lease
-        return {
-            "take-over": self._cluster.take_over(),
-            "settle-dead-replicas": settle_dead_replicas(
-                clock=self._clock,
-                pool=lambda: self.database.pool if self._recovery.done else None,
-                lease=lease,
-                every=lease / 5,
-                jobs=lambda: self.config.jobs,
-                runner=self._runner,
-                runs=self._oneoff,
-            ),
-        }
-
-    def _live_set(self) -> LiveSet:
-        """The replicas alive (cluster mode): membership's heartbeat view."""
-        if self.membership is not None:
-            return self.membership
-        return AloneLiveSet(lambda: self.database.pool is not None)
 
     async def set_paused(self, job: str, paused: bool) -> datetime | None:
         pool = self.database.require("the pause would not persist")
@@ -473,12 +438,8 @@ class Daemon:
             journal=self._journal.path,
             jobs=lambda: self.config.jobs,
             paused=self._pauses,
-            cluster=None if self.membership is None else self._cluster_gauges,
+            cluster=None if self.cluster is None else self.cluster.gauges,
         )
-
-    def _cluster_gauges(self) -> tuple[int, bool]:
-        assert self.membership is not None
-        return len(self.membership.live), self.membership.connected
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.time(), UTC)

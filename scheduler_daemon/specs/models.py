@@ -426,6 +426,17 @@ class Config(Spec):
             if key in defaults
         ] + [(("defaults", *loc), m) for loc, m in _delivery_rules(defaults)]
 
+    def value_rules(self) -> list[Problem]:
+        if self.cluster.enabled and self.database.url is None:
+            return [
+                (
+                    ("cluster", "enabled"),
+                    "cluster mode needs one PostgreSQL shared by every replica: set database.url "
+                    "(the embedded PostgreSQL is this daemon's own)",
+                )
+            ]
+        return []
+
     @property
     def path(self) -> Path:
         return self._path
