@@ -146,7 +146,11 @@ class Api:
             cluster=None
             if cluster is None
             else m.ClusterState(
-                node=cluster.node, live=list(cluster.live), connected=cluster.connected
+                node=cluster.node,
+                live=list(cluster.live),
+                connected=cluster.connected,
+                claims=dict(self.t.metrics.claims()) if self.t.metrics.claims else {},
+                takeovers=self.t.metrics.takeovers() if self.t.metrics.takeovers else 0,
             ),
         )
         # Liveness: 200 while the loop answers. Readiness/alerting: ?ready=1 is 503 when degraded.

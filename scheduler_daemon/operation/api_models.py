@@ -71,6 +71,13 @@ class ClusterState(Body):
     connected: bool = Field(
         description="this replica's heartbeat goes through; false: it claims no fire"
     )
+    claims: dict[str, int] = Field(
+        default_factory=dict,
+        description="this replica's claims since it started, by result: won, lost, unreachable",
+    )
+    takeovers: int = Field(
+        default=0, description="fires this replica ran for a replica that had not claimed them"
+    )
 
 
 class Health(Body):

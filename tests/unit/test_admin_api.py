@@ -245,13 +245,16 @@ async def test_healthz_shows_the_cluster_and_is_degraded_when_this_replica_canno
     _, health = await api.call("GET", "/healthz", auth=False)
     assert health["cluster"] is None  # runs alone
     api.daemon.membership = Cluster()
+    api.daemon.metrics.claims = lambda: {"won": 7, "lost": 5, "unreachable": 0}
+    api.daemon.metrics.takeovers = lambda: 2
     status, health = await api.call("GET", "/healthz?ready=1", auth=False)
     assert status == 200 and health["status"] == "ok"
-    assert health["cluster"] == {"node": "a", "live": ["a", "b"], "connected": True}
+    claims = {"claims": {"won": 7, "lost": 5, "unreachable": 0}, "takeovers": 2}
+    assert health["cluster"] == {"node": "a", "live": ["a", "b"], "connected": True, **claims}
     api.daemon.membership = Cluster(live=(), connected=False)
     status, health = await api.call("GET", "/healthz?ready=1", auth=False)
     assert status == 503 and health["status"] == "degraded"
-    assert health["cluster"] == {"node": "a", "live": [], "connected": False}
+    assert health["cluster"] == {"node": "a", "live": [], "connected": False, **claims}
     assert health["problems"] == [
         "cluster: this replica cannot heartbeat: it claims no fire until the database answers"
     ]
