@@ -80,6 +80,12 @@ async def report(dsn: str) -> dict[str, Any]:
                FROM (SELECT extract(epoch FROM claimed_at - scheduled_at) * 1000 AS ms,
                             takeover FROM fire_claims) c"""
         )
+        late = await conn.fetch(
+            """SELECT floor(extract(epoch FROM scheduled_at - (SELECT min(scheduled_at)
+                                                                FROM fire_claims)))::int AS s,
+                      count(*) AS n
+               FROM fire_claims WHERE takeover GROUP BY 1 ORDER BY 1"""
+        )
         shares = await conn.fetch(
             "SELECT node, count(*) AS n FROM executions WHERE started_at IS NOT NULL "
             "GROUP BY node ORDER BY node"
@@ -102,6 +108,7 @@ async def report(dsn: str) -> dict[str, Any]:
         "takeovers": claims["takeovers"],
         "shares": {r["node"]: round(r["n"] / max(row["fires"], 1), 3) for r in shares},
         "instants_run_twice": twice,
+        "takeovers_by_second": {r["s"]: r["n"] for r in late},
     }
 
 

@@ -46,6 +46,7 @@ class Cluster:
             cluster=config.cluster,
             table=PgNodes(lambda: database.dsn),
             on_refused=on_refused,
+            joining=True,
         )
         self.claims = Claims(node=config.node, pool=lambda: database.pool, members=self.membership)
         self._dispatch: ClusterDispatch | None = None
@@ -102,13 +103,15 @@ class Cluster:
             MEMBERSHIP: self.membership.run(),
             "take-over": self._dispatch.take_over(),
             "settle-dead-replicas": self._settle(),
-            "run-on-start": self._start_when_connected(),
+            "join": self._start_when_connected(),
         }
 
     async def _start_when_connected(self) -> None:
-        # A claim needs the database: until the first connection is settled none can be made.
+        """Join the live set, and run the `run_on_start` jobs, once claims can be made: after
+        the first connection is settled."""
         while not self._ready():
             await self._clock.sleep(READY_POLL)
+        await self.membership.join()
         starting, self._starting = self._starting, []
         for job, at in starting:
             self._submit(job, at)

@@ -37,7 +37,7 @@ import structlog
 
 from scheduler_daemon import __version__
 from scheduler_daemon.operation.instance import AnotherDaemon, identity
-from scheduler_daemon.specs.models import ClusterSpec
+from scheduler_daemon.specs.settings import ClusterSpec
 from scheduler_daemon.storage import nodes, store
 from scheduler_daemon.storage.nodes import Holder, Me, Seen
 from scheduler_daemon.timing.clock import Clock
@@ -138,9 +138,11 @@ class Membership:
         cluster: ClusterSpec,
         table: NodesTable,
         on_refused: Callable[[AnotherDaemon], None],
+        joining: bool = False,
     ) -> None:
         """``table``: PgNodes (tests pass a stand-in); ``on_refused``: called when another live
-        process takes our node name after the start (the daemon stops)."""
+        process takes our node name after the start (the daemon stops); ``joining``: stay out of
+        the live set (registered as leaving) until ``join``."""
         self.node = node
         self.every = heartbeat_every(cluster)
         self.live_within = live_within(cluster)
@@ -157,7 +159,7 @@ class Membership:
         self._seen_at: float | None = None  # monotonic, the last heartbeat that went through
         self._ages: dict[str, float] = {}
         self._gone: frozenset[str] = frozenset()
-        self._leaving = False
+        self._leaving = joining
         self.live: tuple[str, ...] = ()
 
     # -- what the claim path reads ---------------------------------------------------------------
@@ -229,6 +231,13 @@ class Membership:
             self._ok = False
             return  # the next beat registers again, or finds who holds the name
         self._saw(seen)
+
+    async def join(self) -> None:
+        """Ready to claim: into everyone's live set. Until now the others routed none of the
+        fires to us, which we could not have claimed before our first connection settled."""
+        self._leaving = False
+        with contextlib.suppress(NodeNameInUse):  # the loop's next beat reports it
+            await self.beat()
 
     async def leave(self) -> None:
         """Say we stop: out of everyone's live set at once; the heartbeat goes on through the

@@ -8,11 +8,9 @@ value parsing others reuse (``parse_duration``, ``Invalid``).
 from scheduler_daemon.specs.loader import load_config
 from scheduler_daemon.specs.models import (
     ActionSpec,
-    AdminSpec,
     CatchUp,
     CommandSpec,
     Config,
-    DatabaseSpec,
     HttpSpec,
     JobSpec,
     Overlap,
@@ -20,12 +18,14 @@ from scheduler_daemon.specs.models import (
     PythonSpec,
     RetrySpec,
 )
+from scheduler_daemon.specs.settings import AdminSpec, ClusterSpec, DatabaseSpec
 from scheduler_daemon.specs.values import Invalid, parse_duration
 
 __all__ = [
     "ActionSpec",
     "AdminSpec",
     "CatchUp",
+    "ClusterSpec",
     "CommandSpec",
     "Config",
     "DatabaseSpec",

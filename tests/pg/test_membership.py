@@ -17,7 +17,7 @@ from scheduler_daemon import __version__
 from scheduler_daemon.operation import control
 from scheduler_daemon.operation.instance import INSTANCE_LOCK, AnotherDaemon, DatabaseLock
 from scheduler_daemon.operation.membership import Membership, NodeNameInUse, PgNodes
-from scheduler_daemon.specs.models import ClusterSpec, DatabaseSpec
+from scheduler_daemon.specs.settings import ClusterSpec, DatabaseSpec
 from scheduler_daemon.storage import fire_claims
 from scheduler_daemon.storage.fire_claims import ClaimRequest
 from scheduler_daemon.timing.clock import SystemClock

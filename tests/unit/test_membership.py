@@ -26,7 +26,7 @@ from scheduler_daemon.operation.membership import (
     heartbeat_every,
     live_within,
 )
-from scheduler_daemon.specs.models import ClusterSpec
+from scheduler_daemon.specs.settings import ClusterSpec
 from scheduler_daemon.storage.nodes import Holder, Me, Seen
 from tests.helpers import FakeClock
 
