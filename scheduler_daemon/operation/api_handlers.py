@@ -25,6 +25,7 @@ from scheduler_daemon.operation.adhoc import (
 )
 from scheduler_daemon.operation.api_jobs import ApiJobs
 from scheduler_daemon.operation.api_models import ApiError
+from scheduler_daemon.operation.health import health
 from scheduler_daemon.operation.metrics import Metrics
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
 from scheduler_daemon.running.fire import Fire
@@ -39,10 +40,6 @@ from scheduler_daemon.timing.schedule_text import schedule_in_words
 from scheduler_daemon.timing.scheduler import Scheduler
 
 log = structlog.get_logger("scheduler_daemon.operation.api_handlers")
-
-# Why a reload failed quotes the config (values included, secrets possibly): the log has it,
-# an endpoint open to the whole host does not.
-RELOAD_FAILED = "see the daemon's log (event reload_failed)"
 
 
 class ClusterView(Protocol):
@@ -112,49 +109,9 @@ class Api:
     # -- health and metrics ------------------------------------------------------------------
 
     async def healthz(self, request: web.Request, query: m.HealthQuery) -> web.Response:
-        recorder = self.t.recorder
-        connected = recorder.connected
-        problems = []
-        if not connected:
-            problems.append(f"database unreachable: {recorder.pending} rows buffered")
-        if self.t.reload_error:
-            problems.append(f"last reload failed: {RELOAD_FAILED}")
-        if self.t.api_jobs.refused:
-            problems.append(
-                f"{len(self.t.api_jobs.refused)} job(s) kept in the database are not run: see the "
-                "daemon's log (event api_job_not_run)"
-            )
-        cluster = self.t.membership
-        if cluster is not None and not cluster.connected:
-            problems.append(
-                "cluster: this replica cannot heartbeat: it claims no fire until the database "
-                "answers"
-            )
-        body = m.Health(
-            status="degraded" if problems else "ok",
-            problems=problems,
-            database="connected" if connected else "buffering",
-            pending_rows=recorder.pending,
-            config=m.ConfigState(
-                path=str(self.t.config.path),
-                jobs=len(self.t.config.jobs),
-                last_reload="failed" if self.t.reload_error else "ok",
-                reload_error=RELOAD_FAILED if self.t.reload_error else None,
-            ),
-            started_at=self.t.started_at,
-            uptime_s=round((datetime.now(UTC) - self.t.started_at).total_seconds(), 1),
-            cluster=None
-            if cluster is None
-            else m.ClusterState(
-                node=cluster.node,
-                live=list(cluster.live),
-                connected=cluster.connected,
-                claims=dict(self.t.metrics.claims()) if self.t.metrics.claims else {},
-                takeovers=self.t.metrics.takeovers() if self.t.metrics.takeovers else 0,
-            ),
-        )
+        report = health(self.t)
         # Liveness: 200 while the loop answers. Readiness/alerting: ?ready=1 is 503 when degraded.
-        return reply(body, status=503 if query.ready and problems else 200)
+        return reply(report, status=503 if query.ready and report.problems else 200)
 
     async def metrics(self, request: web.Request, query: m.Query) -> web.Response:
         return web.Response(
