@@ -128,10 +128,6 @@ class Claims:
         answers = await asyncio.gather(*futures)
         return {r.fire_id for r, mine in zip(requests, answers, strict=True) if mine}
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            await asyncio.wait((task,))
-
 
 Submit = Callable[..., object]
 
