@@ -15,9 +15,17 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 
-from tests.helpers import DaemonProcess, start_daemon, wait_until
+from tests.helpers import (
+    ADMIN_TOKEN,
+    AUTH,
+    DaemonProcess,
+    free_port,
+    start_daemon,
+    wait_until,
+)
 
 
 def cluster_config(
@@ -208,3 +216,30 @@ async def test_replicas_whose_connections_are_killed_run_no_instant_twice(
     finished = sum(len(d.matching("attempt_finished")) for d in daemons)
     assert started > 50 * 5
     assert finished == started  # an instant run twice would be logged twice, kept once
+
+
+async def test_a_manual_trigger_sent_to_one_replica_runs_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    jobs = "  hourly: {every: 1h, python: os:getpid}\n"
+    ports = {node: free_port() for node in ("m1", "m2")}
+    configs = []
+    for node, port in ports.items():
+        config = cluster_config(tmp_path, node, database_url, jobs)
+        admin = f"admin: {{listen: '127.0.0.1:{port}', token: {ADMIN_TOKEN}}}\n"
+        config.write_text(config.read_text().replace("jobs:\n", admin + "jobs:\n"))
+        configs.append(config)
+    async with replicas(configs) as daemons, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{ports['m2']}/jobs/hourly/trigger"
+        async with http.post(url, headers=AUTH) as response:
+            assert response.status == 202
+            fire_id = (await response.json())["fire_id"]
+        await daemons[1].wait_for("attempt_finished", job="hourly")
+        await asyncio.sleep(2)  # time for anything else that would run it
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT node FROM executions WHERE fire_id = $1", fire_id)
+    finally:
+        await conn.close()
+    assert [r["node"] for r in rows] == ["m2"]
+    assert daemons[0].matching("attempt_finished", job="hourly") == []
