@@ -10,6 +10,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from scheduler_daemon.errors import SchedulerDaemonError
 from scheduler_daemon.operation.claims import Claims, ClusterDispatch
 from scheduler_daemon.operation.leases import settle_dead_replicas
@@ -19,11 +21,15 @@ from scheduler_daemon.operation.oneoff import OneOffRuns
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import Config, JobSpec
+from scheduler_daemon.storage import fire_claims, store
 from scheduler_daemon.storage.database import Database
 from scheduler_daemon.timing.clock import Clock
 
+log = structlog.get_logger("scheduler_daemon.operation.cluster")
+
 MEMBERSHIP = "membership"  # the heartbeat's loop: it ends after the drain, not before
 READY_POLL = 0.1
+PRUNE_EVERY = 3600.0
 
 
 class Cluster:
@@ -104,6 +110,7 @@ class Cluster:
             "take-over": self._dispatch.take_over(),
             "settle-dead-replicas": self._settle(),
             "join": self._start_when_connected(),
+            "prune-claims": self._prune_claims(),
         }
 
     async def _start_when_connected(self) -> None:
@@ -116,6 +123,21 @@ class Cluster:
         for job, at in starting:
             self._submit(job, at)
         await asyncio.Event().wait()  # a background loop runs until the daemon stops
+
+    async def _prune_claims(self) -> None:
+        """Claims older than fire_claims.KEEP_CLAIMS_DAYS go (every replica tries; cheap)."""
+        while True:
+            await self._clock.sleep(PRUNE_EVERY)
+            pool = self._database.pool
+            if pool is None:
+                continue
+            try:
+                pruned = await fire_claims.prune(pool)
+            except store.DB_ERRORS as exc:
+                log.debug("claims_not_pruned", error=str(exc))
+                continue
+            if pruned:
+                log.info("claims_pruned", claims=pruned)
 
     async def stop(self, heartbeat: asyncio.Task[None] | None) -> None:
         """After the drain: the heartbeat ends, and the stop is our row's last word."""

@@ -243,3 +243,12 @@ async def test_a_dead_replicas_unfinished_attempts_are_abandoned_once_and_a_live
     stopped = dict(await pool.fetch("SELECT name, stopped_at IS NOT NULL FROM nodes"))
     assert stopped == {"dead": True, "alive": False}
     assert await fire_claims.abandon_dead(pool, 15.0) == []  # settled: not again
+
+
+async def test_old_claims_are_pruned_recent_ones_kept(pool: asyncpg.Pool) -> None:
+    await fire_claims.claim(pool, "a", requests(3))
+    await pool.execute(
+        "UPDATE fire_claims SET claimed_at = now() - interval '3 days' WHERE job_name <> 'job0'"
+    )
+    assert await fire_claims.prune(pool) == 2
+    assert await pool.fetchval("SELECT array_agg(job_name) FROM fire_claims") == ["job0"]
