@@ -33,6 +33,7 @@ from scheduler_daemon.running.records import FireKind, Status
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.specs.api_job import ApiJobRules
 from scheduler_daemon.storage import queries
+from scheduler_daemon.storage.nodes import Counts
 from scheduler_daemon.storage.queries import OneOffRun
 from scheduler_daemon.storage.recorder import Recorder
 from scheduler_daemon.storage.store import Row
@@ -47,6 +48,9 @@ class ClusterView(Protocol):
 
     node: str
     live: tuple[str, ...]
+
+    @property
+    def counts(self) -> Mapping[str, Counts]: ...
 
     @property
     def connected(self) -> bool: ...

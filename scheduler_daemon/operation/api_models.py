@@ -62,6 +62,12 @@ class ConfigState(Body):
     reload_error: str | None
 
 
+class ReplicaClaims(Body):
+    won: int
+    lost: int
+    takeovers: int
+
+
 class ClusterState(Body):
     node: str = Field(description="this replica's node name")
     live: list[str] = Field(
@@ -77,6 +83,10 @@ class ClusterState(Body):
     )
     takeovers: int = Field(
         default=0, description="fires this replica ran for a replica that had not claimed them"
+    )
+    replicas: dict[str, ReplicaClaims] = Field(
+        default_factory=dict,
+        description="each live replica's claims since it started, as its last heartbeat said",
     )
 
 

@@ -23,6 +23,7 @@ from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.storage import fire_claims, store
 from scheduler_daemon.storage.database import Database
+from scheduler_daemon.storage.nodes import Counts
 from scheduler_daemon.timing.clock import Clock
 
 log = structlog.get_logger("scheduler_daemon.operation.cluster")
@@ -53,6 +54,7 @@ class Cluster:
             table=PgNodes(lambda: database.dsn),
             on_refused=on_refused,
             joining=True,
+            counts=self._counts,
         )
         self.claims = Claims(node=config.node, pool=lambda: database.pool, members=self.membership)
         self._dispatch: ClusterDispatch | None = None
@@ -145,6 +147,10 @@ class Cluster:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
         await self.membership.stop()
+
+    def _counts(self) -> Counts:
+        won, lost = self.claims.counts["won"], self.claims.counts["lost"]
+        return Counts(won, lost, self._dispatch.takeovers if self._dispatch else 0)
 
     def gauges(self) -> tuple[int, bool]:
         """(live replicas, whether this one heartbeats) for the metrics."""

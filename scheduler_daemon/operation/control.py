@@ -25,6 +25,7 @@ from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.specs.api_job import ApiJobRules, JobProblems, build_api_job
 from scheduler_daemon.storage import job_store, nodes, queries, schema, store
 from scheduler_daemon.storage.database import open_database
+from scheduler_daemon.storage.nodes import Counts
 from scheduler_daemon.timing.schedule_text import schedule_in_words
 from scheduler_daemon.timing.schedules import build_schedule
 
@@ -44,8 +45,9 @@ class Backend(Protocol):
 
     async def set_paused(self, job: str, paused: bool) -> dict[str, Any]: ...
 
-    async def cluster(self) -> list[str] | None:
-        """The live replicas (sorted) in cluster mode; None: the daemon runs alone."""
+    async def cluster(self) -> dict[str, Counts] | None:
+        """The live replicas (sorted) in cluster mode, with the claims each last reported; None:
+        the daemon runs alone."""
 
 
 @asynccontextmanager
@@ -117,9 +119,12 @@ class ApiBackend:
         )
         return result
 
-    async def cluster(self) -> list[str] | None:
+    async def cluster(self) -> dict[str, Counts] | None:
         cluster = (await self._call("GET", "/healthz")).get("cluster")
-        return None if cluster is None else list(cluster["live"])
+        if cluster is None:
+            return None
+        counts = cluster.get("replicas") or {}
+        return {node: Counts(**counts.get(node, {})) for node in cluster["live"]}
 
 
 def _api_job(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,10 +238,10 @@ class DbBackend:
             ) from None
         return {"job": job, "paused": since is not None, "paused_at": _iso(since)}
 
-    async def cluster(self) -> list[str] | None:
+    async def cluster(self) -> dict[str, Counts] | None:
         if not self._config.cluster.enabled:
             return None
-        return await nodes.live(self._pool, within=live_within(self._config.cluster))
+        return await nodes.live_counts(self._pool, within=live_within(self._config.cluster))
 
     def _job(self, name: str) -> JobSpec:
         job = self._config.job(name)

@@ -64,4 +64,9 @@ def _cluster(target: Controlled) -> m.ClusterState | None:
         connected=cluster.connected,
         claims=dict(metrics.claims()) if metrics.claims else {},
         takeovers=metrics.takeovers() if metrics.takeovers else 0,
+        replicas={
+            node: m.ReplicaClaims(won=c.won, lost=c.lost, takeovers=c.takeovers)
+            for node, c in cluster.counts.items()
+            if node in cluster.live
+        },
     )

@@ -39,7 +39,7 @@ from scheduler_daemon import __version__
 from scheduler_daemon.operation.instance import AnotherDaemon, identity
 from scheduler_daemon.specs.settings import ClusterSpec
 from scheduler_daemon.storage import nodes, store
-from scheduler_daemon.storage.nodes import Holder, Me, Seen
+from scheduler_daemon.storage.nodes import Counts, Holder, Me, Seen
 from scheduler_daemon.timing.clock import Clock
 
 log = structlog.get_logger("scheduler_daemon.operation.membership")
@@ -68,7 +68,9 @@ class NodesTable(Protocol):
     async def register(self, me: Me, lease: float) -> datetime | None: ...
     async def take_over(self, me: Me, gone: Holder) -> datetime | None: ...
     async def holder(self, name: str) -> Holder | None: ...
-    async def heartbeat(self, me: Me, started_at: datetime, leaving: bool) -> Seen: ...
+    async def heartbeat(
+        self, me: Me, started_at: datetime, leaving: bool, counts: Counts
+    ) -> Seen: ...
     async def stop(self, me: Me, started_at: datetime) -> None: ...
     def reset(self) -> None: ...
     async def close(self) -> None: ...
@@ -91,8 +93,9 @@ class PgNodes:
     async def holder(self, name: str) -> Holder | None:
         return await nodes.holder(await self._connection(), name)
 
-    async def heartbeat(self, me: Me, started_at: datetime, leaving: bool) -> Seen:
-        return await nodes.heartbeat(await self._connection(), me, started_at, leaving=leaving)
+    async def heartbeat(self, me: Me, started_at: datetime, leaving: bool, counts: Counts) -> Seen:
+        conn = await self._connection()
+        return await nodes.heartbeat(conn, me, started_at, leaving=leaving, counts=counts)
 
     async def stop(self, me: Me, started_at: datetime) -> None:
         await nodes.stop(await self._connection(), me, started_at)
@@ -139,10 +142,14 @@ class Membership:
         table: NodesTable,
         on_refused: Callable[[AnotherDaemon], None],
         joining: bool = False,
+        counts: Callable[[], Counts] = Counts,
     ) -> None:
         """``table``: PgNodes (tests pass a stand-in); ``on_refused``: called when another live
         process takes our node name after the start (the daemon stops); ``joining``: stay out of
-        the live set (registered as leaving) until ``join``."""
+        the live set (registered as leaving) until ``join``; ``counts``: our claims so far,
+        reported with each heartbeat."""
+        self._counts = counts
+        self.counts: dict[str, Counts] = {}  # every replica's, as its last heartbeat said
         self.node = node
         self.every = heartbeat_every(cluster)
         self.live_within = live_within(cluster)
@@ -218,7 +225,9 @@ class Membership:
                 if self._started_at is None:
                     self._started_at = await self._register()
                     log.info("cluster_node_registered", node=self.node, host=self._me.host)
-                seen = await self._table.heartbeat(self._me, self._started_at, self._leaving)
+                seen = await self._table.heartbeat(
+                    self._me, self._started_at, self._leaving, self._counts()
+                )
         except NodeNameInUse:
             self._ok = False
             raise
@@ -313,6 +322,7 @@ class Membership:
         self._seen_at = self._clock.monotonic()
         self._ages = {**seen.ages, self.node: 0.0}
         self._gone = seen.gone
+        self.counts = {**seen.counts, self.node: self._counts()}
         # Our own row as this heartbeat left it (the answer shows it as it was before).
         stopping = (seen.stopping - {self.node}) | ({self.node} if self._leaving else set())
         live = tuple(

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from scheduler_daemon.storage.nodes import Counts
+
 
 def status(jobs: Sequence[Mapping[str, Any]], now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
@@ -26,10 +28,15 @@ def status(jobs: Sequence[Mapping[str, Any]], now: datetime | None = None) -> st
     return render(header, rows)
 
 
-def cluster(live: Sequence[str]) -> str:
-    """`status`'s line in cluster mode: the replicas heartbeating now."""
+def cluster(live: Mapping[str, Counts]) -> str:
+    """`status`'s line in cluster mode: the replicas heartbeating now, and the claims each has
+    won (and of those, taken over) since it started."""
     replicas = "replica" if len(live) == 1 else "replicas"
-    return f"cluster: {len(live)} {replicas} live: {', '.join(live) or '-'}"
+    each = [
+        f"{node} ({counts.won:,} claimed, {counts.takeovers:,} taken over)"
+        for node, counts in live.items()
+    ]
+    return f"cluster: {len(live)} {replicas} live: {', '.join(each) or '-'}"
 
 
 def history(rows: Sequence[Mapping[str, Any]], now: datetime | None = None) -> str:

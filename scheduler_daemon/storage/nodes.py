@@ -9,7 +9,7 @@ whose clocks disagree still agree on who is alive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from scheduler_daemon.storage.store import Db
@@ -46,6 +46,16 @@ class Seen:
     ages: dict[str, float]
     stopping: frozenset[str]
     gone: frozenset[str]
+    counts: dict[str, Counts] = field(default_factory=dict)  # each node's, as last reported
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """A replica's claims since it started: won, lost, and fires it took over."""
+
+    won: int = 0
+    lost: int = 0
+    takeovers: int = 0
 
 
 # Taken when the row is free: never used, stopped cleanly, not seen for `lease`, or ours (this
@@ -86,7 +96,8 @@ SELECT host, pid, started_at, extract(epoch FROM now() - last_seen)::float8 AS a
 _HEARTBEAT = """
 WITH me AS (
     UPDATE nodes SET last_seen = now(),
-                     stopped_at = CASE WHEN $5 THEN coalesce(stopped_at, now()) END
+                     stopped_at = CASE WHEN $5 THEN coalesce(stopped_at, now()) END,
+                     claims_won = $6, claims_lost = $7, takeovers = $8
      WHERE name = $1 AND host = $2 AND pid = $3 AND started_at = $4
     RETURNING name
 )
@@ -95,7 +106,9 @@ SELECT EXISTS (SELECT 1 FROM me) AS mine,
        coalesce(array_agg(extract(epoch FROM now() - n.last_seen)::float8 ORDER BY n.name),
                 '{}') AS ages,
        coalesce(array_agg(n.name) FILTER (WHERE n.stopped_at IS NOT NULL), '{}') AS stopping,
-       coalesce(array_agg(n.name) FILTER (WHERE n.stopped_at > n.last_seen), '{}') AS gone
+       coalesce(array_agg(n.name) FILTER (WHERE n.stopped_at > n.last_seen), '{}') AS gone,
+       coalesce(array_agg(ARRAY[n.claims_won, n.claims_lost, n.takeovers] ORDER BY n.name),
+                '{}') AS counts
   FROM nodes n
 """
 
@@ -106,7 +119,7 @@ UPDATE nodes SET stopped_at = greatest(now(), last_seen + interval '1 microsecon
 """
 
 _LIVE = """
-SELECT name FROM nodes
+SELECT name, claims_won, claims_lost, takeovers FROM nodes
  WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => $1)
  ORDER BY name
 """
@@ -142,16 +155,26 @@ async def holder(db: Db, name: str) -> Holder | None:
     )
 
 
-async def heartbeat(db: Db, me: Me, started_at: datetime, *, leaving: bool = False) -> Seen:
-    """Renew our row and read everyone's. ``leaving``: we stop (out of every live set at once),
-    and heartbeat on through the drain, so our running attempts are not taken for abandoned."""
-    row = await db.fetchrow(_HEARTBEAT, me.name, me.host, me.pid, started_at, leaving)
+async def heartbeat(
+    db: Db, me: Me, started_at: datetime, *, leaving: bool = False, counts: Counts = Counts()
+) -> Seen:
+    """Renew our row (with our claim ``counts``) and read everyone's. ``leaving``: we stop (out
+    of every live set at once), and heartbeat on through the drain, so our running attempts are
+    not taken for abandoned."""
+    row = await db.fetchrow(
+        _HEARTBEAT, me.name, me.host, me.pid, started_at, leaving,
+        counts.won, counts.lost, counts.takeovers,
+    )  # fmt: skip
     assert row is not None  # an aggregate without GROUP BY: always one row
     return Seen(
         mine=row["mine"],
         ages=dict(zip(row["names"], row["ages"], strict=True)),
         stopping=frozenset(row["stopping"]),
         gone=frozenset(row["gone"]),
+        counts={
+            name: Counts(*(int(n) for n in each))
+            for name, each in zip(row["names"], row["counts"], strict=True)
+        },
     )
 
 
@@ -162,4 +185,12 @@ async def stop(db: Db, me: Me, started_at: datetime) -> None:
 
 async def live(db: Db, *, within: float) -> list[str]:
     """The names of the replicas seen within ``within`` seconds and not stopping (sorted)."""
-    return [row["name"] for row in await db.fetch(_LIVE, within)]
+    return list(await live_counts(db, within=within))
+
+
+async def live_counts(db: Db, *, within: float) -> dict[str, Counts]:
+    """The live replicas (sorted by name) and the claim counts each last reported."""
+    return {
+        row["name"]: Counts(row["claims_won"], row["claims_lost"], row["takeovers"])
+        for row in await db.fetch(_LIVE, within)
+    }

@@ -18,8 +18,9 @@ from scheduler_daemon.operation import control
 from scheduler_daemon.operation.instance import INSTANCE_LOCK, AnotherDaemon, DatabaseLock
 from scheduler_daemon.operation.membership import Membership, NodeNameInUse, PgNodes
 from scheduler_daemon.specs.settings import ClusterSpec, DatabaseSpec
-from scheduler_daemon.storage import fire_claims
+from scheduler_daemon.storage import fire_claims, nodes
 from scheduler_daemon.storage.fire_claims import ClaimRequest
+from scheduler_daemon.storage.nodes import Counts, Me
 from scheduler_daemon.timing.clock import SystemClock
 from tests.helpers import make_config, rec
 
@@ -207,9 +208,9 @@ async def test_status_reads_the_live_replicas_from_the_database(
             assert await alone.cluster() is None  # not in cluster mode: no line
         clustered = config.model_copy(update={"cluster": CLUSTER})
         async with control.DbBackend.open(clustered) as backend:
-            assert await backend.cluster() == ["a", "b"]
+            assert await backend.cluster() == {"a": Counts(), "b": Counts()}
             await b.leave()
-            assert await backend.cluster() == ["b"]
+            assert await backend.cluster() == {"b": Counts()}
     finally:
         await a.stop()
         await b.stop()
@@ -285,3 +286,17 @@ async def test_two_lone_daemons_still_refuse_each_other(database_url: str) -> No
         assert [r["mode"] for r in modes] == ["ExclusiveLock"]
     finally:
         await first.release()
+
+
+async def test_each_replica_reports_its_claims_with_its_heartbeat(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        me = Me(name="counted", version="x", host="h", pid=1)
+        started = await nodes.register(conn, me, lease=15.0)
+        assert started is not None
+        await nodes.heartbeat(conn, me, started, counts=Counts(12, 30, 2))
+        seen = await nodes.heartbeat(conn, me, started, counts=Counts(13, 31, 2))
+        assert seen.counts["counted"] == Counts(12, 30, 2)  # as the previous heartbeat left it
+        assert await nodes.live_counts(conn, within=5.0) == {"counted": Counts(13, 31, 2)}
+    finally:
+        await conn.close()

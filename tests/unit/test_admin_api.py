@@ -28,6 +28,7 @@ from scheduler_daemon.running.fire import Fire
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.specs import AdminSpec, Config, JobSpec, load_config
 from scheduler_daemon.specs.api_job import ApiJobRules
+from scheduler_daemon.storage.nodes import Counts
 from scheduler_daemon.storage.queries import OneOffRun, RunSetup
 from tests.helpers import ADMIN_TOKEN, AUTH, ENV, T, write_config
 
@@ -56,6 +57,9 @@ class Cluster:
     node: str = "a"
     live: tuple[str, ...] = ("a", "b")
     connected: bool = True
+    counts: dict[str, Counts] = field(
+        default_factory=lambda: {"a": Counts(7, 5, 2), "b": Counts(4, 8, 0), "gone": Counts(1)}
+    )
 
 
 @dataclass
@@ -249,12 +253,22 @@ async def test_healthz_shows_the_cluster_and_is_degraded_when_this_replica_canno
     api.daemon.metrics.takeovers = lambda: 2
     status, health = await api.call("GET", "/healthz?ready=1", auth=False)
     assert status == 200 and health["status"] == "ok"
-    claims = {"claims": {"won": 7, "lost": 5, "unreachable": 0}, "takeovers": 2}
+    replicas = {
+        "a": {"won": 7, "lost": 5, "takeovers": 2},
+        "b": {"won": 4, "lost": 8, "takeovers": 0},
+    }
+    claims = {
+        "claims": {"won": 7, "lost": 5, "unreachable": 0},
+        "takeovers": 2,
+        "replicas": replicas,
+    }
     assert health["cluster"] == {"node": "a", "live": ["a", "b"], "connected": True, **claims}
     api.daemon.membership = Cluster(live=(), connected=False)
     status, health = await api.call("GET", "/healthz?ready=1", auth=False)
     assert status == 503 and health["status"] == "degraded"
-    assert health["cluster"] == {"node": "a", "live": [], "connected": False, **claims}
+    assert health["cluster"] == {
+        "node": "a", "live": [], "connected": False, **claims, "replicas": {}
+    }  # fmt: skip
     assert health["problems"] == [
         "cluster: this replica cannot heartbeat: it claims no fire until the database answers"
     ]

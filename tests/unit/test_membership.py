@@ -27,7 +27,7 @@ from scheduler_daemon.operation.membership import (
     live_within,
 )
 from scheduler_daemon.specs.settings import ClusterSpec
-from scheduler_daemon.storage.nodes import Holder, Me, Seen
+from scheduler_daemon.storage.nodes import Counts, Holder, Me, Seen
 from tests.helpers import FakeClock
 
 HOST = socket.gethostname()
@@ -106,7 +106,7 @@ class FakeNodes:
         gone = row.stopped_at is not None and row.stopped_at > row.last_seen
         return Holder(row.host, row.pid, row.started_at, now - row.last_seen, gone)
 
-    async def heartbeat(self, me: Me, started_at: datetime, leaving: bool) -> Seen:
+    async def heartbeat(self, me: Me, started_at: datetime, leaving: bool, counts: Counts) -> Seen:
         now = self._now()
         if self.hang:
             await asyncio.get_running_loop().create_future()

@@ -2,14 +2,21 @@ from datetime import UTC, datetime
 
 from scheduler_daemon.operation import tables
 from scheduler_daemon.operation.control import refusal
+from scheduler_daemon.storage.nodes import Counts
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
-def test_status_says_which_replicas_are_live_in_cluster_mode() -> None:
-    assert tables.cluster(["a", "b", "c"]) == "cluster: 3 replicas live: a, b, c"
-    assert tables.cluster(["a"]) == "cluster: 1 replica live: a"
-    assert tables.cluster([]) == "cluster: 0 replicas live: -"
+def test_status_says_which_replicas_are_live_in_cluster_mode_and_what_each_claimed() -> None:
+    live = {"a": Counts(1204, 2400, 3), "b": Counts(1190, 2410, 0), "c": Counts()}
+    assert tables.cluster(live) == (
+        "cluster: 3 replicas live: a (1,204 claimed, 3 taken over), "
+        "b (1,190 claimed, 0 taken over), c (0 claimed, 0 taken over)"
+    )
+    assert tables.cluster({"a": Counts(5)}) == (
+        "cluster: 1 replica live: a (5 claimed, 0 taken over)"
+    )
+    assert tables.cluster({}) == "cluster: 0 replicas live: -"
 
 
 def test_history_shows_when_how_late_and_why() -> None:

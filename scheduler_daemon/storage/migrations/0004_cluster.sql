@@ -8,7 +8,11 @@ CREATE TABLE IF NOT EXISTS nodes (
     stopped_at timestamptz,               -- a clean stop: its fires are the others' at once
     version    text        NOT NULL,      -- the scheduler-daemon version it runs
     host       text        NOT NULL DEFAULT '',
-    pid        integer
+    pid        integer,
+    -- Its claims since it started, as its last heartbeat reported them (`status` shows them).
+    claims_won  bigint NOT NULL DEFAULT 0,
+    claims_lost bigint NOT NULL DEFAULT 0,
+    takeovers   bigint NOT NULL DEFAULT 0
 );
 
 CREATE TABLE IF NOT EXISTS fire_claims (
