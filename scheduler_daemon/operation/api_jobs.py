@@ -29,6 +29,7 @@ from scheduler_daemon.errors import ConfigError
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.specs.api_job import ApiJobRules, JobProblems, build_api_job
 from scheduler_daemon.storage import job_store, store
+from scheduler_daemon.storage.embedded_home import write_file
 from scheduler_daemon.storage.job_store import StoredJob
 from scheduler_daemon.storage.store import Db
 from scheduler_daemon.timing.clock import Clock
@@ -226,11 +227,7 @@ class ApiJobs:
         ]
         try:
             self.cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = self.cache.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as file:
-                json.dump(items, file)
-            tmp.replace(self.cache)
+            write_file(self.cache, json.dumps(items))
         except OSError as exc:
             log.warning("api_jobs_cache_not_written", path=str(self.cache), error=str(exc))
 

@@ -15,6 +15,7 @@ import structlog
 
 from scheduler_daemon.operation.oneoff import OneOffRuns, PoolSource
 from scheduler_daemon.storage import queries, store
+from scheduler_daemon.storage.embedded_home import write_file
 from scheduler_daemon.storage.store import Db
 from scheduler_daemon.timing.clock import Clock
 
@@ -72,10 +73,8 @@ class Pauses(Mapping[str, datetime]):
 
     def _write_cache(self) -> None:
         try:
-            self.cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps({k: v.isoformat() for k, v in self._paused.items()}))
-            tmp.replace(self.cache)
+            self.cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_file(self.cache, json.dumps({k: v.isoformat() for k, v in self._paused.items()}))
         except OSError as exc:
             log.warning("paused_cache_not_written", path=str(self.cache), error=str(exc))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,10 @@ def test_the_cache_is_read_at_start_and_a_bad_one_ignored(
 def test_adopted_state_is_written_atomically_and_read_back(tmp_path: Path) -> None:
     cache = tmp_path / "state" / "paused.json"  # its directory is created
     Pauses(cache=cache).adopt({"a": SINCE, "b": LATER})
-    assert not cache.with_suffix(".tmp").exists()
+    assert [p.name for p in cache.parent.iterdir()] == ["paused.json"]  # no staging file left
+    # Job names are the operators' business only: like every file under state_dir.
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert stat.S_IMODE(cache.parent.stat().st_mode) == 0o700
     again = Pauses(cache=cache)
     again.load_cache()
     assert dict(again) == {"a": SINCE, "b": LATER}
