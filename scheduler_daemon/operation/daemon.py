@@ -67,47 +67,9 @@ class Daemon:
         self._admin: web.AppRunner | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._journal = Journal(config.state_dir / "journal" / "executions.jsonl")
-        # The recorder connects in the background: a database that is down at start delays the
-        # rows, never the schedule. Each (re)connection upgrades the schema and syncs the jobs.
-        self.database = open_database(config, clock=self._clock)
-        self._recorder = Recorder(
-            database=self.database,
-            clock=self._clock,
-            journal=self._journal,
-            events=config.events,
-            buffer_bytes=config.record_buffer,
-        )
-        # Each attempt's start is on disk before its action begins (README: crash).
-        self._starts = StartLog(
-            config.state_dir / "journal", rows=self._recorder, clock=self._clock
-        )
-        self._recorder.on_durable = self._starts.rows_durable
-        self._http = HttpClient()
-        self._job_threads = job_threads()
-        self._limiter = Limiter(config.max_concurrency)
-        # Cluster mode: each attempt is claimed in the database first (cluster.py).
-        self.cluster = (
-            Cluster(
-                config,
-                clock=self._clock,
-                database=self.database,
-                limiter=self._limiter,
-                on_refused=self._give_up,
-            )
-            if config.cluster.enabled
-            else None
-        )
+        self._build_recording(config)
+        self._build_running(config)
         claims = self.cluster.claims if self.cluster is not None else None
-        self._runner = Runner(
-            clock=self._clock,
-            limiter=self._limiter,
-            recorder=self._recorder,
-            action_for=ActionCache(self._http, self._job_threads),
-            node=config.node,
-            observer=self.metrics,
-            starts=self._starts,
-            claims=claims,
-        )
         self._pauses = Pauses(cache=config.state_dir / "paused.json")
         self._oneoff = OneOffRuns(
             clock=self._clock,
@@ -159,6 +121,52 @@ class Daemon:
         self.database.on_connect(self.api_jobs.reread)  # before recovery: it catches them up
         self.database.on_connect(self._recovery.on_connect)
         self.metrics.live = self._live_state()
+
+    def _build_recording(self, config: Config) -> None:
+        """The database, and what writes executions to it (and to disk before it)."""
+        # The recorder connects in the background: a database that is down at start delays the
+        # rows, never the schedule. Each (re)connection upgrades the schema and syncs the jobs.
+        self.database = open_database(config, clock=self._clock)
+        self._recorder = Recorder(
+            database=self.database,
+            clock=self._clock,
+            journal=self._journal,
+            events=config.events,
+            buffer_bytes=config.record_buffer,
+        )
+        # Each attempt's start is on disk before its action begins (README: crash).
+        self._starts = StartLog(
+            config.state_dir / "journal", rows=self._recorder, clock=self._clock
+        )
+        self._recorder.on_durable = self._starts.rows_durable
+
+    def _build_running(self, config: Config) -> None:
+        """What runs attempts: the runner, its slots and actions, and in cluster mode the claims
+        each attempt takes first (cluster.py)."""
+        self._http = HttpClient()
+        self._job_threads = job_threads()
+        self._limiter = Limiter(config.max_concurrency)
+        self.cluster = (
+            Cluster(
+                config,
+                clock=self._clock,
+                database=self.database,
+                limiter=self._limiter,
+                on_refused=self._give_up,
+            )
+            if config.cluster.enabled
+            else None
+        )
+        self._runner = Runner(
+            clock=self._clock,
+            limiter=self._limiter,
+            recorder=self._recorder,
+            action_for=ActionCache(self._http, self._job_threads),
+            node=config.node,
+            observer=self.metrics,
+            starts=self._starts,
+            claims=self.cluster.claims if self.cluster is not None else None,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
