@@ -40,6 +40,7 @@ from scheduler_daemon.operation.stop_budget import FLUSH_TIMEOUT, stop_budget
 from scheduler_daemon.running.actions import ActionCache, HttpClient
 from scheduler_daemon.running.actions.python import job_threads
 from scheduler_daemon.running.fire import Fire
+from scheduler_daemon.running.chains import Chains
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Runner
@@ -166,6 +167,7 @@ class Daemon:
             observer=self.metrics,
             starts=self._starts,
             claims=self.cluster.claims if self.cluster is not None else None,
+            chains=Chains(lambda name: self.config.job(name), self._clock.time),
         )
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -87,6 +87,8 @@ class Fire:
     trigger: FireKind
     overrides: Mapping[str, Any] | None
     given_id: uuid.UUID | None = None  # manual and resumed fires; else derived on first use
+    parent_fire_id: uuid.UUID | None = None  # a chained fire's parent (trigger `chain`)
+    chain: tuple[str, ...] = ()  # a chained fire's ancestors' jobs, oldest first
     state: str = "waiting"  # waiting (for a slot) | starting (its start logged) | running | backoff
     attempt: int = 1
     claimed: int = 0  # cluster mode: the attempts of this fire this replica has claimed

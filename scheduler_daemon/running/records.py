@@ -29,6 +29,12 @@ class FireKind(StrEnum):
     SCHEDULE = "schedule"
     MANUAL = "manual"
     CATCHUP = "catchup"
+    CHAIN = "chain"  # started by another job's success (`then:`)
+
+
+# One row of job_items: the element's key (text, or None) and the element as JSON text; its index
+# is its place in the record's ``items``.
+Item = tuple[str | None, str]
 
 
 def scheduled_fire_id(job_name: str, scheduled_at: datetime) -> uuid.UUID:
@@ -37,6 +43,11 @@ def scheduled_fire_id(job_name: str, scheduled_at: datetime) -> uuid.UUID:
     # uuid.uuid5 inlined with the namespace's bytes computed once: 2.5x faster on the fire path.
     digest = hashlib.sha1(_NAMESPACE_BYTES + f"{job_name}@{micros}".encode()).digest()
     return uuid.UUID(bytes=digest[:16], version=5)
+
+
+def chained_fire_id(job_name: str, parent_fire_id: uuid.UUID) -> uuid.UUID:
+    """The id of the fire of ``job_name`` that a parent fire's success starts: one per parent."""
+    return uuid.uuid5(FIRE_NAMESPACE, f"{job_name}<-{parent_fire_id}")
 
 
 @dataclass(slots=True)
@@ -62,3 +73,8 @@ class ExecutionRecord:
     error: str | None = None
     output: str | None = None
     node: str = ""
+    result: str | None = None  # JSON text (executions.result jsonb)
+    result_bytes: int | None = None  # the result's size, kept or not (over result_max_bytes)
+    parent_fire_id: uuid.UUID | None = None  # a chained fire's parent
+    # Not a column: the rows of job_items this attempt produced, written with it.
+    items: tuple[Item, ...] | None = None

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from scheduler_daemon.running.actions.outcome import Outcome
+from scheduler_daemon.running.chains import Chains
 from scheduler_daemon.running.fire import (
     ActionFor,
     Claims,
@@ -30,7 +31,7 @@ from scheduler_daemon.running.fire import (
     backoff_delay,
 )
 from scheduler_daemon.running.limiter import Limiter
-from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, chained_fire_id
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.timing.clock import Clock
 
@@ -56,12 +57,14 @@ class Runner:
         observer: FireObserver | None = None,
         starts: StartSink | None = None,
         claims: Claims | None = None,
+        chains: Chains | None = None,
     ) -> None:
         """``starts``: where attempts' starts are made durable first (None: they are not);
         ``claims``: cluster mode, each attempt is claimed before it starts."""
         self._clock = clock
         self._starts = starts
         self._claims = claims
+        self._chains = chains
         self._observer: FireObserver = observer or NoObserver()
         self._limiter = limiter
         self._recorder = recorder
@@ -84,15 +87,21 @@ class Runner:
         fire_id: uuid.UUID | None = None,
         attempt: int = 1,
         claimed: bool = False,
+        parent: Fire | None = None,
     ) -> Fire | None:
         """Start a fire of ``job`` unless its overlap policy says no; never blocks.
 
         ``fire_id`` and ``attempt`` resume a fire whose earlier attempt was abandoned;
-        ``claimed``: cluster mode, this replica has won ``attempt`` already.
+        ``claimed``: cluster mode, this replica has won ``attempt`` already; ``parent``: the
+        fire whose success started this one (trigger `chain`).
         """
         if fire_id is None and trigger is FireKind.MANUAL:
             fire_id = uuid.uuid4()
         fire = Fire(job, scheduled_at, trigger, overrides, fire_id, attempt=attempt)
+        if parent is not None:
+            fire.given_id = chained_fire_id(job.name, parent.fire_id)
+            fire.parent_fire_id = parent.fire_id
+            fire.chain = (*parent.chain, parent.job.name)
         fire.claimed = attempt if claimed else 0
         if not self._accepting:
             self._record_unstarted(fire, Status.CANCELLED, "daemon is shutting down")
@@ -146,6 +155,8 @@ class Runner:
                     self._limiter.release()
                 if not self._should_retry(fire, outcome_status, outcome):
                     self._observer.fire_ended(job.name, outcome_status)
+                    if outcome_status is Status.SUCCEEDED and self._chains is not None:
+                        self._chains.succeeded(fire, outcome, self.submit)
                     return
                 delay = backoff_delay(job.retry, fire.attempt, self._rng)
                 if outcome is not None and outcome.retry_after is not None:
@@ -232,6 +243,7 @@ class Runner:
         error: str | None,
     ) -> None:
         duration_ms = (self._clock.monotonic() - started_mono) * 1000.0
+        kept = outcome.kept if outcome else None
         rec = self._row(
             fire,
             status,
@@ -244,6 +256,8 @@ class Runner:
             error=error if error is not None else (outcome.error if outcome else None),
             output=outcome.output if outcome else None,
         )
+        if kept is not None:
+            rec.result, rec.result_bytes, rec.items = kept.text, kept.size, kept.items
         self._recorder.record(rec)
         self._covered(fire)
         self._observer.attempt_finished(rec)
@@ -334,6 +348,9 @@ class Runner:
             error,
             output,
             self._node,
+            None,
+            None,
+            fire.parent_fire_id,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -22,8 +22,15 @@ from pydantic_core import PydanticCustomError
 from scheduler_daemon.specs import action_values as av
 from scheduler_daemon.specs import places
 from scheduler_daemon.specs import values as v
+from scheduler_daemon.specs.chains import chain_problems
 from scheduler_daemon.specs.cron import REBOOT
 from scheduler_daemon.specs.redaction import redact
+from scheduler_daemon.specs.results import (
+    DEFAULT_RESULT_MAX_BYTES,
+    ItemsSpec,
+    ResultMode,
+    RetentionSpec,
+)
 from scheduler_daemon.specs.settings import AdminSpec, ClusterSpec, DatabaseSpec
 from scheduler_daemon.specs.spec import PROBLEM, Problem, Spec, problems_error, problems_of
 
@@ -40,6 +47,7 @@ StrMap = Annotated[dict[str, str], av.StrMap()]
 SCHEDULE_KEYS = ("cron", "every", "at")
 ACTION_KEYS = ("http", "command", "shell", "python")
 COMMAND_ONLY = ("env", "inherit_env", "cwd", "kill_grace")
+RESULT_ONLY = ("items",)  # needs a result: http and python jobs
 PYTHON_ONLY = ("args",)
 
 
@@ -133,6 +141,11 @@ class JobSpec(CommandOptions, PythonOptions):
     starting_deadline: PositiveSecondsOrNone = None  # a fire later than this is not run
     # Fire once at every start; cron "@reboot" implies it.
     run_on_start: Annotated[bool, v.Boolean()] = Field(default=False, validate_default=True)
+    # What it returned, kept whole in executions.result (README: Results as data).
+    result: Annotated[ResultMode, v.OneOf()] = "auto"
+    result_max_bytes: Annotated[int, v.Size()] = DEFAULT_RESULT_MAX_BYTES  # larger: not kept
+    items: ItemsSpec | None = None  # a list in the result → rows of job_items
+    then: Annotated[tuple[str, ...], v.Names(v.JOB_NAME_RE, "job names")] = ()  # on success
     # The action: exactly one of these (`shell:` comes with the command options).
     http: HttpSpec | None = None
     command: Annotated[tuple[str, ...] | None, av.Argv()] = None
@@ -194,6 +207,8 @@ class JobSpec(CommandOptions, PythonOptions):
         for key in PYTHON_ONLY:
             if key in data and kind != "python":
                 problems.append(((key,), f"`{key}` only applies to python jobs"))
+        if kind in ("command", "shell"):
+            problems += _result_rules(data)
         return problems + _delivery_rules(data)
 
     def __eq__(self, other: object) -> bool:
@@ -274,6 +289,7 @@ class Config(Spec):
     record_buffer: Annotated[int, v.Size()] = 64 * 1024 * 1024
     admin: AdminSpec | None = None
     cluster: ClusterSpec = ClusterSpec()
+    retention: RetentionSpec = RetentionSpec()  # how long executions, results, items are kept
     # Where python jobs' modules are imported from: put first on sys.path at load (relative to
     # the config file's folder), before PYTHONPATH and the installed packages.
     python_path: Annotated[tuple[Path, ...], places.Directories()] = ()
@@ -323,20 +339,21 @@ class Config(Spec):
             return []
         return [
             (("defaults", key), f"`{key}` cannot be a default: write it on each job")
-            for key in (*SCHEDULE_KEYS, *ACTION_KEYS)
+            for key in (*SCHEDULE_KEYS, *ACTION_KEYS, "then")
             if key in defaults
         ] + [(("defaults", *loc), m) for loc, m in _delivery_rules(defaults)]
 
     def value_rules(self) -> list[Problem]:
+        problems = chain_problems(self.jobs)
         if self.cluster.enabled and self.database.url is None:
-            return [
+            problems.append(
                 (
                     ("cluster", "enabled"),
                     "cluster mode needs one PostgreSQL shared by every replica: set database.url "
                     "(the embedded PostgreSQL is this daemon's own)",
                 )
-            ]
-        return []
+            )
+        return problems
 
     @property
     def path(self) -> Path:
@@ -353,6 +370,18 @@ class Config(Spec):
 def _under_job(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     """A bad name is the job's key: reported at the job, not at a `name` field it never wrote."""
     return () if loc == ("name",) else loc
+
+
+def _result_rules(data: Mapping[str, Any]) -> list[Problem]:
+    """A command's output is text (its tail in `output`), never a result."""
+    problems: list[Problem] = [
+        ((key,), f"`{key}` only applies to http and python jobs (a command has no result)")
+        for key in RESULT_ONLY
+        if key in data
+    ]
+    if data.get("result") == "json":
+        problems.append((("result",), "`result: json` only applies to http and python jobs"))
+    return problems
 
 
 def _delivery_rules(data: Mapping[str, Any]) -> list[Problem]:
@@ -375,13 +404,17 @@ def with_defaults(own: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[s
     A default `catch_up` is not taken by an at_most_once job: it would not be applied.
     """
     kind = next((k for k in ACTION_KEYS if k in own), None)
-    skipped = {*SCHEDULE_KEYS, *ACTION_KEYS}
+    skipped = {*SCHEDULE_KEYS, *ACTION_KEYS, "then"}
     if own.get("delivery", defaults.get("delivery")) == "at_most_once":
         skipped.add("catch_up")
     if kind not in ("command", "shell"):
         skipped.update(COMMAND_ONLY)
     if kind != "python":
         skipped.update(PYTHON_ONLY)
+    if kind in ("command", "shell"):
+        skipped.update(RESULT_ONLY)
+        if defaults.get("result") == "json":
+            skipped.add("result")
     merged = {k: val for k, val in defaults.items() if k not in skipped}
     for key, value in own.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):

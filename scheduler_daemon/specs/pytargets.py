@@ -64,6 +64,16 @@ def signature_of(func: Callable[..., Any]) -> inspect.Signature | None:
         return None
 
 
+def takes(signature: inspect.Signature | None, name: str) -> bool:
+    """Whether a function of ``signature`` accepts the keyword ``name`` (unknown: it does)."""
+    if signature is None:
+        return True
+    parameter = signature.parameters.get(name)
+    if parameter is not None:
+        return parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    return any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+
+
 def bad_arguments(
     signature: inspect.Signature | None, kwargs: Mapping[str, Any], *, partial: bool = False
 ) -> str | None:

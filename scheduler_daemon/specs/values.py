@@ -399,6 +399,7 @@ class JobName(Value):
 
 
 JOB_NAME_PATTERN = rf"^(?!\.\.?$){_JOB_NAME.pattern}$"
+JOB_NAME_RE = _JOB_NAME.pattern
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
@@ -25,7 +26,7 @@ from itertools import islice
 import asyncpg
 import structlog
 
-from scheduler_daemon.running.records import ExecutionRecord
+from scheduler_daemon.running.records import ExecutionRecord, Item
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import Database
 from scheduler_daemon.storage.journal import Journal
@@ -40,6 +41,7 @@ _REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 # numbers, its deque slot (~450 bytes measured with tracemalloc on CPython 3.11), so that a flood
 # of small rows counts too.
 ROW_OVERHEAD = 450
+ITEM_OVERHEAD = 120  # an item's tuple and key besides its JSON text
 DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
 # After a spill failed (disk full, ...), new rows wait this long before they start another one
 # (the writer still retries at each failed write): one error per few seconds, not one per row.
@@ -50,12 +52,18 @@ def row_size(rec: ExecutionRecord) -> int:
     """A buffered row's approximate memory in bytes: a str's ``__sizeof__`` counts 1, 2 or 4 bytes
     a character as CPython stores it (8x cheaper than ``sys.getsizeof``: this is on the fire
     path)."""
-    output, error = rec.output, rec.error
+    output, error, result, items = rec.output, rec.error, rec.result, rec.items
     return (
         ROW_OVERHEAD
         + (0 if output is None else output.__sizeof__())
         + (0 if error is None else error.__sizeof__())
+        + (0 if result is None else result.__sizeof__())
+        + (0 if items is None else _items_size(items))
     )
+
+
+def _items_size(items: Sequence[Item]) -> int:
+    return sum(item.__sizeof__() for _, item in items) + ITEM_OVERHEAD * len(items)
 
 
 class Recorder:
@@ -330,6 +338,8 @@ class Recorder:
         try:
             await store.write_executions(conn, [rec], events=self._events)
         except _REJECTED as exc:
+            if rec.result is not None or rec.items:
+                return await self._write_one(conn, without_result(rec, exc))
             self.rejected += 1
             # Identify the row, never dump it: its output or error may hold anything.
             log.error(
@@ -441,6 +451,16 @@ class Recorder:
     def _on_failure(self, exc: BaseException) -> None:
         self.failures += 1
         self.database.failed(exc, pending=len(self._buffer))
+
+
+def without_result(rec: ExecutionRecord, exc: Exception) -> ExecutionRecord:
+    """The attempt's row without the result and items PostgreSQL refused (a JSON string with
+    \\u0000 in it, say): the attempt itself is never lost for what it returned."""
+    refused = f"result not kept: PostgreSQL refused it ({type(exc).__name__}: {exc})"
+    log.error("recorder_result_rejected", job=rec.job_name, fire_id=str(rec.fire_id),
+              attempt=rec.attempt, error=refused)  # fmt: skip
+    error = f"{rec.error}; {refused}" if rec.error else refused
+    return dataclasses.replace(rec, result=None, items=None, error=error)
 
 
 async def _append(journal: Journal, rows: Sequence[ExecutionRecord]) -> None:

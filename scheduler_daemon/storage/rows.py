@@ -21,18 +21,24 @@ from pydantic import TypeAdapter
 
 from scheduler_daemon.running.records import ExecutionRecord
 
+# Written beside the row, not in it (to job_items: store.py).
+ATTACHED = frozenset({"items"})
 # The Python type of each field (``X | None`` unwrapped) and whether it may be NULL.
 FIELD_TYPES: dict[str, type] = {}
 NULLABLE: frozenset[str]
 _nullable: set[str] = set()
 for _name, _hint in get_type_hints(ExecutionRecord).items():
+    if _name in ATTACHED:
+        continue
     _args = get_args(_hint) if get_origin(_hint) in (Union, types.UnionType) else (_hint,)
     FIELD_TYPES[_name] = next(a for a in _args if a is not type(None))
     if type(None) in _args:
         _nullable.add(_name)
 NULLABLE = frozenset(_nullable)
 
-COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ExecutionRecord))
+COLUMNS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(ExecutionRecord) if f.name not in ATTACHED
+)
 # Columns the database adds to each row (storage/migrations/): never written by the daemon.
 DATABASE_COLUMNS = {"id": "bigint", "recorded_at": "timestamptz"}
 # What identifies an attempt and never changes once written; the rest is the attempt's outcome.
@@ -53,7 +59,11 @@ def sql_type(python_type: type) -> str:
     return _SQL_TYPES[str if issubclass(python_type, StrEnum) else python_type]
 
 
-SQL_TYPES: dict[str, str] = {name: sql_type(t) for name, t in FIELD_TYPES.items()}
+# Text the database keeps as something else than text.
+_COLUMN_TYPES = {"result": "jsonb"}
+SQL_TYPES: dict[str, str] = {
+    name: _COLUMN_TYPES.get(name) or sql_type(t) for name, t in FIELD_TYPES.items()
+}
 
 
 def staging_ddl(table: str) -> str:
@@ -76,6 +86,9 @@ def to_json(rec: ExecutionRecord) -> dict[str, Any]:
     for name in _ISO:  # datetime.isoformat(), as the journal always had (pydantic writes "Z")
         value = getattr(rec, name)
         data[name] = value.isoformat() if value is not None else None
+    for name in ATTACHED:  # written only when there is something: most rows have none
+        if data[name] is None:
+            del data[name]
     return data
 
 

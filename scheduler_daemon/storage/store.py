@@ -77,6 +77,14 @@ FROM (SELECT job_name, max(started_at) AS last_run,
       FROM executions_stage GROUP BY job_name) AS s
 WHERE jobs.name = s.job_name
 """
+_ITEM_COLUMNS = ("job_name", "fire_id", "attempt", "scheduled_at", "idx", "key", "item")
+_ITEMS_STAGE_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS job_items_stage (job_name text, fire_id uuid, attempt"
+    " integer, scheduled_at timestamptz, idx integer, key text, item jsonb) ON COMMIT DELETE ROWS"
+)
+_ITEMS_COLS = ", ".join(_ITEM_COLUMNS)
+_MERGE_ITEMS = f"""INSERT INTO job_items ({_ITEMS_COLS}) SELECT {_ITEMS_COLS} FROM job_items_stage
+ON CONFLICT (fire_id, attempt, idx) DO NOTHING"""
 ABANDONED_ERROR = "the daemon stopped before this attempt finished (crash, kill -9 or power loss)"
 
 
@@ -157,7 +165,23 @@ async def write_executions(
         await _stage(conn, latest.values())
         written = await conn.fetchval(_MERGE if events else _MERGE_QUIETLY)
         await conn.execute(_TOUCH_JOBS)
+        items = _item_rows(latest.values())
+        if items:
+            await conn.execute(_ITEMS_STAGE_DDL)
+            await conn.copy_records_to_table(
+                "job_items_stage", records=items, columns=_ITEM_COLUMNS
+            )
+            await conn.execute(_MERGE_ITEMS)
     return int(written)
+
+
+def _item_rows(records: Iterable[ExecutionRecord]) -> list[tuple[Any, ...]]:
+    return [
+        (rec.job_name, rec.fire_id, rec.attempt, rec.scheduled_at, idx, key, item)
+        for rec in records
+        if rec.items
+        for idx, (key, item) in enumerate(rec.items)
+    ]
 
 
 def _last_per_attempt(records: Sequence[ExecutionRecord]) -> dict[tuple[Any, int], ExecutionRecord]:

@@ -87,6 +87,7 @@ async def test_a_fresh_database_gets_every_migration_once(empty_database_url: st
     assert [t["tablename"] for t in tables] == [
         "executions",
         "fire_claims",
+        "job_items",
         "jobs",
         "nodes",
         "runs",

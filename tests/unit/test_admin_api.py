@@ -382,7 +382,7 @@ async def test_errors_are_json_with_stable_codes(api: Api) -> None:
         ),
         (
             "/jobs/greet/executions?trigger=cosmic",
-            "trigger: expected one of ['schedule', 'manual', 'catchup'], got 'cosmic'",
+            "trigger: expected one of ['schedule', 'manual', 'catchup', 'chain'], got 'cosmic'",
         ),
         (
             "/executions?since=yesterday",

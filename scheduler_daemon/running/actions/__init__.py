@@ -15,6 +15,7 @@ from scheduler_daemon.running.actions.command import CommandAction
 from scheduler_daemon.running.actions.http import HttpAction, HttpClient
 from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.actions.python import PythonAction
+from scheduler_daemon.running.results import ResultReader
 from scheduler_daemon.specs import CommandSpec, HttpSpec, JobSpec
 
 __all__ = ["Action", "ActionCache", "HttpClient", "Outcome", "build_action"]
@@ -26,11 +27,12 @@ class Action(Protocol):
 
 def build_action(job: JobSpec, *, http: HttpClient, threads: Executor) -> Action:
     spec = job.action
-    if isinstance(spec, HttpSpec):
-        return HttpAction(spec, client=http, capture_bytes=job.capture_bytes)
     if isinstance(spec, CommandSpec):
         return CommandAction(spec, capture_bytes=job.capture_bytes)
-    return PythonAction(spec, capture_bytes=job.capture_bytes, threads=threads)
+    results = ResultReader(job) if job.result != "none" else None
+    if isinstance(spec, HttpSpec):
+        return HttpAction(spec, client=http, capture_bytes=job.capture_bytes, results=results)
+    return PythonAction(spec, capture_bytes=job.capture_bytes, threads=threads, results=results)
 
 
 class ActionCache:

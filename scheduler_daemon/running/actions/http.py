@@ -14,6 +14,7 @@ from yarl import URL
 
 from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.records import Status
+from scheduler_daemon.running.results import ResultReader, succeeded
 from scheduler_daemon.specs import HttpSpec
 from scheduler_daemon.specs.redaction import is_secret_header
 
@@ -50,12 +51,20 @@ class HttpClient:
 
 
 class HttpAction:
-    __slots__ = ("_capture", "_client", "_spec")
+    __slots__ = ("_capture", "_client", "_results", "_spec")
 
-    def __init__(self, spec: HttpSpec, *, client: HttpClient, capture_bytes: int) -> None:
+    def __init__(
+        self,
+        spec: HttpSpec,
+        *,
+        client: HttpClient,
+        capture_bytes: int,
+        results: ResultReader | None = None,
+    ) -> None:
         self._spec = spec
         self._client = client
         self._capture = capture_bytes
+        self._results = results
 
     async def run(self, overrides: Mapping[str, Any] | None = None) -> Outcome:
         spec = self._spec
@@ -95,7 +104,7 @@ class HttpAction:
             ) as resp:
                 location = resp.headers.get("Location")
                 if not (self._spec.follow_redirects and resp.status in _REDIRECTS and location):
-                    return self._outcome(resp, await _read_head(resp, self._capture))
+                    return await self._outcome(resp)
                 hop = resp.url.join(URL(location))
             if hop.origin() != url.origin():
                 headers = {k: v for k, v in headers.items() if not is_secret_header(k)}
@@ -104,9 +113,17 @@ class HttpAction:
             url, params = hop, {}  # the Location carries its own query
         return Outcome(Status.FAILED, retryable=False, error=f"more than {MAX_REDIRECTS} redirects")
 
-    def _outcome(self, resp: aiohttp.ClientResponse, output: str) -> Outcome:
+    async def _outcome(self, resp: aiohttp.ClientResponse) -> Outcome:
         status = resp.status
         ok = status in self._spec.expect if self._spec.expect else 200 <= status < 300
+        results = self._results
+        if ok and results is not None and results.wants_body(resp.content_type):
+            # The whole body (up to result_max_bytes) is the result; `output` is its head.
+            body, total = await _read_body(resp, max(self._capture, results.max_bytes + 1))
+            kept = await results.from_body(body, total)
+            return succeeded(kept, http_status=status, output=_head(body, total, self._capture))
+        body, total = await _read_body(resp, self._capture)
+        output = _head(body, total, self._capture)
         if ok:
             return Outcome(Status.SUCCEEDED, retryable=False, http_status=status, output=output)
         retryable = status >= 500 or status == 429
@@ -130,16 +147,22 @@ def without_queries(text: str) -> str:
     return _QUERY.sub(r"\1?…", text)
 
 
-async def _read_head(resp: aiohttp.ClientResponse, limit: int) -> str:
-    """Keep the first ``limit`` bytes and drain the rest, so a huge body never sits in memory."""
+async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, int]:
+    """The first ``limit`` bytes and the body's size: the rest is drained, so a huge body never
+    sits in memory."""
     head = bytearray()
     total = 0
     async for chunk in resp.content.iter_chunked(_CHUNK):
         total += len(chunk)
         if len(head) < limit:
             head += chunk[: limit - len(head)]
-    text = head.decode("utf-8", errors="replace")
-    if total > len(head):
+    return bytes(head), total
+
+
+def _head(body: bytes, total: int, limit: int) -> str:
+    """What `output` keeps of a body: its first ``limit`` bytes, marked when cut."""
+    text = body[:limit].decode("utf-8", errors="replace")
+    if total > limit:
         text += f"\n[truncated: {total} bytes total]"
     return text
 

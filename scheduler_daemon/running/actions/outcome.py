@@ -1,10 +1,23 @@
-"""What one attempt of an action ended with."""
+"""What one attempt of an action ended with, and what it returned as data (results.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from scheduler_daemon.running.records import Status
+from scheduler_daemon.running.records import Item, Status
+
+
+@dataclass(slots=True)
+class Kept:
+    """What the recorder gets of one attempt's result (see ExecutionRecord)."""
+
+    text: str | None = None  # the JSON text kept (None: not kept)
+    size: int | None = None  # its size in bytes, kept or not
+    value: Any = None  # parsed: for chained jobs
+    items: tuple[Item, ...] | None = None
+    problem: str | None = None  # why the result or its items were not kept
+    items_failed: bool = False  # `items.required` and no items: the attempt fails
 
 
 @dataclass(slots=True)
@@ -16,3 +29,4 @@ class Outcome:
     error: str | None = None
     output: str | None = None
     retry_after: float | None = None  # seconds, from an HTTP Retry-After header
+    kept: Kept | None = None  # the result, as data (results.py)

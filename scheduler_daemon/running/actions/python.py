@@ -15,8 +15,15 @@ from typing import Any, ParamSpec, TypeVar
 
 from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.records import Status
+from scheduler_daemon.running.results import ResultReader, succeeded
 from scheduler_daemon.specs import PythonSpec
-from scheduler_daemon.specs.pytargets import TargetError, bad_arguments, resolve, signature_of
+from scheduler_daemon.specs.pytargets import (
+    TargetError,
+    bad_arguments,
+    resolve,
+    signature_of,
+    takes,
+)
 
 # Plain-function jobs run in threads of their own: in the loop's default executor, a few hung
 # jobs would hold up the daemon's own blocking work (journal spills, reload parsing, the embedded
@@ -64,10 +71,18 @@ def unfinished_job_calls() -> int:
 
 
 class PythonAction:
-    __slots__ = ("_capture", "_configured", "_func", "_signature", "_spec", "_threads")
+    __slots__ = ("_capture", "_configured", "_func", "_results", "_signature", "_spec", "_threads")
 
-    def __init__(self, spec: PythonSpec, *, capture_bytes: int, threads: Executor) -> None:
+    def __init__(
+        self,
+        spec: PythonSpec,
+        *,
+        capture_bytes: int,
+        threads: Executor,
+        results: ResultReader | None = None,
+    ) -> None:
         self._spec = spec
+        self._results = results
         self._capture = capture_bytes
         self._threads = threads
         self._func: Callable[..., Any] | None = None
@@ -81,6 +96,9 @@ class PythonAction:
             return Outcome(
                 Status.FAILED, retryable=False, error=f"cannot load {self._spec.target}: {exc}"
             )
+        if overrides and "result" in overrides and not takes(self._signature, "result"):
+            # A chained job's parent result: for a function that asks for it.
+            overrides = {k: val for k, val in overrides.items() if k != "result"}
         kwargs = {**self._spec.args, **overrides} if overrides else self._spec.args
         # Checked before the call: a TypeError from the call itself is the job's own (retryable),
         # arguments the function does not take will not fit any better on a retry.
@@ -102,6 +120,10 @@ class PythonAction:
             raise
         except Exception as exc:  # noqa: BLE001 - the job's own failure
             return Outcome(Status.FAILED, retryable=True, error=f"{type(exc).__name__}: {exc}")
+        if self._results is not None:
+            kept = await self._results.from_value(result)
+            if kept is not None:
+                return succeeded(kept, output=self._render(result, kept.text))
         return Outcome(Status.SUCCEEDED, retryable=False, output=self._render(result))
 
     def _resolve(self) -> Callable[..., Any]:
@@ -114,11 +136,13 @@ class PythonAction:
             self._func = func
         return self._func
 
-    def _render(self, result: Any) -> str | None:
+    def _render(self, result: Any, json_text: str | None = None) -> str | None:
         if result is None:
             return None
         if isinstance(result, str):
             text = result
+        elif json_text is not None:
+            text = json_text
         else:
             try:
                 text = json.dumps(result, default=str)
