@@ -51,3 +51,9 @@ def mark(path: str) -> None:
     """Append a line to ``path``: lets a test count how many times a job really ran."""
     with open(path, "a") as f:
         f.write("ran\n")
+
+
+def summarise(result: dict[str, list[dict[str, str]]], currency: str = "USD") -> dict[str, object]:
+    """A chained job's transform step: the parent's prices → a summary (its own result)."""
+    prices = {row["symbol"]: float(row["price"]) for row in result["data"]}
+    return {"currency": currency, "coins": len(prices), "top": max(prices, key=prices.__getitem__)}

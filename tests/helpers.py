@@ -432,7 +432,8 @@ class Running:
 
 
 @asynccontextmanager
-async def running_daemon(config: Path, base: str) -> AsyncIterator[Running]:
+async def running_daemon(config: Path, base: str, *, jobs: int = 4) -> AsyncIterator[Running]:
+    """``jobs``: how many jobs the config file has (they are synced before it is yielded)."""
     daemon = Daemon(load_config(config, environ=ENV))
     task = asyncio.create_task(daemon.run())
     running = Running(daemon, task, base)
@@ -449,18 +450,18 @@ async def running_daemon(config: Path, base: str) -> AsyncIterator[Running]:
     try:
         await wait_until(ready)
         # The jobs are synced on connection; pause/resume need their rows.
-        await wait_until(lambda: _synced(daemon))
+        await wait_until(lambda: _synced(daemon, jobs))
         yield running
     finally:
         if not task.done():
             await running.stop()
 
 
-async def _synced(daemon: Daemon) -> bool:
+async def _synced(daemon: Daemon, jobs: int) -> bool:
     pool = daemon.recorder.pool
     return (
         pool is not None
-        and await pool.fetchval("SELECT count(*) FROM jobs WHERE source = 'config'") == 4
+        and await pool.fetchval("SELECT count(*) FROM jobs WHERE source = 'config'") == jobs
     )
 
 

@@ -39,8 +39,8 @@ from scheduler_daemon.operation.reload import (
 from scheduler_daemon.operation.stop_budget import FLUSH_TIMEOUT, stop_budget
 from scheduler_daemon.running.actions import ActionCache, HttpClient
 from scheduler_daemon.running.actions.python import job_threads
-from scheduler_daemon.running.fire import Fire
 from scheduler_daemon.running.chains import Chains
+from scheduler_daemon.running.fire import Fire
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Runner
@@ -68,10 +68,10 @@ class Daemon:
         self._admin: web.AppRunner | None = None
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._journal = Journal(config.state_dir / "journal" / "executions.jsonl")
+        self._pauses = Pauses(cache=config.state_dir / "paused.json")
         self._build_recording(config)
         self._build_running(config)
         claims = self.cluster.claims if self.cluster is not None else None
-        self._pauses = Pauses(cache=config.state_dir / "paused.json")
         self._oneoff = OneOffRuns(
             clock=self._clock,
             database=self.database,
@@ -167,7 +167,7 @@ class Daemon:
             observer=self.metrics,
             starts=self._starts,
             claims=self.cluster.claims if self.cluster is not None else None,
-            chains=Chains(lambda name: self.config.job(name), self._clock.time),
+            chains=Chains(lambda name: self.config.job(name), self._clock.time, self._pauses),
         )
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ takes one), an HTTP job wherever its `json:` body says "$result".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -42,10 +42,16 @@ class Submit(Protocol):
 class Chains:
     """Starts the chained jobs of each fire that succeeded (the runner calls ``succeeded``)."""
 
-    def __init__(self, jobs: Callable[[str], JobSpec | None], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        jobs: Callable[[str], JobSpec | None],
+        clock: Callable[[], float],
+        paused: Container[str] = (),
+    ) -> None:
         """``jobs``: the job of a name now (the job set changes with reloads and the API)."""
         self._jobs = jobs
         self._now = clock
+        self._paused = paused
         self.started = 0
 
     def succeeded(self, fire: Fire, outcome: Outcome | None, submit: Submit) -> None:
@@ -55,7 +61,7 @@ class Chains:
         now = datetime.fromtimestamp(self._now(), UTC)
         for name in fire.job.then:
             child = self._jobs(name)
-            refused = _refused(fire, name, child)
+            refused = "the job is paused" if name in self._paused else _refused(fire, name, child)
             if refused is not None or child is None:
                 log.error("chain_not_started", job=name, parent=fire.job.name,
                           parent_fire_id=str(fire.fire_id), reason=refused)  # fmt: skip
@@ -72,9 +78,7 @@ def _refused(parent: Fire, name: str, child: JobSpec | None) -> str | None:
         return f"a cycle: {' → '.join([*parent.chain, parent.job.name, name])}"
     if len(parent.chain) >= MAX_DEPTH:
         return f"a chain deeper than {MAX_DEPTH} jobs"
-    if not child.enabled:
-        return "the job is disabled"
-    return None
+    return None  # `enabled: false` only stops its schedule: a step of a chain is written so
 
 
 def _passed(job: JobSpec, value: Any) -> dict[str, Any] | None:

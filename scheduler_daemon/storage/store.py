@@ -32,15 +32,20 @@ _STAGE_DDL = rows.staging_ddl("executions_stage")
 _COLS = ", ".join(COLUMNS)
 # Listeners get one JSON event per attempt that reached a final status (README: Events).
 EVENTS_CHANNEL = "scheduler_executions"
-# NOTIFY payloads must stay under 8000 bytes: the error is cut, the output left out.
+# NOTIFY payloads must stay under 8000 bytes: the error is cut, the output and result left out
+# (`result_bytes` says there is one: GET /executions/{id} has it).
 _EVENT_ERROR_CHARS = 2000
+_NOT_IN_EVENTS = ("output", "result")
 
 
 def _event_fields() -> str:
-    """The event's keys and values: every column but ``output``; ``job_name`` is called ``job``."""
+    """The event's keys and values: every column but ``_NOT_IN_EVENTS``; ``job_name`` is called
+    ``job``."""
     keys = {"job_name": "job"}
     values = {"error": f"left(error, {_EVENT_ERROR_CHARS})"}
-    return ", ".join(f"'{keys.get(c, c)}', {values.get(c, c)}" for c in COLUMNS if c != "output")
+    return ", ".join(
+        f"'{keys.get(c, c)}', {values.get(c, c)}" for c in COLUMNS if c not in _NOT_IN_EVENTS
+    )
 
 
 _EVENT_FIELDS = _event_fields()

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from scheduler_daemon.running.records import ExecutionRecord
 from scheduler_daemon.storage import rows, schema
 from scheduler_daemon.storage.database import Database, OnConnect
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
@@ -489,3 +490,81 @@ async def test_a_journal_damaged_during_an_outage_is_replayed_when_the_database_
     assert await _replayed_rows(server.dsn()) == [*range(10), 20]
     assert journal.quarantine_path.read_bytes() == b'{"job_name": "\xff", "fire_id": "torn\n'
     assert stat.S_IMODE(journal.path.parent.stat().st_mode) == 0o700
+
+
+# -- results and items: the same path, the same guarantees ---------------------------------------
+
+
+def _with_items(n: int, count: int = 100) -> ExecutionRecord:
+    items = tuple((f"k{i}", json.dumps({"i": i, "fire": n})) for i in range(count))
+    return rec(n=n, result=json.dumps([{"i": i} for i in range(count)]), items=items)
+
+
+async def _items_per_fire(dsn: str) -> dict[int, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        found = await conn.fetch(
+            "SELECT scheduled_at, count(*) AS n, count(DISTINCT idx) AS d FROM job_items GROUP BY 1"
+        )
+    finally:
+        await conn.close()
+    assert all(r["n"] == r["d"] for r in found)  # no item twice
+    return {int((r["scheduled_at"] - T).total_seconds()): r["n"] for r in found}
+
+
+async def test_items_recorded_during_an_outage_land_once_even_replayed_twice(
+    server: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "executions.jsonl")
+    first = Recorder(
+        database=_database(server.dsn(), _apply_schema), flush_interval=0.05, journal=journal
+    )
+    await first.start()
+    for n in range(5):  # before the outage: written at once
+        first.record(_with_items(n))
+    await _until(lambda: first.written == 5)
+    await server.astop()
+    for n in range(5, 30):  # extracted while the database is away
+        first.record(_with_items(n))
+    assert await first.close(timeout=10) == 0  # all in the journal
+    kept = journal.path.read_bytes()
+
+    await server.astart()
+    for _ in range(2):  # a replay, then the same journal again (a replay cut short and redone)
+        journal.path.write_bytes(kept)
+        again = Recorder(
+            database=_database(server.dsn(), _apply_schema), flush_interval=0.05, journal=journal
+        )
+        await again.start()
+        await _until(lambda: not journal.exists())
+        assert await again.close(timeout=10) == 0
+        assert await _items_per_fire(server.dsn()) == {n: 100 for n in range(30)}
+    assert await _count(server.dsn()) == 30
+
+
+async def test_a_result_postgresql_refuses_costs_the_result_not_the_row(database_url: str) -> None:
+    refused = rec(n=1, result='{"text": "nul \\u0000 here"}', items=(("k", '"\\u0000"'),))
+    recorder = Recorder(database=_database(database_url), flush_interval=0.05)
+    await recorder.start()
+    with capture_logs() as logs:
+        recorder.record(refused)
+        recorder.record(rec(n=2, result='{"fine": true}'))
+        assert await recorder.close(timeout=10) == 0
+    conn = await asyncpg.connect(database_url)
+    try:
+        found = await conn.fetch(
+            "SELECT status, result, error FROM executions ORDER BY scheduled_at"
+        )
+        items = await conn.fetchval("SELECT count(*) FROM job_items")
+    finally:
+        await conn.close()
+    assert [(r["status"], r["result"]) for r in found] == [
+        ("succeeded", None),
+        ("succeeded", '{"fine": true}'),
+    ]
+    assert "result not kept: PostgreSQL refused it" in found[0]["error"]
+    assert items == 0
+    assert recorder.rejected == 0
+    assert [e["event"] for e in logs if e["event"].startswith("recorder_result")] == [
+        "recorder_result_rejected"
+    ]

@@ -367,6 +367,56 @@ def test_an_absolute_state_dir_is_used_as_written_under_systemd(tmp_path: Path) 
             "`delivery: at_most_once` never does",
         ),
         (
+            "jobs:\n  a: {every: 1s, python: m:f, then: [b]}\n  b: {every: 1s, python: m:f,"
+            " then: [c]}\n  c:\n    every: 1s\n    python: m:f\n    then: [a]\n",
+            2,
+            "jobs.a.then",
+            "a cycle of chained jobs: a → b → c → a",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    python: m:f\n    then: [a]\n",
+            5,
+            "jobs.a.then",
+            "a cycle of chained jobs: a → a",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    python: m:f\n    then: [nope]\n",
+            5,
+            "jobs.a.then",
+            "unknown job 'nope'",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    http: {url: 'http://x'}\n"
+            "    items: {path: 'data[*'}\n",
+            5,
+            "jobs.a.items.path",
+            "expected a JMESPath expression, got 'data[*'",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    command: [x]\n    items: {path: data}\n",
+            5,
+            "jobs.a.items",
+            "`items` only applies to http and python jobs (a command has no result)",
+        ),
+        (
+            "jobs:\n  a:\n    every: 1s\n    http: {url: 'http://x'}\n    result: xml\n",
+            5,
+            "jobs.a.result",
+            "expected one of auto, json, none, got 'xml'",
+        ),
+        (
+            "defaults:\n  then: [a]\njobs:\n  a: {every: 1s, command: [x]}\n",
+            2,
+            "defaults.then",
+            "`then` cannot be a default",
+        ),
+        (
+            "retention: {results: forever}\njobs: {}\n",
+            1,
+            "retention.results",
+            "expected a duration",
+        ),
+        (
             "jobs:\n  a:\n    every: 1s\n    command: [x]\n    starting_deadline: 0\n",
             5,
             "jobs.a.starting_deadline",
