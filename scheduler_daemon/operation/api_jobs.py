@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ import structlog
 from scheduler_daemon.errors import ConfigError
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.specs.api_job import ApiJobRules, JobProblems, build_api_job
+from scheduler_daemon.specs.chains import find_cycle
+from scheduler_daemon.specs.spec import Problem
 from scheduler_daemon.storage import job_store, store
 from scheduler_daemon.storage.embedded_home import write_file
 from scheduler_daemon.storage.job_store import StoredJob
@@ -51,10 +53,12 @@ class ApiJobs:
         taken: Callable[[], Collection[str]],
         on_change: Callable[[], Awaitable[None]],
         environ: Mapping[str, str] | None = None,
+        chained: Callable[[], Mapping[str, Sequence[str]]] = dict,
     ) -> None:
         self.rules = rules
         self.cache = cache
         self._taken = taken  # the config file's job names, now
+        self._chained = chained  # the config file's jobs' non-empty `then:` lists, now
         self._on_change = on_change  # schedule ``specs`` as they are now
         self._environ = os.environ if environ is None else environ
         self.stored: dict[str, StoredJob] = {}
@@ -119,6 +123,9 @@ class ApiJobs:
         spec, definition = await asyncio.to_thread(
             build_api_job, name, fields, self.rules, environ=self._environ, check_target=True
         )
+        problems = self._chain_problems(spec)
+        if problems:
+            raise JobProblems(problems)
         async with self._turns:
             job, created = await job_store.write_api_job(
                 db,
@@ -133,6 +140,25 @@ class ApiJobs:
             await self._on_change()
         log.info("api_job_created" if created else "api_job_changed", job=name, version=job.version)
         return job, spec, created
+
+    def _chain_problems(self, job: JobSpec) -> list[Problem]:
+        """Its `then:` names jobs that exist, and no chain through it comes back to it (the
+        others' chains were checked when they were written or loaded)."""
+        graph = {
+            **self._chained(),
+            **{n: s.then for n, s in self.specs.items()},
+            job.name: job.then,
+        }
+        problems: list[Problem] = [
+            (("then",), f"unknown job {child!r}")
+            for child in job.then
+            if child not in graph and child not in self._taken()
+        ]
+        cycle = find_cycle(graph, job.name)
+        if cycle:
+            path = " → ".join([*cycle, job.name])
+            problems.append((("then",), f"a cycle of chained jobs: {path}"))
+        return problems
 
     async def delete(self, db: Db, name: str, *, if_version: int | None = None) -> StoredJob:
         if name in self._taken():

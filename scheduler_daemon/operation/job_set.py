@@ -63,6 +63,7 @@ class JobSet:
             rules=ApiJobRules.of(config),
             cache=config.state_dir / "api_jobs.json",
             taken=lambda: self.file_names,
+            chained=lambda: {job.name: job.then for job in self._file_jobs if job.then},
             on_change=self._api_jobs_changed,
         )
 

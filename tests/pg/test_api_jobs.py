@@ -226,6 +226,24 @@ async def test_an_invalid_body_gets_every_problem_at_once(api: Running, target: 
     assert (await api.call("GET", "/jobs/broken"))[0] == 404
 
 
+async def test_a_chain_through_the_api_names_known_jobs_and_never_loops(
+    api: Running, target: Target
+) -> None:
+    await _create(api, "first", _job(target, then=["greet"]))  # a config file's job
+    await _create(api, "second", _job(target, then=["first"]))
+    status, refused = await api.call("PATCH", "/jobs/first", json={"then": ["greet", "second"]})
+    assert status == 422
+    assert refused["problems"] == [
+        {"path": "then", "message": "a cycle of chained jobs: first → second → first"}
+    ]
+    status, refused = await api.call(
+        "POST", "/jobs", json={"name": "x", **_job(target, then=["nope"])}
+    )
+    assert status == 422
+    assert refused["problems"] == [{"path": "then", "message": "unknown job 'nope'"}]
+    assert (await _detail(api, "first"))["definition"]["then"] == ["greet"]  # unchanged
+
+
 async def test_a_stale_if_match_is_refused_and_changes_nothing(
     api: Running, target: Target
 ) -> None:
