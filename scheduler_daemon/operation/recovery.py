@@ -162,6 +162,8 @@ def retry_abandoned(
     for row in abandoned:
         job, overrides = (runs or {}).get(row["fire_id"]) or (jobs.get(row["job_name"]), None)
         at_most_once = job is not None and job.delivery == "at_most_once"
+        # A chained fire's input was its parent's result, in memory: it cannot be given again.
+        chained = row["trigger"] == FireKind.CHAIN
         log.warning(
             "attempt_abandoned",
             job=row["job_name"],
@@ -169,8 +171,11 @@ def retry_abandoned(
             scheduled_at=row["scheduled_at"].isoformat(),
             # The attempt may have had its effects: at most once, it is not tried again.
             **({"not_retried": "delivery: at_most_once"} if at_most_once else {}),
+            **({"not_retried": "a chained fire (its parent's result is gone)"} if chained else {}),
         )
-        if job is None or at_most_once or not job.enabled or row["attempt"] >= job.retry.attempts:
+        if job is None or at_most_once or chained or row["attempt"] >= job.retry.attempts:
+            continue
+        if not job.enabled:
             continue
         if _too_late(job, row["scheduled_at"], now):
             continue

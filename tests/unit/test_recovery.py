@@ -112,6 +112,21 @@ def test_an_abandoned_attempt_is_retried_at_least_once_but_never_at_most_once() 
     assert why == {"least": None, "most": "delivery: at_most_once"}
 
 
+def test_an_abandoned_chained_fire_is_not_retried_its_input_is_gone() -> None:
+    jobs = {"step": make_job("step", retry=RetrySpec(attempts=3))}
+    runner = Retries()
+    with structlog.testing.capture_logs() as logs:
+        retried = retry_abandoned(
+            [{**abandoned_row("step"), "trigger": "chain"}],
+            jobs,
+            runner,  # type: ignore[arg-type]
+            at(1),
+        )
+    assert retried == 0 and runner.submitted == []
+    [event] = [e for e in logs if e["event"] == "attempt_abandoned"]
+    assert event["not_retried"] == "a chained fire (its parent's result is gone)"
+
+
 @pytest.mark.parametrize("policy", ["latest", "none"])
 async def test_at_most_once_records_every_missed_fire_and_runs_none(policy: str) -> None:
     # `latest` with at_most_once is refused at load; the planner ignores it all the same.
