@@ -32,9 +32,13 @@ class FireKind(StrEnum):
     CHAIN = "chain"  # started by another job's success (`then:`)
 
 
-# One row of job_items: the element's key (text, or None) and the element as JSON text; its index
-# is its place in the record's ``items``.
-Item = tuple[str | None, str]
+@dataclass(slots=True)
+class Items:
+    """The rows of job_items an attempt produced: its elements as one JSON array (PostgreSQL
+    splits it: one C call here instead of one per element) and each element's key."""
+
+    array: str  # JSON text of the list; element i is the row of idx i
+    keys: tuple[str | None, ...] | None = None  # None: no `items.key` configured
 
 
 def scheduled_fire_id(job_name: str, scheduled_at: datetime) -> uuid.UUID:
@@ -77,4 +81,4 @@ class ExecutionRecord:
     result_bytes: int | None = None  # the result's size, kept or not (over result_max_bytes)
     parent_fire_id: uuid.UUID | None = None  # a chained fire's parent
     # Not a column: the rows of job_items this attempt produced, written with it.
-    items: tuple[Item, ...] | None = None
+    items: Items | None = None

@@ -26,7 +26,7 @@ from itertools import islice
 import asyncpg
 import structlog
 
-from scheduler_daemon.running.records import ExecutionRecord, Item
+from scheduler_daemon.running.records import ExecutionRecord, Items
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import Database
 from scheduler_daemon.storage.journal import Journal
@@ -41,7 +41,7 @@ _REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 # numbers, its deque slot (~450 bytes measured with tracemalloc on CPython 3.11), so that a flood
 # of small rows counts too.
 ROW_OVERHEAD = 450
-ITEM_OVERHEAD = 120  # an item's tuple and key besides its JSON text
+KEY_OVERHEAD = 60  # an item's key: a short str and its slot
 DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
 # After a spill failed (disk full, ...), new rows wait this long before they start another one
 # (the writer still retries at each failed write): one error per few seconds, not one per row.
@@ -62,8 +62,9 @@ def row_size(rec: ExecutionRecord) -> int:
     )
 
 
-def _items_size(items: Sequence[Item]) -> int:
-    return sum(item.__sizeof__() for _, item in items) + ITEM_OVERHEAD * len(items)
+def _items_size(items: Items) -> int:
+    keys = items.keys
+    return items.array.__sizeof__() + (0 if keys is None else KEY_OVERHEAD * len(keys))
 
 
 class Recorder:

@@ -82,13 +82,17 @@ FROM (SELECT job_name, max(started_at) AS last_run,
       FROM executions_stage GROUP BY job_name) AS s
 WHERE jobs.name = s.job_name
 """
-_ITEM_COLUMNS = ("job_name", "fire_id", "attempt", "scheduled_at", "idx", "key", "item")
+# An attempt's items are staged as one row (its elements as one JSON array, their keys as an
+# array) and split here: ~5x less work for the daemon than a row per element.
+_ITEMS_STAGE = ("job_name", "fire_id", "attempt", "scheduled_at", "keys", "items")
 _ITEMS_STAGE_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS job_items_stage (job_name text, fire_id uuid, attempt"
-    " integer, scheduled_at timestamptz, idx integer, key text, item jsonb) ON COMMIT DELETE ROWS"
+    " integer, scheduled_at timestamptz, keys text[], items jsonb) ON COMMIT DELETE ROWS"
 )
-_ITEMS_COLS = ", ".join(_ITEM_COLUMNS)
-_MERGE_ITEMS = f"""INSERT INTO job_items ({_ITEMS_COLS}) SELECT {_ITEMS_COLS} FROM job_items_stage
+_MERGE_ITEMS = """
+INSERT INTO job_items (job_name, fire_id, attempt, scheduled_at, idx, key, item)
+SELECT s.job_name, s.fire_id, s.attempt, s.scheduled_at, e.n - 1, s.keys[e.n], e.item
+FROM job_items_stage s, jsonb_array_elements(s.items) WITH ORDINALITY AS e(item, n)
 ON CONFLICT (fire_id, attempt, idx) DO NOTHING"""
 ABANDONED_ERROR = "the daemon stopped before this attempt finished (crash, kill -9 or power loss)"
 
@@ -173,19 +177,16 @@ async def write_executions(
         items = _item_rows(latest.values())
         if items:
             await conn.execute(_ITEMS_STAGE_DDL)
-            await conn.copy_records_to_table(
-                "job_items_stage", records=items, columns=_ITEM_COLUMNS
-            )
+            await conn.copy_records_to_table("job_items_stage", records=items, columns=_ITEMS_STAGE)
             await conn.execute(_MERGE_ITEMS)
     return int(written)
 
 
 def _item_rows(records: Iterable[ExecutionRecord]) -> list[tuple[Any, ...]]:
     return [
-        (rec.job_name, rec.fire_id, rec.attempt, rec.scheduled_at, idx, key, item)
+        (rec.job_name, rec.fire_id, rec.attempt, rec.scheduled_at, rec.items.keys, rec.items.array)
         for rec in records
-        if rec.items
-        for idx, (key, item) in enumerate(rec.items)
+        if rec.items is not None
     ]
 
 

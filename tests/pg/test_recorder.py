@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from scheduler_daemon.running.records import ExecutionRecord
+from scheduler_daemon.running.records import ExecutionRecord, Items
 from scheduler_daemon.storage import rows, schema
 from scheduler_daemon.storage.database import Database, OnConnect
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
@@ -496,8 +496,9 @@ async def test_a_journal_damaged_during_an_outage_is_replayed_when_the_database_
 
 
 def _with_items(n: int, count: int = 100) -> ExecutionRecord:
-    items = tuple((f"k{i}", json.dumps({"i": i, "fire": n})) for i in range(count))
-    return rec(n=n, result=json.dumps([{"i": i} for i in range(count)]), items=items)
+    elements = [{"i": i, "fire": n} for i in range(count)]
+    keys = tuple(f"k{i}" for i in range(count))
+    return rec(n=n, result=json.dumps(elements), items=Items(json.dumps(elements), keys))
 
 
 async def _items_per_fire(dsn: str) -> dict[int, int]:
@@ -543,7 +544,7 @@ async def test_items_recorded_during_an_outage_land_once_even_replayed_twice(
 
 
 async def test_a_result_postgresql_refuses_costs_the_result_not_the_row(database_url: str) -> None:
-    refused = rec(n=1, result='{"text": "nul \\u0000 here"}', items=(("k", '"\\u0000"'),))
+    refused = rec(n=1, result='{"text": "nul \\u0000 here"}', items=Items('["\\u0000"]'))
     recorder = Recorder(database=_database(database_url), flush_interval=0.05)
     await recorder.start()
     with capture_logs() as logs:

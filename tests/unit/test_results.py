@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from scheduler_daemon.running.records import Status
-from scheduler_daemon.running.results import ResultReader, extract_items, succeeded
+from scheduler_daemon.running.actions.results import ResultReader, extract_items, succeeded
+from scheduler_daemon.running.records import Items, Status
 from scheduler_daemon.specs import HttpSpec, PythonSpec
 from scheduler_daemon.specs.results import ItemsSpec
 from tests.helpers import make_job
@@ -26,7 +26,7 @@ async def test_a_json_body_is_kept_as_sent_with_its_items_and_keys() -> None:
     kept = await _reader(items=ItemsSpec(path="data", key="symbol")).from_body(body, len(body))
     assert kept.text == body.decode() and kept.size == len(body) and kept.problem is None
     assert kept.value == {"data": COINS}
-    assert kept.items == tuple((c["symbol"], json.dumps(c)) for c in COINS)
+    assert kept.items == Items(json.dumps(COINS), ("BTCUSDT", "ETHUSDT"))
 
 
 async def test_a_body_past_the_thread_threshold_is_kept_whole() -> None:
@@ -35,7 +35,8 @@ async def test_a_body_past_the_thread_threshold_is_kept_whole() -> None:
     assert len(body) > 256 * 1024
     kept = await _reader(items=ItemsSpec(path="[*]", key="symbol")).from_body(body, len(body))
     assert kept.text is not None and json.loads(kept.text) == rows
-    assert kept.items is not None and len(kept.items) == 8000 and kept.items[-1][0] == "S7999"
+    assert kept.items is not None and json.loads(kept.items.array) == rows
+    assert kept.items.keys == tuple(f"S{i}" for i in range(8000))
 
 
 @pytest.mark.parametrize(
@@ -98,14 +99,10 @@ def _python(**fields: Any) -> ResultReader:
 
 
 async def test_a_python_return_value_is_kept_as_json() -> None:
-    kept = await _python(items=ItemsSpec(path="rows[]", key="id")).from_value(
-        {"rows": [{"id": 7, "v": "x"}, {"id": 8}]}
-    )
+    rows = [{"id": 7, "v": "x"}, {"id": 8}]
+    kept = await _python(items=ItemsSpec(path="rows[]", key="id")).from_value({"rows": rows})
     assert kept is not None and kept.text == '{"rows":[{"id":7,"v":"x"},{"id":8}]}'
-    assert kept.size == len(kept.text) and kept.items == (
-        ("7", '{"id": 7, "v": "x"}'),
-        ("8", '{"id": 8}'),
-    )
+    assert kept.size == len(kept.text) and kept.items == Items(json.dumps(rows), ("7", "8"))
 
 
 async def test_a_python_return_value_that_is_not_data_is_said_only_when_asked_for() -> None:
@@ -130,5 +127,8 @@ async def test_a_python_return_value_over_the_limit_is_not_kept() -> None:
 
 def test_keys_are_text_whatever_the_element_holds() -> None:
     spec = ItemsSpec(path="[*]", key="k")
-    found = extract_items(spec, [{"k": 1}, {"k": None}, {"k": "a\x00b"}, {"k": ["x"]}, {}])
-    assert [key for key, _ in found] == ["1", None, "a\ufffdb", '["x"]', None]
+    found = extract_items(spec, [{"k": 1}, {"k": None}, {"k": "a\x00b"}, {"k": ["x"]}, {}, 5])
+    assert found.keys == ("1", None, "a\ufffdb", '["x"]', None, None)
+    nested = extract_items(ItemsSpec(path="[*]", key="a.b"), [{"a": {"b": 2}}, {"a": 1}])
+    assert nested.keys == ("2", None)  # any expression, not only a field name
+    assert extract_items(ItemsSpec(path="[*]"), [1, 2]) == Items("[1, 2]", None)

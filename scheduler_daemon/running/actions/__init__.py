@@ -15,7 +15,7 @@ from scheduler_daemon.running.actions.command import CommandAction
 from scheduler_daemon.running.actions.http import HttpAction, HttpClient
 from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.actions.python import PythonAction
-from scheduler_daemon.running.results import ResultReader
+from scheduler_daemon.running.actions.results import ResultReader
 from scheduler_daemon.specs import CommandSpec, HttpSpec, JobSpec
 
 __all__ = ["Action", "ActionCache", "HttpClient", "Outcome", "build_action"]

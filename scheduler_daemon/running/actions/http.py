@@ -13,8 +13,8 @@ import aiohttp
 from yarl import URL
 
 from scheduler_daemon.running.actions.outcome import Outcome
+from scheduler_daemon.running.actions.results import ResultReader, succeeded
 from scheduler_daemon.running.records import Status
-from scheduler_daemon.running.results import ResultReader, succeeded
 from scheduler_daemon.specs import HttpSpec
 from scheduler_daemon.specs.redaction import is_secret_header
 

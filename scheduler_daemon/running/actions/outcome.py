@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler_daemon.running.records import Item, Status
+from scheduler_daemon.running.records import Items, Status
 
 
 @dataclass(slots=True)
@@ -15,7 +15,7 @@ class Kept:
     text: str | None = None  # the JSON text kept (None: not kept)
     size: int | None = None  # its size in bytes, kept or not
     value: Any = None  # parsed: for chained jobs
-    items: tuple[Item, ...] | None = None
+    items: Items | None = None
     problem: str | None = None  # why the result or its items were not kept
     items_failed: bool = False  # `items.required` and no items: the attempt fails
 

@@ -14,8 +14,8 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 from scheduler_daemon.running.actions.outcome import Outcome
+from scheduler_daemon.running.actions.results import ResultReader, succeeded
 from scheduler_daemon.running.records import Status
-from scheduler_daemon.running.results import ResultReader, succeeded
 from scheduler_daemon.specs import PythonSpec
 from scheduler_daemon.specs.pytargets import (
     TargetError,

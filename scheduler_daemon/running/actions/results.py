@@ -13,9 +13,10 @@ import json
 from typing import Any
 
 from jmespath.exceptions import JMESPathError
+from jmespath.parser import ParsedResult
 
 from scheduler_daemon.running.actions.outcome import Kept, Outcome
-from scheduler_daemon.running.records import Item, Status
+from scheduler_daemon.running.records import Items, Status
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.specs.results import ItemsSpec
 
@@ -115,19 +116,25 @@ def succeeded(kept: Kept | None, **fields: Any) -> Outcome:
     return Outcome(Status.SUCCEEDED, retryable=False, error=error, kept=kept, **fields)
 
 
-def extract_items(spec: ItemsSpec, value: Any) -> tuple[Item, ...]:
+def extract_items(spec: ItemsSpec, value: Any) -> Items:
     """One item per element of the list ``spec.path`` finds; NotKept when it finds no list."""
     path, key = spec.compiled()
     try:
         found = path.search(value)
         if not isinstance(found, list):
             raise NotKept(f"items not found: `{spec.path}` found {_what(found)}, not a list")
-        dumps = json.dumps
-        if key is None:
-            return tuple((None, dumps(element)) for element in found)
-        return tuple((_key_text(key.search(element)), dumps(element)) for element in found)
+        keys = None if key is None else tuple(map(_key_text, _keys(key, found)))
     except JMESPathError as exc:  # a function given the wrong type of value, say
         raise NotKept(f"items not extracted: {_reason(exc)}") from None
+    return Items(json.dumps(found), keys)
+
+
+def _keys(key: ParsedResult, elements: list[Any]) -> list[Any]:
+    parsed = key.parsed
+    if parsed["type"] == "field":  # `key: symbol`, the usual one: 20x faster than a search
+        name = parsed["value"]
+        return [e.get(name) if isinstance(e, dict) else None for e in elements]
+    return [key.search(e) for e in elements]
 
 
 def _key_text(value: Any) -> str | None:
