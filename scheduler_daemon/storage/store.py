@@ -91,8 +91,10 @@ _ITEMS_STAGE_DDL = (
 )
 _MERGE_ITEMS = """
 INSERT INTO job_items (job_name, fire_id, attempt, scheduled_at, idx, key, item)
-SELECT s.job_name, s.fire_id, s.attempt, s.scheduled_at, e.n - 1, s.keys[e.n], e.item
-FROM job_items_stage s, jsonb_array_elements(s.items) WITH ORDINALITY AS e(item, n)
+SELECT s.job_name, s.fire_id, s.attempt, s.scheduled_at, e.n - 1, e.key, e.item
+FROM job_items_stage s,
+     -- Side by side (NULL keys when there are none); `s.keys[n]` would detoast the array n times.
+     ROWS FROM (jsonb_array_elements(s.items), unnest(s.keys)) WITH ORDINALITY AS e(item, key, n)
 ON CONFLICT (fire_id, attempt, idx) DO NOTHING"""
 ABANDONED_ERROR = "the daemon stopped before this attempt finished (crash, kill -9 or power loss)"
 

@@ -36,6 +36,7 @@ async def test_a_body_past_the_thread_threshold_is_kept_whole() -> None:
     kept = await _reader(items=ItemsSpec(path="[*]", key="symbol")).from_body(body, len(body))
     assert kept.text is not None and json.loads(kept.text) == rows
     assert kept.items is not None and json.loads(kept.items.array) == rows
+    assert kept.items.array is kept.text  # the whole result: its text is not written twice
     assert kept.items.keys == tuple(f"S{i}" for i in range(8000))
 
 

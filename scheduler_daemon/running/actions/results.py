@@ -94,7 +94,7 @@ class ResultReader:
         kept = Kept(text=text, size=size, value=value)
         if self._items is not None:
             try:
-                kept.items = extract_items(self._items, value)
+                kept.items = extract_items(self._items, value, text)
             except NotKept as exc:
                 kept.problem = str(exc)
                 kept.items_failed = self._items.required
@@ -116,8 +116,11 @@ def succeeded(kept: Kept | None, **fields: Any) -> Outcome:
     return Outcome(Status.SUCCEEDED, retryable=False, error=error, kept=kept, **fields)
 
 
-def extract_items(spec: ItemsSpec, value: Any) -> Items:
-    """One item per element of the list ``spec.path`` finds; NotKept when it finds no list."""
+def extract_items(spec: ItemsSpec, value: Any, text: str | None = None) -> Items:
+    """One item per element of the list ``spec.path`` finds; NotKept when it finds no list.
+
+    ``text``: ``value`` as JSON, reused when the list is the whole result (`[*]` of a list: a
+    Binance ticker list, say), which saves writing out 400 KB again."""
     path, key = spec.compiled()
     try:
         found = path.search(value)
@@ -126,7 +129,16 @@ def extract_items(spec: ItemsSpec, value: Any) -> Items:
         keys = None if key is None else tuple(map(_key_text, _keys(key, found)))
     except JMESPathError as exc:  # a function given the wrong type of value, say
         raise NotKept(f"items not extracted: {_reason(exc)}") from None
-    return Items(json.dumps(found), keys)
+    whole = text is not None and _same_list(found, value)
+    return Items(text if whole and text is not None else json.dumps(found), keys)
+
+
+def _same_list(found: list[Any], value: Any) -> bool:
+    return found is value or (
+        isinstance(value, list)
+        and len(found) == len(value)
+        and all(a is b for a, b in zip(found, value, strict=True))
+    )
 
 
 def _keys(key: ParsedResult, elements: list[Any]) -> list[Any]:
