@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from scheduler_daemon.running.actions.outcome import Kept
 from scheduler_daemon.running.actions.results import ResultReader, extract_items, succeeded
 from scheduler_daemon.running.records import Items, Status
 from scheduler_daemon.specs import HttpSpec, PythonSpec
@@ -57,6 +58,12 @@ async def test_a_body_postgresql_could_not_keep_is_not_kept_and_says_why(
     assert kept.problem is not None and why in kept.problem
     outcome = succeeded(kept)
     assert outcome.status is Status.SUCCEEDED and outcome.error == kept.problem
+
+
+async def test_an_empty_body_is_no_result_and_no_error() -> None:
+    assert await _reader().from_body(b"", 0) == Kept(size=0)
+    kept = await _reader(items=ItemsSpec(path="data")).from_body(b"", 0)
+    assert kept.problem == "empty result; no items extracted"
 
 
 async def test_a_body_over_result_max_bytes_is_not_kept_and_its_size_is() -> None:

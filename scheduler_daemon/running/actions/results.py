@@ -57,6 +57,8 @@ class ResultReader:
         """The result of an HTTP body (``body`` holds it all unless ``total`` is larger)."""
         if total > self._max:
             return self._not_kept(total, _too_big(total, self._max))
+        if total == 0:  # a 204, say: nothing to keep, nothing wrong
+            return Kept(size=0) if self._items is None else self._not_kept(0, "empty result")
         if len(body) > THREAD_BYTES:
             return await asyncio.to_thread(self._from_body, body)
         return self._from_body(body)
