@@ -100,7 +100,8 @@ class Url(Value):
         return value
 
     def json_schema(self) -> JsonSchemaValue:
-        return {"type": "string", "pattern": r"^https?://[^/\s]+"}
+        # An editor sees `${BASE_URL:-https://...}/path` unexpanded: the loader checks the result.
+        return {"type": "string", "pattern": r"^(https?://[^/\s]+|\$\{)"}
 
 
 class Method(Value):

@@ -73,6 +73,20 @@ def test_durations_are_text_or_a_number_of_seconds(validator: Any, every: object
     assert validator.is_valid({"jobs": {"a": {**JOB, "every": every}}})
 
 
+@pytest.mark.parametrize(
+    ("url", "valid"),
+    [
+        ("https://api.example.com/v1", True),
+        ("${API_URL:-https://api.example.com}/v1/prices", True),  # the loader expands it first
+        ("${API_URL}", True),
+        ("ftp://api.example.com", False),
+        ("api.example.com/v1", False),
+    ],
+)
+def test_an_http_url_may_start_with_a_variable(validator: Any, url: str, valid: bool) -> None:
+    assert validator.is_valid({"jobs": {"a": {"every": "10s", "http": {"url": url}}}}) is valid
+
+
 def test_the_cli_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema"]) == 0
     assert json.loads(capsys.readouterr().out) == config_schema()
