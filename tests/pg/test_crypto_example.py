@@ -266,10 +266,12 @@ async def test_the_crypto_example_keeps_each_response_whole_and_a_row_per_coin(
         )
         assert json.loads(btc_row) == by_symbol["BTCUSDT"]  # the element whole, all 21 fields
 
-        # The views of examples/crypto_prices.sql.
+        # The views of examples/crypto_prices.sql, and the README's queries over it all.
         await conn.execute((ROOT / "examples" / "crypto_prices.sql").read_text())
         try:
             await _check_views(conn, ticker)
+            for query in readme_queries():
+                await conn.fetch(query)
         finally:  # the database is reused by the next test: only its tables are emptied
             await conn.execute(
                 "DROP VIEW crypto_prices_per_minute, crypto_latest_prices, crypto_prices"
@@ -371,6 +373,18 @@ async def retried(dsn: str, jobs: Iterable[str]) -> bool:
         return bool(await conn.fetchval(sql, list(jobs)) == len(list(jobs)))
     finally:
         await conn.close()
+
+
+def readme_queries() -> list[str]:
+    """The statements of the SQL block in the README's crypto walkthrough."""
+    readme = (ROOT / "README.md").read_text()
+    walkthrough = readme[readme.index("### Walkthrough: a crypto price pipeline") :]
+    block = walkthrough[walkthrough.index("```sql\n") + 7 :]
+    block = block[: block.index("```")]
+    code = "\n".join(line for line in block.splitlines() if not line.startswith("--"))
+    queries = [q.strip() for q in code.split(";") if q.strip()]
+    assert len(queries) == 6
+    return queries
 
 
 def _fixture(name: str) -> Any:
