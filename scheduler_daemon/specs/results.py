@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import jmespath
+from jmespath import functions
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 from pydantic import PrivateAttr
@@ -42,6 +43,18 @@ class JmesPath(v.Value):
 
 
 Path = Annotated[str, JmesPath()]
+
+
+class _Functions(functions.Functions):
+    """JMESPath's functions, and `items(obj)` (from the JMESPath Community spec): an object as a
+    list of [key, value] pairs, for APIs that key their answer by name ({"BTC": {"USD": 1}})."""
+
+    @functions.signature({"types": ["object"]})
+    def _func_items(self, obj: dict[str, Any]) -> list[list[Any]]:
+        return [[key, value] for key, value in obj.items()]
+
+
+SEARCH = jmespath.Options(custom_functions=_Functions())
 
 
 class ItemsSpec(Spec):

@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from scheduler_daemon.running.actions.outcome import Kept
-from scheduler_daemon.running.actions.results import ResultReader, extract_items, succeeded
+from scheduler_daemon.running.actions.results import (
+    NotKept,
+    ResultReader,
+    extract_items,
+    succeeded,
+)
 from scheduler_daemon.running.records import Items, Status
 from scheduler_daemon.specs import HttpSpec, PythonSpec
 from scheduler_daemon.specs.results import ItemsSpec
@@ -140,3 +145,21 @@ def test_keys_are_text_whatever_the_element_holds() -> None:
     nested = extract_items(ItemsSpec(path="[*]", key="a.b"), [{"a": {"b": 2}}, {"a": 1}])
     assert nested.keys == ("2", None)  # any expression, not only a field name
     assert extract_items(ItemsSpec(path="[*]"), [1, 2]) == Items("[1, 2]", None)
+
+
+def test_items_of_an_object_keyed_by_name_and_a_guard_against_an_error_reply() -> None:
+    spec = ItemsSpec(
+        path="Response != 'Error' && items(@)[*].{symbol: [0], usd: [1].USD}", key="symbol"
+    )
+    found = extract_items(spec, {"BTC": {"USD": 1.5}, "ETH": {"USD": 2}})
+    assert found == Items(
+        '[{"symbol": "BTC", "usd": 1.5}, {"symbol": "ETH", "usd": 2}]', ("BTC", "ETH")
+    )
+    with pytest.raises(NotKept, match="found a bool, not a list"):
+        extract_items(spec, {"Response": "Error", "Message": "rate limit"})
+
+
+def test_a_path_written_over_several_lines_is_quoted_on_one() -> None:
+    with pytest.raises(NotKept) as refused:
+        extract_items(ItemsSpec(path="data\n  .coins"), {})
+    assert str(refused.value) == "items not found: `data .coins` found nothing, not a list"

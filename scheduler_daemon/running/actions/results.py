@@ -18,7 +18,7 @@ from jmespath.parser import ParsedResult
 from scheduler_daemon.running.actions.outcome import Kept, Outcome
 from scheduler_daemon.running.records import Items, Status
 from scheduler_daemon.specs import JobSpec
-from scheduler_daemon.specs.results import ItemsSpec
+from scheduler_daemon.specs.results import SEARCH, ItemsSpec
 
 # Bodies past this size are parsed (and their items written out) in a worker thread: ~3 ms of
 # CPU per 256 KiB would hold every other fire up.
@@ -125,9 +125,11 @@ def extract_items(spec: ItemsSpec, value: Any, text: str | None = None) -> Items
     Binance ticker list, say), which saves writing out 400 KB again."""
     path, key = spec.compiled()
     try:
-        found = path.search(value)
+        found = path.search(value, SEARCH)
         if not isinstance(found, list):
-            raise NotKept(f"items not found: `{spec.path}` found {_what(found)}, not a list")
+            raise NotKept(
+                f"items not found: `{_oneline(spec.path)}` found {_what(found)}, not a list"
+            )
         keys = None if key is None else tuple(map(_key_text, _keys(key, found)))
     except JMESPathError as exc:  # a function given the wrong type of value, say
         raise NotKept(f"items not extracted: {_reason(exc)}") from None
@@ -148,7 +150,12 @@ def _keys(key: ParsedResult, elements: list[Any]) -> list[Any]:
     if parsed["type"] == "field":  # `key: symbol`, the usual one: 20x faster than a search
         name = parsed["value"]
         return [e.get(name) if isinstance(e, dict) else None for e in elements]
-    return [key.search(e) for e in elements]
+    return [key.search(e, SEARCH) for e in elements]
+
+
+def _oneline(path: str) -> str:
+    """A path as one line, however the YAML wrapped it (`>-` keeps newlines in a flow)."""
+    return " ".join(path.split())
 
 
 def _key_text(value: Any) -> str | None:
