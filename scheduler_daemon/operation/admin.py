@@ -21,6 +21,7 @@ from aiohttp.typedefs import Middleware
 
 from scheduler_daemon.operation import api_models as m
 from scheduler_daemon.operation import job_handlers as jobs
+from scheduler_daemon.operation import result_handlers as results
 from scheduler_daemon.operation import run_handlers as runs
 from scheduler_daemon.operation.api_handlers import Api, Controlled
 from scheduler_daemon.operation.api_models import ApiError, Error
@@ -179,6 +180,7 @@ def _token_given(request: web.Request, token: str) -> bool:
 # -- the routes and their document -----------------------------------------------------------------
 
 _ANY_OBJECT = {"type": "object"}
+_EXECUTION_ID = {"type": "integer", "format": "int64", "minimum": 1}
 ROUTES: tuple[Route, ...] = (
     *(
         Route(method="GET", path=path, handler=Api.healthz, open=True, query=m.HealthQuery,
@@ -227,6 +229,11 @@ ROUTES: tuple[Route, ...] = (
           query=m.HistoryQuery, summary="A job's attempts, newest first (keyset pagination)",
           replies=(Reply(status=200, description="A page", model=m.ExecutionPage),),
           errors=(503,)),
+    Route(method="GET", path="/jobs/{name}/items", handler=results.job_items,
+          query=m.ItemsQuery,
+          summary="A job's items (`items:` of its results), oldest first (keyset pagination)",
+          replies=(Reply(status=200, description="A page", model=m.ItemPage),),
+          errors=(503,)),
     Route(method="POST", path="/jobs/{name}/trigger", handler=Api.trigger, body=m.Overrides,
           summary="Run the job now (trigger = manual), optionally with other arguments",
           replies=(Reply(status=202, description="Started; its attempts appear in executions",
@@ -242,6 +249,15 @@ ROUTES: tuple[Route, ...] = (
     Route(method="GET", path="/executions", handler=Api.executions, query=m.ExecutionsQuery,
           summary="Attempts of every job, newest first (keyset pagination)",
           replies=(Reply(status=200, description="A page", model=m.ExecutionPage),),
+          errors=(503,)),
+    Route(method="GET", path="/executions/{id}", handler=results.get_execution,
+          path_parameters={"id": ("execution id (an attempt's `id`)", _EXECUTION_ID)},
+          summary="One attempt, with its result (the JSON document its job returned)",
+          replies=(Reply(status=200, description="The attempt", model=m.ExecutionDetail),),
+          errors=(404, 503)),
+    Route(method="GET", path="/storage", handler=results.history_size,
+          summary="The room the history (executions, job_items) takes in the database",
+          replies=(Reply(status=200, description="Bytes", model=m.HistorySize),),
           errors=(503,)),
     Route(method="GET", path="/stats", handler=Api.stats, query=m.WindowQuery,
           summary="Success rate by job, HTTP response times, runs per minute",
@@ -270,7 +286,8 @@ _INFO = {
     "title": "scheduler_daemon admin API",
     "version": "1",
     "description": "Health, metrics, jobs (and creating, changing and deleting the ones kept in "
-    "the database), execution history, statistics, manual and one-off runs, pause and resume. "
+    "the database), execution history with results and items, statistics, manual and one-off "
+    "runs, pause and resume. "
     "Send `Authorization: Bearer <admin.token>` (or `X-API-Key: <admin.token>`) to every "
     "endpoint but /healthz, /health and /metrics when a token is configured. Every endpoint "
     "refuses a query parameter it does not take (400 unknown_parameter).",

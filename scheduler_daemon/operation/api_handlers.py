@@ -205,10 +205,7 @@ class Api:
             until=query.until,
             fire_id=query.fire_id,
         )
-        try:
-            cursor = queries.Cursor.decode(query.cursor) if query.cursor else None
-        except queries.BadCursor as exc:
-            raise ApiError(400, "bad_cursor", str(exc)) from None
+        cursor = cursor_of(query.cursor)  # a bad one is a 400 even while the database is away
         rows, next_cursor = await queries.executions(
             self.pool(), where, after=cursor, limit=query.limit
         )
@@ -367,6 +364,14 @@ class Api:
 
 def _execution(row: Row) -> m.Execution:
     return m.Execution.model_validate(dict(row))
+
+
+def cursor_of(text: str | None) -> queries.Cursor | None:
+    """A page's ``cursor`` parameter: where the previous page ended."""
+    try:
+        return queries.Cursor.decode(text) if text else None
+    except queries.BadCursor as exc:
+        raise ApiError(400, "bad_cursor", str(exc)) from None
 
 
 def _run(run: OneOffRun, rules: ApiJobRules) -> m.Run:

@@ -23,6 +23,7 @@ from scheduler_daemon.operation.api_queries import ExecutionsQuery as Executions
 from scheduler_daemon.operation.api_queries import HealthQuery as HealthQuery
 from scheduler_daemon.operation.api_queries import HistoryQuery as HistoryQuery
 from scheduler_daemon.operation.api_queries import Instant, Kind
+from scheduler_daemon.operation.api_queries import ItemsQuery as ItemsQuery
 from scheduler_daemon.operation.api_queries import Query as Query
 from scheduler_daemon.operation.api_queries import RunsQuery as RunsQuery
 from scheduler_daemon.operation.api_queries import WindowQuery as WindowQuery
@@ -145,29 +146,77 @@ class JobList(Body):
     jobs: list[Job]
 
 
+# Left out of pages of attempts (up to result_max_bytes each): GET /executions/{id} has it.
+DETAIL_ONLY = frozenset({"result"})
+
+
 def _execution_fields() -> dict[str, Any]:
-    """The API's Execution: the database id, then every field of the row (storage/rows.py)."""
+    """The API's Execution: the database id, then every field of the row (storage/rows.py) but
+    those only one attempt's body carries."""
     fields: dict[str, Any] = {"id": (int, ...)}
     for name, python_type in rows.FIELD_TYPES.items():
+        if name in DETAIL_ONLY:
+            continue
         field_type: Any = Instant if python_type is datetime else python_type
         fields[name] = (field_type | None if name in rows.NULLABLE else field_type, ...)
     return fields
 
 
+_RESULT = Field(
+    description="the JSON document the attempt returned (an HTTP job's JSON response, a "
+    "Python job's return value), whole; null: none kept (not JSON, over result_max_bytes — "
+    "result_bytes and error say — or a failed attempt)"
+)
 if TYPE_CHECKING:
 
     class Execution(Body):
         id: int
 
+    class ExecutionDetail(Execution):
+        result: Any
+
 else:
     Execution = create_model(
-        "Execution", __base__=Body, __doc__="One attempt of a fire", **_execution_fields()
+        "Execution",
+        __base__=Body,
+        __doc__="One attempt of a fire (its result: GET /executions/{id})",
+        **_execution_fields(),
+    )
+    ExecutionDetail = create_model(
+        "ExecutionDetail",
+        __base__=Execution,
+        __doc__="One attempt of a fire, with its result",
+        result=(Any, _RESULT),
     )
 
 
 class ExecutionPage(Body):
     executions: list[Execution]
     next_cursor: str | None
+
+
+class JobItem(Body):
+    """One element of the list a job's `items.path` found in an attempt's result."""
+
+    fire_id: uuid.UUID
+    attempt: int
+    scheduled_at: Instant
+    idx: int = Field(description="its place in the list, from 0")
+    key: str | None = Field(description="its `items.key`, as text; null: no key configured")
+    item: Any = Field(description="the element, as JSON")
+
+
+class ItemPage(Body):
+    items: list[JobItem]
+    next_cursor: str | None
+
+
+class HistorySize(Body):
+    """What the history takes in the database: tables, TOAST and indexes (partitions summed)."""
+
+    executions_bytes: int
+    job_items_bytes: int
+    total_bytes: int
 
 
 class RunningFire(Body):

@@ -205,6 +205,14 @@ class ExecutionsQuery(HistoryQuery):
     job: Annotated[str, BeforeValidator(_no_nul)] | None = Field(None, description="only this job")
 
 
+class ItemsQuery(Query):
+    since: QueryInstant | None = Field(
+        None, description="scheduled at or after (ISO 8601 with offset)"
+    )
+    limit: PageSize = Field(50, description="page size (50)")
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+
+
 class RunsQuery(Query):
     pending: Flag = Field(False, description="pending runs only")
     limit: PageSize = Field(100, description="page size (100)")

@@ -37,6 +37,7 @@ EX_CONFIG = 78  # sysexits.h: a configuration error (systemd shows it as status=
 if TYPE_CHECKING:  # imported when used: `check` and `next` need no database driver
     import asyncpg
 
+    from scheduler_daemon.operation.control import Backend
     from scheduler_daemon.storage.schema import SchemaState
 
 
@@ -74,9 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="JSON for scripts")
     history = with_config(sub.add_parser("history", help="a job's latest attempts"))
     history.add_argument("job", metavar="JOB")
-    history.add_argument("-n", type=int, default=20, help="attempts to show (default 20)")
+    history.add_argument("-n", type=int, help="attempts to show (default 20; with --result, 1)")
     history.add_argument("--status", help="only attempts with this status (e.g. failed)")
     history.add_argument("--json", action="store_true", help="JSON for scripts")
+    history.add_argument(
+        "--result",
+        action="store_true",
+        help="print the JSON result of each attempt, newest first (null: none kept)",
+    )
     trigger = with_config(sub.add_parser("trigger", help="run a job now (trigger = manual)"))
     trigger.add_argument("job", metavar="JOB")
     trigger.add_argument(
@@ -192,15 +198,13 @@ async def _operate(config: Config, args: argparse.Namespace) -> int:
         if args.command == "status":
             jobs = await backend.jobs()
             print(json.dumps(jobs, indent=2) if args.json else tables.status(jobs))
+            if not args.json:
+                await _print_history_size(backend)
             live = None if args.json else await backend.cluster()
             if live is not None:
                 print(tables.cluster(live))
         elif args.command == "history":
-            rows = await backend.history(args.job, args.n, args.status)
-            if not rows and config.job(args.job) is None:
-                known = ", ".join(job.name for job in config.jobs)
-                raise control.ControlError(f"no job named {args.job!r}; known: {known}")
-            print(json.dumps(rows, indent=2, default=str) if args.json else tables.history(rows))
+            await _history(config, backend, args)
         elif args.command == "trigger":
             body = control.overrides_body(args=args.args, params=args.params, json=args.json_body)
             result = await backend.trigger(args.job, body)
@@ -211,6 +215,35 @@ async def _operate(config: Config, args: argparse.Namespace) -> int:
         else:
             raise AssertionError(args.command)
     return 0
+
+
+async def _history(config: Config, backend: Backend, args: argparse.Namespace) -> None:
+    from scheduler_daemon.operation.control import ControlError
+
+    count = args.n if args.n is not None else 1 if args.result else 20
+    rows = await backend.history(args.job, count, args.status, results=args.result)
+    if not rows and config.job(args.job) is None:
+        known = ", ".join(job.name for job in config.jobs)
+        raise ControlError(f"no job named {args.job!r}; known: {known}")
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    elif args.result:
+        # One document after another, newest first: what `jq` reads as a stream.
+        for row in rows:
+            print(json.dumps(row["result"], indent=2, ensure_ascii=False))
+    else:
+        print(tables.history(rows))
+
+
+async def _print_history_size(backend: Backend) -> None:
+    from scheduler_daemon.operation.control import ControlError
+
+    try:
+        sizes = await backend.history_size()
+    except ControlError as exc:  # the jobs were answered: the size is a detail
+        print(f"history: size unknown ({exc})")
+        return
+    print(tables.history_size(sizes))
 
 
 def _check(config: Config) -> int:

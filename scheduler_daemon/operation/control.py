@@ -23,7 +23,7 @@ from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
 from scheduler_daemon.operation.reload import with_api_jobs
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.specs.api_job import ApiJobRules, JobProblems, build_api_job
-from scheduler_daemon.storage import job_store, nodes, queries, schema, store
+from scheduler_daemon.storage import history, job_store, nodes, queries, schema, store
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.storage.nodes import Counts
 from scheduler_daemon.timing.schedule_text import schedule_in_words
@@ -39,7 +39,13 @@ class ControlError(SchedulerDaemonError):
 class Backend(Protocol):
     async def jobs(self) -> list[dict[str, Any]]: ...
 
-    async def history(self, job: str, limit: int, status: str | None) -> list[dict[str, Any]]: ...
+    async def history(
+        self, job: str, limit: int, status: str | None, *, results: bool = False
+    ) -> list[dict[str, Any]]:
+        """The job's latest attempts, newest first; ``results``: each with its `result` (JSON)."""
+
+    async def history_size(self) -> dict[str, int]:
+        """The bytes the history takes in the database, by table (executions, job_items)."""
 
     async def trigger(self, job: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]: ...
 
@@ -102,10 +108,20 @@ class ApiBackend:
         body = await self._call("GET", "/jobs")
         return [_api_job(job) for job in body["jobs"]]
 
-    async def history(self, job: str, limit: int, status: str | None) -> list[dict[str, Any]]:
+    async def history(
+        self, job: str, limit: int, status: str | None, *, results: bool = False
+    ) -> list[dict[str, Any]]:
         params = {"limit": str(limit), **({"status": status} if status else {})}
         body = await self._call("GET", f"/jobs/{job}/executions", params=params)
-        return list(body["executions"])
+        rows = list(body["executions"])
+        if not results:
+            return rows
+        # A page leaves results out (up to 1 MiB each): one attempt's body has its own.
+        return [await self._call("GET", f"/executions/{row['id']}") for row in rows]
+
+    async def history_size(self) -> dict[str, int]:
+        body = await self._call("GET", "/storage")
+        return {"executions": body["executions_bytes"], "job_items": body["job_items_bytes"]}
 
     async def trigger(self, job: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(
@@ -211,10 +227,18 @@ class DbBackend:
             )
         return out
 
-    async def history(self, job: str, limit: int, status: str | None) -> list[dict[str, Any]]:
+    async def history(
+        self, job: str, limit: int, status: str | None, *, results: bool = False
+    ) -> list[dict[str, Any]]:
         where = queries.ExecutionFilter(job=job, status=status)
-        rows, _ = await queries.executions(self._pool, where, limit=limit)
-        return queries.rows_json(rows)
+        rows, _ = await queries.executions(self._pool, where, limit=limit, with_result=results)
+        out = queries.rows_json(rows)
+        for row in out if results else ():
+            row["result"] = json.loads(row["result"]) if row["result"] is not None else None
+        return out
+
+    async def history_size(self) -> dict[str, int]:
+        return await history.history_size(self._pool)
 
     async def trigger(self, job: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         spec = self._job(job)

@@ -23,7 +23,7 @@ ERRORS = {
     400: "Bad input: an unknown or bad query parameter, a bad body or cursor",
     401: "Missing or wrong token (Authorization: Bearer or X-API-Key)",
     403: "Changes are refused: no admin.token is configured",
-    404: "No such job or run",
+    404: "No such job, run or execution",
     409: "Conflict: the fire did not start, the run already started, or the job is the config "
     "file's (defined_in_config) or exists already (a job or an ad-hoc run's job)",
     412: "If-Match names another version of the job (version_mismatch): read it again",
@@ -40,6 +40,7 @@ SECURITY_SCHEMES = {
     "apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
 }
 _PATH_PARAMETERS = {"name": "job name", "id": "run id"}
+_TEXT = {"type": "string"}
 _IF_MATCH = {
     "name": "If-Match",
     "in": "header",
@@ -73,6 +74,8 @@ class Route:
     errors: tuple[int, ...] = ()  # besides 400 (every route checks its query) and 401
     open: bool = False  # answered without the token
     if_match: bool = False  # takes If-Match: a job's version
+    # A path parameter's own description and schema, where not _PATH_PARAMETERS' (a string).
+    path_parameters: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -111,7 +114,10 @@ def _operation(
     operation: dict[str, Any] = {"summary": route.summary, **route.extra}
     if route.open:
         operation["security"] = []
-    parameters = [_path_parameter(name) for name in re.findall(r"{(\w+)}", route.path)]
+    parameters = [
+        _path_parameter(name, *route.path_parameters.get(name, (_PATH_PARAMETERS[name], _TEXT)))
+        for name in re.findall(r"{(\w+)}", route.path)
+    ]
     parameters += [_query_parameter(n, s) for n, s in query.get("properties", {}).items()]
     if route.if_match:
         parameters.append(_IF_MATCH)
@@ -138,13 +144,13 @@ def _content(description: str, schema: Any, media_type: str) -> dict[str, Any]:
     return {"description": description, "content": {media_type: {"schema": schema}}}
 
 
-def _path_parameter(name: str) -> dict[str, Any]:
+def _path_parameter(name: str, description: str, schema: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
         "in": "path",
         "required": True,
-        "schema": {"type": "string"},
-        "description": _PATH_PARAMETERS[name],
+        "schema": dict(schema),
+        "description": description,
     }
 
 

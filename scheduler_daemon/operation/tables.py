@@ -39,6 +39,22 @@ def cluster(live: Mapping[str, Counts]) -> str:
     return f"cluster: {len(live)} {replicas} live: {', '.join(each) or '-'}"
 
 
+def history_size(sizes: Mapping[str, int]) -> str:
+    """`status`'s line on the room the history takes in the database, in all and by table."""
+    each = ", ".join(f"{table} {size(n)}" for table, n in sizes.items())
+    return f"history: {size(sum(sizes.values()))} in the database ({each})"
+
+
+def size(count: int) -> str:
+    """Bytes for humans, in powers of 1024: 512 B, 8.0 KiB, 1.2 GiB."""
+    amount = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if amount < 1024 or unit == "TiB":
+            return f"{count} B" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    raise AssertionError
+
+
 def history(rows: Sequence[Mapping[str, Any]], now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     table = [

@@ -19,7 +19,10 @@ from scheduler_daemon.running.records import Status
 from scheduler_daemon.storage import rows
 from scheduler_daemon.storage.store import Db, Row
 
-EXECUTION_COLUMNS = ", ".join(("id", *rows.COLUMNS))
+# A page of attempts leaves out `result` (up to result_max_bytes, 1 MiB, each): one attempt's
+# comes with it alone (``execution``). result_bytes says whether there is one, and how big.
+EXECUTION_COLUMNS = ", ".join(("id", *(c for c in rows.COLUMNS if c != "result")))
+EXECUTION_WITH_RESULT = f"{EXECUTION_COLUMNS}, result"
 RunState: TypeAlias = Literal["pending", "started", "cancelled"]
 FAILED = tuple(s.value for s in (Status.FAILED, Status.TIMED_OUT, Status.ABANDONED, Status.MISSED))
 
@@ -33,7 +36,8 @@ class BadCursor(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """Where a page ended: the last row's (scheduled_at, id); the next page is strictly older."""
+    """Where a page ended: the last row's (scheduled_at, id); the next page starts strictly past
+    it (older attempts, newer items)."""
 
     scheduled_at: datetime
     id: int
@@ -67,11 +71,18 @@ class ExecutionFilter:
 
 
 async def executions(
-    db: Db, where: ExecutionFilter, *, after: Cursor | None = None, limit: int = 50
+    db: Db,
+    where: ExecutionFilter,
+    *,
+    after: Cursor | None = None,
+    limit: int = 50,
+    with_result: bool = False,
 ) -> tuple[list[asyncpg.Record], Cursor | None]:
-    """One page of attempts, newest scheduled first, and the cursor of the next page (or None)."""
+    """One page of attempts, newest scheduled first, and the cursor of the next page (or None).
+    ``with_result``: with each one's `result` (JSON text), for a few attempts only."""
+    columns = EXECUTION_WITH_RESULT if with_result else EXECUTION_COLUMNS
     rows = await db.fetch(
-        f"""SELECT {EXECUTION_COLUMNS} FROM executions
+        f"""SELECT {columns} FROM executions
             WHERE ($1::text IS NULL OR job_name = $1)
               AND ($2::text IS NULL OR status = $2)
               AND ($3::text IS NULL OR trigger = $3)
@@ -91,6 +102,13 @@ async def executions(
         after.id if after else None,
         limit + 1,
     )
+    return page_of(rows, limit)
+
+
+def page_of(
+    rows: Sequence[asyncpg.Record], limit: int
+) -> tuple[list[asyncpg.Record], Cursor | None]:
+    """The first ``limit`` of ``limit + 1`` rows asked for, and a cursor if there were more."""
     page = list(rows[:limit])
     more = len(rows) > limit
     return page, Cursor(page[-1]["scheduled_at"], page[-1]["id"]) if more else None
