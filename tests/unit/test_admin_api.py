@@ -356,6 +356,15 @@ async def test_errors_are_json_with_stable_codes(api: Api) -> None:
         ("GET", "/stats?window=forever", {}, 400, "bad_parameter"),
         ("GET", "/stats?window=0s", {}, 400, "bad_parameter"),
         ("GET", "/runs/not-a-uuid", {}, 404, "unknown_run"),
+        ("GET", "/executions/x1", {}, 404, "unknown_execution"),
+        ("GET", "/executions/0", {}, 404, "unknown_execution"),
+        ("GET", "/executions/-3", {}, 404, "unknown_execution"),
+        ("GET", "/executions/9223372036854775808", {}, 404, "unknown_execution"),
+        ("GET", "/jobs/greet/items?cursor=abc", {}, 400, "bad_cursor"),
+        ("GET", "/jobs/greet/items?limit=501", {}, 400, "bad_parameter"),
+        ("GET", "/jobs/greet/items?since=yesterday", {}, 400, "bad_parameter"),
+        ("GET", "/jobs/greet/items?status=failed", {}, 400, "unknown_parameter"),
+        ("GET", "/executions/1?verbose=1", {}, 400, "unknown_parameter"),
         ("POST", "/runs", {"json": {}}, 400, "bad_request"),
         ("POST", "/runs", {"json": {"job": "nope"}}, 404, "unknown_job"),
         ("POST", "/runs", {"json": {"job": "greet", "at": "soon"}}, 400, "bad_parameter"),
@@ -451,7 +460,10 @@ async def test_what_needs_the_database_is_503_while_it_is_away(api: Api) -> None
     for method, path in [("GET", "/executions"), ("GET", "/jobs/greet/executions"),
                          ("GET", "/stats"), ("GET", "/runs"), ("GET", f"/runs/{uuid.uuid4()}"),
                          ("DELETE", f"/runs/{uuid.uuid4()}"), ("POST", "/jobs/greet/pause"),
-                         ("POST", "/jobs/greet/resume"), ("POST", "/runs")]:  # fmt: skip
+                         ("POST", "/jobs/greet/resume"), ("POST", "/runs"),
+                         ("GET", "/executions/1"), ("GET", "/jobs/greet/items"),
+                         ("GET", "/jobs/nope/items?limit=5&since=2026-01-01T00:00:00Z"),
+                         ("GET", "/storage")]:  # fmt: skip
         status, body = await api.call(method, path, json={"job": "greet"})
         assert (status, body["error"]) == (503, "database_unavailable"), path
 
@@ -514,7 +526,8 @@ CONTRACT = {
     ("post", "/jobs/{name}/trigger"),
     ("post", "/jobs/{name}/pause"), ("post", "/jobs/{name}/resume"), ("get", "/executions"),
     ("get", "/stats"), ("get", "/runs"), ("post", "/runs"), ("get", "/runs/{id}"),
-    ("delete", "/runs/{id}"),
+    ("delete", "/runs/{id}"), ("get", "/executions/{id}"), ("get", "/jobs/{name}/items"),
+    ("get", "/storage"),
 }  # fmt: skip
 
 
@@ -571,12 +584,31 @@ def test_query_parameters_come_from_the_query_models() -> None:
     assert "unknown_parameter" in spec()["info"]["description"]
 
 
-def test_the_execution_body_has_every_column_of_the_row() -> None:
-    execution = spec()["components"]["schemas"]["Execution"]
+def test_the_execution_body_has_every_column_of_the_row_and_pages_leave_the_result_out() -> None:
+    schemas = spec()["components"]["schemas"]
     from scheduler_daemon.storage import rows
 
-    assert list(execution["properties"]) == ["id", *rows.COLUMNS]
-    assert execution["required"] == ["id", *rows.COLUMNS]
+    listed = [c for c in rows.COLUMNS if c != "result"]
+    assert "result_bytes" in listed and "parent_fire_id" in listed
+    assert list(schemas["Execution"]["properties"]) == ["id", *listed]
+    assert schemas["Execution"]["required"] == ["id", *listed]
+    detail = schemas["ExecutionDetail"]
+    assert list(detail["properties"]) == ["id", *listed, "result"]
+    assert detail["required"] == ["id", *listed, "result"]
+    assert "type" not in detail["properties"]["result"]  # any JSON document, not a string
+    page = schemas["ExecutionPage"]["properties"]["executions"]["items"]
+    assert page == {"$ref": "#/components/schemas/Execution"}
+    one = spec()["paths"]["/executions/{id}"]["get"]
+    assert one["parameters"][0]["schema"] == {"type": "integer", "format": "int64", "minimum": 1}
+    assert set(one["responses"]) == {"200", "400", "401", "404", "503"}
+
+
+def test_items_are_documented_with_their_paging() -> None:
+    operation = spec()["paths"]["/jobs/{name}/items"]["get"]
+    assert [p["name"] for p in operation["parameters"]] == ["name", "since", "limit", "cursor"]
+    item = spec()["components"]["schemas"]["JobItem"]
+    assert item["required"] == ["fire_id", "attempt", "scheduled_at", "idx", "key", "item"]
+    assert "type" not in item["properties"]["item"]
 
 
 def test_one_run_is_documented_with_its_outcome() -> None:

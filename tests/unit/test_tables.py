@@ -62,3 +62,11 @@ def test_a_refused_token_says_which_side_lacks_it() -> None:
     assert "the daemon runs without admin.token" in refusal(403, unset, sent_token=True)
     other = {"error": "unknown_job", "message": "no job 'x'"}
     assert refusal(404, other, sent_token=True) == "no job 'x' (404 unknown_job)"
+
+
+def test_status_says_how_much_room_the_history_takes_in_units_for_humans() -> None:
+    assert [tables.size(n) for n in (0, 1023, 1024, 1536 * 1024, 3 * 2**30, 5 * 2**50)] == [
+        "0 B", "1023 B", "1.0 KiB", "1.5 MiB", "3.0 GiB", "5120.0 TiB",
+    ]  # fmt: skip
+    line = tables.history_size({"executions": 3 * 2**30, "job_items": 512 * 2**20})
+    assert line == "history: 3.5 GiB in the database (executions 3.0 GiB, job_items 512.0 MiB)"
