@@ -56,11 +56,12 @@ HISTORY_TABLES = ("executions", "job_items")
 
 async def history_size(db: Db) -> dict[str, int]:
     """The bytes each history table takes on disk (rows, TOAST, indexes), by table. A
-    partitioned table counts its partitions (pg_partition_tree lists a plain table alone)."""
+    partitioned table counts its partitions (its own size is 0)."""
     rows = await db.fetch(
-        """SELECT t.name, COALESCE(sum(pg_total_relation_size(p.relid)), 0)::bigint AS bytes
+        """SELECT t.name, sum(pg_total_relation_size(p.relid))::bigint AS bytes
            FROM unnest($1::text[]) AS t(name),
-                LATERAL pg_partition_tree(t.name::regclass) AS p
+                LATERAL (SELECT relid FROM pg_partition_tree(t.name::regclass)
+                         UNION SELECT t.name::regclass) AS p
            GROUP BY t.name""",
         list(HISTORY_TABLES),
     )
