@@ -68,8 +68,10 @@ async def test_operator_commands_through_the_admin_api(
         assert code == 0 and json.loads(out)["paused"] is True
         code, out, _ = await cli(config_file, "status")
         assert code == 0
-        lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+        table, history = out.splitlines()[1:-1], out.splitlines()[-1]
+        lines = {line.split()[0]: line for line in table}
         assert set(lines) == {"greet", "explode", "ping", "shell"}
+        assert history.startswith("history: ") and "(executions " in history
         assert " paused " in lines["shell"] and " idle " in lines["ping"]
         assert "At 09:00, Monday through Friday (America/Sao_Paulo)" in lines["ping"]
         assert "succeeded" in lines["greet"] and "100.0%" in lines["greet"]
