@@ -30,7 +30,7 @@ from scheduler_daemon.operation.api_queries import WindowQuery as WindowQuery
 from scheduler_daemon.operation.api_queries import parse_instant as parse_instant
 from scheduler_daemon.running.records import FireKind, Status
 from scheduler_daemon.specs import Priority
-from scheduler_daemon.storage import rows
+from scheduler_daemon.storage import queries, rows
 from scheduler_daemon.storage.queries import RunState
 
 # -- response bodies -------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ class JobList(Body):
 
 
 # Left out of pages of attempts (up to result_max_bytes each): GET /executions/{id} has it.
-DETAIL_ONLY = frozenset({"result"})
+DETAIL_ONLY = queries.DETAIL_ONLY
 
 
 def _execution_fields() -> dict[str, Any]:

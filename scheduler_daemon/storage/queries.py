@@ -20,9 +20,10 @@ from scheduler_daemon.storage import rows
 from scheduler_daemon.storage.store import Db, Row
 
 # A page of attempts leaves out `result` (up to result_max_bytes, 1 MiB, each): one attempt's
-# comes with it alone (``execution``). result_bytes says whether there is one, and how big.
-EXECUTION_COLUMNS = ", ".join(("id", *(c for c in rows.COLUMNS if c != "result")))
-EXECUTION_WITH_RESULT = f"{EXECUTION_COLUMNS}, result"
+# comes with it alone (history.execution). result_bytes says whether there is one, and how big.
+DETAIL_ONLY = frozenset({"result"})
+EXECUTION_COLUMNS = ", ".join(("id", *(c for c in rows.COLUMNS if c not in DETAIL_ONLY)))
+EXECUTION_WITH_RESULT = ", ".join(("id", *rows.COLUMNS))
 RunState: TypeAlias = Literal["pending", "started", "cancelled"]
 FAILED = tuple(s.value for s in (Status.FAILED, Status.TIMED_OUT, Status.ABANDONED, Status.MISSED))
 
