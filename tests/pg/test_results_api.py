@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from scheduler_daemon.operation.cli import main
-from scheduler_daemon.running.records import ExecutionRecord, FireKind, Item, Status
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Items, Status
 from scheduler_daemon.storage import history, store
 from tests.helpers import ENV, Running, T, rec, write_config
 
@@ -86,11 +86,9 @@ async def test_one_attempt_has_its_result_whole_and_pages_carry_only_its_size(
 # -- GET /jobs/{name}/items -----------------------------------------------------------------------
 
 
-def _items(fire: int, count: int) -> tuple[Item, ...]:
-    return tuple(
-        (f"coin-{n}", json.dumps({"coin": f"coin-{n}", "fire": fire, "price": n + fire / 4}))
-        for n in range(count)
-    )
+def _items(fire: int, count: int) -> Items:
+    elements = [{"coin": f"coin-{n}", "fire": fire, "price": n + fire / 4} for n in range(count)]
+    return Items(json.dumps(elements), tuple(e["coin"] for e in elements))
 
 
 def _walk(api: Running, query: str) -> Callable[[], Any]:
