@@ -95,6 +95,7 @@ SELECT s.job_name, s.fire_id, s.attempt, s.scheduled_at, e.n - 1, e.key, e.item
 FROM job_items_stage s,
      -- Side by side (NULL keys when there are none); `s.keys[n]` would detoast the array n times.
      ROWS FROM (jsonb_array_elements(s.items), unnest(s.keys)) WITH ORDINALITY AS e(item, key, n)
+ORDER BY s.fire_id, s.attempt, e.n  -- ids in element order (the API pages by them)
 ON CONFLICT (fire_id, attempt, idx) DO NOTHING"""
 ABANDONED_ERROR = "the daemon stopped before this attempt finished (crash, kill -9 or power loss)"
 
