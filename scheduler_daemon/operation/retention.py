@@ -65,6 +65,7 @@ class Pruner:
         self._bytes = collections.Counter[str]()
         self._last_at: float | None = None
         self._last_seconds: float | None = None
+        self.kind_seconds: dict[str, float] = {}  # the last round's time on each kind
 
     def totals(self) -> Totals:
         return Totals(dict(self._rows), dict(self._bytes), self._last_at, self._last_seconds)
@@ -112,6 +113,7 @@ class Pruner:
         for kind, age in kinds.items():
             before = datetime.fromtimestamp(now - age, UTC)
             after = _OLDEST
+            kind_began = time.monotonic()
             while True:
                 batch = await retention.prune_batch(
                     conn, kind, after=after, before=before, limit=self._batch
@@ -129,6 +131,7 @@ class Pruner:
                     progress_at = time.monotonic() + PROGRESS_EVERY
                     log.info("history_pruning", kind=kind, batches=batches, **_fields(removed))
                 await self._clock.sleep(self._pause)
+            self.kind_seconds[kind] = time.monotonic() - kind_began
         self._last_at = self._clock.time()
         self._last_seconds = time.monotonic() - began
         log.info(
