@@ -159,6 +159,7 @@ async def one_run(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
         settings=lambda: RetentionSpec(),
         batch=args.batch,
         pause=args.pause,
+        rest=args.rest,
     )
     done = asyncio.Event()
     writer = asyncio.create_task(write_until(dsn, done, None))
@@ -194,6 +195,7 @@ async def run(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
         "backlog": args.backlog,
         "batch": args.batch,
         "pause_s": args.pause,
+        "rest": args.rest,
         "runs": args.runs,
         "write_ms_without": _median_of(runs, "without"),
         "write_ms_with": _median_of(runs, "with"),
@@ -218,6 +220,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20, help="the writer alone, per run")
     parser.add_argument("--batch", type=int, default=5000, help="rows per pruning statement")
     parser.add_argument("--pause", type=float, default=0.02, help="seconds between batches")
+    parser.add_argument("--rest", type=float, default=1.0, help="x a batch's time, after it")
     parser.add_argument("--database-url", help="default: a throwaway embedded PostgreSQL")
     args = parser.parse_args()
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout: JSON

@@ -135,8 +135,9 @@ async def test_zero_keeps_that_kind_forever(database_url: str) -> None:
 
 
 async def test_a_backlog_goes_in_batches_and_writes_go_on_between_them(
-    database_url: str,
+    database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(loop, "PROGRESS_EVERY", 0.0)  # a progress line after every batch
     clock = FakeClock()
     backlog = [attempt(clock, 60 + n / 100, job=f"j{n % 3}") for n in range(35)]
     await write(database_url, *backlog)
@@ -168,6 +169,9 @@ async def test_a_backlog_goes_in_batches_and_writes_go_on_between_them(
     [done] = [e for e in logs if e["event"] == "history_pruned"]
     # executions 10+10+10+5; results: none left (their rows went); items 10 x7 then 0
     assert done["batches"] == 4 + 1 + 8
+    progress = [e for e in logs if e["event"] == "history_pruning"]
+    assert [e["executions_rows"] for e in progress][:3] == [10, 20, 30]
+    assert progress[-1]["kind"] == "items" and progress[-1]["items_rows"] == 70
 
 
 async def _pruner_pid(dsn: str) -> int | None:
