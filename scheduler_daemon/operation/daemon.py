@@ -33,9 +33,8 @@ from scheduler_daemon.operation.notify import Notifier
 from scheduler_daemon.operation.oneoff import OneOffRuns
 from scheduler_daemon.operation.pauses import Pauses, watch_controls
 from scheduler_daemon.operation.recovery import Recovery
-from scheduler_daemon.operation.reload import (
-    load_checked,
-)
+from scheduler_daemon.operation.reload import load_checked
+from scheduler_daemon.operation.retention import Pruner
 from scheduler_daemon.operation.stop_budget import FLUSH_TIMEOUT, stop_budget
 from scheduler_daemon.running.actions import ActionCache, HttpClient
 from scheduler_daemon.running.actions.python import job_threads
@@ -122,6 +121,13 @@ class Daemon:
         self.database.on_connect(self.api_jobs.reread)  # before recovery: it catches them up
         self.database.on_connect(self._recovery.on_connect)
         self.metrics.live = self._live_state()
+        self._pruner = Pruner(  # retention (operation/retention.py)
+            clock=self._clock,
+            connect=self.database.connection,
+            ready=lambda: self._recovery.done and self.database.connected,
+            settings=lambda: self.config.retention,
+        )
+        self.metrics.pruned = self._pruner.totals
 
     def _build_recording(self, config: Config) -> None:
         """The database, and what writes executions to it (and to disk before it)."""
@@ -277,6 +283,7 @@ class Daemon:
                 self._clock, lambda: self._runner.attempts_started
             ),
             "announce-running": self._runner.announce_running_every(),
+            "prune-history": self._pruner.run(),
             "follow-api-jobs": follow_changes(
                 clock=self._clock,
                 dsn=lambda: self.database.dsn,

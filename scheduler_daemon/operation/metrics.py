@@ -33,6 +33,7 @@ from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
 from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.storage.recorder import Recorder
+from scheduler_daemon.storage.retention import KINDS, Totals
 from scheduler_daemon.timing.clock import Clock
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
@@ -140,6 +141,7 @@ class Metrics(Collector):
         # Cluster mode: claims by result (won, lost, unreachable) and fires taken over.
         self.claims: Callable[[], Mapping[str, int]] | None = None
         self.takeovers: Callable[[], int] | None = None
+        self.pruned: Callable[[], Totals] | None = None  # retention (operation/retention.py)
         self.live: LiveState | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -251,6 +253,7 @@ class Metrics(Collector):
             success.add_metric([job], at)
         yield from (fires, attempts, reloads, success)
         yield from self._cluster()
+        yield from self._retention()
 
     def _cluster(self) -> Iterator[Metric]:
         if self.claims is None or self.takeovers is None:
@@ -267,6 +270,31 @@ class Metrics(Collector):
         )
         takeovers.add_metric([], self.takeovers())
         yield from (claims, takeovers)
+
+    def _retention(self) -> Iterator[Metric]:
+        if self.pruned is None:
+            return
+        totals = self.pruned()
+        for unit, counts in (("rows", totals.rows), ("bytes", totals.bytes)):
+            family = CounterMetricFamily(
+                f"scheduler_history_pruned_{unit}",
+                f"Retention: {unit} of history removed (results: cleared), by kind.",
+                labels=["kind"],
+            )
+            for kind in KINDS:
+                family.add_metric([kind], counts.get(kind, 0))
+            yield family
+        if totals.last_round_at is not None and totals.last_round_seconds is not None:
+            yield GaugeMetricFamily(
+                "scheduler_history_prune_last_timestamp_seconds",
+                "When this daemon's last pruning round ended (Unix time).",
+                value=totals.last_round_at,
+            )
+            yield GaugeMetricFamily(
+                "scheduler_history_prune_last_duration_seconds",
+                "How long this daemon's last pruning round took.",
+                value=totals.last_round_seconds,
+            )
 
     def _histograms(self) -> Iterator[Metric]:
         for name, doc, table in (
