@@ -35,7 +35,7 @@ import structlog
 import uvloop
 
 from scheduler_daemon.operation.retention import Pruner
-from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Items, Status
 from scheduler_daemon.specs.results import RetentionSpec
 from scheduler_daemon.storage import schema, store
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
@@ -64,7 +64,7 @@ FROM generate_series(1, $1) AS g,
 
 def batch() -> list[ExecutionRecord]:
     now = datetime.now(UTC)
-    item = (("btc", '{"price": 43210.5}'),)
+    item = Items('[{"price": 43210.5}]', ("btc",))
     return [
         ExecutionRecord(
             uuid.uuid4(), f"j{i % 1000:04d}", now, 1, FireKind.SCHEDULE, Status.SUCCEEDED,

@@ -20,7 +20,7 @@ from scheduler_daemon.operation import retention as loop
 from scheduler_daemon.operation.daemon import Daemon
 from scheduler_daemon.operation.metrics import Metrics
 from scheduler_daemon.operation.retention import FIRST_AFTER, RETRY_AFTER, Pruner
-from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Items, Status
 from scheduler_daemon.specs import load_config
 from scheduler_daemon.specs.results import RetentionSpec
 from scheduler_daemon.storage import store
@@ -57,7 +57,8 @@ def attempt(
         trigger=FireKind.SCHEDULE, status=Status.SUCCEEDED, started_at=at,
         finished_at=at + timedelta(seconds=1), drift_ms=0.0, duration_ms=1000.0,
         result=json.dumps({"price": 1.5, "pad": "x" * 100}), result_bytes=130,
-        items=tuple((f"k{i}", json.dumps({"i": i})) for i in range(items)) or None,
+        items=Items(json.dumps([{"i": i} for i in range(items)]),
+                    tuple(f"k{i}" for i in range(items))) if items else None,
     )  # fmt: skip
     fields.update(kw)
     return ExecutionRecord(**fields)
