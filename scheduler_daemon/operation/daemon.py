@@ -361,8 +361,6 @@ class Daemon:
             parts.append("last reload FAILED, see the log")
         return ", ".join(parts)
 
-    # -- the database --------------------------------------------------------------------------
-
     # -- signals and reload --------------------------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
