@@ -64,7 +64,7 @@ FROM generate_series(1, $1) AS g,
 
 def batch() -> list[ExecutionRecord]:
     now = datetime.now(UTC)
-    item = Items('[{"price": 43210.5}]', ("btc",))
+    item = Items('[{"price": 43210.5}]', 1, ("btc",))
     return [
         ExecutionRecord(
             uuid.uuid4(), f"j{i % 1000:04d}", now, 1, FireKind.SCHEDULE, Status.SUCCEEDED,

@@ -137,6 +137,7 @@ class Metrics(Collector):
         self._durations: dict[str, _Histogram] = {}
         self._drifts: dict[str, _Histogram] = {}
         self._last_success: dict[str, float] = {}
+        self._kept: dict[tuple[str, str], int] = defaultdict(int)  # results, items; bytes
         self.reloads = {"succeeded": 0, "failed": 0}
         # Cluster mode: claims by result (won, lost, unreachable) and fires taken over.
         self.claims: Callable[[], Mapping[str, int]] | None = None
@@ -165,7 +166,7 @@ class Metrics(Collector):
     def forget_job(self, job: str) -> None:
         """A job removed by a reload: drop its series (their values would never change again)."""
         self.fold()
-        for counts in (self._attempt_counts, self._fire_counts):
+        for counts in (self._attempt_counts, self._fire_counts, self._kept):
             for key in [k for k in counts if k[0] == job]:
                 del counts[key]
         for per_job in (self._durations, self._drifts, self._last_success):
@@ -213,6 +214,11 @@ class Metrics(Collector):
                 self._histogram(self._drifts, job, DRIFT_BUCKETS).observe(rec.drift_ms / 1000)
             if rec.status == Status.SUCCEEDED and rec.finished_at is not None:
                 self._last_success[job] = rec.finished_at.timestamp()
+            if rec.result is not None:
+                self._kept[(job, "results")] += 1
+                self._kept[(job, "result_bytes")] += rec.result_bytes or 0
+            if rec.items is not None:
+                self._kept[(job, "items")] += rec.items.count
 
     @staticmethod
     def _histogram(table: dict[str, _Histogram], job: str, bounds: tuple[float, ...]) -> _Histogram:
@@ -251,9 +257,22 @@ class Metrics(Collector):
         )
         for job, at in sorted(self._last_success.items()):
             success.add_metric([job], at)
-        yield from (fires, attempts, reloads, success)
+        yield from (fires, attempts, reloads, success, *self._kept_counters())
         yield from self._cluster()
         yield from self._retention()
+
+    def _kept_counters(self) -> Iterator[Metric]:
+        """What attempts kept as data (README: Results as data)."""
+        for kind, name, doc in (
+            ("results", "scheduler_results", "Results kept in executions.result."),
+            ("result_bytes", "scheduler_result_bytes", "Bytes of the results kept."),
+            ("items", "scheduler_items", "Rows of job_items extracted from results."),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["job_name"])
+            for (job, counted), n in sorted(self._kept.items()):
+                if counted == kind:
+                    family.add_metric([job], n)
+            yield family
 
     def _cluster(self) -> Iterator[Metric]:
         if self.claims is None or self.takeovers is None:

@@ -38,6 +38,7 @@ class Items:
     splits it: one C call here instead of one per element) and each element's key."""
 
     array: str  # JSON text of the list; element i is the row of idx i
+    count: int  # its elements
     keys: tuple[str | None, ...] | None = None  # None: no `items.key` configured
 
 

@@ -498,7 +498,7 @@ async def test_a_journal_damaged_during_an_outage_is_replayed_when_the_database_
 def _with_items(n: int, count: int = 100) -> ExecutionRecord:
     elements = [{"i": i, "fire": n} for i in range(count)]
     keys = tuple(f"k{i}" for i in range(count))
-    return rec(n=n, result=json.dumps(elements), items=Items(json.dumps(elements), keys))
+    return rec(n=n, result=json.dumps(elements), items=Items(json.dumps(elements), count, keys))
 
 
 async def _items_per_fire(dsn: str) -> dict[int, int]:
@@ -544,7 +544,7 @@ async def test_items_recorded_during_an_outage_land_once_even_replayed_twice(
 
 
 async def test_a_result_postgresql_refuses_costs_the_result_not_the_row(database_url: str) -> None:
-    refused = rec(n=1, result='{"text": "nul \\u0000 here"}', items=Items('["\\u0000"]'))
+    refused = rec(n=1, result='{"text": "nul \\u0000 here"}', items=Items('["\\u0000"]', 1))
     recorder = Recorder(database=_database(database_url), flush_interval=0.05)
     await recorder.start()
     with capture_logs() as logs:

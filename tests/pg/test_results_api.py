@@ -88,7 +88,7 @@ async def test_one_attempt_has_its_result_whole_and_pages_carry_only_its_size(
 
 def _items(fire: int, count: int) -> Items:
     elements = [{"coin": f"coin-{n}", "fire": fire, "price": n + fire / 4} for n in range(count)]
-    return Items(json.dumps(elements), tuple(e["coin"] for e in elements))
+    return Items(json.dumps(elements), len(elements), tuple(e["coin"] for e in elements))
 
 
 def _walk(api: Running, query: str) -> Callable[[], Any]:

@@ -57,7 +57,7 @@ def attempt(
         trigger=FireKind.SCHEDULE, status=Status.SUCCEEDED, started_at=at,
         finished_at=at + timedelta(seconds=1), drift_ms=0.0, duration_ms=1000.0,
         result=json.dumps({"price": 1.5, "pad": "x" * 100}), result_bytes=130,
-        items=Items(json.dumps([{"i": i} for i in range(items)]),
+        items=Items(json.dumps([{"i": i} for i in range(items)]), items,
                     tuple(f"k{i}" for i in range(items))) if items else None,
     )  # fmt: skip
     fields.update(kw)

@@ -3,7 +3,13 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler_daemon.operation.metrics import LiveState, Metrics
-from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
+from scheduler_daemon.running.records import (
+    ExecutionRecord,
+    FireKind,
+    Items,
+    Status,
+    scheduled_fire_id,
+)
 from tests.helpers import REPO
 
 AT = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -64,6 +70,23 @@ def test_drift_counts_scheduled_fires_only() -> None:
     got = samples(metrics)
     assert got[("scheduler_drift_seconds_count", (("job_name", "a"),))] == 1
     assert got[("scheduler_attempts_total", (("job_name", "a"), ("status", "succeeded")))] == 3
+
+
+def test_results_and_items_kept_are_counted_per_job() -> None:
+    metrics = Metrics()
+    kept = rec("prices", Status.SUCCEEDED)
+    kept.result, kept.result_bytes, kept.items = "[1, 2, 3]", 9, Items("[1, 2, 3]", 3)
+    too_big = rec("prices", Status.SUCCEEDED)
+    too_big.result_bytes = 2_000_000  # not kept: not counted
+    for one in (kept, kept, too_big, rec("plain", Status.SUCCEEDED)):
+        metrics.attempt_finished(one)
+    got = samples(metrics)
+    assert got[("scheduler_results_total", (("job_name", "prices"),))] == 2
+    assert got[("scheduler_result_bytes_total", (("job_name", "prices"),))] == 18
+    assert got[("scheduler_items_total", (("job_name", "prices"),))] == 6
+    assert ("scheduler_results_total", (("job_name", "plain"),)) not in got
+    metrics.forget_job("prices")
+    assert ("scheduler_items_total", (("job_name", "prices"),)) not in samples(metrics)
 
 
 def test_counts_survive_many_scrapes_and_removed_jobs_disappear() -> None:

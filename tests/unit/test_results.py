@@ -32,7 +32,7 @@ async def test_a_json_body_is_kept_as_sent_with_its_items_and_keys() -> None:
     kept = await _reader(items=ItemsSpec(path="data", key="symbol")).from_body(body, len(body))
     assert kept.text == body.decode() and kept.size == len(body) and kept.problem is None
     assert kept.value == {"data": COINS}
-    assert kept.items == Items(json.dumps(COINS), ("BTCUSDT", "ETHUSDT"))
+    assert kept.items == Items(json.dumps(COINS), 2, ("BTCUSDT", "ETHUSDT"))
 
 
 async def test_a_body_past_the_thread_threshold_is_kept_whole() -> None:
@@ -115,7 +115,7 @@ async def test_a_python_return_value_is_kept_as_json() -> None:
     rows = [{"id": 7, "v": "x"}, {"id": 8}]
     kept = await _python(items=ItemsSpec(path="rows[]", key="id")).from_value({"rows": rows})
     assert kept is not None and kept.text == '{"rows":[{"id":7,"v":"x"},{"id":8}]}'
-    assert kept.size == len(kept.text) and kept.items == Items(json.dumps(rows), ("7", "8"))
+    assert kept.size == len(kept.text) and kept.items == Items(json.dumps(rows), 2, ("7", "8"))
 
 
 async def test_a_python_return_value_that_is_not_data_is_said_only_when_asked_for() -> None:
@@ -144,7 +144,7 @@ def test_keys_are_text_whatever_the_element_holds() -> None:
     assert found.keys == ("1", None, "a\ufffdb", '["x"]', None, None)
     nested = extract_items(ItemsSpec(path="[*]", key="a.b"), [{"a": {"b": 2}}, {"a": 1}])
     assert nested.keys == ("2", None)  # any expression, not only a field name
-    assert extract_items(ItemsSpec(path="[*]"), [1, 2]) == Items("[1, 2]", None)
+    assert extract_items(ItemsSpec(path="[*]"), [1, 2]) == Items("[1, 2]", 2)
 
 
 def test_items_of_an_object_keyed_by_name_and_a_guard_against_an_error_reply() -> None:
@@ -153,7 +153,7 @@ def test_items_of_an_object_keyed_by_name_and_a_guard_against_an_error_reply() -
     )
     found = extract_items(spec, {"BTC": {"USD": 1.5}, "ETH": {"USD": 2}})
     assert found == Items(
-        '[{"symbol": "BTC", "usd": 1.5}, {"symbol": "ETH", "usd": 2}]', ("BTC", "ETH")
+        '[{"symbol": "BTC", "usd": 1.5}, {"symbol": "ETH", "usd": 2}]', 2, ("BTC", "ETH")
     )
     with pytest.raises(NotKept, match="found a bool, not a list"):
         extract_items(spec, {"Response": "Error", "Message": "rate limit"})

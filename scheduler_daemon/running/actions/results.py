@@ -134,7 +134,7 @@ def extract_items(spec: ItemsSpec, value: Any, text: str | None = None) -> Items
     except JMESPathError as exc:  # a function given the wrong type of value, say
         raise NotKept(f"items not extracted: {_reason(exc)}") from None
     whole = text is not None and _same_list(found, value)
-    return Items(text if whole and text is not None else json.dumps(found), keys)
+    return Items(text if whole and text is not None else json.dumps(found), len(found), keys)
 
 
 def _same_list(found: list[Any], value: Any) -> bool:
