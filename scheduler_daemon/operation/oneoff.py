@@ -29,6 +29,7 @@ import structlog
 
 from scheduler_daemon.operation.adhoc import RunOptions, adhoc_job
 from scheduler_daemon.operation.overrides import BadOverrides, stored_overrides
+from scheduler_daemon.running.fire import Submit
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.specs.api_job import ApiJobRules, JobProblems
@@ -48,18 +49,6 @@ RUN_CLAIM_RETRY = 5.0
 class PoolSource(Protocol):
     @property
     def pool(self) -> asyncpg.Pool | None: ...
-
-
-class Submit(Protocol):
-    def __call__(
-        self,
-        job: JobSpec,
-        scheduled_at: datetime,
-        *,
-        trigger: FireKind,
-        overrides: Mapping[str, Any] | None,
-        fire_id: uuid.UUID,
-    ) -> object: ...
 
 
 class OneOffRuns:

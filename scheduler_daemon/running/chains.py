@@ -8,14 +8,14 @@ takes one), an HTTP job wherever its `json:` body says "$result".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from scheduler_daemon.running.actions.outcome import Outcome
-from scheduler_daemon.running.fire import Fire
+from scheduler_daemon.running.fire import Fire, Submit
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.specs import HttpSpec, JobSpec, PythonSpec
 
@@ -25,18 +25,6 @@ RESULT_PLACEHOLDER = "$result"
 # A chain is checked for cycles when jobs are loaded; this bounds one that slipped through (API
 # jobs changed one at a time), so that a loop of jobs can never keep a daemon busy forever.
 MAX_DEPTH = 32
-
-
-class Submit(Protocol):
-    def __call__(
-        self,
-        job: JobSpec,
-        scheduled_at: datetime,
-        *,
-        trigger: FireKind,
-        overrides: Mapping[str, Any] | None,
-        parent: Fire | None,
-    ) -> Fire | None: ...
 
 
 class Chains:

@@ -67,6 +67,23 @@ class NoObserver:
 ActionFor = Callable[[JobSpec], Action]
 
 
+class Submit(Protocol):
+    """The runner's ``submit``, for what starts fires besides the scheduler (runs, chains)."""
+
+    def __call__(
+        self,
+        job: JobSpec,
+        scheduled_at: datetime,
+        *,
+        trigger: FireKind = ...,
+        overrides: Mapping[str, Any] | None = None,
+        fire_id: uuid.UUID | None = None,
+        attempt: int = 1,
+        claimed: bool = False,
+        parent: Fire | None = None,
+    ) -> Fire | None: ...
+
+
 def backoff_delay(policy: RetrySpec, failed_attempt: int, rng: random.Random) -> float:
     """Seconds to wait after attempt ``failed_attempt`` (1-based) failed.
 
