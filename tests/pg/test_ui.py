@@ -1,0 +1,238 @@
+"""The status page (/ui/) on a running daemon: pages over a seeded history, login, buttons.
+
+A daemon runs in the test's loop (real PostgreSQL, its admin API on 127.0.0.1); the history is
+written straight into executions (store.write_executions), and the pages are read over real
+HTTP as a browser would (a cookie jar, forms) or a script would (the API's header).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from html import unescape
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
+from scheduler_daemon.storage import store
+from tests.helpers import ADMIN_TOKEN, AUTH, Running, free_port, running_daemon
+
+CONFIG = """\
+database: {{url: "{dsn}"}}
+state_dir: ./state
+admin: {{listen: "{listen}", token: "${{ADMIN_TOKEN}}"}}
+jobs:
+  backup:
+    cron: "0 * * * *"
+    command: ["true"]
+  report:
+    every: 1h
+    command: ["true"]
+  flaky:
+    every: 1h
+    command: ["sh", "-c", "exit 3"]
+  idle:
+    every: 1h
+    enabled: false
+    command: ["true"]
+"""
+NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+SCRIPT = "<script>alert('x')</script>"
+
+
+def record(
+    job: str,
+    at: datetime,
+    status: Status,
+    *,
+    drift_ms: float = 12.0,
+    duration_ms: float = 41_000.0,
+    attempt: int = 1,
+    fire_id: uuid.UUID | None = None,
+    trigger: FireKind = FireKind.SCHEDULE,
+    **extra: Any,
+) -> ExecutionRecord:
+    started = at + timedelta(milliseconds=drift_ms) if status != Status.MISSED else None
+    finished = started + timedelta(milliseconds=duration_ms) if started else at
+    return ExecutionRecord(
+        fire_id=fire_id or uuid.uuid4(),
+        job_name=job,
+        scheduled_at=at,
+        attempt=attempt,
+        trigger=trigger,
+        status=status,
+        started_at=started,
+        finished_at=finished,
+        drift_ms=drift_ms if started else None,
+        duration_ms=duration_ms if started else None,
+        **extra,
+    )
+
+
+def history() -> list[ExecutionRecord]:
+    """backup: 70 hourly fires, all succeeded but the newest (failed, 3.2 s late, exit 1) and
+    the one before (timed out); flaky: 5 failures after one success; report: one success with
+    output that is HTML."""
+    hour = timedelta(hours=1)
+    rows = [record("backup", NOW - (70 - i) * hour, Status.SUCCEEDED) for i in range(68)]
+    rows.append(record("backup", NOW - 2 * hour, Status.TIMED_OUT, error="timed out after 60 s"))
+    rows.append(
+        record(
+            "backup",
+            NOW - hour,
+            Status.FAILED,
+            drift_ms=3_200.0,
+            exit_code=1,
+            error="disk full\nsecond line",
+        )
+    )
+    rows.append(record("flaky", NOW - 7 * hour, Status.SUCCEEDED, duration_ms=500.0))
+    rows += [
+        record("flaky", NOW - (6 - i) * hour, Status.FAILED, exit_code=3, error=f"boom {i}")
+        for i in range(5)
+    ]
+    rows.append(record("report", NOW - hour, Status.SUCCEEDED, output=f"{SCRIPT}\nall good"))
+    return rows
+
+
+@pytest.fixture
+async def daemon(database_url: str, tmp_path: Path) -> AsyncIterator[Running]:
+    listen = f"127.0.0.1:{free_port()}"
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(dsn=database_url, listen=listen))
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with running_daemon(config, f"http://{listen}", jobs=4) as running:
+            await store.write_executions(conn, history(), events=False)
+            yield running
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def browser(daemon: Running) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client with a cookie jar (127.0.0.1 is an IP: the jar must be told to keep its cookies)."""
+    async with aiohttp.ClientSession(
+        base_url=daemon.base, cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as session:
+        yield session
+
+
+async def login(browser: aiohttp.ClientSession, token: str = ADMIN_TOKEN) -> aiohttp.ClientResponse:
+    async with browser.post(
+        "/ui/login", data={"token": token, "next": "/ui/"}, allow_redirects=False
+    ) as response:
+        await response.read()
+        return response
+
+
+async def page(client: aiohttp.ClientSession, path: str, **kwargs: Any) -> tuple[int, str]:
+    async with client.get(path, allow_redirects=False, **kwargs) as response:
+        return response.status, await response.text()
+
+
+def board_rows(html: str) -> list[str]:
+    return re.findall(r'<tr data-job="([^"]+)"', html)
+
+
+def cells(html: str, job: str) -> list[tuple[str, str]]:
+    """A row's strip cells: (data-status, aria-label), oldest first."""
+    row = re.search(rf'<tr data-job="{job}".*?</tr>', html, re.S)
+    assert row, job
+    return [
+        (status, unescape(text))
+        for status, text in re.findall(
+            r'data-status="(\w+)"(?: data-late="1")? aria-label="([^"]*)"', row.group(0)
+        )
+    ]
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "no CSRF field"
+    return found.group(1)
+
+
+# -- login and who may see ---------------------------------------------------------------------
+
+
+async def test_a_page_without_credentials_sends_the_browser_to_the_login_form(
+    browser: aiohttp.ClientSession,
+) -> None:
+    status, _ = await page(browser, "/ui/failures?x=1")
+    assert status == 303
+    async with browser.get("/ui/failures", allow_redirects=False) as response:
+        assert response.headers["Location"] == "/ui/login?next=/ui/failures"
+
+
+async def test_the_login_form_refuses_a_wrong_token_and_shows_the_form_again(
+    browser: aiohttp.ClientSession,
+) -> None:
+    response = await login(browser, "not-the-token")
+    assert response.status == 401
+    assert "sd_session" not in response.cookies
+    async with browser.post("/ui/login", data={"token": "nope"}) as response:
+        html = await response.text()
+    assert 'id="login-error"' in html and 'id="login-form"' in html
+    assert (await page(browser, "/ui/"))[0] == 303  # still not let in
+
+
+async def test_login_sets_an_httponly_strict_session_cookie_that_is_not_the_token(
+    browser: aiohttp.ClientSession,
+) -> None:
+    response = await login(browser)
+    assert response.status == 303 and response.headers["Location"] == "/ui/"
+    cookie = response.cookies["sd_session"]
+    assert cookie["httponly"] is True and cookie["samesite"] == "Strict"
+    assert cookie["path"] == "/ui/" and not cookie["secure"]  # plain http here
+    assert ADMIN_TOKEN not in cookie.value and len(cookie.value) >= 32
+    set_cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    status, html = await page(browser, "/ui/")
+    assert status == 200 and board_rows(html)
+    # Logging out ends the session here, not only in the browser.
+    async with browser.post("/ui/logout", data={"csrf": csrf_of(html)}, allow_redirects=False) as r:
+        assert r.status == 303
+    async with aiohttp.ClientSession(base_url=str(browser._base_url)) as other:
+        status, _ = await page(other, "/ui/", cookies={"sd_session": cookie.value})
+    assert status == 303
+
+
+async def test_scripts_use_the_apis_header_on_every_page(daemon: Running) -> None:
+    async with aiohttp.ClientSession(base_url=daemon.base) as client:
+        for path in ("/ui/",):
+            assert (await page(client, path, headers=AUTH))[0] == 200, path
+            assert (await page(client, path, headers={"X-API-Key": ADMIN_TOKEN}))[0] == 200
+        status, html = await page(client, "/ui/", headers={"Authorization": "Bearer wrong"})
+    assert status == 401 and "wrong token" in html
+
+
+# -- the board -----------------------------------------------------------------------------------
+
+
+async def test_the_board_shows_every_job_with_its_strip_coloured_by_status(
+    daemon: Running, browser: aiohttp.ClientSession
+) -> None:
+    await login(browser)
+    status, html = await page(browser, "/ui/")
+    assert status == 200
+    assert '<tbody id="board">' in html
+    assert board_rows(html) == ["backup", "report", "flaky", "idle"]
+    strip = cells(html, "backup")
+    assert len(strip) == 60  # the newest 60 of its 70 fires
+    assert [s for s, _ in strip[:-2]] == ["succeeded"] * 58
+    assert [s for s, _ in strip[-2:]] == ["timed_out", "failed"]
+    newest = strip[-1][1]
+    at = NOW - timedelta(hours=1)
+    assert newest == f"{at:%Y-%m-%d %H:%M} · failed · 3.2 s late · 41 s · exit 1"
+    assert re.search(r'data-status="failed" data-late="1"', html)
+    assert [s for s, _ in cells(html, "flaky")] == ["succeeded"] + ["failed"] * 5
+    assert cells(html, "idle") == []
+    assert re.search(r'data-job="idle" data-state="disabled"', html)
+    assert 'data-field="success-rate">97 %' in html  # backup: 58 of its last 60
