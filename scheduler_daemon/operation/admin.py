@@ -23,7 +23,7 @@ from scheduler_daemon.operation import api_models as m
 from scheduler_daemon.operation import job_handlers as jobs
 from scheduler_daemon.operation import result_handlers as results
 from scheduler_daemon.operation import run_handlers as runs
-from scheduler_daemon.operation import ui_pages
+from scheduler_daemon.operation import ui_routes
 from scheduler_daemon.operation.api_handlers import Api, Controlled
 from scheduler_daemon.operation.api_models import ApiError, Error
 from scheduler_daemon.operation.openapi import API_KEY_HEADER, Reply, Route, document
@@ -60,13 +60,13 @@ def build_app(target: Controlled) -> web.Application:
             app.router.add_get(route.path, handler)  # and HEAD
         else:
             app.router.add_route(route.method, route.path, handler)
-    app.add_subapp(ui_pages.PREFIX, ui_pages.build(api, _token_given))
-    app.router.add_get(ui_pages.PREFIX, _to_ui)
+    app.add_subapp(ui_routes.PREFIX, ui_routes.build(api, _token_given))
+    app.router.add_get(ui_routes.PREFIX, _to_ui)
     return app
 
 
 async def _to_ui(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPMovedPermanently(f"{ui_pages.PREFIX}/")
+    raise web.HTTPMovedPermanently(f"{ui_routes.PREFIX}/")
 
 
 def _endpoint(api: Api, route: Route) -> Handler:
@@ -167,7 +167,7 @@ def _auth(target: Controlled) -> Middleware:
 
 
 def _is_ui(path: str) -> bool:
-    return path == ui_pages.PREFIX or path.startswith(f"{ui_pages.PREFIX}/")
+    return path == ui_routes.PREFIX or path.startswith(f"{ui_routes.PREFIX}/")
 
 
 def _token_given(request: web.Request, token: str) -> bool:

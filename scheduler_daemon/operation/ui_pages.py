@@ -260,14 +260,10 @@ def _safe_next(path: str) -> str:
 UI = web.AppKey("ui", Ui)  # the sub-application's Ui (live updates render its rows)
 
 
-def build(api: Api, header_check: Callable[[web.Request, str], bool]) -> web.Application:
-    """The /ui/ sub-application (mounted by admin.build_app)."""
-    ui = Ui(api, header_check)
-    app = web.Application(middlewares=[ui.gate])
+def install(app: web.Application, ui: Ui) -> None:
     app[UI] = ui
     app.router.add_get("/", ui.board)
     app.router.add_get("/login", ui.login_form)
     app.router.add_post("/login", ui.login)
     app.router.add_post("/logout", ui.logout)
     app.router.add_static("/static", HERE / "static")
-    return app

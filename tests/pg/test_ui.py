@@ -21,7 +21,7 @@ import pytest
 
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
 from scheduler_daemon.storage import store
-from tests.helpers import ADMIN_TOKEN, AUTH, Running, free_port, running_daemon
+from tests.helpers import ADMIN_TOKEN, AUTH, Running, free_port, running_daemon, wait_until
 
 CONFIG = """\
 database: {{url: "{dsn}"}}
@@ -206,7 +206,7 @@ async def test_login_sets_an_httponly_strict_session_cookie_that_is_not_the_toke
 
 async def test_scripts_use_the_apis_header_on_every_page(daemon: Running) -> None:
     async with aiohttp.ClientSession(base_url=daemon.base) as client:
-        for path in ("/ui/",):
+        for path in ("/ui/", "/ui/failures", "/ui/jobs/backup"):
             assert (await page(client, path, headers=AUTH))[0] == 200, path
             assert (await page(client, path, headers={"X-API-Key": ADMIN_TOKEN}))[0] == 200
         status, html = await page(client, "/ui/", headers={"Authorization": "Bearer wrong"})
@@ -236,3 +236,158 @@ async def test_the_board_shows_every_job_with_its_strip_coloured_by_status(
     assert cells(html, "idle") == []
     assert re.search(r'data-job="idle" data-state="disabled"', html)
     assert 'data-field="success-rate">97 %' in html  # backup: 58 of its last 60
+
+
+async def test_the_counters_count_and_filter_the_board(
+    daemon: Running, browser: aiohttp.ClientSession
+) -> None:
+    await login(browser)
+    assert (await daemon.call("POST", "/jobs/report/pause"))[0] == 200
+    _, html = await page(browser, "/ui/")
+    counts = dict(re.findall(r'id="filter-(\w+)" data-count="(\d+)"', html))
+    assert counts == {"failing": "2", "late": "1", "running": "0", "paused": "1"}
+    for wanted, jobs in (
+        ("failing", ["backup", "flaky"]),
+        ("late", ["backup"]),
+        ("paused", ["report"]),
+        ("running", []),
+    ):
+        status, html = await page(browser, f"/ui/?filter={wanted}")
+        assert status == 200 and board_rows(html) == jobs, wanted
+    assert (await page(browser, "/ui/?filter=nonsense"))[0] == 400
+
+
+# -- a job, an attempt, the failures -------------------------------------------------------------
+
+
+async def test_a_jobs_page_has_its_strip_chart_next_fires_and_paginated_filtered_history(
+    browser: aiohttp.ClientSession,
+) -> None:
+    await login(browser)
+    status, html = await page(browser, "/ui/jobs/backup")
+    assert status == 200
+    assert len(re.findall(r'<li><a href="/ui/executions/\d+" data-status', html)) == 70
+    assert '<svg class="chart" id="chart"' in html and html.count("<circle") == 2 * 70
+    assert len(re.findall(r"<li><time", html.split('id="next-fires"')[1].split("</ol>")[0])) == 10
+    rows = re.findall(r'<tr data-execution="(\d+)" data-status="(\w+)"', html)
+    assert len(rows) == 50 and rows[0][1] == "failed"
+    older = re.search(r'href="([^"]+)" id="next-page"', html)
+    assert older and older.group(1)
+    _, html = await page(browser, unescape(older.group(1)))
+    rest = re.findall(r'<tr data-execution="(\d+)" data-status="(\w+)"', html)
+    assert len(rest) == 20 and not {i for i, _ in rest} & {i for i, _ in rows}
+    assert 'id="next-page"' not in html
+    _, html = await page(browser, "/ui/jobs/backup?status=timed_out")
+    assert [s for _, s in re.findall(r'<tr data-execution="(\d+)" data-status="(\w+)"', html)] == [
+        "timed_out"
+    ]
+    assert (await page(browser, "/ui/jobs/backup?status=bogus"))[0] == 400
+    assert (await page(browser, "/ui/jobs/nope"))[0] == 404
+
+
+async def test_the_run_page_escapes_captured_output_and_shows_the_timeline(
+    browser: aiohttp.ClientSession, database_url: str
+) -> None:
+    await login(browser)
+    conn = await asyncpg.connect(database_url)
+    try:
+        report = await conn.fetchval("SELECT id FROM executions WHERE job_name = 'report'")
+        failed = await conn.fetchval(
+            "SELECT id FROM executions WHERE job_name = 'backup' AND status = 'failed'"
+        )
+    finally:
+        await conn.close()
+    status, html = await page(browser, f"/ui/executions/{report}")
+    assert status == 200
+    assert SCRIPT not in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+    async with browser.get(f"/ui/executions/{report}/output") as response:
+        assert response.content_type == "text/plain"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert await response.text() == f"{SCRIPT}\nall good"
+    _, html = await page(browser, f"/ui/executions/{failed}")
+    assert 'id="run-status">failed<' in html and 'id="exit-code">1<' in html
+    assert "3.2 s later (late)" in html and "41 s" in html and "disk full" in html
+    assert (await page(browser, "/ui/executions/999999999"))[0] == 404
+    assert (await page(browser, "/ui/executions/abc"))[0] == 404
+
+
+async def test_the_failures_page_lists_failed_attempts_newest_first_with_their_streak(
+    browser: aiohttp.ClientSession,
+) -> None:
+    await login(browser)
+    status, html = await page(browser, "/ui/failures")
+    assert status == 200
+    rows = re.findall(
+        r'<tr data-execution="\d+" data-job="(\w+)" data-status="(\w+)">.*?'
+        r'class="first-error">([^<]*)<.*?data-count="(\d+)"',
+        html,
+        re.S,
+    )
+    assert rows[0] == ("backup", "failed", "disk full", "2")
+    assert rows[1] == ("flaky", "failed", "boom 4", "5")
+    assert len(rows) == 7  # backup's 2, flaky's 5
+    assert "failing for 5 fires" in html
+
+
+# -- the buttons -----------------------------------------------------------------------------------
+
+
+async def test_trigger_pause_and_resume_through_the_forms_change_the_job(
+    daemon: Running, browser: aiohttp.ClientSession, database_url: str
+) -> None:
+    await login(browser)
+    _, html = await page(browser, "/ui/jobs/report")
+    csrf = csrf_of(html)
+    assert 'id="trigger-form"' in html and 'id="pause-form"' in html
+    async with browser.post(
+        "/ui/jobs/report/pause", data={"csrf": csrf}, allow_redirects=False
+    ) as response:
+        assert response.status == 303
+        assert response.headers["Location"] == "/ui/jobs/report?done=paused"
+    _, html = await page(browser, "/ui/jobs/report?done=paused")
+    assert 'id="job-state" data-state="paused"' in html and 'id="resume-form"' in html
+    assert (await daemon.call("GET", "/jobs/report"))[1]["paused"] is True
+    async with browser.post("/ui/jobs/report/resume", data={"csrf": csrf}) as response:
+        assert response.status == 200 and 'id="pause-form"' in await response.text()
+    assert (await daemon.call("GET", "/jobs/report"))[1]["paused"] is False
+
+    async def manual_runs() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM executions WHERE job_name = 'report'"
+                    " AND trigger = 'manual' AND status = 'succeeded'"
+                )
+            )
+        finally:
+            await conn.close()
+
+    async with browser.post(
+        "/ui/jobs/report/trigger", data={"csrf": csrf}, allow_redirects=False
+    ) as response:
+        assert response.status == 303
+    await wait_until(lambda: _equals(manual_runs, 1))
+
+
+async def _equals(count: Any, wanted: int) -> bool:
+    return bool(await count() == wanted)
+
+
+async def test_a_form_without_its_csrf_token_is_refused(
+    daemon: Running, browser: aiohttp.ClientSession
+) -> None:
+    await login(browser)
+    for data in ({}, {"csrf": "forged"}):
+        async with browser.post("/ui/jobs/report/pause", data=data) as response:
+            assert response.status == 403
+            assert 'data-code="bad_csrf"' in await response.text()
+    assert (await daemon.call("GET", "/jobs/report"))[1]["paused"] is False
+    # A script with the header needs no CSRF token: no browser sends that header by itself.
+    async with (
+        aiohttp.ClientSession(base_url=daemon.base) as client,
+        client.post("/ui/jobs/report/pause", headers=AUTH, allow_redirects=False) as r,
+    ):
+        assert r.status == 303
+    assert (await daemon.call("GET", "/jobs/report"))[1]["paused"] is True
