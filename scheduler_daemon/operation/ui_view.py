@@ -151,12 +151,14 @@ def state(enabled: bool, paused: bool, running: int) -> str:
 
 def flags(row: BoardRow, rows: Sequence[Row]) -> set[str]:
     """Which counters a row counts in: `failing` (its newest finished fire failed), `late` (its
-    newest scheduled fire started late), `running`, `paused`."""
+    newest scheduled fire to start started late), `running`, `paused`."""
     found = set()
     final = next((r for r in rows if r["status"] not in ("running", "skipped")), None)
     if final is not None and final["status"] in FAILED:
         found.add("failing")
-    scheduled = next((r for r in rows if r["trigger"] in LATE_TRIGGERS), None)
+    scheduled = next(
+        (r for r in rows if r["trigger"] in LATE_TRIGGERS and r["drift_ms"] is not None), None
+    )
     if scheduled is not None and is_late(scheduled):
         found.add("late")
     if row.running:
