@@ -11,14 +11,14 @@ from collections.abc import Sequence
 
 from markupsafe import Markup, escape
 
-from scheduler_daemon.operation.ui_view import duration, label
+from scheduler_daemon.operation.ui_view import duration
 from scheduler_daemon.storage.store import Row
 
 WIDTH, PANEL, GAP, LEFT, TOP = 960, 110, 34, 64, 18
 
 
 def chart(rows: Sequence[Row]) -> Markup:
-    """``rows``: a job's attempts, oldest first (running ones are left out: no figures yet)."""
+    """``rows``: a job's attempts with their labels, oldest first (ui_queries.recent)."""
     done = [r for r in rows if r["duration_ms"] is not None or r["drift_ms"] is not None]
     height = TOP + 2 * PANEL + GAP + 20
     parts = [
@@ -57,7 +57,7 @@ def _panel(rows: Sequence[Row], field: str, name: str, top: int, step: float) ->
         points.append(f"{x:.1f},{y:.1f}")
         dots.append(
             f'<circle class="{name}" cx="{x:.1f}" cy="{y:.1f}" r="2.5" '
-            f'data-status="{escape(row["status"])}"><title>{escape(label(row))}</title></circle>'
+            f'data-status="{escape(row["status"])}"><title>{escape(row["label"])}</title></circle>'
         )
     if len(points) > 1:
         out.append(f'<polyline class="{name}" points="{" ".join(points)}"/>')

@@ -55,17 +55,16 @@ class Details:
             raise ApiError(400, "bad_parameter", f"status: expected one of {', '.join(STATUSES)}")
         cursor = cursor_of(request.query.get("cursor") or None)
         pool = self.api.pool()
-        strip_rows = await ui_queries.strips(pool, [job.name], view.LONG_STRIP)
+        attempts = await ui_queries.recent(pool, job.name, view.LONG_STRIP)
         where = queries.ExecutionFilter(job=job.name, status=status)
         page, next_cursor = await queries.executions(pool, where, after=cursor, limit=PAGE)
-        [row] = await self.ui.board_rows([job.name])
+        [row] = await self.ui.board_rows([job.name], view.LONG_STRIP, "strip-long")
         return self.ui.render(
             request,
             "job.html",
             job=job,
             row=row,
-            cells=view.cells(strip_rows, view.LONG_STRIP),
-            chart=chart(list(reversed(strip_rows))),
+            chart=chart(attempts),
             next_fires=self.api.t.scheduler.upcoming(job.name, 10),
             history=[_attempt(r) for r in page],
             wanted=status,
@@ -154,7 +153,7 @@ class Details:
 def _attempt(row: Any) -> dict[str, Any]:
     """An attempt's row with the page's words: its label, whether it started late."""
     data = dict(row)
-    data["label"] = view.label(row)
+    data["label"] = data.get("label") or ""
     data["late"] = view.is_late(row)
     error = data.get("error") or ""
     data["first_error"] = data.get("first_error") or error.partition("\n")[0]

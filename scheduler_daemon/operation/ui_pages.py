@@ -9,7 +9,6 @@ and figures) and the templates in ui/templates (Jinja2, autoescaped).
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,35 +196,40 @@ class Ui:
             strip_size=view.STRIP,
         )
 
-    async def board_rows(self, names: list[str] | None = None) -> list[view.BoardRow]:
+    async def board_rows(
+        self, names: list[str] | None = None, per_job: int = view.STRIP, cls: str = "strip"
+    ) -> list[view.BoardRow]:
         """The board's rows, of every job or of ``names``: one query for all their strips."""
         t = self.api.t
         jobs = [j for j in t.config.jobs if names is None or j.name in names]
-        by_job: dict[str, list[asyncpg.Record]] = defaultdict(list)
+        found: dict[str, asyncpg.Record] = {}
         pool = self.pool_or_none()
         if pool is not None and jobs:
-            for row in await ui_queries.strips(pool, [j.name for j in jobs], view.STRIP):
-                by_job[row["job_name"]].append(row)
+            rows = await ui_queries.strips(pool, [j.name for j in jobs], per_job)
+            found = {row["job_name"]: row for row in rows}
         paused = t.paused()
-        return [self._row(job, by_job.get(job.name, []), job.name in paused) for job in jobs]
+        return [self._row(job, found.get(job.name), job.name in paused, cls) for job in jobs]
 
-    def _row(self, job: JobSpec, rows: list[asyncpg.Record], paused: bool) -> view.BoardRow:
+    def _row(
+        self, job: JobSpec, found: asyncpg.Record | None, paused: bool, cls: str
+    ) -> view.BoardRow:
         t = self.api.t
         running = len(t.running(job.name))
-        rate, p95 = view.figures(rows)
+        strip, fires = view.strip(found, cls)
         row = view.BoardRow(
             name=job.name,
             schedule=self.words(job),
             state=view.state(job.enabled, paused, running),
             source="api" if job.name in t.api_jobs.stored else "config",
-            cells=view.cells(rows, view.STRIP),
-            last_run=next((r["started_at"] for r in rows if r["started_at"] is not None), None),
+            strip=strip,
+            fires=fires,
+            last_run=found["last_run"] if found else None,
             next_fires=t.scheduler.upcoming(job.name, 3),
-            success_rate=rate,
-            p95_ms=p95,
+            success_rate=found["success_rate"] if found else None,
+            p95_ms=found["p95_ms"] if found else None,
             running=running,
         )
-        row.flags = view.flags(row, rows)
+        row.flags = view.flags(row, found)
         return row
 
     def words(self, job: JobSpec) -> str:

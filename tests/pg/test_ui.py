@@ -19,8 +19,9 @@ import aiohttp
 import asyncpg
 import pytest
 
+from scheduler_daemon.operation import ui_view as view
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
-from scheduler_daemon.storage import store
+from scheduler_daemon.storage import store, ui_queries
 from tests.helpers import ADMIN_TOKEN, AUTH, Running, free_port, running_daemon, wait_until
 
 CONFIG = """\
@@ -391,3 +392,18 @@ async def test_a_form_without_its_csrf_token_is_refused(
     ):
         assert r.status == 303
     assert (await daemon.call("GET", "/jobs/report"))[1]["paused"] is True
+
+
+DURATIONS = (0.4, 350, 999.4, 999.5, 3_200, 3_250, 9_949, 9_950, 41_000, 59_499, 59_500)
+DURATIONS += (120_000, 125_000, 3_599_400, 3_599_500, 3 * 3_600_000 + 240_000, 86_400_000)
+
+
+async def test_postgresql_writes_durations_in_the_same_words_as_the_page(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        for ms in DURATIONS:
+            words = await conn.fetchval(f"SELECT {ui_queries.duration_sql('$1::float8')}", ms)
+            assert words == view.duration(ms), ms
+        assert await conn.fetchval(f"SELECT {ui_queries.duration_sql('NULL::float8')}") is None
+    finally:
+        await conn.close()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
+from markupsafe import Markup
 
 from scheduler_daemon.operation import ui_auth, ui_pages
 from scheduler_daemon.operation import ui_view as view
@@ -37,6 +38,13 @@ def row(**fields: Any) -> dict[str, Any]:
     [
         (None, ""),
         (0.4, "0 ms"),
+        (999.4, "999 ms"),
+        (999.5, "1.0 s"),
+        (3_250, "3.3 s"),  # half up, as PostgreSQL rounds
+        (9_949, "9.9 s"),
+        (9_950, "10 s"),
+        (59_499, "59 s"),
+        (59_500, "1 min"),
         (350, "350 ms"),
         (3_200, "3.2 s"),
         (41_000, "41 s"),
@@ -49,20 +57,6 @@ def test_durations_read_as_people_say_them(ms: float | None, words: str) -> None
     assert view.duration(ms) == words
 
 
-def test_a_cells_label_says_when_what_how_late_how_long_and_the_exit() -> None:
-    late = row(status="failed", drift_ms=3_200.0, exit_code=1)
-    assert view.label(late) == "2026-11-27 08:00 · failed · 3.2 s late · 41 s · exit 1"
-    retried = row(trigger="manual", attempt=2, duration_ms=350.0, http_status=503)
-    assert (
-        view.label(retried)
-        == "2026-11-27 08:00 · succeeded · manual · attempt 2 · 350 ms · HTTP 503"
-    )
-    missed = row(
-        status="missed", drift_ms=None, duration_ms=None, scheduled_at=AT.replace(second=30)
-    )
-    assert view.label(missed) == "2026-11-27 08:00:30 · missed"
-
-
 def test_only_a_scheduled_fire_over_a_second_late_is_marked_late() -> None:
     assert view.is_late(row(drift_ms=1_001.0))
     assert not view.is_late(row(drift_ms=1_000.0))
@@ -70,59 +64,54 @@ def test_only_a_scheduled_fire_over_a_second_late_is_marked_late() -> None:
     assert not view.is_late(row(drift_ms=None))
 
 
-def test_a_strip_shows_each_fire_once_by_its_newest_attempt_oldest_first() -> None:
-    fire = uuid.uuid4()
-    rows = [  # newest first, as the query returns them
-        row(id=4, status="running"),
-        row(id=3, fire_id=fire, attempt=2, status="succeeded"),
-        row(id=2, fire_id=fire, attempt=1, status="failed"),
-        row(id=1, status="missed"),
-    ]
-    cells = view.cells(rows, 60)
-    assert [(c.id, c.status) for c in cells] == [(1, "missed"), (3, "succeeded"), (4, "running")]
-    assert [c.id for c in view.cells(rows, 2)] == [3, 4]
-
-
-def test_figures_leave_out_running_and_skipped_fires_and_p95_interpolates() -> None:
-    rows = [row(duration_ms=float(ms)) for ms in range(1, 21)]
-    rows += [row(status="failed", duration_ms=None), row(status="skipped"), row(status="running")]
-    rate, p95 = view.figures(rows)
-    assert rate == 20 / 21
-    assert p95 == pytest.approx(19.05)  # percentile_cont(0.95) of 1..20
-    assert view.figures([row(status="skipped")]) == (None, None)
+def test_a_strip_is_a_list_of_links_with_escaped_labels_oldest_first() -> None:
+    found = {
+        "ids": [3, 4],
+        "statuses": ["failed", "succeeded"],
+        "lates": [True, False],
+        "labels": ["08:00 · failed <b>", "09:00 · succeeded"],
+    }
+    html, count = view.strip(found)
+    assert count == 2
+    assert str(html) == (
+        '<ol class="strip">'
+        '<li><a href="/ui/executions/3" data-status="failed" data-late="1" '
+        'aria-label="08:00 · failed &lt;b&gt;" title="08:00 · failed &lt;b&gt;"></a></li>'
+        '<li><a href="/ui/executions/4" data-status="succeeded" '
+        'aria-label="09:00 · succeeded" title="09:00 · succeeded"></a></li></ol>'
+    )
+    assert view.strip(None) == ('<ol class="strip"></ol>', 0)
 
 
 def test_counters_count_failing_late_running_and_paused_rows() -> None:
     board = []
-    for name, state, running, rows in (
-        ("a", "enabled", 0, [row(status="failed")]),
-        ("b", "running", 1, [row(status="running", drift_ms=5_000.0), row()]),
-        (
-            "c",
-            "paused",
-            0,
-            [row(status="skipped", drift_ms=None), row(status="timed_out", drift_ms=2_000.0)],
-        ),
-        ("d", "enabled", 0, [row(status="succeeded"), row(status="failed")]),
+    for name, state, running, found in (
+        ("a", "enabled", 0, {"failing": True, "late": False}),
+        ("b", "running", 1, {"failing": False, "late": True}),
+        ("c", "paused", 0, {"failing": True, "late": True}),
+        ("d", "enabled", 0, {"failing": False, "late": None}),
+        ("e", "enabled", 0, None),
     ):
         board_row = view.BoardRow(
-            name, "", state, "config", [], None, [], None, None, running=running
+            name, "", state, "config", Markup(), 0, None, [], None, None, running=running
         )
-        board_row.flags = view.flags(board_row, rows)
+        board_row.flags = view.flags(board_row, found)
         board.append(board_row)
     assert [sorted(r.flags) for r in board] == [
         ["failing"],
         ["late", "running"],
         ["failing", "late", "paused"],
         [],
+        [],
     ]
     assert view.counters(board) == {"failing": 2, "late": 2, "running": 1, "paused": 1}
 
 
 def test_the_chart_escapes_its_labels_and_draws_both_panels() -> None:
-    rows = [row(id=i, duration_ms=1000.0 * i, drift_ms=float(i)) for i in range(1, 4)]
+    rows = [row(id=i, duration_ms=1000.0 * i, drift_ms=float(i), label="<x>") for i in range(1, 4)]
     svg = str(chart(rows))
     assert svg.count("<polyline") == 2 and svg.count("<circle") == 6
+    assert "<title>&lt;x&gt;</title>" in svg and "<x>" not in svg
     assert "No finished attempts" in str(chart([row(duration_ms=None, drift_ms=None)]))
 
 
