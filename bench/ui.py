@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -140,10 +142,34 @@ async def _inside(daemon: Daemon, requests: int) -> dict[str, float]:
             counters=ui_view.counters(rows), filter=None, strip_size=ui_view.STRIP,
         )  # fmt: skip
         rendered.append(time.perf_counter() - started)
+    if os.environ.get("BENCH_PROFILE"):
+        await _profile(ui)
     return {
         "query": round(statistics.median(queried) * 1000, 1),
         "render": round(statistics.median(rendered) * 1000, 1),
     }
+
+
+async def _profile(ui: Any) -> None:
+    import cProfile
+    import pstats
+
+    from scheduler_daemon.storage import ui_queries
+
+    pool = ui.pool_or_none()
+    names = [j.name for j in ui.api.t.config.jobs]
+    plan = await pool.fetch(
+        "EXPLAIN (ANALYZE, BUFFERS) " + ui_queries.STRIPS, names, 60, ["failed"]
+    )
+    print("\n".join(r[0] for r in plan), file=sys.stderr)
+    started = time.perf_counter()
+    await ui_queries.strips(pool, names, 60)
+    print(f"strips alone: {(time.perf_counter() - started) * 1000:.1f} ms", file=sys.stderr)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    await ui.board_rows()
+    profiler.disable()
+    pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
 
 
 async def _ready(

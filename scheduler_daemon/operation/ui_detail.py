@@ -65,7 +65,7 @@ class Details:
             job=job,
             row=row,
             chart=chart(attempts),
-            next_fires=self.api.t.scheduler.upcoming(job.name, 10),
+            next_fires=self.ui.upcoming(job.name, 10),
             history=[_attempt(r) for r in page],
             wanted=status,
             statuses=STATUSES,

@@ -6,7 +6,8 @@ server. Times are shown in UTC.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -20,6 +21,7 @@ STRIP = 60  # attempts on the board's strips
 LONG_STRIP = 240  # on a job's page
 FILTERS = ("failing", "late", "running", "paused")
 _LATE_ATTR = ' data-late="1"'
+_UNSAFE = re.compile(r"[<>&\"']")
 
 
 @dataclass(slots=True)
@@ -38,20 +40,32 @@ class BoardRow:
     flags: set[str] = field(default_factory=set)
 
 
-def strip(found: Row | None, cls: str = "strip") -> tuple[Markup, int]:
-    """A strip's HTML and cell count, from a row of ui_queries.strips (None: no history).
-    Built here rather than in a template: the board's 60,000 cells in one join."""
+StripKey = tuple[tuple[int, ...], tuple[str, ...]]
+
+
+def strip_key(found: Row) -> StripKey:
+    """What a strip's HTML depends on: its attempts and their statuses (an attempt's other
+    columns are written with its status: at its start, at its end)."""
+    return tuple(found["ids"]), tuple(found["statuses"])
+
+
+def strip(found: Row | None, labels: Mapping[int, str], cls: str = "strip") -> tuple[Markup, int]:
+    """A strip's HTML and cell count, oldest first, from a row of ui_queries.strips (arrays
+    newest first; None: no history) and its cells' words. Built here rather than in a
+    template: the board's 60,000 cells in one join. Labels and statuses are PostgreSQL's own
+    words (digits, status and trigger names, a CHECK list), so they are escaped only if one ever
+    holds a character HTML would read."""
     if found is None:
         return Markup(f'<ol class="{cls}"></ol>'), 0
+    ids, statuses = found["ids"][::-1], found["statuses"][::-1]
+    texts = [labels.get(i, "") for i in ids]
+    if _UNSAFE.search("".join(statuses)) or _UNSAFE.search("".join(texts)):
+        statuses, texts = [escape(s) for s in statuses], [escape(t) for t in texts]
     cells = [
-        f'<li><a href="/ui/executions/{ident}" data-status="{escape(status)}"'
+        f'<li><a href="/ui/executions/{ident:d}" data-status="{status}"'
         f'{_LATE_ATTR if late else ""} aria-label="{text}" title="{text}"></a></li>'
         for ident, status, late, text in zip(
-            found["ids"],
-            found["statuses"],
-            found["lates"],
-            map(escape, found["labels"]),
-            strict=True,
+            ids, statuses, found["lates"][::-1], texts, strict=True
         )
     ]
     return Markup(f'<ol class="{cls}">{"".join(cells)}</ol>'), len(cells)

@@ -2,8 +2,9 @@
 
 Every job's strip comes from one statement (a LATERAL join: for each name, the newest rows of
 executions_job_scheduled_idx), never a query per job; PostgreSQL also writes each cell's words
-(LABEL) and the row's figures, so that the board of 1,000 jobs x 60 fires costs the daemon one
-result of 1,000 rows of arrays rather than 60,000 rows to decode and format.
+(LABEL) and the row's figures. The board of 1,000 jobs x 60 fires costs the daemon one result
+of 1,000 rows of arrays rather than 60,000 rows to decode; the cells' words, the costly part,
+are asked for (labels) only for the strips that changed since the page last drew them.
 """
 
 from __future__ import annotations
@@ -59,38 +60,40 @@ CELL_COLUMNS = (
 )
 
 
+# Arrays come newest first: the order the rows reach the aggregates in (one sort, the index's,
+# rather than one per ORDER BY inside each aggregate).
+STRIPS = f"""SELECT j.name AS job_name, s.*
+    FROM unnest($1::text[]) AS j(name)
+    CROSS JOIN LATERAL (
+      SELECT array_agg(id) AS ids, array_agg(status) AS statuses, array_agg(late) AS lates,
+             max(started_at) AS last_run,
+             (count(*) FILTER (WHERE status = 'succeeded'))::float8
+               / NULLIF(count(*) FILTER (WHERE {FINAL}), 0) AS success_rate,
+             percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)
+               FILTER (WHERE {FINAL}) AS p95_ms,
+             (array_agg(status = ANY($3::text[])) FILTER (WHERE {FINAL}))[1] AS failing,
+             (array_agg(late) FILTER (WHERE trigger = 'schedule' AND drift_ms IS NOT NULL))[1]
+               AS late
+      FROM (SELECT *, {LATE} AS late
+            FROM (SELECT *, fire_id IS DISTINCT FROM lag(fire_id) OVER (
+                               ORDER BY scheduled_at DESC, fire_id, attempt DESC) AS shown
+                  FROM (SELECT {CELL_COLUMNS} FROM executions
+                        WHERE job_name = j.name
+                        ORDER BY scheduled_at DESC, fire_id, attempt DESC
+                        LIMIT $2) AS newest) AS attempts
+            WHERE shown) AS fires
+      HAVING count(*) > 0) AS s"""
+
+
 async def strips(db: Db, jobs: Sequence[str], per_job: int) -> list[asyncpg.Record]:
     """For each job in ``jobs`` that has history, one row: its newest ``per_job`` attempts as
-    fires (a retried fire once, by its newest attempt), oldest first, in arrays (``ids``,
-    ``statuses``, ``lates``, ``labels``); and over those fires: ``last_run`` (the newest start),
+    fires (a retried fire once, by its newest attempt), newest first, in arrays (``ids``,
+    ``statuses``, ``lates``); and over those fires: ``last_run`` (the newest start),
     ``success_rate`` and ``p95_ms`` (of finished fires, skipped ones apart), ``failing`` (the
     newest finished fire failed) and ``late`` (the newest scheduled fire to start was late)."""
     return list(
         await db.fetch(
-            f"""SELECT j.name AS job_name, s.*
-                FROM unnest($1::text[]) AS j(name)
-                CROSS JOIN LATERAL (
-                  SELECT array_agg(id ORDER BY scheduled_at, attempt) AS ids,
-                         array_agg(status ORDER BY scheduled_at, attempt) AS statuses,
-                         array_agg(late ORDER BY scheduled_at, attempt) AS lates,
-                         array_agg(label ORDER BY scheduled_at, attempt) AS labels,
-                         max(started_at) AS last_run,
-                         (count(*) FILTER (WHERE status = 'succeeded'))::float8
-                           / NULLIF(count(*) FILTER (WHERE {FINAL}), 0) AS success_rate,
-                         percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)
-                           FILTER (WHERE {FINAL}) AS p95_ms,
-                         (array_agg(status = ANY($3::text[]) ORDER BY scheduled_at DESC)
-                           FILTER (WHERE {FINAL}))[1] AS failing,
-                         (array_agg(late ORDER BY scheduled_at DESC)
-                           FILTER (WHERE trigger = 'schedule' AND drift_ms IS NOT NULL))[1]
-                           AS late
-                  FROM (SELECT DISTINCT ON (fire_id) *, {LATE} AS late, {LABEL} AS label
-                        FROM (SELECT {CELL_COLUMNS} FROM executions
-                              WHERE job_name = j.name
-                              ORDER BY scheduled_at DESC, attempt DESC
-                              LIMIT $2) AS newest
-                        ORDER BY fire_id, attempt DESC) AS fires
-                  HAVING count(*) > 0) AS s""",
+            STRIPS,
             list(jobs),
             per_job,
             list(FAILED),
@@ -142,8 +145,8 @@ async def failures(db: Db, limit: int) -> list[asyncpg.Record]:
     )
 
 
-async def labelled(db: Db, ids: Sequence[int]) -> dict[int, str]:
-    """The labels of some attempts, by id."""
+async def labels(db: Db, ids: Sequence[int]) -> dict[int, str]:
+    """The cells' words (LABEL) of some attempts, by id."""
     rows = await db.fetch(
         f"SELECT id, {LABEL} AS label FROM executions WHERE id = ANY($1::bigint[])", list(ids)
     )

@@ -407,3 +407,27 @@ async def test_postgresql_writes_durations_in_the_same_words_as_the_page(databas
         assert await conn.fetchval(f"SELECT {ui_queries.duration_sql('NULL::float8')}") is None
     finally:
         await conn.close()
+
+
+async def test_a_strip_is_drawn_again_when_an_attempt_is_written_or_finishes(
+    browser: aiohttp.ClientSession, database_url: str
+) -> None:
+    await login(browser)
+    _, html = await page(browser, "/ui/")  # the strips drawn once, and kept
+    assert [s for s, _ in cells(html, "report")] == ["succeeded"]
+    fire = uuid.uuid4()
+    conn = await asyncpg.connect(database_url)
+    try:
+        started = record("report", NOW, Status.RUNNING, fire_id=fire, duration_ms=0.0)
+        await store.write_executions(conn, [started], events=False)
+        _, html = await page(browser, "/ui/")
+        assert [s for s, _ in cells(html, "report")] == ["succeeded", "running"]
+        done = record("report", NOW, Status.FAILED, fire_id=fire, duration_ms=2_000.0, exit_code=2)
+        await store.write_executions(conn, [done], events=False)
+    finally:
+        await conn.close()
+    _, html = await page(browser, "/ui/")
+    assert cells(html, "report")[-1] == (
+        "failed",
+        f"{NOW:%Y-%m-%d %H:%M} · failed · 2.0 s · exit 2",
+    )

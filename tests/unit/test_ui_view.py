@@ -65,13 +65,13 @@ def test_only_a_scheduled_fire_over_a_second_late_is_marked_late() -> None:
 
 
 def test_a_strip_is_a_list_of_links_with_escaped_labels_oldest_first() -> None:
-    found = {
-        "ids": [3, 4],
-        "statuses": ["failed", "succeeded"],
-        "lates": [True, False],
-        "labels": ["08:00 · failed <b>", "09:00 · succeeded"],
+    found = {  # newest first, as ui_queries.strips returns them
+        "ids": [4, 3],
+        "statuses": ["succeeded", "failed"],
+        "lates": [False, True],
     }
-    html, count = view.strip(found)
+    labels = {3: "08:00 · failed <b>", 4: "09:00 · succeeded"}
+    html, count = view.strip(found, labels)
     assert count == 2
     assert str(html) == (
         '<ol class="strip">'
@@ -80,7 +80,7 @@ def test_a_strip_is_a_list_of_links_with_escaped_labels_oldest_first() -> None:
         '<li><a href="/ui/executions/4" data-status="succeeded" '
         'aria-label="09:00 · succeeded" title="09:00 · succeeded"></a></li></ol>'
     )
-    assert view.strip(None) == ('<ol class="strip"></ol>', 0)
+    assert view.strip(None, {}) == ('<ol class="strip"></ol>', 0)
 
 
 def test_counters_count_failing_late_running_and_paused_rows() -> None:
