@@ -431,3 +431,32 @@ async def test_a_strip_is_drawn_again_when_an_attempt_is_written_or_finishes(
         "failed",
         f"{NOW:%Y-%m-%d %H:%M} · failed · 2.0 s · exit 2",
     )
+
+
+# -- without a token -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("open_reads", [True, False])
+async def test_without_a_token_the_page_follows_the_apis_reads_and_has_no_buttons(
+    database_url: str, tmp_path: Path, open_reads: bool
+) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    config = tmp_path / "config.yaml"
+    admin = f'admin: {{listen: "{listen}", open_reads: {str(open_reads).lower()}}}'
+    text = CONFIG.format(dsn=database_url, listen=listen)
+    config.write_text(text.replace(text.splitlines()[2], admin))
+    async with (
+        running_daemon(config, f"http://{listen}", jobs=4) as running,
+        aiohttp.ClientSession(base_url=running.base) as client,
+    ):
+        status, html = await page(client, "/ui/jobs/report")
+        api_status, _ = await running.call("GET", "/jobs", auth=False)
+        assert (status == 200) == (api_status == 200) == open_reads
+        if open_reads:
+            assert 'id="trigger-form"' not in html and 'id="pause-form"' not in html
+        else:
+            assert 'data-code="unauthorized"' in html
+        async with client.post("/ui/jobs/report/pause", data={"csrf": "x"}) as response:
+            assert response.status == (403 if open_reads else 401)
+        async with client.post("/ui/login", data={"token": "anything"}) as response:
+            assert response.status == 403
