@@ -208,39 +208,56 @@ class Ui:
         t = self.api.t
         jobs = [j for j in t.config.jobs if names is None or j.name in names]
         found: dict[str, asyncpg.Record] = {}
+        drawn: dict[str, tuple[Markup, int]] = {}
         pool = self.pool_or_none()
         if pool is not None and jobs:
             rows = await ui_queries.strips(pool, [j.name for j in jobs], per_job)
             found = {row["job_name"]: row for row in rows}
-            await self._draw_strips(pool, found.values(), cls)
+            drawn = await self._draw_strips(pool, found.values(), per_job, cls)
         paused = t.paused()
-        return [self._row(job, found.get(job.name), job.name in paused, cls) for job in jobs]
+        empty = view.strip(None, {}, cls)
+        return [
+            self._row(job, found.get(job.name), drawn.get(job.name, empty), job.name in paused)
+            for job in jobs
+        ]
 
     async def _draw_strips(
-        self, pool: asyncpg.Pool, found: Iterable[asyncpg.Record], cls: str
-    ) -> None:
-        """Draw the strips that changed (their HTML kept by job until it changes again)."""
-        stale = [
-            r
-            for r in found
-            if self._strips.get((r["job_name"], cls), (None,))[0] != view.strip_key(r)
-        ]
+        self, pool: asyncpg.Pool, found: Iterable[asyncpg.Record], per_job: int, cls: str
+    ) -> dict[str, tuple[Markup, int]]:
+        """Draw the strips that changed; their HTML is kept by job until it changes again."""
+        drawn: dict[str, tuple[Markup, int]] = {}
+        stale = []
+        for row in found:
+            kept = self._strips.get((row["job_name"], cls))
+            if kept is not None and kept[0] == view.strip_key(row):
+                drawn[row["job_name"]] = kept[1:]
+            else:
+                stale.append(row)
         if not stale:
-            return
-        labels = await ui_queries.labels(pool, [i for r in stale for i in r["ids"]])
+            return drawn
+        labels = await ui_queries.labels(pool, [r["job_name"] for r in stale], per_job)
         if len(self._strips) > 2 * len(self.api.t.config.jobs) + 100:
             self._strips.clear()  # removed jobs' strips
-        for r in stale:
-            html, count = view.strip(r, labels, cls)
-            self._strips[(r["job_name"], cls)] = (view.strip_key(r), html, count)
+        for row in stale:
+            drawn[row["job_name"]] = view.strip(row, labels, cls)
+            # An attempt written between the two queries has no words yet: drawn, not kept.
+            if all(i in labels for i in row["ids"]):
+                self._strips[(row["job_name"], cls)] = (
+                    view.strip_key(row),
+                    *drawn[row["job_name"]],
+                )
+        return drawn
 
     def _row(
-        self, job: JobSpec, found: asyncpg.Record | None, paused: bool, cls: str
+        self,
+        job: JobSpec,
+        found: asyncpg.Record | None,
+        drawn: tuple[Markup, int],
+        paused: bool,
     ) -> view.BoardRow:
         t = self.api.t
         running = len(t.running(job.name))
-        drawn = self._strips.get((job.name, cls)) if found is not None else None
-        strip, fires = (drawn[1], drawn[2]) if drawn else view.strip(None, {}, cls)
+        strip, fires = drawn
         row = view.BoardRow(
             name=job.name,
             schedule=self.words(job),

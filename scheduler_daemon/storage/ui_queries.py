@@ -145,10 +145,17 @@ async def failures(db: Db, limit: int) -> list[asyncpg.Record]:
     )
 
 
-async def labels(db: Db, ids: Sequence[int]) -> dict[int, str]:
-    """The cells' words (LABEL) of some attempts, by id."""
+async def labels(db: Db, jobs: Sequence[str], per_job: int) -> dict[int, str]:
+    """The cells' words (LABEL) of the newest ``per_job`` attempts of each job in ``jobs``, by
+    attempt id (the rows strips reads, found the same way: by job, on the index)."""
     rows = await db.fetch(
-        f"SELECT id, {LABEL} AS label FROM executions WHERE id = ANY($1::bigint[])", list(ids)
+        f"""SELECT e.id, e.label FROM unnest($1::text[]) AS j(name)
+            CROSS JOIN LATERAL (SELECT id, {LABEL} AS label FROM executions
+                                WHERE job_name = j.name
+                                ORDER BY scheduled_at DESC, fire_id, attempt DESC
+                                LIMIT $2) AS e""",
+        list(jobs),
+        per_job,
     )
     return {r["id"]: r["label"] for r in rows}
 
