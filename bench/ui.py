@@ -142,7 +142,7 @@ async def _inside(daemon: Daemon, requests: int) -> dict[str, float]:
         started = time.perf_counter()
         template.render(
             visitor=None, csrf=None, path="/ui/", rows=rows, total=len(rows),
-            counters=ui_view.counters(rows), filter=None, strip_size=ui_view.STRIP,
+            counters=ui_view.counters(rows), filter=None, row_html=ui.row_html,
         )  # fmt: skip
         rendered.append(time.perf_counter() - started)
     if os.environ.get("BENCH_PROFILE"):
@@ -174,7 +174,7 @@ async def _profile(ui: Any) -> None:
     profiler.enable()
     ui.env.get_template("board.html").render(
         visitor=None, csrf=None, path="/ui/", rows=rows, total=len(rows),
-        counters=ui_view.counters(rows), filter=None, strip_size=ui_view.STRIP,
+        counters=ui_view.counters(rows), filter=None, row_html=ui.row_html,
     )  # fmt: skip
     profiler.disable()
     pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(20)

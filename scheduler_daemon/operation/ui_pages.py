@@ -77,6 +77,7 @@ class Ui:
         self.env = environment()
         self._words: dict[tuple[str, int], str] = {}  # schedule in words, by job and spec
         self._strips: dict[tuple[str, str], tuple[view.StripKey, Markup, int]] = {}
+        self._rows: dict[str, tuple[tuple[Any, ...], Markup]] = {}
         self._upcoming: dict[str, tuple[tuple[datetime | None, int], list[datetime]]] = {}
 
     # -- rendering ---------------------------------------------------------------------------
@@ -197,7 +198,7 @@ class Ui:
             total=len(rows),
             counters=view.counters(rows),
             filter=wanted,
-            strip_size=view.STRIP,
+            row_html=self.row_html,
         )
 
     async def board_rows(
@@ -273,6 +274,22 @@ class Ui:
         )
         row.flags = view.flags(row, found)
         return row
+
+    def row_html(self, row: view.BoardRow) -> Markup:
+        """A board row's HTML (templates/_row.html), kept by job until something in it
+        changes: the board between fires is mostly the same 1,000 rows."""
+        key = (
+            row.schedule, row.state, row.source, row.strip, row.last_run, row.next_fires,
+            row.success_rate, row.p95_ms,
+        )  # fmt: skip
+        kept = self._rows.get(row.name)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        if len(self._rows) > 2 * len(self.api.t.config.jobs) + 100:
+            self._rows.clear()  # removed jobs' rows
+        html = Markup(self.env.get_template("_row.html").module.board_row(row))  # type: ignore[attr-defined]
+        self._rows[row.name] = (key, html)
+        return html
 
     def upcoming(self, name: str, count: int) -> list[datetime]:
         """The job's next ``count`` fires, worked out again only once its next fire has moved
