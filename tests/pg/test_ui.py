@@ -460,3 +460,38 @@ async def test_without_a_token_the_page_follows_the_apis_reads_and_has_no_button
             assert response.status == (403 if open_reads else 401)
         async with client.post("/ui/login", data={"token": "anything"}) as response:
             assert response.status == 403
+
+
+async def test_the_run_page_shows_the_result_escaped_and_the_fires_of_a_chain(
+    browser: aiohttp.ClientSession, database_url: str
+) -> None:
+    await login(browser)
+    parent = record("report", NOW - timedelta(minutes=5), Status.SUCCEEDED, result='{"a": "<b>"}')
+    child = record(
+        "flaky",
+        NOW - timedelta(minutes=4),
+        Status.FAILED,
+        trigger=FireKind.CHAIN,
+        parent_fire_id=parent.fire_id,
+        error="boom",
+    )
+    conn = await asyncpg.connect(database_url)
+    try:
+        await store.write_executions(conn, [parent, child], events=False)
+        ids = {
+            r["fire_id"]: r["id"]
+            for r in await conn.fetch(
+                "SELECT id, fire_id FROM executions WHERE fire_id = ANY($1::uuid[])",
+                [parent.fire_id, child.fire_id],
+            )
+        }
+        parent_id, child_id = ids[parent.fire_id], ids[child.fire_id]
+    finally:
+        await conn.close()
+    _, html = await page(browser, f"/ui/executions/{parent_id}")
+    assert '<pre class="output" id="result">{\n  &#34;a&#34;: &#34;&lt;b&gt;&#34;\n}</pre>' in html
+    assert re.search(rf'id="children"><li><a href="/ui/executions/{child_id}">flaky</a>', html)
+    async with browser.get(f"/ui/executions/{parent_id}/result") as response:
+        assert await response.json() == {"a": "<b>"}
+    _, html = await page(browser, f"/ui/executions/{child_id}")
+    assert re.search(rf'id="parents"><li><a href="/ui/executions/{parent_id}">report</a>', html)
