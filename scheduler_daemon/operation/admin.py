@@ -23,6 +23,7 @@ from scheduler_daemon.operation import api_models as m
 from scheduler_daemon.operation import job_handlers as jobs
 from scheduler_daemon.operation import result_handlers as results
 from scheduler_daemon.operation import run_handlers as runs
+from scheduler_daemon.operation import ui_routes
 from scheduler_daemon.operation.api_handlers import Api, Controlled
 from scheduler_daemon.operation.api_models import ApiError, Error
 from scheduler_daemon.operation.openapi import API_KEY_HEADER, Reply, Route, document
@@ -59,7 +60,13 @@ def build_app(target: Controlled) -> web.Application:
             app.router.add_get(route.path, handler)  # and HEAD
         else:
             app.router.add_route(route.method, route.path, handler)
+    app.add_subapp(ui_routes.PREFIX, ui_routes.build(api, _token_given))
+    app.router.add_get(ui_routes.PREFIX, _to_ui)
     return app
+
+
+async def _to_ui(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently(f"{ui_routes.PREFIX}/")
 
 
 def _endpoint(api: Api, route: Route) -> Handler:
@@ -127,8 +134,8 @@ def _host_name(header: str) -> str:
 def _auth(target: Controlled) -> Middleware:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
-            return await handler(request)
+        if request.path in OPEN_PATHS or _is_ui(request.path):
+            return await handler(request)  # the status page lets in on its own (ui_auth.py)
         settings = target.config.admin
         token = settings.token if settings else None
         if token is None:
@@ -157,6 +164,10 @@ def _auth(target: Controlled) -> Middleware:
         return await handler(request)
 
     return auth
+
+
+def _is_ui(path: str) -> bool:
+    return path == ui_routes.PREFIX or path.startswith(f"{ui_routes.PREFIX}/")
 
 
 def _token_given(request: web.Request, token: str) -> bool:

@@ -261,6 +261,18 @@ class Api:
     async def trigger(self, request: web.Request, query: m.Query) -> web.Response:
         job = self._job(request)
         overrides = overrides_of(job, await body_of(request))
+        fire = self.start(job, overrides)
+        body = m.Triggered(
+            fire_id=fire.fire_id,
+            job=job.name,
+            trigger=FireKind.MANUAL,
+            scheduled_at=fire.scheduled_at,
+            executions=f"/executions?fire_id={fire.fire_id}",
+        )
+        return reply(body, status=202)
+
+    def start(self, job: JobSpec, overrides: dict[str, Any] | None) -> Fire:
+        """Run ``job`` now (trigger = manual): the API's trigger and the status page's button."""
         fire = self.t.trigger(job, overrides)
         if fire is None:
             raise ApiError(
@@ -272,14 +284,7 @@ class Api:
         log.info(
             "manual_trigger", job=job.name, fire_id=str(fire.fire_id), overrides=bool(overrides)
         )
-        body = m.Triggered(
-            fire_id=fire.fire_id,
-            job=job.name,
-            trigger=FireKind.MANUAL,
-            scheduled_at=fire.scheduled_at,
-            executions=f"/executions?fire_id={fire.fire_id}",
-        )
-        return reply(body, status=202)
+        return fire
 
     async def pause(self, request: web.Request, query: m.Query) -> web.Response:
         return await self._set_paused(request, True)
@@ -289,14 +294,18 @@ class Api:
 
     async def _set_paused(self, request: web.Request, paused: bool) -> web.Response:
         job = self._job(request)
+        paused_at = await self.change_pause(job, paused)
+        return reply(m.PauseState(job=job.name, paused=paused_at is not None, paused_at=paused_at))
+
+    async def change_pause(self, job: JobSpec, paused: bool) -> datetime | None:
+        """Pause or resume ``job`` (persisted); its pause time, or None once resumed."""
         self.pool()  # refused up front while the database is away: a pause must persist
         try:
-            paused_at = await self.t.set_paused(job.name, paused)
+            return await self.t.set_paused(job.name, paused)
         except LookupError:
             raise ApiError(
                 503, "not_synced", f"job {job.name!r} is not in the database yet; try again"
             ) from None
-        return reply(m.PauseState(job=job.name, paused=paused_at is not None, paused_at=paused_at))
 
     # -- one-off runs ----------------------------------------------------------------------------
 
@@ -341,7 +350,9 @@ class Api:
         return _run(run, self.t.api_jobs.rules)
 
     def _job(self, request: web.Request) -> JobSpec:
-        name = request.match_info["name"]
+        return self.job_named(request.match_info["name"])
+
+    def job_named(self, name: str) -> JobSpec:
         job = self.t.config.job(name)
         if job is None:
             raise ApiError(404, "unknown_job", f"no job named {name!r} is configured")
