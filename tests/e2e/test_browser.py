@@ -187,6 +187,38 @@ def _rgb(colours: set[str]) -> tuple[int, ...]:
     return tuple(int(float(v)) for v in text[text.index("(") + 1 : -1].split(",")[:3])
 
 
+async def test_a_failing_job_is_in_the_failures_view_with_its_error(
+    page: Watched, api: Running
+) -> None:
+    await _seed(api)
+    await _login(page)
+    await page.open("/ui/failures")
+    body = page.page.locator("main")
+    assert "the ledger is locked" in await body.inner_text()
+    entry = page.page.locator('[data-job="explode"]').first
+    assert "ValueError: the ledger is locked" in await entry.inner_text()
+    assert await page.page.locator('[data-job="greet"]').count() == 0
+
+
+async def test_trigger_runs_the_job_and_its_cell_appears_live(page: Watched, api: Running) -> None:
+    await _login(page)
+    await page.open("/ui/")
+    board = page.page
+    await board.wait_for_function("document.getElementById('live-status').textContent == 'live'")
+    before = await board.locator('#board tr[data-job="shell"] [data-status]').count()
+    # The job's page has the button; the board (another tab) updates without a reload.
+    job = Watched(await board.context.new_page(), api.base)
+    await job.open("/ui/jobs/shell")
+    await job.page.click("#trigger-form button[type=submit]")
+    await job.page.wait_for_load_state()
+    cell = board.locator('#board tr[data-job="shell"] [data-status="succeeded"]')
+    await cell.nth(before).wait_for()
+    assert await board.locator('#board tr[data-job="shell"] [data-status]').count() == before + 1
+    href = await cell.nth(before).get_attribute("href")
+    assert href is not None and href.startswith("/ui/executions/")
+    assert job.errors == []
+
+
 async def test_a_running_attempt_shows_live_and_pausing_live_updates_stops_them(
     page: Watched, api: Running
 ) -> None:
@@ -221,6 +253,24 @@ async def _finished(api: Running, fire_id: str) -> bool:
     return any(r["status"] == "succeeded" for r in page["executions"])
 
 
+async def test_pause_and_resume_change_the_jobs_state(page: Watched, api: Running) -> None:
+    await _login(page)
+    await page.open("/ui/jobs/greet")
+    await page.page.click("#pause-form button[type=submit]")
+    await page.page.wait_for_load_state()
+    await page.open("/ui/")
+    row = page.page.locator('#board tr[data-job="greet"]')
+    assert await row.get_attribute("data-state") == "paused"
+    assert await page.page.locator("#filter-paused b").inner_text() == "1"
+    status, job = await api.call("GET", "/jobs/greet")
+    assert status == 200 and job["paused"] is True
+    await page.open("/ui/jobs/greet")
+    await page.page.click("#resume-form button[type=submit]")
+    await page.page.wait_for_load_state()
+    status, job = await api.call("GET", "/jobs/greet")
+    assert job["paused"] is False
+
+
 async def test_the_login_form_refuses_a_wrong_token(page: Watched, api: Running) -> None:
     response = await page.page.goto(api.base + "/ui/")
     assert response is not None
@@ -234,3 +284,15 @@ async def test_the_login_form_refuses_a_wrong_token(page: Watched, api: Running)
     assert cookies == []
     # A wrong login is answered 401 or so: the browser logs the failed response as an error.
     page.errors[:] = [e for e in page.errors if "401" not in e and "403" not in e]
+
+
+async def test_pages_open_without_console_errors(page: Watched, api: Running) -> None:
+    await _seed(api)
+    await _login(page)
+    pool = api.daemon.recorder.pool
+    assert pool is not None
+    execution = await pool.fetchval("SELECT id FROM executions WHERE job_name = 'explode' LIMIT 1")
+    for path in ("/ui/", "/ui/failures", "/ui/jobs/explode", f"/ui/executions/{execution}"):
+        await page.open(path)
+        await page.page.wait_for_load_state()
+        assert page.errors == [], path

@@ -4,7 +4,6 @@
 // happened meanwhile is not replayed).
 "use strict";
 (function () {
-  var FAILED = { failed: 1, timed_out: 1, missed: 1, abandoned: 1 };
   var KEY = "scheduler_daemon.live";
   var source = null;
   var button = null;
@@ -55,10 +54,21 @@
     return parts.join(" · ");
   }
 
-  function rows(job) {
-    return Array.prototype.filter.call(document.querySelectorAll("[data-job]"), function (el) {
-      return el.getAttribute("data-job") === job;
+  // Where a job shows: its board row (strip, state badge, last run), or the job page's strip
+  // and state badge. Other pages (failures, a run) have nothing to update.
+  function places(job) {
+    var out = [];
+    document.querySelectorAll("#board tr[data-job]").forEach(function (row) {
+      if (row.getAttribute("data-job") === job) {
+        out.push({ scope: row, holder: row, badge: row.querySelector("[data-field=state]") });
+      }
     });
+    var strip = document.getElementById("job-strip");
+    var badge = document.getElementById("job-state");
+    if (strip && strip.getAttribute("data-job") === job) {
+      out.push({ scope: strip, holder: badge, badge: badge });
+    }
+    return out;
   }
 
   function counter(name, delta) {
@@ -70,13 +80,17 @@
     if (figure) figure.textContent = String(n);
   }
 
-  function setState(row, state) {
-    var badge = row.querySelector("[data-field=state]");
-    var before = row.getAttribute("data-state");
-    if (before === state || !badge) return;
-    if (before === "running") counter("running", -1);
-    if (state === "running") counter("running", 1);
-    row.setAttribute("data-state", state);
+  function setState(place, state) {
+    var holder = place.holder, badge = place.badge;
+    if (!holder || !badge) return;
+    var before = holder.getAttribute("data-state");
+    if (before === state) return;
+    if (place.scope === holder) {  // a board row: the counters count rows
+      if (before === "running") counter("running", -1);
+      if (state === "running") counter("running", 1);
+    }
+    holder.setAttribute("data-state", state);
+    badge.setAttribute("data-state", state);
     badge.textContent = state;
     badge.className = badge.className.replace(/\bstate-\S+/, "state-" + state);
   }
@@ -97,8 +111,8 @@
   }
 
   function show(e) {
-    rows(e.job).forEach(function (row) {
-      row.querySelectorAll("ol.strip, ol.strip-long, ol[data-strip]").forEach(function (strip) {
+    places(e.job).forEach(function (place) {
+      place.scope.querySelectorAll("ol.strip, ol.strip-long").forEach(function (strip) {
         var link = cell(strip, e);
         link.setAttribute("data-status", e.status);
         if (late(e)) link.setAttribute("data-late", "1"); else link.removeAttribute("data-late");
@@ -106,16 +120,15 @@
         link.setAttribute("title", label(e));
         if (e.id) link.setAttribute("href", "/ui/executions/" + e.id);
       });
-      var running = row.querySelector('[data-status="running"]') !== null;
-      if (e.status === "running" || running) {
-        if (row.getAttribute("data-state") !== "running") {
-          row.setAttribute("data-was", row.getAttribute("data-state") || "enabled");
-        }
-        setState(row, "running");
-      } else if (row.getAttribute("data-state") === "running") {
-        setState(row, row.getAttribute("data-was") || "enabled");
+      var holder = place.holder;
+      var current = holder ? holder.getAttribute("data-state") : null;
+      if (place.scope.querySelector('[data-status="running"]') !== null) {
+        if (holder && current !== "running") holder.setAttribute("data-was", current || "enabled");
+        setState(place, "running");
+      } else if (current === "running") {
+        setState(place, holder.getAttribute("data-was") || "enabled");
       }
-      var last = row.querySelector("[data-field=last-run]");
+      var last = place.scope.querySelector("[data-field=last-run]");
       if (last && e.started_at) {
         last.textContent = "";
         var time = document.createElement("time");
@@ -123,8 +136,6 @@
         time.textContent = stamp(e.started_at);
         last.appendChild(time);
       }
-      if (e.status in FAILED) row.setAttribute("data-failing", "1");
-      else if (e.status === "succeeded") row.removeAttribute("data-failing");
     });
   }
 
@@ -191,5 +202,5 @@
     window.addEventListener("pagehide", function () { if (source) source.close(); });
   }
 
-  if (document.querySelector("[data-job]") || document.getElementById("board")) start();
+  if (document.getElementById("board") || document.getElementById("job-strip")) start();
 })();
