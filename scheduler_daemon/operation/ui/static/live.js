@@ -145,15 +145,17 @@
     };
   }
 
-  function status(text) {
+  function status(text, state) {
     var el = document.getElementById("live-status");
     if (el) el.textContent = text;
+    var box = document.getElementById("live");
+    if (box) box.setAttribute("data-state", state || text);
   }
 
   function connect() {
     source = new EventSource("/ui/events");
     source.addEventListener("open", function () { status("live"); });
-    source.addEventListener("error", function () { status("reconnecting…"); });
+    source.addEventListener("error", function () { status("reconnecting…", "reconnecting"); });
     source.addEventListener("started", handler(show));
     source.addEventListener("finished", handler(show));
     source.addEventListener("resync", function () { window.location.reload(); });
@@ -174,6 +176,10 @@
   }
 
   function start() {
+    var style = document.createElement("link");
+    style.rel = "stylesheet";
+    style.href = "/ui/static/live.css";
+    document.head.appendChild(style);
     var header = document.querySelector("header.top") || document.body;
     var box = document.createElement("span");
     box.className = "live";
@@ -196,7 +202,7 @@
     } else {
       button.textContent = "Pause live updates";
       button.setAttribute("aria-pressed", "false");
-      status("connecting…");
+      status("connecting…", "connecting");
       connect();
     }
     window.addEventListener("pagehide", function () { if (source) source.close(); });
