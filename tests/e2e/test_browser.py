@@ -222,35 +222,50 @@ async def test_trigger_runs_the_job_and_its_cell_appears_live(page: Watched, api
 async def test_a_running_attempt_shows_live_and_pausing_live_updates_stops_them(
     page: Watched, api: Running
 ) -> None:
-    hold = f"browser-{uuid.uuid4()}"
+    # An attempt already running when the page loads: its server-drawn cell turns green.
+    early = f"browser-{uuid.uuid4()}"
+    status, fired = await api.call("POST", "/jobs/greet/trigger", json={"args": {"hold": early}})
+    assert status == 202
+    await wait_until(lambda: _has_status(api, fired["fire_id"], "running"))
     await _login(page)
     await page.open("/ui/")
     board = page.page
     await board.wait_for_function("document.getElementById('live-status').textContent == 'live'")
+    row = board.locator('#board tr[data-job="greet"]')
+    cells = row.locator("[data-status]")
+    assert await cells.evaluate_all("cs => cs.map(c => c.dataset.status)") == ["running"]
+    assert await row.get_attribute("data-state") == "running"
+    e2e_jobs.HELD.setdefault(early, asyncio.Event()).set()
+    await row.locator('[data-status="succeeded"]').wait_for()
+    assert await cells.count() == 1  # the same fire's cell, not another one
+    assert await row.get_attribute("data-state") == "enabled"
+    assert await board.locator("#filter-running b").inner_text() == "0"
+    # One that starts while the page is open: a new cell, running, then its outcome.
+    hold = f"browser-{uuid.uuid4()}"
     status, _ = await api.call("POST", "/jobs/greet/trigger", json={"args": {"hold": hold}})
     assert status == 202
-    row = board.locator('#board tr[data-job="greet"]')
     await row.locator('[data-status="running"]').wait_for()
     assert await row.get_attribute("data-state") == "running"
     assert await board.locator("#filter-running b").inner_text() == "1"
     e2e_jobs.HELD.setdefault(hold, asyncio.Event()).set()
-    await row.locator('[data-status="succeeded"]').wait_for()
+    await row.locator('[data-status="succeeded"]').nth(1).wait_for()
+    assert await cells.count() == 2
     assert await row.get_attribute("data-state") == "enabled"
     # Paused: a finish is not shown until the page is resumed (which reloads it).
     await board.click("#live-toggle")
     assert await board.locator("#live-status").inner_text() == "paused"
     status, fired = await api.call("POST", "/jobs/shell/trigger")
     assert status == 202
-    await wait_until(lambda: _finished(api, fired["fire_id"]))
+    await wait_until(lambda: _has_status(api, fired["fire_id"], "succeeded"))
     assert await board.locator('#board tr[data-job="shell"] [data-status]').count() == 0
     await board.click("#live-toggle")
     await board.wait_for_load_state()
     await board.locator('#board tr[data-job="shell"] [data-status="succeeded"]').wait_for()
 
 
-async def _finished(api: Running, fire_id: str) -> bool:
+async def _has_status(api: Running, fire_id: str, status: str) -> bool:
     _, page = await api.call("GET", f"/executions?fire_id={fire_id}")
-    return any(r["status"] == "succeeded" for r in page["executions"])
+    return any(r["status"] == status for r in page["executions"])
 
 
 async def test_pause_and_resume_change_the_jobs_state(page: Watched, api: Running) -> None:

@@ -99,6 +99,16 @@
   function cell(strip, e) {
     var found = strip.querySelector('a[data-fire="' + e.fire_id + '"]');
     if (found) return found;
+    // A cell the server drew (no data-fire) for the same fire: its words start with the fire's
+    // time, as this page writes them.
+    var prefix = when(e.scheduled_at) + " · ";
+    var drawn = strip.querySelectorAll("a[data-status]:not([data-fire])");
+    for (var i = drawn.length - 1; i >= 0; i--) {
+      if ((drawn[i].getAttribute("aria-label") || "").indexOf(prefix) === 0) {
+        drawn[i].setAttribute("data-fire", e.fire_id);
+        return drawn[i];
+      }
+    }
     var item = document.createElement("li");
     var link = document.createElement("a");
     link.setAttribute("data-fire", e.fire_id);
