@@ -216,6 +216,12 @@ async def test_trigger_runs_the_job_and_its_cell_appears_live(page: Watched, api
     assert await board.locator('#board tr[data-job="shell"] [data-status]').count() == before + 1
     href = await cell.nth(before).get_attribute("href")
     assert href is not None and href.startswith("/ui/executions/")
+    # A failure counts the job as failing, live too.
+    assert await board.locator("#filter-failing b").inner_text() == "0"
+    status, _ = await api.call("POST", "/jobs/explode/trigger")
+    assert status == 202
+    await board.locator('#board tr[data-job="explode"] [data-status="failed"]').wait_for()
+    assert await board.locator("#filter-failing b").inner_text() == "1"
     assert job.errors == []
 
 

@@ -5,6 +5,7 @@
 "use strict";
 (function () {
   var KEY = "scheduler_daemon.live";
+  var FAILED = { failed: 1, timed_out: 1, missed: 1, abandoned: 1 };
   var source = null;
   var button = null;
 
@@ -120,8 +121,19 @@
     return link;
   }
 
+  // As the board's `failing`: the newest finished fire (running and skipped ones apart) failed.
+  function failing(scope) {
+    var drawn = scope.querySelectorAll("a[data-status]");
+    for (var i = drawn.length - 1; i >= 0; i--) {
+      var status = drawn[i].getAttribute("data-status");
+      if (status !== "running" && status !== "skipped") return status in FAILED;
+    }
+    return false;
+  }
+
   function show(e) {
     places(e.job).forEach(function (place) {
+      var wasFailing = failing(place.scope);
       place.scope.querySelectorAll("ol.strip, ol.strip-long").forEach(function (strip) {
         var link = cell(strip, e);
         link.setAttribute("data-status", e.status);
@@ -130,6 +142,9 @@
         link.setAttribute("title", label(e));
         if (e.id) link.setAttribute("href", "/ui/executions/" + e.id);
       });
+      if (place.scope === place.holder && failing(place.scope) !== wasFailing) {
+        counter("failing", wasFailing ? -1 : 1);
+      }
       var holder = place.holder;
       var current = holder ? holder.getAttribute("data-state") : null;
       if (place.scope.querySelector('[data-status="running"]') !== null) {
