@@ -12,8 +12,9 @@ from typing import Any
 import aiohttp
 
 from scheduler_daemon.operation import live
+from scheduler_daemon.storage import store
 from tests import e2e_jobs
-from tests.helpers import AUTH, Running, wait_until
+from tests.helpers import AUTH, Running, query_value, wait_until
 
 
 async def _events(response: aiohttp.ClientResponse) -> Any:
@@ -90,3 +91,24 @@ async def _subscribed(api: Running, clients: int = 1) -> None:
         return len(hub.clients) >= clients and hub.listening
 
     await wait_until(ready)
+
+
+async def test_a_lost_listen_connection_tells_pages_to_resync_and_listens_again(
+    api: Running, database_url: str
+) -> None:
+    async with api.http.get(api.base + live.EVENTS_PATH, headers=AUTH) as response:
+        events = _events(response)
+        await _subscribed(api)
+        # Finishes published while it was away are not replayed: the page must reload.
+        killed = await query_value(
+            database_url,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            f" WHERE query = 'LISTEN \"{store.EVENTS_CHANNEL}\"' AND pid <> pg_backend_pid()",
+        )
+        assert killed == 1
+        assert await _next(events, "resync") == {}
+        await _subscribed(api)  # listening again
+        status, fired = await api.call("POST", "/jobs/shell/trigger")
+        assert status == 202
+        finished = await _next(events, "finished")
+    assert finished["fire_id"] == fired["fire_id"]
