@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from scheduler_daemon.operation import live
+from scheduler_daemon.running.records import Status
+from tests.helpers import rec
 
 
 def _drain(client: live.Client) -> list[bytes]:
@@ -32,3 +36,21 @@ async def test_a_hub_offers_each_event_to_every_client_and_ends_them_at_close() 
         assert _drain(client) == [b""]  # the end: what was queued goes with the connection
     hub.unsubscribe(first)
     assert hub.clients == {second}
+
+
+async def test_finishes_come_from_the_runner_only_when_the_channel_carries_none() -> None:
+    for published in (True, False):
+        hub = live.LiveHub(dsn=lambda: "", node=lambda: "n1", notified=lambda p=published: p)
+        client = hub.subscribe()
+        hub.attempt_finished(rec("job", 1, error="boom"))
+        hub.attempt_finished(rec("job", 2, status=Status.RUNNING, finished_at=None))
+        queued = _drain(client)
+        if published:  # `events: true`: the LISTEN connection brings them, committed
+            assert queued == []
+        else:
+            [event] = queued
+            name, data = event.decode().splitlines()[:2]
+            body = json.loads(data.removeprefix("data: "))
+            assert name == "event: finished"
+            assert (body["job"], body["error"], body["status"]) == ("job", "boom", "succeeded")
+            assert "output" not in body and "result" not in body
