@@ -21,6 +21,7 @@ from aiohttp.typedefs import Middleware
 
 from scheduler_daemon.operation import api_models as m
 from scheduler_daemon.operation import job_handlers as jobs
+from scheduler_daemon.operation import live as live_updates
 from scheduler_daemon.operation import result_handlers as results
 from scheduler_daemon.operation import run_handlers as runs
 from scheduler_daemon.operation import ui_routes
@@ -60,7 +61,10 @@ def build_app(target: Controlled) -> web.Application:
             app.router.add_get(route.path, handler)  # and HEAD
         else:
             app.router.add_route(route.method, route.path, handler)
-    app.add_subapp(ui_routes.PREFIX, ui_routes.build(api, _token_given))
+    ui = ui_routes.build(api, _token_given)
+    # /ui/events: the page's live updates (the hub is on the main app too, for tests).
+    app[live_updates.HUB] = live_updates.install(ui, target, prefix=ui_routes.PREFIX)
+    app.add_subapp(ui_routes.PREFIX, ui)
     app.router.add_get(ui_routes.PREFIX, _to_ui)
     return app
 

@@ -28,6 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from scheduler_daemon.running.fire import Fire
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
 from scheduler_daemon.running.runner import Runner
@@ -144,13 +145,22 @@ class Metrics(Collector):
         self.takeovers: Callable[[], int] | None = None
         self.pruned: Callable[[], Totals] | None = None  # retention (operation/retention.py)
         self.live: LiveState | None = None
+        # The status page's live updates (operation/live.py), while it is served.
+        self.on_start: Callable[[Fire], None] | None = None
+        self.on_finish: Callable[[ExecutionRecord], None] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self.registry.register(ProcessCollector(registry=None))
 
     # -- reporting (the fire path) ---------------------------------------------------------------
 
+    def attempt_started(self, fire: Fire) -> None:
+        if self.on_start is not None:
+            self.on_start(fire)
+
     def attempt_finished(self, rec: ExecutionRecord) -> None:
+        if self.on_finish is not None:
+            self.on_finish(rec)
         self._attempts.append(rec)
         if len(self._attempts) > _FOLD_AT:
             self.fold()

@@ -49,7 +49,10 @@ class Claims(Protocol):
 
 
 class FireObserver(Protocol):
-    """Told of every final attempt and every ended fire (metrics); must return at once."""
+    """Told of every attempt that starts, every final attempt and every ended fire (metrics, the
+    status page's live updates); must return at once."""
+
+    def attempt_started(self, fire: Fire) -> None: ...
 
     def attempt_finished(self, rec: ExecutionRecord) -> None: ...
 
@@ -57,6 +60,9 @@ class FireObserver(Protocol):
 
 
 class NoObserver:
+    def attempt_started(self, fire: Fire) -> None:
+        pass
+
     def attempt_finished(self, rec: ExecutionRecord) -> None:
         pass
 

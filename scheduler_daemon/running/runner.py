@@ -210,6 +210,7 @@ class Runner:
         error: str | None = None
         fire.started, fire.due, fire.announced = started, due, False
         self.attempts_started += 1
+        self._observer.attempt_started(fire)
         try:
             # The action runs inside this task: no extra task or waiter per attempt.
             if job.timeout is None:

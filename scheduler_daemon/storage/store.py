@@ -43,9 +43,8 @@ def _event_fields() -> str:
     ``job``."""
     keys = {"job_name": "job"}
     values = {"error": f"left(error, {_EVENT_ERROR_CHARS})"}
-    return ", ".join(
-        f"'{keys.get(c, c)}', {values.get(c, c)}" for c in COLUMNS if c not in _NOT_IN_EVENTS
-    )
+    fields = [f"'{keys.get(c, c)}', {values.get(c, c)}" for c in COLUMNS if c not in _NOT_IN_EVENTS]
+    return ", ".join(["'id', id", *fields])  # the row's id: GET /executions/{id}, the run page
 
 
 _EVENT_FIELDS = _event_fields()
@@ -63,7 +62,7 @@ WITH merged AS (
     ON CONFLICT (fire_id, attempt) DO UPDATE SET
         {", ".join(f"{c} = EXCLUDED.{c}" for c in rows.OUTCOME)}
     WHERE executions.status = 'running'
-    RETURNING {_COLS}
+    RETURNING id, {_COLS}
 ), announced AS (
     SELECT pg_notify('{EVENTS_CHANNEL}', json_build_object({_EVENT_FIELDS})::text)
     FROM merged WHERE {announced_rows}

@@ -216,6 +216,11 @@ async def test_final_attempts_are_announced_once_and_only_when_events_are_on(
     assert (second["job"], second["status"]) == ("loud", "succeeded")
     assert second["scheduled_at"][:19] == "2026-01-01T00:00:01"
     assert got.empty()
+    # Each event names its row: the run page (/ui/executions/{id}) and GET /executions/{id}.
+    ids = await pool.fetch(
+        "SELECT id FROM executions WHERE job_name = 'loud' ORDER BY scheduled_at"
+    )
+    assert [second["id"], first["id"]] == [r["id"] for r in ids]
 
 
 async def test_drift_is_the_schedules_and_catch_up_delay_is_apart(pool: asyncpg.Pool) -> None:
