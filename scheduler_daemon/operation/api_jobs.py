@@ -28,7 +28,7 @@ import structlog
 from scheduler_daemon.errors import ConfigError
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.specs.api_job import ApiJobRules, JobProblems, build_api_job
-from scheduler_daemon.specs.chains import find_cycle
+from scheduler_daemon.specs.chains import chain_problems
 from scheduler_daemon.specs.spec import Problem
 from scheduler_daemon.storage import job_store, store
 from scheduler_daemon.storage.embedded_home import write_file
@@ -149,16 +149,7 @@ class ApiJobs:
             **{n: s.then for n, s in self.specs.items()},
             job.name: job.then,
         }
-        problems: list[Problem] = [
-            (("then",), f"unknown job {child!r}")
-            for child in job.then
-            if child not in graph and child not in self._taken()
-        ]
-        cycle = find_cycle(graph, job.name)
-        if cycle:
-            path = " → ".join([*cycle, job.name])
-            problems.append((("then",), f"a cycle of chained jobs: {path}"))
-        return problems
+        return [(("then",), why) for _, why in chain_problems(graph, [job.name], self._taken())]
 
     async def delete(self, db: Db, name: str, *, if_version: int | None = None) -> StoredJob:
         if name in self._taken():

@@ -2,39 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
-
-from scheduler_daemon.specs.spec import Problem
+from collections.abc import Container, Iterable, Mapping, Sequence
 
 
-class Chained(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def then(self) -> tuple[str, ...]: ...
-
-
-def chain_problems(jobs: Iterable[Chained], known: Iterable[str] = ()) -> list[Problem]:
-    """An unknown name in a `then:` list (``known``: names besides ``jobs``'), and each cycle
-    once, at the job of the cycle that comes first in ``jobs``."""
+def chain_problems(
+    graph: Mapping[str, Sequence[str]], jobs: Iterable[str], known: Container[str] = ()
+) -> list[tuple[str, str]]:
+    """(job, why) for each name in the `then:` of ``jobs`` that is neither in ``graph`` (every
+    job's `then:`) nor ``known``, and each cycle through ``jobs`` once, at its first job."""
     jobs = list(jobs)
-    graph = {job.name: job.then for job in jobs}
-    names = {*graph, *known}
-    problems: list[Problem] = [
-        (("jobs", job.name, "then"), f"unknown job {child!r}")
-        for job in jobs
-        for child in job.then
-        if child not in names
+    problems = [
+        (name, f"unknown job {child!r}")
+        for name in jobs
+        for child in graph.get(name, ())
+        if child not in graph and child not in known
     ]
     reported: set[str] = set()
-    for job in jobs:
-        cycle = find_cycle(graph, job.name)
-        if cycle and job.name not in reported:
+    for name in jobs:
+        cycle = None if name in reported else find_cycle(graph, name)
+        if cycle:
             reported.update(cycle)
-            path = " → ".join([*cycle, cycle[0]])
-            problems.append((("jobs", job.name, "then"), f"a cycle of chained jobs: {path}"))
+            problems.append((name, f"a cycle of chained jobs: {' → '.join([*cycle, name])}"))
     return problems
 
 
