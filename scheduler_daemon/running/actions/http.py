@@ -147,7 +147,7 @@ def without_queries(text: str) -> str:
     return _QUERY.sub(r"\1?…", text)
 
 
-async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, int]:
+async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytearray, int]:
     """The first ``limit`` bytes and the body's size: the rest is drained, so a huge body never
     sits in memory."""
     head = bytearray()
@@ -156,12 +156,12 @@ async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, i
         total += len(chunk)
         if len(head) < limit:
             head += chunk[: limit - len(head)]
-    return bytes(head), total
+    return head, total  # not copied into bytes: it is read once more, at most
 
 
-def _head(body: bytes, total: int, limit: int) -> str:
+def _head(body: bytearray, total: int, limit: int) -> str:
     """What `output` keeps of a body: its first ``limit`` bytes, marked when cut."""
-    text = body[:limit].decode("utf-8", errors="replace")
+    text = (body if len(body) <= limit else body[:limit]).decode("utf-8", errors="replace")
     if total > limit:
         text += f"\n[truncated: {total} bytes total]"
     return text

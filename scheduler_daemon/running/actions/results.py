@@ -53,7 +53,7 @@ class ResultReader:
         kind = content_type.partition(";")[0].strip().lower()
         return kind in _JSON_TYPES or kind.endswith("+json")
 
-    async def from_body(self, body: bytes, total: int) -> Kept:
+    async def from_body(self, body: bytes | bytearray, total: int) -> Kept:
         """The result of an HTTP body (``body`` holds it all unless ``total`` is larger)."""
         if total > self._max:
             return self._not_kept(total, _too_big(total, self._max))
@@ -69,7 +69,7 @@ class ResultReader:
             return None
         return self._from_value(value)
 
-    def _from_body(self, body: bytes) -> Kept:
+    def _from_body(self, body: bytes | bytearray) -> Kept:
         try:
             text = body.decode(json.detect_encoding(body))
             value = json.loads(text, parse_constant=_refuse_constant)
