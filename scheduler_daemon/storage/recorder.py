@@ -26,10 +26,11 @@ from itertools import islice
 import asyncpg
 import structlog
 
-from scheduler_daemon.running.records import ExecutionRecord, Items
+from scheduler_daemon.running.records import ExecutionRecord
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import Database
 from scheduler_daemon.storage.journal import Journal
+from scheduler_daemon.storage.rows import row_size
 from scheduler_daemon.storage.store import Conn
 from scheduler_daemon.timing.clock import Clock, SystemClock
 
@@ -37,34 +38,10 @@ log = structlog.get_logger("scheduler_daemon.storage.recorder")
 
 # The database refuses a row as data: isolate it so the rest of its batch gets through.
 _REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-# What a buffered row costs besides its output and error text: the record, its uuid, instants and
-# numbers, its deque slot (~450 bytes measured with tracemalloc on CPython 3.11), so that a flood
-# of small rows counts too.
-ROW_OVERHEAD = 450
-KEY_OVERHEAD = 60  # an item's key: a short str and its slot
 DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
 # After a spill failed (disk full, ...), new rows wait this long before they start another one
 # (the writer still retries at each failed write): one error per few seconds, not one per row.
 SPILL_RETRY = 5.0
-
-
-def row_size(rec: ExecutionRecord) -> int:
-    """A buffered row's approximate memory in bytes: a str's ``__sizeof__`` counts 1, 2 or 4 bytes
-    a character as CPython stores it (8x cheaper than ``sys.getsizeof``: this is on the fire
-    path)."""
-    output, error, result, items = rec.output, rec.error, rec.result, rec.items
-    return (
-        ROW_OVERHEAD
-        + (0 if output is None else output.__sizeof__())
-        + (0 if error is None else error.__sizeof__())
-        + (0 if result is None else result.__sizeof__())
-        + (0 if items is None else _items_size(items))
-    )
-
-
-def _items_size(items: Items) -> int:
-    keys = items.keys
-    return items.array.__sizeof__() + (0 if keys is None else KEY_OVERHEAD * len(keys))
 
 
 class Recorder:

@@ -18,7 +18,8 @@ from scheduler_daemon.storage import rows, schema
 from scheduler_daemon.storage.database import Database, OnConnect
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
 from scheduler_daemon.storage.journal import Journal
-from scheduler_daemon.storage.recorder import Recorder, row_size
+from scheduler_daemon.storage.recorder import Recorder
+from scheduler_daemon.storage.rows import row_size
 from tests.helpers import T, copy_cluster, reachable_dir, rec
 
 
