@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -53,27 +53,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument(
-            "-c",
-            "--config",
-            default=_default_config(),
-            help="config file (default: $SCHEDULER_CONFIG, then ./config.yaml)",
-        )
-        return p
-
-    with_config(
+    _with_config(
         sub.add_parser("run", help="run in the foreground until SIGTERM/SIGINT; SIGHUP reloads")
     )
-    with_config(sub.add_parser("check", help="validate the config; exit 1 listing every error"))
-    nxt = with_config(sub.add_parser("next", help="print the next fire times of each job"))
+    _with_config(sub.add_parser("check", help="validate the config; exit 1 listing every error"))
+    _add_job_commands(sub)
+    sub.add_parser(
+        "schema", help="print the config's JSON Schema (for editors: yaml-language-server)"
+    )
+    _add_db_commands(sub)
+    jobs_cli.add_parser(sub, _with_config)
+    return parser
+
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument(
+        "-c",
+        "--config",
+        default=_default_config(),
+        help="config file (default: $SCHEDULER_CONFIG, then ./config.yaml)",
+    )
+    return p
+
+
+def _add_job_commands(sub: Subparsers) -> None:
+    """What an operator asks of the jobs: next, status, history, trigger, pause, resume."""
+    nxt = _with_config(sub.add_parser("next", help="print the next fire times of each job"))
     nxt.add_argument("-n", type=int, default=5, help="fire times per job (default 5)")
     nxt.add_argument("--after", help="count from this ISO 8601 time (default: now; naive = UTC)")
     nxt.add_argument("jobs", nargs="*", metavar="JOB", help="only these jobs")
-    status = with_config(sub.add_parser("status", help="one line per job: state, next, last"))
+    status = _with_config(sub.add_parser("status", help="one line per job: state, next, last"))
     status.add_argument("--json", action="store_true", help="JSON for scripts")
-    history = with_config(sub.add_parser("history", help="a job's latest attempts"))
+    history = _with_config(sub.add_parser("history", help="a job's latest attempts"))
     history.add_argument("job", metavar="JOB")
     history.add_argument("-n", type=int, help="attempts to show (default 20; with --result, 1)")
     history.add_argument("--status", help="only attempts with this status (e.g. failed)")
@@ -83,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the JSON result of each attempt, newest first (null: none kept)",
     )
-    trigger = with_config(sub.add_parser("trigger", help="run a job now (trigger = manual)"))
+    trigger = _with_config(sub.add_parser("trigger", help="run a job now (trigger = manual)"))
     trigger.add_argument("job", metavar="JOB")
     trigger.add_argument(
         "--args", help='python jobs: keyword arguments, e.g. \'{"day": "2026-11-25"}\''
@@ -91,22 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--params", help="HTTP jobs: query parameters (JSON object)")
     trigger.add_argument("--json", dest="json_body", metavar="JSON", help="HTTP jobs: JSON body")
     for verb in ("pause", "resume"):
-        p = with_config(sub.add_parser(verb, help=f"{verb} a job (kept across restarts)"))
+        p = _with_config(sub.add_parser(verb, help=f"{verb} a job (kept across restarts)"))
         p.add_argument("job", metavar="JOB")
-    sub.add_parser(
-        "schema", help="print the config's JSON Schema (for editors: yaml-language-server)"
-    )
+
+
+def _add_db_commands(sub: Subparsers) -> None:
     db = sub.add_parser("db", help="the database schema: status, upgrade")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
-    with_config(
+    _with_config(
         db_sub.add_parser(
             "status", help="the schema's version, one line per migration; exit 3 if some pending"
         )
     )
-    with_config(db_sub.add_parser("upgrade", help="apply the pending migrations (run does too)"))
-    with_config(db_sub.add_parser("init", help="the same as upgrade"))
-    jobs_cli.add_parser(sub, with_config)
-    return parser
+    _with_config(db_sub.add_parser("upgrade", help="apply the pending migrations (run does too)"))
+    _with_config(db_sub.add_parser("init", help="the same as upgrade"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
