@@ -70,34 +70,7 @@ class Daemon:
         self._pauses = Pauses(cache=config.state_dir / "paused.json")
         self._build_recording(config)
         self._build_running(config)
-        claims = self.cluster.claims if self.cluster is not None else None
-        self._oneoff = OneOffRuns(
-            clock=self._clock,
-            database=self.database,
-            job=lambda name: self.config.job(name),
-            submit=self._runner.submit,
-            rules=lambda: self.jobs.api.rules,
-        )
-        self._recovery = Recovery(
-            clock=self._clock,
-            runner=self._runner,
-            recorder=self._recorder,
-            node=config.node,
-            jobs=lambda: self.config.jobs,
-            pauses=self._pauses,
-            runs=self._oneoff,
-            sync_jobs=lambda pool: self.jobs.sync(pool),
-            starts=self._starts,
-            claims=claims,
-        )
-        if self.cluster is not None:
-            self.cluster.attach(
-                self._runner,
-                jobs=lambda: self.config.jobs,
-                runs=self._oneoff,
-                ready=lambda: self._recovery.done,
-                metrics=self.metrics,
-            )
+        self._build_recovery(config)
         # One daemon per state_dir and per database, settled before recovery touches a row.
         self._state_lock = StateLock(config.state_dir)
         self._database_lock = DatabaseLock(
@@ -128,6 +101,38 @@ class Daemon:
             settings=lambda: self.config.retention,
         )
         self.metrics.pruned = self._pruner.totals
+
+    def _build_recovery(self, config: Config) -> None:
+        """What starts fires besides the schedule: one-off runs, recovery after a crash or an
+        outage (abandoned attempts, catch-up), and in cluster mode the takeover of others'."""
+        claims = self.cluster.claims if self.cluster is not None else None
+        self._oneoff = OneOffRuns(
+            clock=self._clock,
+            database=self.database,
+            job=lambda name: self.config.job(name),
+            submit=self._runner.submit,
+            rules=lambda: self.jobs.api.rules,
+        )
+        self._recovery = Recovery(
+            clock=self._clock,
+            runner=self._runner,
+            recorder=self._recorder,
+            node=config.node,
+            jobs=lambda: self.config.jobs,
+            pauses=self._pauses,
+            runs=self._oneoff,
+            sync_jobs=lambda pool: self.jobs.sync(pool),
+            starts=self._starts,
+            claims=claims,
+        )
+        if self.cluster is not None:
+            self.cluster.attach(
+                self._runner,
+                jobs=lambda: self.config.jobs,
+                runs=self._oneoff,
+                ready=lambda: self._recovery.done,
+                metrics=self.metrics,
+            )
 
     def _build_recording(self, config: Config) -> None:
         """The database, and what writes executions to it (and to disk before it)."""
