@@ -154,6 +154,8 @@ async def shoot(config: Path, port: int, out: Path, chromium: str, dark: bool) -
             await page.wait_for_function(
                 "document.getElementById('live-status').textContent == 'live'"
             )
+            # A failed cell's words, as its tooltip shows them.
+            await page.hover('#board tr[data-job="sync-invoices"] [data-status=failed] >> nth=-1')
             await page.screenshot(path=str(out / "board.png"), full_page=True)
             await page.goto(f"{base}/ui/executions/{failed}")
             await page.screenshot(path=str(out / "run.png"), full_page=True)

@@ -9,10 +9,10 @@ and figures) and the templates in ui/templates (Jinja2, autoescaped).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import jinja2
@@ -67,6 +67,14 @@ def environment() -> jinja2.Environment:
     return env
 
 
+class Drawn(NamedTuple):
+    """A strip as the board shows it: its cells' HTML, how many, the row's figures over them."""
+
+    html: Markup
+    fires: int
+    figures: view.StripFigures
+
+
 class Ui:
     """The pages, bound to the admin API's handlers (``api``: the same daemon, the same code)."""
 
@@ -76,7 +84,7 @@ class Ui:
         self.sessions = Sessions()
         self.env = environment()
         self._words: dict[tuple[str, int], str] = {}  # schedule in words, by job and spec
-        self._strips: dict[tuple[str, str], tuple[view.StripKey, Markup, int]] = {}
+        self._strips: dict[tuple[str, str], tuple[str, Drawn]] = {}  # by job and class, key
         self._rows: dict[str, tuple[tuple[Any, ...], Markup]] = {}
         self._upcoming: dict[str, tuple[tuple[datetime | None, int], list[datetime]]] = {}
 
@@ -204,61 +212,57 @@ class Ui:
     async def board_rows(
         self, names: list[str] | None = None, per_job: int = view.STRIP, cls: str = "strip"
     ) -> list[view.BoardRow]:
-        """The board's rows, of every job or of ``names``: one query for all their strips, and
-        one more for the words of the cells of strips that changed since last drawn."""
+        """The board's rows, of every job or of ``names``: one query for all their strips' keys,
+        and one more for the cells of the strips that changed since last drawn."""
         t = self.api.t
         jobs = [j for j in t.config.jobs if names is None or j.name in names]
-        found: dict[str, asyncpg.Record] = {}
-        drawn: dict[str, tuple[Markup, int]] = {}
+        heads: dict[str, asyncpg.Record] = {}
+        drawn: dict[str, Drawn] = {}
         pool = self.pool_or_none()
         if pool is not None and jobs:
-            rows = await ui_queries.strips(pool, [j.name for j in jobs], per_job)
-            found = {row["job_name"]: row for row in rows}
-            drawn = await self._draw_strips(pool, found.values(), per_job, cls)
+            keys = await ui_queries.strip_keys(pool, [j.name for j in jobs], per_job)
+            heads = {row["job_name"]: row for row in keys}
+            drawn = await self._draw_strips(pool, heads, per_job, cls)
         paused = t.paused()
-        empty = view.strip(None, {}, cls)
+        empty = Drawn(*view.strip(None, cls), view.NO_FIGURES)
         return [
-            self._row(job, found.get(job.name), drawn.get(job.name, empty), job.name in paused)
+            self._row(job, heads.get(job.name), drawn.get(job.name, empty), job.name in paused)
             for job in jobs
         ]
 
     async def _draw_strips(
-        self, pool: asyncpg.Pool, found: Iterable[asyncpg.Record], per_job: int, cls: str
-    ) -> dict[str, tuple[Markup, int]]:
-        """Draw the strips that changed; their HTML is kept by job until it changes again."""
-        drawn: dict[str, tuple[Markup, int]] = {}
+        self, pool: asyncpg.Pool, heads: dict[str, asyncpg.Record], per_job: int, cls: str
+    ) -> dict[str, Drawn]:
+        """The strips, with their figures: drawn again only where the key changed; kept by
+        job (under the key of the cells they were drawn from) until it changes again."""
+        drawn: dict[str, Drawn] = {}
         stale = []
-        for row in found:
-            kept = self._strips.get((row["job_name"], cls))
-            if kept is not None and kept[0] == view.strip_key(row):
-                drawn[row["job_name"]] = kept[1:]
+        for name, head in heads.items():
+            kept = self._strips.get((name, cls))
+            if kept is not None and kept[0] == head["key"]:
+                drawn[name] = kept[1]
             else:
-                stale.append(row)
+                stale.append(name)
         if not stale:
             return drawn
-        labels = await ui_queries.labels(pool, [r["job_name"] for r in stale], per_job)
         if len(self._strips) > 2 * len(self.api.t.config.jobs) + 100:
             self._strips.clear()  # removed jobs' strips
-        for row in stale:
-            drawn[row["job_name"]] = view.strip(row, labels, cls)
-            # An attempt written between the two queries has no words yet: drawn, not kept.
-            if all(i in labels for i in row["ids"]):
-                self._strips[(row["job_name"], cls)] = (
-                    view.strip_key(row),
-                    *drawn[row["job_name"]],
-                )
+        for row in await ui_queries.strips(pool, stale, per_job):
+            strip = Drawn(*view.strip(row, cls), view.figures(row))
+            drawn[row["job_name"]] = strip
+            self._strips[(row["job_name"], cls)] = (row["key"], strip)
         return drawn
 
     def _row(
         self,
         job: JobSpec,
-        found: asyncpg.Record | None,
-        drawn: tuple[Markup, int],
+        head: asyncpg.Record | None,
+        drawn: Drawn,
         paused: bool,
     ) -> view.BoardRow:
         t = self.api.t
         running = len(t.running(job.name))
-        strip, fires = drawn
+        strip, fires, figures = drawn
         row = view.BoardRow(
             name=job.name,
             schedule=self.words(job),
@@ -266,13 +270,13 @@ class Ui:
             source="api" if job.name in t.api_jobs.stored else "config",
             strip=strip,
             fires=fires,
-            last_run=found["last_run"] if found else None,
+            last_run=head["last_run"] if head else None,
             next_fires=self.upcoming(job.name, 3),
-            success_rate=found["success_rate"] if found else None,
-            p95_ms=found["p95_ms"] if found else None,
+            success_rate=figures.success_rate,
+            p95_ms=figures.p95_ms,
             running=running,
         )
-        row.flags = view.flags(row, found)
+        row.flags = view.flags(row, figures)
         return row
 
     def row_html(self, row: view.BoardRow) -> Markup:

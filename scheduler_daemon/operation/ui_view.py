@@ -6,14 +6,15 @@ server. Times are shown in UTC.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
 
 from markupsafe import Markup, escape
 
+from scheduler_daemon.storage.queries import FAILED
 from scheduler_daemon.storage.store import Row
 from scheduler_daemon.storage.ui_queries import LATE_MS
 
@@ -40,30 +41,36 @@ class BoardRow:
     flags: set[str] = field(default_factory=set)
 
 
-StripKey = tuple[tuple[int, ...], tuple[str, ...]]
+_NOT_FINAL = frozenset(("running", "skipped"))  # not counted in success rates (as the API's stats)
 
 
-def strip_key(found: Row) -> StripKey:
-    """What a strip's HTML depends on: its attempts and their statuses (an attempt's other
-    columns are written with its status: at its start, at its end)."""
-    return tuple(found["ids"]), tuple(found["statuses"])
+@dataclass(frozen=True, slots=True)
+class StripFigures:
+    """A board row's figures over its strip's fires."""
+
+    success_rate: float | None  # of the finished fires, skipped ones apart
+    p95_ms: float | None  # their p95 duration (PostgreSQL's percentile_cont, interpolated)
+    failing: bool  # the newest finished fire failed
+    late: bool  # the newest scheduled fire to start started late
 
 
-def strip(found: Row | None, labels: Mapping[int, str], cls: str = "strip") -> tuple[Markup, int]:
+NO_FIGURES = StripFigures(None, None, failing=False, late=False)
+
+
+def strip(found: Row | None, cls: str = "strip") -> tuple[Markup, int]:
     """A strip's HTML and cell count, oldest first, from a row of ui_queries.strips (arrays
-    newest first; None: no history) and its cells' words. Built here rather than in a
-    template: the board's 60,000 cells in one join. Labels and statuses are PostgreSQL's own
-    words (digits, status and trigger names, a CHECK list), so they are escaped only if one ever
-    holds a character HTML would read."""
+    newest first; None: no history). Built here rather than in a template: the board's 60,000
+    cells in one join. Labels and statuses are PostgreSQL's own words (digits, status and
+    trigger names, a CHECK list), so they are escaped only if one ever holds a character HTML
+    would read."""
     if found is None:
         return Markup(f'<ol class="{cls}"></ol>'), 0
-    ids, statuses = found["ids"][::-1], found["statuses"][::-1]
-    texts = [labels.get(i, "") for i in ids]
+    ids, statuses, texts = found["ids"][::-1], found["statuses"][::-1], found["labels"][::-1]
     if _UNSAFE.search("".join(statuses)) or _UNSAFE.search("".join(texts)):
         statuses, texts = [escape(s) for s in statuses], [escape(t) for t in texts]
     cells = [
         f'<li><a href="/ui/executions/{ident:d}" data-status="{status}"'
-        f'{_LATE_ATTR if late else ""} aria-label="{text}" title="{text}"></a></li>'
+        f'{_LATE_ATTR if late else ""} aria-label="{text}"></a></li>'
         for ident, status, late, text in zip(
             ids, statuses, found["lates"][::-1], texts, strict=True
         )
@@ -71,17 +78,45 @@ def strip(found: Row | None, labels: Mapping[int, str], cls: str = "strip") -> t
     return Markup(f'<ol class="{cls}">{"".join(cells)}</ol>'), len(cells)
 
 
+def figures(found: Row | None) -> StripFigures:
+    """The figures of a row of ui_queries.strips (arrays newest first; None: no history)."""
+    if found is None:
+        return NO_FIGURES
+    final = [
+        (status, ms)
+        for status, ms in zip(found["statuses"], found["durations"], strict=True)
+        if status not in _NOT_FINAL
+    ]
+    succeeded = sum(status == "succeeded" for status, _ in final)
+    return StripFigures(
+        success_rate=succeeded / len(final) if final else None,
+        p95_ms=percentile(sorted(ms for _, ms in final if ms is not None), 0.95),
+        failing=bool(final) and final[0][0] in FAILED,
+        late=next((late for late in found["lates"] if late is not None), False),
+    )
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float | None:
+    """PostgreSQL's percentile_cont: interpolated between the two nearest of ``ordered``."""
+    if not ordered:
+        return None
+    at = fraction * (len(ordered) - 1)
+    below = int(at)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (at - below)
+
+
 def duration(ms: float | None) -> str:
-    """`350 ms`, `3.2 s`, `41 s`, `2 min 5 s`, `3 h 4 min`; rounded half up, as the SQL
-    that writes the strips' labels (ui_queries.duration_sql)."""
+    """`350 ms`, `3.2 s`, `41 s`, `2 min 5 s`, `3 h 4 min`; rounded half up as floor(x + 0.5),
+    the float arithmetic the SQL that writes the strips' labels does (ui_queries.duration_sql)."""
     if ms is None:
         return ""
     if ms < 999.5:
-        return f"{_half_up(ms, '1')} ms"
-    seconds = ms / 1000
+        return f"{math.floor(ms + 0.5)} ms"
     if ms < 9950:
-        return f"{_half_up(seconds, '0.1')} s"
-    whole = int(_half_up(seconds, "1"))
+        tenths = math.floor(ms / 100 + 0.5)
+        return f"{tenths // 10}.{tenths % 10} s"
+    whole = math.floor(ms / 1000 + 0.5)
     if whole < 60:
         return f"{whole} s"
     minutes, secs = divmod(whole, 60)
@@ -89,10 +124,6 @@ def duration(ms: float | None) -> str:
         return f"{minutes} min {secs} s" if secs else f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-
-
-def _half_up(value: float, step: str) -> Decimal:
-    return Decimal(repr(value)).quantize(Decimal(step), ROUND_HALF_UP)
 
 
 def clock(at: datetime | None) -> str:
@@ -121,13 +152,13 @@ def state(enabled: bool, paused: bool, running: int) -> str:
     return "running" if running else "enabled"
 
 
-def flags(row: BoardRow, found: Row | None) -> set[str]:
+def flags(row: BoardRow, figures: StripFigures) -> set[str]:
     """Which counters a row counts in: `failing` (its newest finished fire failed), `late` (its
     newest scheduled fire to start started late), `running`, `paused`."""
     found_flags = set()
-    if found is not None and found["failing"]:
+    if figures.failing:
         found_flags.add("failing")
-    if found is not None and found["late"]:
+    if figures.late:
         found_flags.add("late")
     if row.running:
         found_flags.add("running")

@@ -179,7 +179,11 @@ async def test_the_board_shows_every_job_with_its_strip_coloured_by_status(
     assert _rgb(by_status["failed"])[0] > _rgb(by_status["failed"])[1]  # red
     late = page.page.locator('#board tr[data-job="greet"] [data-late]')
     assert await late.count() == 1
-    assert "4.2 s late" in (await late.get_attribute("aria-label") or "")
+    words = await late.get_attribute("aria-label") or ""
+    assert "4.2 s late" in words
+    await late.hover()  # the cell's words as its tooltip (CSS, from the aria-label)
+    tip = await late.evaluate("c => getComputedStyle(c, '::after').content")
+    assert tip == f'"{words}"'
 
 
 def _rgb(colours: set[str]) -> tuple[int, ...]:

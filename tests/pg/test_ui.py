@@ -7,9 +7,11 @@ HTTP as a browser would (a cookie jar, forms) or a script would (the API's heade
 
 from __future__ import annotations
 
+import random
 import re
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from pathlib import Path
@@ -401,12 +403,63 @@ DURATIONS += (120_000, 125_000, 3_599_400, 3_599_500, 3 * 3_600_000 + 240_000, 8
 async def test_postgresql_writes_durations_in_the_same_words_as_the_page(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        for ms in DURATIONS:
-            words = await conn.fetchval(f"SELECT {ui_queries.duration_sql('$1::float8')}", ms)
-            assert words == view.duration(ms), ms
+        rng = random.Random(15)
+        values = [*DURATIONS, *(rng.uniform(0, 4e7) for _ in range(3000))]
+        values += [rng.randrange(0, 100_000) + 0.5 for _ in range(1000)]  # on the halves
+        values += [rng.randrange(0, 1_000_000) / 10 + 0.05 for _ in range(1000)]
+        said = await conn.fetch(
+            f"SELECT ms, {ui_queries.duration_sql('ms')} AS words FROM unnest($1::float8[]) AS ms",
+            values,
+        )
+        assert [(r["ms"], r["words"]) for r in said] == [(ms, view.duration(ms)) for ms in values]
         assert await conn.fetchval(f"SELECT {ui_queries.duration_sql('NULL::float8')}") is None
     finally:
         await conn.close()
+
+
+async def test_a_retried_fire_shows_once_by_its_newest_attempt_and_the_figures_match_sql(
+    database_url: str,
+) -> None:
+    """70 hourly fires, every third retried (attempt 1 failed, attempt 2 succeeded), the
+    newest skipped, the one before still running (2.5 s late): the strip holds the newest 60
+    fires, not attempts."""
+    hour = timedelta(hours=1)
+    rows = []
+    for i in range(70):
+        at, fire = NOW - (70 - i) * hour, uuid.uuid4()
+        ms = 100.0 * (i * 37 % 50 + 1)
+        if i == 69:
+            skipped = record("retry", at, Status.SKIPPED, fire_id=fire)
+            rows.append(replace(skipped, started_at=None, drift_ms=None, duration_ms=None))
+        elif i == 68:
+            running = record("retry", at, Status.RUNNING, fire_id=fire, drift_ms=2_500.0)
+            rows.append(running)
+        elif i % 3 == 1:
+            rows.append(record("retry", at, Status.FAILED, fire_id=fire, duration_ms=ms))
+            rows.append(record("retry", at, Status.SUCCEEDED, fire_id=fire, attempt=2))
+        else:
+            rows.append(record("retry", at, Status.FAILED, fire_id=fire, duration_ms=ms))
+    conn = await asyncpg.connect(database_url)
+    try:
+        await store.write_executions(conn, rows, events=False)
+        [found] = await ui_queries.strips(conn, ["retry"], view.STRIP)
+        newest = rows[-60 * 4 // 3 - 1 :]  # enough attempts to hold the newest 60 fires
+        by_fire = {r.fire_id: r for r in newest}  # the last attempt written wins
+        wanted = sorted(by_fire.values(), key=lambda r: r.scheduled_at, reverse=True)[:60]
+        assert list(found["statuses"]) == [r.status.value for r in wanted]
+        expected = await conn.fetchrow(
+            """SELECT (count(*) FILTER (WHERE status = 'succeeded'))::float8 / count(*) AS rate,
+                      percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95
+               FROM executions WHERE id = ANY($1) AND status NOT IN ('running', 'skipped')""",
+            found["ids"],
+        )
+    finally:
+        await conn.close()
+    figures = view.figures(found)
+    assert figures.success_rate == pytest.approx(expected["rate"])
+    assert figures.p95_ms == pytest.approx(expected["p95"])
+    assert figures.failing is False  # the newest finished fire (67) succeeded at attempt 2
+    assert figures.late is True  # the newest to start on schedule (68) was late
 
 
 async def test_a_strip_is_drawn_again_when_an_attempt_is_written_or_finishes(

@@ -69,39 +69,54 @@ def test_a_strip_is_a_list_of_links_with_escaped_labels_oldest_first() -> None:
         "ids": [4, 3],
         "statuses": ["succeeded", "failed"],
         "lates": [False, True],
+        "labels": ["09:00 · succeeded", "08:00 · failed <b>"],
     }
-    labels = {3: "08:00 · failed <b>", 4: "09:00 · succeeded"}
-    html, count = view.strip(found, labels)
+    html, count = view.strip(found)
     assert count == 2
     assert str(html) == (
         '<ol class="strip">'
         '<li><a href="/ui/executions/3" data-status="failed" data-late="1" '
-        'aria-label="08:00 · failed &lt;b&gt;" title="08:00 · failed &lt;b&gt;"></a></li>'
+        'aria-label="08:00 · failed &lt;b&gt;"></a></li>'
         '<li><a href="/ui/executions/4" data-status="succeeded" '
-        'aria-label="09:00 · succeeded" title="09:00 · succeeded"></a></li></ol>'
+        'aria-label="09:00 · succeeded"></a></li></ol>'
     )
-    assert view.strip(None, {}) == ('<ol class="strip"></ol>', 0)
+    assert view.strip(None) == ('<ol class="strip"></ol>', 0)
+
+
+def test_a_strips_figures_count_finished_fires_and_read_the_newest_that_applies() -> None:
+    found = {  # newest first
+        "statuses": ["running", "skipped", "timed_out", "succeeded", "succeeded", "failed"],
+        "durations": [None, None, 30_000.0, 1_000.0, 2_000.0, 4_000.0],
+        "lates": [None, None, None, True, False, False],
+    }
+    figures = view.figures(found)
+    assert figures.success_rate == 0.5  # 2 of the 4 finished: running and skipped apart
+    assert figures.p95_ms == pytest.approx(4_000.0 + 0.85 * 26_000.0)  # as percentile_cont
+    assert figures.failing  # the newest finished fire timed out
+    assert figures.late  # the newest that started on schedule was late
+    assert view.figures({**found, "statuses": ["succeeded"] * 6}).failing is False
+    assert view.figures(None) == view.NO_FIGURES
+    only_running = {"statuses": ["running"], "durations": [None], "lates": [None]}
+    assert view.figures(only_running) == view.NO_FIGURES
 
 
 def test_counters_count_failing_late_running_and_paused_rows() -> None:
     board = []
-    for name, state, running, found in (
-        ("a", "enabled", 0, {"failing": True, "late": False}),
-        ("b", "running", 1, {"failing": False, "late": True}),
-        ("c", "paused", 0, {"failing": True, "late": True}),
-        ("d", "enabled", 0, {"failing": False, "late": None}),
-        ("e", "enabled", 0, None),
+    for name, state, running, failing, late in (
+        ("a", "enabled", 0, True, False),
+        ("b", "running", 1, False, True),
+        ("c", "paused", 0, True, True),
+        ("d", "enabled", 0, False, False),
     ):
         board_row = view.BoardRow(
             name, "", state, "config", Markup(), 0, None, [], None, None, running=running
         )
-        board_row.flags = view.flags(board_row, found)
+        board_row.flags = view.flags(board_row, view.StripFigures(None, None, failing, late))
         board.append(board_row)
     assert [sorted(r.flags) for r in board] == [
         ["failing"],
         ["late", "running"],
         ["failing", "late", "paused"],
-        [],
         [],
     ]
     assert view.counters(board) == {"failing": 2, "late": 2, "running": 1, "paused": 1}

@@ -139,7 +139,6 @@
         link.setAttribute("data-status", e.status);
         if (late(e)) link.setAttribute("data-late", "1"); else link.removeAttribute("data-late");
         link.setAttribute("aria-label", label(e));
-        link.setAttribute("title", label(e));
         if (e.id) link.setAttribute("href", "/ui/executions/" + e.id);
       });
       if (place.scope === place.holder && failing(place.scope) !== wasFailing) {
