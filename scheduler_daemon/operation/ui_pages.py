@@ -127,6 +127,9 @@ class Ui:
             return response
         except ApiError as exc:
             return self.refusal(request, exc.status, exc.code, exc.message)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:  # routing: a page, not JSON
+            code = "not_found" if exc.status == 404 else "method_not_allowed"
+            return self.refusal(request, exc.status, code, f"{exc.reason}: {request.path}")
         except store.DB_ERRORS as exc:
             log.warning("ui_database_error", path=request.path, error=str(exc))
             return self.refusal(request, 503, "database_unavailable", f"the database: {exc}")
@@ -284,7 +287,7 @@ class Ui:
         changes: the board between fires is mostly the same 1,000 rows."""
         key = (
             row.schedule, row.state, row.source, row.strip, row.last_run, row.next_fires,
-            row.success_rate, row.p95_ms,
+            row.success_rate, row.p95_ms, frozenset(row.flags),
         )  # fmt: skip
         kept = self._rows.get(row.name)
         if kept is not None and kept[0] == key:

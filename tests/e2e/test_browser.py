@@ -273,6 +273,40 @@ async def test_a_running_attempt_shows_live_and_pausing_live_updates_stops_them(
     await board.locator('#board tr[data-job="shell"] [data-status="succeeded"]').wait_for()
 
 
+async def test_the_late_counter_follows_scheduled_fires_live(page: Watched, api: Running) -> None:
+    await _seed(api)  # greet's newest fire was 4.2 s late
+    await _login(page)
+    await page.open("/ui/")
+    board = page.page
+    await board.wait_for_function("document.getElementById('live-status').textContent == 'live'")
+    late = board.locator("#filter-late b")
+    assert await late.inner_text() == "1"
+    pool = api.daemon.recorder.pool
+    assert pool is not None
+
+    async def finished(job: str, drift_ms: float) -> None:
+        at = datetime.now(UTC).replace(microsecond=0)
+        started = at + timedelta(milliseconds=drift_ms)
+        record = ExecutionRecord(
+            fire_id=scheduled_fire_id(job, at), job_name=job, scheduled_at=at, attempt=1,
+            trigger=FireKind.SCHEDULE, status=Status.SUCCEEDED, started_at=started,
+            finished_at=started + timedelta(seconds=1), drift_ms=drift_ms, duration_ms=1000.0,
+            node="test",
+        )  # fmt: skip
+        async with pool.acquire() as conn:  # announced as the recorder's writes are
+            await store.write_executions(conn, [record], events=True)
+
+    await finished("greet", 12.0)  # on time: greet no longer counts
+    await board.locator('#board tr[data-job="greet"]:not([data-late-now])').wait_for()
+    assert await late.inner_text() == "0"
+    await finished("explode", 9_950.0)  # late, in the server's words (10 s, not 9.9 s)
+    cell = board.locator('#board tr[data-job="explode"] [data-late]')
+    await cell.wait_for()
+    assert await late.inner_text() == "1"
+    assert " · 10 s late · 1.0 s" in (await cell.get_attribute("aria-label") or "")
+    assert page.errors == []
+
+
 async def _has_status(api: Running, fire_id: str, status: str) -> bool:
     _, page = await api.call("GET", f"/executions?fire_id={fire_id}")
     return any(r["status"] == status for r in page["executions"])

@@ -216,6 +216,20 @@ async def test_scripts_use_the_apis_header_on_every_page(daemon: Running) -> Non
     assert status == 401 and "wrong token" in html
 
 
+async def test_an_unknown_page_is_a_page_saying_so_and_hides_nothing_before_login(
+    daemon: Running, browser: aiohttp.ClientSession
+) -> None:
+    status, _ = await page(browser, "/ui/nothing-here")
+    assert status == 303  # to the login form, as for any page: what exists is not told
+    await login(browser)
+    async with browser.get("/ui/nothing-here") as response:
+        assert response.status == 404
+        assert response.content_type == "text/html"
+        assert "/ui/nothing-here" in await response.text()
+    async with browser.delete("/ui/") as response:
+        assert response.status == 405 and response.content_type == "text/html"
+
+
 # -- the board -----------------------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
 // Live updates of the status page (GET /ui/events, server-sent events): a strip cell per
-// attempt starting or finishing, the row's state and last run, the running counter. Everything
+// attempt starting or finishing, the row's state and last run, the counters (but `paused`). Everything
 // else works without this file. Pausing closes the stream; resuming reloads the page (what
 // happened meanwhile is not replayed).
 "use strict";
@@ -17,13 +17,17 @@
     try { localStorage.setItem(KEY, state); } catch (e) { /* private mode: per page only */ }
   }
 
+  // As ui_view.duration, by the same float arithmetic (half up: floor(x + 0.5)).
   function duration(ms) {
     if (ms === null || ms === undefined) return "";
-    if (ms < 1000) return Math.round(ms) + " ms";
-    var s = ms / 1000;
-    if (s < 10) return s.toFixed(1) + " s";
-    if (s < 60) return Math.round(s) + " s";
-    var m = Math.floor(Math.round(s) / 60), rest = Math.round(s) % 60;
+    if (ms < 999.5) return Math.floor(ms + 0.5) + " ms";
+    if (ms < 9950) {
+      var tenths = Math.floor(ms / 100 + 0.5);
+      return Math.floor(tenths / 10) + "." + (tenths % 10) + " s";
+    }
+    var whole = Math.floor(ms / 1000 + 0.5);
+    if (whole < 60) return whole + " s";
+    var m = Math.floor(whole / 60), rest = whole % 60;
     if (m < 60) return m + " min" + (rest ? " " + rest + " s" : "");
     return Math.floor(m / 60) + " h" + (m % 60 ? " " + (m % 60) + " min" : "");
   }
@@ -143,6 +147,16 @@
       });
       if (place.scope === place.holder && failing(place.scope) !== wasFailing) {
         counter("failing", wasFailing ? -1 : 1);
+      }
+      // As the board's `late`: the newest scheduled fire to start started late.
+      if (place.scope === place.holder && e.trigger === "schedule" &&
+          e.drift_ms !== null && e.drift_ms !== undefined) {
+        var wasLate = place.holder.hasAttribute("data-late-now");
+        if (late(e) !== wasLate) {
+          counter("late", wasLate ? -1 : 1);
+          if (wasLate) place.holder.removeAttribute("data-late-now");
+          else place.holder.setAttribute("data-late-now", "1");
+        }
       }
       var holder = place.holder;
       var current = holder ? holder.getAttribute("data-state") : null;
