@@ -12,16 +12,13 @@ counting, so a write made against the deleted job's version fails even after a r
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
-from scheduler_daemon.storage.store import Conn, Db, Row
+from scheduler_daemon.storage.store import Conn, Db, Row, transaction
 
 JOBS_CHANNEL = "scheduler_jobs"  # payload: the name of the job that changed
 _LIVE = "removed_at IS NULL"
@@ -118,7 +115,7 @@ async def write_api_job(
 
     ``spec`` and ``enabled`` are the job's redacted spec and state (what `jobs` shows of every
     job); ``if_version``: refuse unless the job is at that version (VersionMismatch)."""
-    async with _transaction(db) as conn:
+    async with transaction(db) as conn:
         row = await conn.fetchrow(
             "SELECT source, version, removed_at IS NULL AS live FROM jobs WHERE name = $1 "
             "FOR UPDATE",
@@ -162,7 +159,7 @@ async def write_api_job(
 
 async def delete_api_job(db: Db, name: str, *, if_version: int | None = None) -> StoredJob:
     """Mark an API job removed (its row and executions stay); the job as it was."""
-    async with _transaction(db) as conn:
+    async with transaction(db) as conn:
         row = await conn.fetchrow(
             f"SELECT source, {_COLUMNS} FROM jobs WHERE name = $1 AND {_LIVE} FOR UPDATE", name
         )
@@ -190,14 +187,3 @@ async def config_job_names(db: Db) -> set[str]:
 
 async def _announce(conn: Conn, name: str) -> None:
     await conn.execute("SELECT pg_notify($1, $2)", JOBS_CHANNEL, name)
-
-
-@contextlib.asynccontextmanager
-async def _transaction(db: Db) -> AsyncIterator[Conn]:
-    """A transaction on ``db``, or on a connection taken from it when it is a pool."""
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn, conn.transaction():
-            yield conn
-    else:
-        async with db.transaction():
-            yield db

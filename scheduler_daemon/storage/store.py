@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -18,6 +19,19 @@ from scheduler_daemon.storage import rows
 # Where statements run: one connection (plain or from a pool), or a pool.
 Conn: TypeAlias = "asyncpg.Connection | asyncpg.pool.PoolConnectionProxy"  # one, for a transaction
 Db: TypeAlias = "asyncpg.Pool | Conn"
+
+
+@contextlib.asynccontextmanager
+async def transaction(db: Db) -> AsyncIterator[Conn]:
+    """A transaction on ``db``, or on a connection taken from it when it is a pool."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            yield conn
+    else:
+        async with db.transaction():
+            yield db
+
+
 # A row as asyncpg returns it, or one written out by hand (tests, the API's stand-ins).
 Row: TypeAlias = "asyncpg.Record | Mapping[str, Any]"
 
@@ -73,6 +87,13 @@ SELECT (SELECT count(*) FROM merged) AS written, (SELECT count(*) FROM announced
 
 _MERGE = _merge_sql(announce=True)
 _MERGE_QUIETLY = _merge_sql(announce=False)
+# Every statement that updates several rows of `jobs` locks them first in name order, so two
+# writers (the recorder, next-run publishing, a config sync, other replicas) wait for each other
+# instead of deadlocking: an UPDATE ... FROM locks rows in whatever order its plan visits them.
+LOCK_JOBS_IN_ORDER = "SELECT FROM jobs WHERE {where} ORDER BY name FOR NO KEY UPDATE"
+_LOCK_TOUCHED_JOBS = LOCK_JOBS_IN_ORDER.format(
+    where="name IN (SELECT job_name FROM executions_stage)"
+)
 _TOUCH_JOBS = """
 UPDATE jobs SET last_run_at = GREATEST(jobs.last_run_at, s.last_run),
                 last_scheduled_at = GREATEST(jobs.last_scheduled_at, s.last_scheduled)
@@ -135,7 +156,16 @@ async def sync_jobs(
     """
     # Rendering thousands of specs takes long enough to delay fires: do it off the event loop.
     rows = await asyncio.to_thread(_job_rows, jobs, next_runs)
+    # The rows marked removed: the file's others (a start), or the names given (a reload).
+    marked_names = [job.name for job in jobs] if removed is None else list(removed)
+    others = "NOT (name = ANY($1::text[]))" if removed is None else "name = ANY($1::text[])"
+    marked = f"removed_at IS NULL AND source = 'config' AND {others}"
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            LOCK_JOBS_IN_ORDER.format(where=f"name = ANY($2::text[]) OR ({marked})"),
+            marked_names,
+            [row[0] for row in rows],
+        )
         await conn.executemany(
             # A live API job's row is the API's (a daemon never schedules a file job of its name);
             # a removed one's is taken over.
@@ -147,12 +177,12 @@ async def sync_jobs(
                WHERE jobs.source = 'config' OR jobs.removed_at IS NOT NULL""",
             rows,
         )
-        mark = """UPDATE jobs SET removed_at = now(), next_run_at = NULL, updated_at = now()
-                  WHERE removed_at IS NULL AND source = 'config' AND """
-        if removed is None:
-            await conn.execute(mark + "NOT (name = ANY($1::text[]))", [job.name for job in jobs])
-        elif removed:
-            await conn.execute(mark + "name = ANY($1::text[])", list(removed))
+        if removed is None or removed:
+            await conn.execute(
+                "UPDATE jobs SET removed_at = now(), next_run_at = NULL, updated_at = now() "
+                f"WHERE {marked}",
+                marked_names,
+            )
 
 
 def _job_rows(
@@ -175,6 +205,7 @@ async def write_executions(
     async with conn.transaction():
         await _stage(conn, latest.values())
         written = await conn.fetchval(_MERGE if events else _MERGE_QUIETLY)
+        await conn.execute(_LOCK_TOUCHED_JOBS)
         await conn.execute(_TOUCH_JOBS)
         items = _item_rows(latest.values())
         if items:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -14,7 +14,7 @@ import pytest
 from scheduler_daemon.running.records import FireKind, Status
 from scheduler_daemon.specs import HttpSpec
 from scheduler_daemon.storage import queries, store
-from tests.helpers import T, make_job, rec
+from tests.helpers import T, make_job, rec, wait_until
 
 
 @pytest.fixture
@@ -248,3 +248,60 @@ async def test_drift_is_the_schedules_and_catch_up_delay_is_apart(pool: asyncpg.
     assert stats["p95_drift_ms"] == stats["max_drift_ms"] == 2.0
     assert stats["max_catchup_delay_ms"] == 720_000.0 and stats["runs"] == 31
     assert await pool.fetchval("SELECT p95_drift_ms_24h FROM job_health") == 2.0
+
+
+# -- lock order ----------------------------------------------------------------------------------
+
+NAMES = ["zeta", "alpha", "mu"]  # written in this order; locked in name order: alpha, mu, zeta
+
+
+def _several_jobs_writers(pool: asyncpg.Pool) -> dict[str, Callable[[], Awaitable[object]]]:
+    """Every statement that updates several rows of `jobs`, each given them out of name order
+    (the recorder's batch, next-run publishing, a config sync)."""
+    later = T + timedelta(hours=1)
+
+    async def record() -> None:
+        async with pool.acquire() as conn:
+            await store.write_executions(conn, [rec(job=name, n=99) for name in NAMES])
+
+    return {
+        "write_executions": record,
+        "set_next_runs": lambda: queries.set_next_runs(pool, dict.fromkeys(NAMES, later)),
+        "sync_jobs": lambda: store.sync_jobs(pool, [make_job(n) for n in NAMES], {}),
+    }
+
+
+async def test_writers_of_several_jobs_rows_lock_them_in_name_order(pool: asyncpg.Pool) -> None:
+    """Two writers that each lock some rows and wait for another's deadlock (PostgreSQL aborts
+    one: the recorder's batch and next-run publishing did, under a 10k-job burst) unless all
+    take the rows in one order. While a writer waits for `mu`, it must hold `alpha` and not yet
+    `zeta`."""
+    await store.sync_jobs(pool, [make_job(n) for n in NAMES], {})
+    for what, write in _several_jobs_writers(pool).items():
+        async with pool.acquire() as blocker, pool.acquire() as probe:
+            task = None
+            async with blocker.transaction():
+                await blocker.execute("SELECT FROM jobs WHERE name = 'mu' FOR UPDATE")
+                task = asyncio.create_task(write())
+                await wait_until(lambda: _waits_for_a_lock(probe))
+                assert await _locked(probe, "alpha"), what
+                assert not await _locked(probe, "zeta"), what
+            await asyncio.wait_for(task, 10)
+
+
+async def _waits_for_a_lock(conn: asyncpg.Connection) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()"
+        )
+    )
+
+
+async def _locked(conn: asyncpg.Connection, name: str) -> bool:
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT FROM jobs WHERE name = $1 FOR UPDATE NOWAIT", name)
+    except asyncpg.LockNotAvailableError:
+        return True
+    return False
