@@ -1,6 +1,7 @@
 """The same burst on APScheduler 3.11 (AsyncIOScheduler): N jobs all due every second.
 
     python -m bench.aps --jobs 1000 --seconds 30      # prints one JSON object
+    python -m bench.aps --jobs 1000 --seconds 30 --realistic --http URL   # as bench.drift's
 
 Lateness is measured like ours: from the scheduled instant to the moment the job function starts.
 A fire APScheduler drops (misfire) is counted, not silently lost from the figures.
@@ -15,11 +16,15 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+REALISTIC_TIMEOUT = 5.0  # seconds: every realistic job's timeout, as ours
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -30,16 +35,21 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run(
-    jobs: int, seconds: float, spread: bool = False, http: str | None = None
+    jobs: int,
+    seconds: float,
+    spread: bool = False,
+    http: str | None = None,
+    realistic: bool = False,
 ) -> dict[str, object]:
     started: dict[str, float] = {}
     lateness_ms: list[float] = []
     finished = [0.0]  # when the last job finished
     first = [float("inf")]  # the first instant a job was due
     missed = failed = 0
-    # Configured like ours: one shared session, no connection limit, a 10 s timeout.
+    # Configured like ours: one shared session, no connection limit, the jobs' timeout.
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=10)
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=REALISTIC_TIMEOUT if realistic else 10),
     )
 
     async def job(job_id: str) -> None:
@@ -48,6 +58,19 @@ async def run(
             async with session.get(http) as response:
                 await response.read()
                 response.raise_for_status()
+        finished[0] = time.time()
+
+    async def http_job(job_id: str, url: str) -> None:
+        started[job_id] = time.time()
+        async with session.get(url) as response:
+            await response.read()
+            response.raise_for_status()
+        finished[0] = time.time()
+
+    async def sleep_job(job_id: str, delay: float) -> None:
+        # ours: `python: "asyncio:sleep", args: {delay: 0}, timeout: 5s`
+        started[job_id] = time.time()
+        await asyncio.wait_for(asyncio.sleep(delay=delay), REALISTIC_TIMEOUT)
         finished[0] = time.time()
 
     def listener(event: JobEvent) -> None:
@@ -63,18 +86,27 @@ async def run(
         if began is not None:
             lateness_ms.append((began - scheduled.timestamp()) * 1000.0)
 
+    def target(job_id: str, i: int) -> tuple[Callable[..., Awaitable[None]], dict[str, Any]]:
+        """Job i's coroutine function and keyword arguments, as ours in bench.drift."""
+        if realistic and http is not None:  # bench.drift.realistic_action
+            if i % 10 == 9:
+                return http_job, {"job_id": job_id, "url": http}
+            return sleep_job, {"job_id": job_id, "delay": 0}
+        return job, {"job_id": job_id}
+
     scheduler = AsyncIOScheduler()
     scheduler.add_listener(listener, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     base = datetime.fromtimestamp(int(time.time()) + 2, UTC)
     for i in range(jobs):
         job_id = f"j{i:06d}"
+        func, kwargs = target(job_id, i)
         if spread:  # every second at offset i/N, like the daemon's `every: 1s, offset: ...`
             start = base + timedelta(seconds=i / jobs)
             scheduler.add_job(
-                job, "interval", seconds=1, start_date=start, id=job_id, args=[job_id]
+                func, "interval", seconds=1, start_date=start, id=job_id, kwargs=kwargs
             )
         else:
-            scheduler.add_job(job, "cron", second="*", id=job_id, args=[job_id])
+            scheduler.add_job(func, "cron", second="*", id=job_id, kwargs=kwargs)
     cpu0 = time.process_time()
     scheduler.start()
     await asyncio.sleep(seconds)
@@ -156,13 +188,22 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--spread", action="store_true", help="fires evenly over each second")
     parser.add_argument("--http", metavar="URL", help="jobs GET this URL")
+    parser.add_argument(
+        "--realistic", action="store_true", help="5 s timeouts, kwargs, every 10th job HTTP"
+    )
     parser.add_argument("--scale", action="store_true", help="hourly jobs: start, RSS, idle CPU")
     parser.add_argument("--idle", type=float, default=30, help="with --scale: idle seconds")
     args = parser.parse_args()
+    if args.realistic and not args.http:
+        parser.error("--realistic needs --http URL (the target of its HTTP jobs)")
     if args.scale:
         print(json.dumps(asyncio.run(scale(args.jobs, args.idle))))
         return 0
-    print(json.dumps(asyncio.run(run(args.jobs, args.seconds, args.spread, args.http))))
+    print(
+        json.dumps(
+            asyncio.run(run(args.jobs, args.seconds, args.spread, args.http, args.realistic))
+        )
+    )
     return 0
 
 

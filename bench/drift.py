@@ -1,6 +1,7 @@
 """Drift of N python jobs all firing every second, measured by the real daemon on a real database.
 
     python -m bench.drift --jobs 1000 --seconds 30
+    python -m bench.drift --jobs 1000 --seconds 30 --realistic --http URL   # 90 % python, 10 % HTTP
 
 Starts `scheduler-daemon run` on a generated config (embedded PostgreSQL unless --database-url),
 lets it run, stops it with SIGTERM and reports from the executions table: fires recorded vs
@@ -28,13 +29,32 @@ from scheduler_daemon.storage.embedded import EmbeddedPostgres
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Realistic jobs: a 5 s timeout and keyword arguments; every tenth one an HTTP GET.
+REALISTIC_PYTHON = 'python: "asyncio:sleep", args: {delay: 0}, timeout: 5s'
+
+
+def realistic_action(i: int, url: str) -> str:
+    """Job i of the realistic mix: 90 % async python jobs with kwargs, 10 % HTTP, 5 s timeouts."""
+    return f'http: {{url: "{url}"}}, timeout: 5s' if i % 10 == 9 else REALISTIC_PYTHON
+
+
 def write_config(
-    path: Path, jobs: int, database_url: str, *, spread: bool = False, http: str | None = None
+    path: Path,
+    jobs: int,
+    database_url: str,
+    *,
+    spread: bool = False,
+    http: str | None = None,
+    realistic: bool = False,
 ) -> None:
     """N every-second jobs: all due at the same instant, or (spread) evenly over each second.
 
-    Python no-op jobs, or (``http``) GETs of that URL."""
+    Python no-op jobs, or (``http``) GETs of that URL, or (``realistic``, with ``http``) the
+    realistic mix of :func:`realistic_action`."""
     action = f'http: {{url: "{http}"}}, timeout: 10s' if http else 'python: "bench.jobs:noop"'
+
+    def job_action(i: int) -> str:
+        return realistic_action(i, http) if realistic and http else action
 
     lines = [
         f'database: {{url: "{database_url}"}}',
@@ -44,7 +64,7 @@ def write_config(
         "jobs:",
     ]
     lines += [
-        f"  j{i:06d}: {{every: 1s, offset: {(i / jobs) if spread else 0:.6f}s, {action}}}"
+        f"  j{i:06d}: {{every: 1s, offset: {(i / jobs) if spread else 0:.6f}s, {job_action(i)}}}"
         for i in range(jobs)
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -110,7 +130,12 @@ def main() -> int:
     parser.add_argument("--database-url", help="default: a throwaway embedded PostgreSQL")
     parser.add_argument("--spread", action="store_true", help="fires evenly over each second")
     parser.add_argument("--http", metavar="URL", help="HTTP jobs GETting URL instead of python")
+    parser.add_argument(
+        "--realistic", action="store_true", help="5 s timeouts, kwargs, every 10th job HTTP"
+    )
     args = parser.parse_args()
+    if args.realistic and not args.http:
+        parser.error("--realistic needs --http URL (the target of its HTTP jobs)")
     with tempfile.TemporaryDirectory(prefix="sd-bench-") as tmp:
         work = Path(tmp)
         server = None
@@ -120,7 +145,9 @@ def main() -> int:
             dsn = server.start()
         try:
             config = work / "config.yaml"
-            write_config(config, args.jobs, dsn, spread=args.spread, http=args.http)
+            write_config(
+                config, args.jobs, dsn, spread=args.spread, http=args.http, realistic=args.realistic
+            )
             env = {**os.environ, "PYTHONPATH": str(REPO), "SCHEDULER_LOG_LEVEL": "warning"}
             daemon = Path(sys.executable).with_name("scheduler-daemon")
             started = time.monotonic()

@@ -1,7 +1,9 @@
 """Markdown tables of the latest results of each scenario: python -m bench.table
 
 Reads bench/results/<scenario>.jsonl (written by python -m bench ...) and prints, per scenario,
-the rows of its most recent run — the tables in the README's performance section.
+the rows of its most recent run — the tables in the README's performance section: the realistic
+variant's tables first, then the plain ones. A row holds the medians of its alternating runs
+(rows written before runs and variants existed are one plain run).
 """
 
 from __future__ import annotations
@@ -15,16 +17,29 @@ RESULTS = Path(__file__).resolve().parent / "results"
 Row = dict[str, Any]
 
 
-def latest(scenario: str) -> list[Row]:
-    """The rows of the newest run: the last row of each size."""
+VARIANTS = ("realistic", "plain")
+
+
+def latest(scenario: str, variant: str = "plain") -> list[Row]:
+    """The rows of the newest run of ``variant``: the last row of each size."""
     path = RESULTS / f"{scenario}.jsonl"
     if not path.exists():
         return []
     by_size: dict[int, Row] = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        by_size[row["size"]] = row
+        if row.get("variant", "plain") == variant:
+            by_size[row["size"]] = row
     return [by_size[size] for size in sorted(by_size)]
+
+
+def heading(scenario: str, variant: str, rows: list[Row]) -> str:
+    first = rows[0]
+    runs = sorted({int(row.get("runs", 1)) for row in rows})
+    counted = " or ".join(map(str, runs))
+    how = "1 run per side" if runs == [1] else f"median of {counted} alternating runs"
+    name = f"{scenario} realistic" if variant == "realistic" else scenario
+    return f"### {name} ({first.get('machine', '?')}, {first.get('seconds')} s per side, {how})"
 
 
 def ms(value: Any) -> str:
@@ -112,14 +127,12 @@ TABLES: dict[str, Callable[[list[Row]], str]] = {
 
 
 def main() -> int:
-    for scenario, render in TABLES.items():
-        rows = latest(scenario)
-        if rows:
-            first = rows[0]
-            print(
-                f"### {scenario} ({first.get('machine', '?')}, {first.get('seconds')} s per side)\n"
-            )
-            print(render(rows) + "\n")
+    for variant in VARIANTS:
+        for scenario, render in TABLES.items():
+            rows = latest(scenario, variant)
+            if rows:
+                print(heading(scenario, variant, rows) + "\n")
+                print(render(rows) + "\n")
     return 0
 
 
