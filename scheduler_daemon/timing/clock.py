@@ -7,9 +7,12 @@ Tests inject :class:`FakeClock` (tests/fakes.py) so that time-dependent behaviou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
+
+from scheduler_daemon.timing.deadlines import Deadline
 
 
 class Clock(Protocol):
@@ -41,4 +44,5 @@ class SystemClock:
         await asyncio.sleep(max(0.0, seconds))
 
     def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
-        return asyncio.timeout(seconds)
+        # One loop timer shared by every block rather than one each (deadlines.py).
+        return contextlib.nullcontext() if seconds is None else Deadline(seconds)
