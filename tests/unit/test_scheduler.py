@@ -95,6 +95,23 @@ async def test_a_job_added_while_the_loop_sleeps_fires_on_time(h: Harness) -> No
     assert [at - T0 for _, at, _ in h.fired] == [1.0, 1.5]
 
 
+async def test_a_wake_up_never_swallows_a_real_cancel() -> None:
+    """A wake-up cancels the sleeping loop and takes that cancel back; a cancel from anyone
+    else, even in the same instant as a wake-up, ends the loop."""
+    for wake_too in (False, True):
+        harness = Harness()
+        task = asyncio.create_task(harness.scheduler.run())
+        await harness.clock.settle()  # asleep
+        harness.scheduler.add(make_job("a", every=5.0))  # a wake-up: the loop goes on
+        await harness.clock.settle()
+        assert not task.done()
+        if wake_too:
+            harness.scheduler.add(make_job("b", every=5.0))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 1)
+
+
 async def test_sleeps_are_bounded_so_clock_steps_are_noticed(h: Harness) -> None:
     h.scheduler.add(make_job("hourly", every=3600.0))
     await h.clock.advance(0)
