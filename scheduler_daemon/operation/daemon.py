@@ -54,6 +54,7 @@ from scheduler_daemon.timing.clock import Clock, SystemClock
 from scheduler_daemon.timing.scheduler import Scheduler
 
 log = structlog.get_logger("scheduler_daemon.operation.daemon")
+GC_THRESHOLDS = (50_000, 20, 100)  # gen0 allocations, gen1 and gen2 passes
 
 
 class Daemon:
@@ -245,6 +246,10 @@ class Daemon:
         # before the first fire is computed, so this one full collection delays none.
         gc.collect()
         gc.freeze()
+        # A fire's objects (task, frames, rows) live until it ends, so the default thresholds
+        # (700, 10, 10) collect over and over what cannot be garbage yet: at 3,000 fires/s that
+        # took ~1.5 s of every 25 s, ~0.3 s with these (cycles are still freed within seconds).
+        gc.set_threshold(*GC_THRESHOLDS)
         # Fires up to this instant that never ran are the catch-up's; the schedule starts after.
         resumed_at = self._recovery.resumed_at = self._now()
         self._scheduler.set_jobs(config.jobs, after=resumed_at)
