@@ -53,11 +53,10 @@ async def run(
     )
 
     async def job(job_id: str) -> None:
-        started[job_id] = time.time()
         if http is not None:
-            async with session.get(http) as response:
-                await response.read()
-                response.raise_for_status()
+            await http_job(job_id, http)
+            return
+        started[job_id] = time.time()
         finished[0] = time.time()
 
     async def http_job(job_id: str, url: str) -> None:
