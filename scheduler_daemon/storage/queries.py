@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeAlias
 import asyncpg
 
 from scheduler_daemon.running.records import Status
-from scheduler_daemon.storage import rows, store
+from scheduler_daemon.storage import rows
 from scheduler_daemon.storage.store import Db, Row
 
 # A page of attempts leaves out `result` (up to result_max_bytes, 1 MiB, each): one attempt's
@@ -200,18 +200,20 @@ async def set_paused(db: Db, job: str, paused: bool) -> datetime | None:
 
 
 async def set_next_runs(db: Db, next_runs: Mapping[str, datetime | None]) -> None:
-    """Write each job's next fire (``jobs.next_run_at``), in one transaction."""
-    async with store.transaction(db) as conn:
-        await conn.execute(
-            store.LOCK_JOBS_IN_ORDER.format(where="name = ANY($1::text[])"), list(next_runs)
-        )
-        await conn.execute(
-            """UPDATE jobs SET next_run_at = n.at
-               FROM unnest($1::text[], $2::timestamptz[]) AS n(name, at)
-               WHERE jobs.name = n.name AND jobs.next_run_at IS DISTINCT FROM n.at""",
-            list(next_runs),
-            list(next_runs.values()),
-        )
+    """Write each job's next fire (``jobs.next_run_at``), in one statement that locks only the
+    rows it changes, in name order (store.LOCK_JOBS_IN_ORDER's rule; locking every row given
+    dirtied every page of `jobs` when 100k unchanged jobs were passed)."""
+    await db.execute(
+        """WITH changed AS (
+               SELECT jobs.name, n.at FROM jobs
+               JOIN unnest($1::text[], $2::timestamptz[]) AS n(name, at) ON jobs.name = n.name
+               WHERE jobs.next_run_at IS DISTINCT FROM n.at
+               ORDER BY jobs.name FOR NO KEY UPDATE OF jobs)
+           UPDATE jobs SET next_run_at = changed.at FROM changed
+           WHERE jobs.name = changed.name""",
+        list(next_runs),
+        list(next_runs.values()),
+    )
 
 
 async def paused_jobs(db: Db) -> dict[str, datetime]:

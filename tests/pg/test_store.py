@@ -289,6 +289,21 @@ async def test_writers_of_several_jobs_rows_lock_them_in_name_order(pool: asyncp
             await asyncio.wait_for(task, 10)
 
 
+async def test_next_runs_lock_only_the_rows_they_change(pool: asyncpg.Pool) -> None:
+    """A job whose next fire did not move is neither rewritten nor locked (at a start, 100k
+    unchanged jobs are passed): a writer holding its row does not hold the others up."""
+    later = T + timedelta(hours=1)
+    await store.sync_jobs(pool, [make_job(n) for n in NAMES], dict.fromkeys(NAMES, later))
+    async with pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute("SELECT FROM jobs WHERE name = 'mu' FOR UPDATE")
+        moved = {"alpha": later + timedelta(hours=1), "mu": later, "zeta": later}
+        await asyncio.wait_for(queries.set_next_runs(pool, moved), 5)
+    rows = await pool.fetch("SELECT name, next_run_at FROM jobs ORDER BY name")
+    assert [(r["name"], r["next_run_at"]) for r in rows] == [
+        ("alpha", later + timedelta(hours=1)), ("mu", later), ("zeta", later),
+    ]  # fmt: skip
+
+
 async def _waits_for_a_lock(conn: asyncpg.Connection) -> bool:
     return bool(
         await conn.fetchval(
