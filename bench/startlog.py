@@ -69,8 +69,11 @@ class Rows:
         return self.appended
 
 
-async def one_run(jobs: list[JobSpec], directory: Path | None) -> dict[str, float]:
-    rows, action = Rows(), Noop()
+async def one_run(
+    jobs: list[JobSpec], directory: Path | None, action: Noop | None = None
+) -> dict[str, float]:
+    """One burst of ``jobs`` and the lone fires (``action``: a Noop or one of its kind)."""
+    rows, action = Rows(), action or Noop()
     starts = None if directory is None else StartLog(directory, rows=rows)
     runner = Runner(
         clock=SystemClock(),

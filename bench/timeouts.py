@@ -3,9 +3,10 @@ shared deadlines (timing/deadlines.py, what the daemon uses) and with no timeout
 
     python -m bench.timeouts --fires 10000 --runs 3     # prints one JSON object
 
-In one process on uvloop, the real Runner and start log fire N jobs due at the same instant; each
-attempt awaits ``asyncio.sleep(0)`` (a job that yields once, as `asyncio:sleep` with delay 0
-does) under a 5 s timeout; the recorder is a counter (bench.startlog's). Each figure is the
+bench.startlog's burst (in one process on uvloop, the real Runner and start log fire N jobs
+due at the same instant; the recorder is a counter), with an action that awaits
+``asyncio.sleep(0)`` (a job that yields once, as `asyncio:sleep` with delay 0 does) under a 5 s
+timeout. Each figure is the
 median over the runs: ``cpu_us_per_fire`` (the process's CPU over the burst, divided by N),
 ``median_start_ms`` and ``last_start_ms`` (from the first submit until half of the actions,
 and the last one, began).
@@ -15,29 +16,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from bench.startlog import OK, Rows
+from bench.startlog import OK, Noop, one_run
 from scheduler_daemon.logs import configure_logging
 from scheduler_daemon.running.actions.outcome import Outcome
-from scheduler_daemon.running.limiter import Limiter
-from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import CommandSpec, JobSpec
-from scheduler_daemon.storage.startlog import StartLog
 from scheduler_daemon.timing.clock import SystemClock
 
 Timeout = Callable[[SystemClock, float | None], AbstractAsyncContextManager[object]]
+FIGURES = ("cpu_us_per_fire", "median_start_ms", "last_start_ms")
 SIDES: dict[str, tuple[Timeout, float | None]] = {
     "asyncio_timeout": (lambda _, seconds: asyncio.timeout(seconds), 5.0),
     "shared_deadlines": (SystemClock.timeout, 5.0),
@@ -45,43 +42,13 @@ SIDES: dict[str, tuple[Timeout, float | None]] = {
 }
 
 
-class YieldOnce:
+class YieldOnce(Noop):
     """The action: notes when it began, yields to the loop once."""
-
-    def __init__(self) -> None:
-        self.began: list[float] = []
 
     async def run(self, overrides: Mapping[str, Any] | None = None) -> Outcome:
         self.began.append(time.perf_counter())
         await asyncio.sleep(0)
         return OK
-
-
-async def one_run(jobs: list[JobSpec], directory: Path) -> dict[str, float]:
-    rows, action = Rows(), YieldOnce()
-    starts = StartLog(directory, rows=rows)
-    runner = Runner(
-        clock=SystemClock(),
-        limiter=Limiter(len(jobs)),
-        recorder=rows,
-        action_for=lambda job: action,
-        node="bench",
-        starts=starts,
-    )
-    await starts.start()
-    at = datetime.now(UTC).replace(microsecond=0)
-    gc.collect()
-    cpu, began = time.process_time(), time.perf_counter()
-    fires = [runner.submit(job, at) for job in jobs]
-    await asyncio.gather(*(f.task for f in fires if f is not None and f.task is not None))
-    cpu = time.process_time() - cpu
-    await starts.close()
-    starts_ms = sorted((t - began) * 1e3 for t in action.began)
-    return {
-        "cpu_us_per_fire": cpu / len(jobs) * 1e6,
-        "median_start_ms": statistics.median(starts_ms),
-        "last_start_ms": starts_ms[-1],
-    }
 
 
 def _jobs(fires: int, timeout: float | None) -> list[JobSpec]:
@@ -101,9 +68,10 @@ async def compare(fires: int, runs: int) -> dict[str, Any]:
                 for side in order:
                     timeout, seconds = SIDES[side]
                     SystemClock.timeout = timeout  # type: ignore[method-assign]
-                    results[side].append(
-                        await one_run(_jobs(fires, seconds), Path(tmp) / f"{side}{run}")
+                    burst = await one_run(
+                        _jobs(fires, seconds), Path(tmp) / f"{side}{run}", YieldOnce()
                     )
+                    results[side].append({key: burst[key] for key in FIGURES})
         finally:
             SystemClock.timeout = original  # type: ignore[method-assign]
     return {
