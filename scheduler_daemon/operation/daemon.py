@@ -304,8 +304,7 @@ class Daemon:
                 clock=self._clock,
                 database=self.database,
                 ready=lambda: self._recovery.done,
-                names=lambda: [job.name for job in self.config.jobs],
-                next_fire=self._scheduler.next_fire,
+                schedule=self._scheduler,
             ),
         }
 

@@ -64,6 +64,7 @@ class Scheduler:
         self._woken = False  # the job set changed, or a stop: look at the heap again
         self._sleeper: asyncio.Future[None] | None = None  # the loop's sleep, while it sleeps
         self._stopped = False
+        self._moved: set[str] = set()  # jobs whose next fire changed since ``take_moved``
 
     # -- job set -----------------------------------------------------------------------------
 
@@ -104,6 +105,17 @@ class Scheduler:
         while len(times) < count and (after := entry.schedule.next_after(times[-1])) is not None:
             times.append(after)
         return times
+
+    def take_moved(self) -> set[str]:
+        """The jobs whose next fire changed since the last call (some may be removed since):
+        what has to be published, without walking every job."""
+        moved, self._moved = self._moved, set()
+        return moved
+
+    def next_fires(self, names: Iterable[str]) -> dict[str, datetime | None]:
+        """The next fire of each of ``names`` still scheduled."""
+        jobs = self._jobs
+        return {name: jobs[name].next_at for name in names if name in jobs}
 
     def describe(self, name: str) -> str | None:
         entry = self._jobs.get(name)
@@ -218,6 +230,7 @@ class Scheduler:
 
     def _push(self, entry: _Scheduled, fire_at: datetime | None) -> None:
         entry.next_at = fire_at
+        self._moved.add(entry.job.name)
         if fire_at is not None:
             heapq.heappush(
                 self._heap, (fire_at.timestamp(), next(self._seq), entry.job.name, entry.generation)

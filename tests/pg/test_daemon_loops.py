@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,14 +59,25 @@ async def test_next_run_at_follows_the_schedule_between_syncs(database_url: str)
         class Connected:
             pool: asyncpg.Pool | None = None
 
-        database = Connected()
-        database.pool = pool
+        class Schedule:
+            moved = {"a"}
+
+            def take_moved(self) -> set[str]:
+                moved, self.moved = self.moved, set()
+                return moved
+
+            def next_fires(self, names: Iterable[str]) -> dict[str, datetime | None]:
+                return {name: upcoming[name] for name in names if name in upcoming}
+
+        database = Connected()  # no pool yet: what moved meanwhile is written once there is
+        schedule = Schedule()
         loop = asyncio.create_task(
             keep_next_runs_current(
-                clock=clock, database=database, ready=lambda: True,
-                names=lambda: list(upcoming), next_fire=upcoming.get,
+                clock=clock, database=database, ready=lambda: True, schedule=schedule
             )
-        )  # fmt: skip
+        )
+        await clock.advance(NEXT_RUNS_EVERY)
+        database.pool = pool
         await clock.advance(NEXT_RUNS_EVERY)
 
         async def written(name: str, at: datetime) -> bool:
@@ -75,6 +86,7 @@ async def test_next_run_at_follows_the_schedule_between_syncs(database_url: str)
 
         await wait_until(lambda: written("a", upcoming["a"]))
         upcoming["b"] = datetime(2026, 1, 2, 9, tzinfo=UTC)
+        schedule.moved.add("b")
         await clock.advance(NEXT_RUNS_EVERY)
         await wait_until(lambda: written("b", upcoming["b"]))
         loop.cancel()

@@ -148,6 +148,20 @@ def test_heap_work_is_per_fire_not_per_job() -> None:
     assert len(scheduler._heap) == 1000  # one live entry per job: popping pushes exactly one
 
 
+def test_only_the_jobs_whose_next_fire_moved_are_handed_over() -> None:
+    clock = FakeClock(T0 + 0.5)
+    scheduler = Scheduler(clock=clock, dispatch=lambda job, at: None)
+    scheduler.set_jobs(make_job(f"j{i}", every=5.0 if i < 2 else 3600.0) for i in range(1000))
+    assert len(scheduler.take_moved()) == 1000  # every job got its first fire
+    assert scheduler.take_moved() == set()
+    fired = {job.name for job, _ in scheduler.pop_due(T0 + 6)}
+    assert fired == {"j0", "j1"}
+    scheduler.remove("j1")
+    moved = scheduler.take_moved()
+    assert moved == fired
+    assert scheduler.next_fires(moved) == {"j0": datetime.fromtimestamp(T0 + 10, UTC)}
+
+
 class JumpHarness(Harness):
     def __init__(self) -> None:
         super().__init__()
