@@ -44,6 +44,7 @@ from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import FireKind
 from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import Config, JobSpec
+from scheduler_daemon.specs.job_blocks import JobBlocks
 from scheduler_daemon.storage.database import open_database
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.queries import OneOffRun, RunSetup
@@ -58,7 +59,10 @@ GC_THRESHOLDS = (50_000, 20, 100)  # gen0 allocations, gen1 and gen2 passes
 
 
 class Daemon:
-    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, *, clock: Clock | None = None, blocks: JobBlocks | None = None
+    ) -> None:
+        """``blocks``: what loaded ``config`` job by job (reloads reuse unchanged jobs)."""
         self._clock: Clock = clock or SystemClock()
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
@@ -89,6 +93,7 @@ class Daemon:
             limiter=self._limiter,
             metrics=self.metrics,
             database=self.database,
+            blocks=blocks or JobBlocks(),
         )
         self.database.on_connect(self._database_lock.on_connect)  # before any schema change
         self.database.on_connect(self._schema.on_connect)
@@ -470,9 +475,10 @@ class Daemon:
 
 
 def run_daemon(config_path: Path) -> int:
-    config = load_checked(config_path, import_targets=True)
+    blocks = JobBlocks()
+    config = load_checked(config_path, import_targets=True, blocks=blocks)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
-        return asyncio.run(Daemon(config).run())
-    return uvloop.run(Daemon(config).run())
+        return asyncio.run(Daemon(config, blocks=blocks).run())
+    return uvloop.run(Daemon(config, blocks=blocks).run())

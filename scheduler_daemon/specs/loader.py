@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from scheduler_daemon.errors import ConfigError, ConfigUnreadable, as_whom
 from scheduler_daemon.specs import pytargets, yamlsource
+from scheduler_daemon.specs.job_blocks import JobBlocks
 from scheduler_daemon.specs.models import SCHEDULE_KEYS, Config, JobSpec
 from scheduler_daemon.specs.redaction import dump_places
 from scheduler_daemon.specs.spec import Loc, problems_of
@@ -55,6 +56,7 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     first_fire: FirstFire | None = None,
     import_targets: bool = False,
+    blocks: JobBlocks | None = None,
 ) -> Config:
     """Read, interpolate and validate a config file; raise ConfigError listing every problem.
 
@@ -62,12 +64,13 @@ def load_config(
     With ``first_fire``, a job whose first fire cannot be computed is a problem at its schedule.
     With ``import_targets``, the config's python_path is put on sys.path and every python job's
     module imported (running its code): a target that cannot be called, or arguments it does not
-    take, are problems at the job; refused, the previous python_path is put back.
+    take, are problems at the job; refused, the previous python_path is put back. With
+    ``blocks``, jobs whose text is unchanged since it last loaded are not parsed again.
     """
     display = str(path)
     environ = os.environ if environ is None else environ
     try:
-        return _load(path, display, environ, first_fire, import_targets=import_targets)
+        return _load(path, display, environ, first_fire, import_targets, blocks)
     except ConfigError:
         raise
     except Exception as exc:  # a bug: still a refusal with the file's name, never a crash
@@ -80,8 +83,8 @@ def _load(
     display: str,
     environ: Mapping[str, str],
     first_fire: FirstFire | None,
-    *,
     import_targets: bool,
+    blocks: JobBlocks | None,
 ) -> Config:
     file = Path(path).expanduser()
     try:
@@ -92,6 +95,13 @@ def _load(
         raise ConfigUnreadable(
             f"cannot read config file {display}: {exc.strerror or exc}{as_whom()}"
         ) from None
+    if blocks is not None:
+        with _gc_paused():
+            config = blocks.load(
+                text, lambda frame: _frame(frame, file, display, environ), environ, first_fire
+            )
+        if config is not None and not (import_targets and _targets_refused(config)):
+            return config
     try:
         with _gc_paused():
             source = yamlsource.parse(text, environ)
@@ -114,6 +124,8 @@ def _load(
     if report.items:
         raise ConfigError([message for _, message in sorted(report.items, key=lambda x: x[0])])
     assert config is not None
+    if blocks is not None:
+        blocks.adopt(config)
     return config
 
 
@@ -146,6 +158,31 @@ def _validate(
         return None
     _remember_templates(config, source)
     return config
+
+
+def _frame(
+    text: str, file: Path, display: str, environ: Mapping[str, str]
+) -> tuple[Config, yamlsource.Source] | None:
+    """The config ``text`` holds, if it has no problem at all (else None: load it whole)."""
+    try:
+        source = yamlsource.parse(text, environ)
+    except yaml.YAMLError:
+        return None
+    report = _Report(display, source)
+    config = _validate(source, file.resolve(), environ, report)
+    if config is None or source.problems or report.items:
+        return None
+    return config, source
+
+
+def _targets_refused(config: Config) -> bool:
+    """Put python_path on sys.path and check every target; refused: the previous put back."""
+    report = _Report("", yamlsource.Source(data=None))
+    previous = pytargets.use_python_path(config.python_path)
+    _check_targets(config, report)
+    if report.items:
+        pytargets.use_python_path(previous)
+    return bool(report.items)
 
 
 def _check_first_fires(config: Config, first_fire: FirstFire, report: _Report) -> None:

@@ -316,18 +316,10 @@ class Config(Spec):
         jobs: list[JobSpec] = []
         problems: list[Problem] = []
         for name, body in value.items():
-            if not isinstance(body, dict):
-                problems.append(((name,), f"expected a mapping of job fields, got {v.got(body)}"))
-                continue
-            if "name" in body:
-                problems.append(((name, "name"), "unknown key 'name' (a job is named by its key)"))
-            fields = {**with_defaults(body, defaults), "name": str(name)}
-            fields.setdefault("timezone", timezone)
-            try:
-                # by_name=False: a user writes `json:`, never the field name behind it.
-                jobs.append(JobSpec.model_validate(fields, context=info.context, by_name=False))
-            except ValidationError as exc:
-                problems += [((name, *_under_job(loc)), m) for loc, m in problems_of(exc)]
+            job, wrong = job_from_file(name, body, defaults, timezone, info.context)
+            problems += wrong
+            if job is not None:
+                jobs.append(job)
         if problems:
             raise problems_error("jobs", problems, value)
         return tuple(jobs)
@@ -368,6 +360,25 @@ class Config(Spec):
 
     def job(self, name: str) -> JobSpec | None:
         return next((job for job in self.jobs if job.name == name), None)
+
+
+def job_from_file(
+    name: Any, body: Any, defaults: Mapping[str, Any], timezone: str, context: Any
+) -> tuple[JobSpec | None, list[Problem]]:
+    """One job of a config file's `jobs:` mapping, over the config's defaults and zone; or its
+    problems (places under `jobs`)."""
+    if not isinstance(body, dict):
+        return None, [((name,), f"expected a mapping of job fields, got {v.got(body)}")]
+    problems: list[Problem] = []
+    if "name" in body:
+        problems.append(((name, "name"), "unknown key 'name' (a job is named by its key)"))
+    fields = {**with_defaults(body, defaults), "name": str(name)}
+    fields.setdefault("timezone", timezone)
+    try:
+        # by_name=False: a user writes `json:`, never the field name behind it.
+        return JobSpec.model_validate(fields, context=context, by_name=False), problems
+    except ValidationError as exc:
+        return None, problems + [((name, *_under_job(loc)), m) for loc, m in problems_of(exc)]
 
 
 def _under_job(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from scheduler_daemon.specs.job_blocks import CACHE_FILE
 from tests.helpers import (
     DAEMON,
     REPO,
@@ -214,6 +215,7 @@ async def test_sighup_reload_applies_a_valid_file_and_keeps_the_old_on_a_broken_
     daemon.proc.send_signal(signal.SIGHUP)
     reloaded = await daemon.wait_for("reload_succeeded", timeout=10)
     assert (reloaded["added"], reloaded["removed"], reloaded["changed"]) == (1, 1, 1)
+    assert reloaded["jobs_reused"] == 1  # `keep`, its text unchanged, was not validated again
     await daemon.wait_for(FINISHED, job="added", since=daemon.after(reloaded))
     await wait_until(lambda: _last_output_of_change_is(database_url, "new"))
 
@@ -226,6 +228,8 @@ async def test_sighup_reload_applies_a_valid_file_and_keeps_the_old_on_a_broken_
         await daemon.wait_for(FINISHED, job=job, since=after_failure)
     await daemon.wait_for(FINISHED, count=4, job="keep")
     assert await daemon.stop() == 0
+    # The jobs as last loaded, for the next start: the daemon's own file.
+    assert (tmp_path / "state" / CACHE_FILE).stat().st_mode & 0o777 == 0o600
 
     conn = await asyncpg.connect(database_url)
     try:

@@ -1,0 +1,219 @@
+"""Loading job by job: the same config as the whole-file load, unchanged jobs reused, and every
+problem still reported by the whole-file load."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from scheduler_daemon.errors import ConfigError
+from scheduler_daemon.operation.reload import first_fire
+from scheduler_daemon.specs import Config, job_blocks, load_config
+from scheduler_daemon.specs.job_blocks import CACHE_FILE, JobBlocks, split
+
+# Every kind of job, comments and blank lines between them, a quoted name, a block scalar, a
+# template, and defaults a job overrides in part.
+CONFIG = """\
+# header comment
+state_dir: ./state
+timezone: Europe/Paris
+defaults:
+  timeout: 30s
+  retry: {attempts: 3}
+jobs:
+  # a comment before the first job
+  prices:
+    cron: "*/5 * * * *"
+    http:
+      url: https://example.test/prices
+      headers: {Authorization: "Bearer ${TOKEN}"}
+    retry: {attempts: 5}
+
+  "nightly.report":
+    cron: "0 3 * * *"
+    command: ["sh", "-c", "echo report"]
+  # between jobs
+  script:
+    every: 1h
+    command:
+      - sh
+      - -c
+      - |
+        echo one
+        echo two
+  sleepy: {every: 10m, python: "asyncio:sleep", args: {delay: 0}}
+  once: {at: "2030-01-01T00:00:00Z", command: ["true"]}
+max_concurrency: 8
+"""
+
+ENV = {"TOKEN": "s3cr3t-token-value", "HOME": "/home/someone"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def dump(config: Config) -> list[object]:
+    return [config.model_dump(), [(j.spec_hash(), j._templates) for j in config.jobs]]
+
+
+def load(path: Path, blocks: JobBlocks | None, environ: dict[str, str] = ENV) -> Config:
+    return load_config(path, environ=environ, first_fire=first_fire, blocks=blocks)
+
+
+def test_job_by_job_gives_the_same_config_as_the_whole_file(tmp_path: Path) -> None:
+    path = write(tmp_path, CONFIG)
+    whole = load(path, None)
+    blocks = JobBlocks()
+    first = load(path, blocks)  # every job new: the whole file, then kept by block
+    again = load(path, blocks)
+    assert (blocks.reused, blocks.validated) == (5, 0)
+    assert dump(first) == dump(again) == dump(whole)
+    assert again.path == whole.path and again.jobs[0]._templates is not None
+
+
+def test_only_the_changed_job_is_validated_again_and_the_others_are_kept(tmp_path: Path) -> None:
+    path = write(tmp_path, CONFIG)
+    blocks = JobBlocks()
+    before = load(path, blocks)
+    path.write_text(CONFIG.replace('cron: "0 3 * * *"', 'cron: "0 4 * * *"'))
+    after = load(path, blocks)
+    assert (blocks.reused, blocks.validated) == (4, 1)
+    assert [a is b for a, b in zip(before.jobs, after.jobs, strict=True)] == [
+        True, False, True, True, True,
+    ]  # fmt: skip
+    assert after.job("nightly.report").cron == "0 4 * * *"  # type: ignore[union-attr]
+    assert dump(after) == dump(load(path, None))
+
+
+def test_a_change_of_defaults_or_of_a_variable_reaches_the_jobs_it_touches(tmp_path: Path) -> None:
+    path = write(tmp_path, CONFIG)
+    blocks = JobBlocks()
+    load(path, blocks)
+    changed = load(path, blocks, {**ENV, "TOKEN": "another"})
+    assert (blocks.reused, blocks.validated) == (4, 1)
+    assert changed.jobs[0].http.headers["Authorization"] == "Bearer another"  # type: ignore[union-attr]
+    path.write_text(CONFIG.replace("timeout: 30s", "timeout: 40s"))
+    longer = load(path, blocks)
+    assert {job.timeout for job in longer.jobs} == {40.0}
+    assert dump(longer) == dump(load(path, None))
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ('    cron: "0 3 * * *"\n', "config.yaml:17: jobs.nightly.report.cron: expected"),
+        ("  sleepy: {every: 10m,", "config.yaml:28: jobs.sleepy.every: expected"),
+    ],
+)
+def test_a_problem_in_a_job_is_reported_as_by_the_whole_file_load(
+    tmp_path: Path, bad: str, problem: str
+) -> None:
+    path = write(tmp_path, CONFIG)
+    blocks = JobBlocks()
+    load(path, blocks)
+    replacement = (
+        '    cron: "0 3 * * * * *"\n' if bad.startswith("    cron") else "  sleepy: {every: 10x,"
+    )
+    path.write_text(CONFIG.replace(bad, replacement))
+    with pytest.raises(ConfigError) as by_blocks:
+        load(path, blocks)
+    with pytest.raises(ConfigError) as whole:
+        load(path, None)
+    assert by_blocks.value.problems == whole.value.problems
+    assert any(p.startswith(f"{path.parent}/{problem}") for p in whole.value.problems), (
+        whole.value.problems
+    )
+
+
+def test_two_jobs_of_one_name_are_refused_as_by_the_whole_file_load(tmp_path: Path) -> None:
+    path = write(tmp_path, CONFIG)
+    blocks = JobBlocks()
+    load(path, blocks)
+    path.write_text(CONFIG.replace("  script:\n", "  prices:\n"))
+    with pytest.raises(ConfigError, match="duplicate"):
+        load(path, blocks)
+
+
+def test_aliases_between_jobs_and_the_frame_load_as_the_whole_file(tmp_path: Path) -> None:
+    text = (
+        'jobs:\n  a: &common {every: 1h, timeout: 5s, command: ["true"]}\n'
+        '  b: {<<: *common, command: ["false"]}\n'
+    )
+    path = write(tmp_path, text)
+    blocks = JobBlocks()
+    assert dump(load(path, blocks)) == dump(load(path, None))
+    assert [job.timeout for job in load(path, blocks).jobs] == [5.0, 5.0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'jobs: {a: {every: 1h, command: ["true"]}}\n',  # flow style
+        'jobs:\n  a: {every: 1h, command: ["true"]}\n jobs2: 1\n',  # indentation goes back
+        "jobs:\n  - a\n",  # a list
+        'jobs:\n  &anchor a: {every: 1h, command: ["true"]}\n',
+        '---\njobs:\n  a: {every: 1h, command: ["true"]}\n',  # a document marker
+        "state_dir: x\n",  # no jobs
+    ],
+)
+def test_what_cannot_be_cut_safely_is_not_cut(text: str) -> None:
+    assert split(text) is None
+
+
+def test_split_keeps_every_line_of_a_job_and_the_frame_around_the_jobs() -> None:
+    cut = split(CONFIG)
+    assert cut is not None
+    frame, blocks = cut
+    assert [block.split(":")[0].strip() for block in blocks] == [
+        "prices", '"nightly.report"', "script", "sleepy", "once",
+    ]  # fmt: skip
+    assert "        echo two" in blocks[2] and "# between jobs" in blocks[1]
+    assert frame.endswith("jobs: {}\nmax_concurrency: 8\n") and "prices" not in frame
+
+
+def test_the_next_start_reads_the_jobs_back_from_state_dir(tmp_path: Path) -> None:
+    path = write(tmp_path, CONFIG)
+    blocks = JobBlocks()
+    config = load(path, blocks)
+    config.state_dir.mkdir(mode=0o700)
+    blocks.save(config.state_dir)
+    saved = config.state_dir / CACHE_FILE
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert ENV["TOKEN"].encode() not in saved.read_bytes()  # a job with ${...} is not kept
+    restarted = JobBlocks()
+    again = load(path, restarted)
+    assert (restarted.reused, restarted.validated) == (4, 1)
+    assert dump(again) == dump(config)
+    assert not restarted.unsaved  # nothing new to write
+
+
+def test_a_cache_file_others_could_write_or_another_version_wrote_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, CONFIG)
+    blocks = JobBlocks()
+    config = load(path, blocks)
+    config.state_dir.mkdir(mode=0o700)
+    blocks.save(config.state_dir)
+    saved = config.state_dir / CACHE_FILE
+    os.chmod(saved, 0o620)
+    restarted = JobBlocks()
+    with capture_logs() as logs:
+        load(path, restarted)
+    assert restarted.reused == 0
+    assert [e["why"] for e in logs if e["event"] == "config_cache_ignored"] == ["not private to us"]
+    os.chmod(saved, 0o600)
+    monkeypatch.setattr(job_blocks, "_CODE", [b"another version"])
+    other = JobBlocks()
+    load(path, other)
+    assert other.reused == 0
+    saved.write_bytes(b"not a pickle")
+    with capture_logs() as logs:
+        load(path, JobBlocks())
+    assert [e["event"] for e in logs] == ["config_cache_ignored"]
