@@ -31,13 +31,20 @@ LAST_LINE = [""]  # the last awaited log line, for its fields
 BASE = int(time.time()) % 3600
 
 
-def write_config(path: Path, jobs: int, dsn: str, *, extra: str = "") -> None:
+def write_config(path: Path, jobs: int, dsn: str, *, extra: str = "", cron: bool = False) -> None:
+    """``cron``: each job a daily cron at one of the day's 1,440 minutes, but the next hour's."""
     base = BASE
     lines = [f'database: {{url: "{dsn}"}}', "state_dir: ./state", "jobs:"]
-    lines += [
-        f'  j{i:07d}: {{every: 1h, offset: {(base + 900 + i % 2400) % 3600}s, command: ["true"]}}'
-        for i in range(jobs)
-    ]
+    if cron:
+        hour = time.gmtime(time.time() + 3600).tm_hour  # never due in the next ~hour
+        minutes = [m for m in range(1440) if m // 60 != hour]
+        lines += [
+            f'  j{i:07d}: {{cron: "{m % 60} {m // 60} * * *", command: ["true"]}}'
+            for i, m in ((i, minutes[i % len(minutes)]) for i in range(jobs))
+        ]
+    else:
+        offsets = ((i, (base + 900 + i % 2400) % 3600) for i in range(jobs))
+        lines += [f'  j{i:07d}: {{every: 1h, offset: {o}s, command: ["true"]}}' for i, o in offsets]
     path.write_text("\n".join(lines) + "\n" + extra)
 
 
@@ -88,6 +95,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--idle", type=float, default=30)
     parser.add_argument("--settle", type=float, default=10, help="seconds before the idle window")
+    parser.add_argument("--cron", action="store_true", help="daily cron jobs, not hourly `every`")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sd-scale-") as tmp:
         work = Path(tmp)
@@ -95,7 +103,7 @@ def main() -> int:
         dsn = server.start()
         try:
             config = work / "config.yaml"
-            write_config(config, args.jobs, dsn)
+            write_config(config, args.jobs, dsn, cron=args.cron)
             proc, started, synced, rss = start_daemon(config)
             # Idle means after the start-up work that follows the first connection (catch-up
             # checks every job): measured from right after it, 100k jobs showed ~1 %, 0.2 % later.
@@ -103,7 +111,8 @@ def main() -> int:
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
             time.sleep(args.idle)
             idle_cpu = 100 * (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
-            write_config(config, args.jobs, dsn, extra='  added: {every: 1h, command: ["true"]}\n')
+            added = '  added: {every: 1h, command: ["true"]}\n'
+            write_config(config, args.jobs, dsn, extra=added, cron=args.cron)
             sent = time.monotonic()
             proc.send_signal(signal.SIGHUP)
             reload_s = wait_for_line(proc, "reload_succeeded", 600) - sent
@@ -119,6 +128,7 @@ def main() -> int:
                     {
                         "scheduler": "scheduler_daemon",
                         "jobs": args.jobs,
+                        "schedules": "cron" if args.cron else "every",
                         "start_to_scheduling_s": round(started, 2),
                         "start_to_jobs_synced_s": round(synced, 2),
                         "rss_mb": round(rss, 1),

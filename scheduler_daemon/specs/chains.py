@@ -10,7 +10,7 @@ def chain_problems(
 ) -> list[tuple[str, str]]:
     """(job, why) for each name in the `then:` of ``jobs`` that is neither in ``graph`` (every
     job's `then:`) nor ``known``, and each cycle through ``jobs`` once, at its first job."""
-    jobs = list(jobs)
+    jobs = [name for name in jobs if graph.get(name)]  # with no `then:`, none of either
     problems = [
         (name, f"unknown job {child!r}")
         for name in jobs

@@ -65,24 +65,35 @@ class Scheduler:
         self._sleeper: asyncio.Future[None] | None = None  # the loop's sleep, while it sleeps
         self._stopped = False
         self._moved: set[str] = set()  # jobs whose next fire changed since ``take_moved``
+        # One schedule per distinct expression: schedules are pure, and building a cron one
+        # costs ~0.4 ms (40 s for 100k cron jobs). The loop's own: a cron schedule's iterator
+        # is repositioned on every call, so it is never shared with another thread.
+        self._schedules: dict[tuple[object, ...], Schedule] = {}
 
     # -- job set -----------------------------------------------------------------------------
 
     def add(self, job: JobSpec, *, after: datetime | None = None) -> datetime | None:
         """Schedule ``job`` (replacing one of the same name) from its first fire after ``after``."""
-        entry = _Scheduled(
-            job=job, schedule=build_schedule(job), generation=next(self._generations)
-        )
-        self._jobs[job.name] = entry
-        if job.enabled:
-            start = after if after is not None else self._now()
-            self._push(entry, entry.schedule.next_after(start))
+        entry = self._add(job, after if after is not None else self._now())
         self._wake_up()
         return entry.next_at
 
     def set_jobs(self, jobs: Iterable[JobSpec], *, after: datetime | None = None) -> None:
+        start = after if after is not None else self._now()
         for job in jobs:
-            self.add(job, after=after)
+            self._add(job, start)
+        self._wake_up()
+
+    def _add(self, job: JobSpec, after: datetime) -> _Scheduled:
+        key = (job.cron, job.timezone, job.every, job.offset, job.at)
+        schedule = self._schedules.get(key)
+        if schedule is None:
+            schedule = self._schedules[key] = build_schedule(job)
+        entry = _Scheduled(job=job, schedule=schedule, generation=next(self._generations))
+        self._jobs[job.name] = entry
+        if job.enabled:
+            self._push(entry, schedule.next_after(after))
+        return entry
 
     def remove(self, name: str) -> None:
         self._jobs.pop(name, None)  # its heap entries become stale and are dropped when popped

@@ -8,6 +8,7 @@ import pytest
 
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.timing.scheduler import MAX_SLEEP, Scheduler
+from scheduler_daemon.timing.schedules import Schedule, build_schedule
 from tests.helpers import FakeClock, make_job
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -160,6 +161,25 @@ def test_only_the_jobs_whose_next_fire_moved_are_handed_over() -> None:
     moved = scheduler.take_moved()
     assert moved == fired
     assert scheduler.next_fires(moved) == {"j0": datetime.fromtimestamp(T0 + 10, UTC)}
+
+
+def test_jobs_of_one_expression_share_one_schedule_and_zones_stay_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+
+    def counted(job: JobSpec) -> Schedule:
+        built.append(job.name)
+        return build_schedule(job)
+
+    monkeypatch.setattr("scheduler_daemon.timing.scheduler.build_schedule", counted)
+    scheduler = Scheduler(clock=FakeClock(T0), dispatch=lambda job, at: None)
+    scheduler.set_jobs(make_job(f"utc{i}", cron="0 9 * * *") for i in range(1000))
+    scheduler.add(make_job("paris", cron="0 9 * * *", timezone="Europe/Paris"))
+    scheduler.add(make_job("hourly", every=3600.0))
+    assert built == ["utc0", "paris", "hourly"]  # was one per job: ~0.4 ms each for cron
+    assert scheduler.next_fire("utc999") == datetime(2026, 1, 1, 9, tzinfo=UTC)
+    assert scheduler.next_fire("paris") == datetime(2026, 1, 1, 8, tzinfo=UTC)
 
 
 class JumpHarness(Harness):
