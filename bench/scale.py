@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
@@ -31,10 +33,15 @@ LAST_LINE = [""]  # the last awaited log line, for its fields
 BASE = int(time.time()) % 3600
 
 
+ADMIN = ("127.0.0.1", 18_089)
+TOKEN = secrets.token_hex(16)
+
+
 def write_config(path: Path, jobs: int, dsn: str, *, extra: str = "", cron: bool = False) -> None:
     """``cron``: each job a daily cron at one of the day's 1,440 minutes, but the next hour's."""
     base = BASE
-    lines = [f'database: {{url: "{dsn}"}}', "state_dir: ./state", "jobs:"]
+    admin = f'admin: {{listen: "{ADMIN[0]}:{ADMIN[1]}", token: "{TOKEN}"}}'
+    lines = [f'database: {{url: "{dsn}"}}', "state_dir: ./state", admin, "jobs:"]
     if cron:
         hour = time.gmtime(time.time() + 3600).tm_hour  # never due in the next ~hour
         minutes = [m for m in range(1440) if m // 60 != hour]
@@ -46,6 +53,20 @@ def write_config(path: Path, jobs: int, dsn: str, *, extra: str = "", cron: bool
         offsets = ((i, (base + 900 + i % 2400) % 3600) for i in range(jobs))
         lines += [f'  j{i:07d}: {{every: 1h, offset: {o}s, command: ["true"]}}' for i, o in offsets]
     path.write_text("\n".join(lines) + "\n" + extra)
+
+
+def api_call(method: str, path: str, body: dict[str, object]) -> float:
+    """Seconds from sending one admin API request to its (successful) answer."""
+    request = urllib.request.Request(
+        f"http://{ADMIN[0]}:{ADMIN[1]}{path}",
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    sent = time.monotonic()
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        answer.read()
+    return time.monotonic() - sent
 
 
 def cpu_seconds(pid: int) -> float:
@@ -117,6 +138,10 @@ def main() -> int:
             proc.send_signal(signal.SIGHUP)
             reload_s = wait_for_line(proc, "reload_succeeded", 600) - sent
             print(LAST_LINE[0], file=sys.stderr)
+            # A job through the API: scheduled by the time the answer comes (it has next_fires).
+            job = {"name": "api-job", "every": "1h", "http": {"url": "http://127.0.0.1:9/"}}
+            api_create = api_call("POST", "/jobs", job)
+            api_change = api_call("PATCH", "/jobs/api-job", {"every": "2h"})
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
             # Again on the same file: the jobs as loaded last time are read back from state_dir.
@@ -134,6 +159,8 @@ def main() -> int:
                         "rss_mb": round(rss, 1),
                         "idle_cpu_percent": round(idle_cpu, 2),
                         "one_job_reload_s": round(reload_s, 3),
+                        "api_create_s": round(api_create, 4),
+                        "api_change_s": round(api_change, 4),
                         "restart_to_scheduling_s": round(restarted, 2),
                         "restart_to_jobs_synced_s": round(resynced, 2),
                         "restart_rss_mb": round(restarted_rss, 1),

@@ -336,10 +336,10 @@ class Config(Spec):
         ] + [(("defaults", *loc), m) for loc, m in _delivery_rules(defaults)]
 
     def value_rules(self) -> list[Problem]:
-        graph = {job.name: job.then for job in self.jobs}
-        problems: list[Problem] = [
-            (("jobs", name, "then"), why) for name, why in chain_problems(graph, graph)
-        ]
+        problems: list[Problem] = []
+        if any(job.then for job in self.jobs):
+            graph = {job.name: job.then for job in self.jobs}
+            problems += [(("jobs", n, "then"), why) for n, why in chain_problems(graph, graph)]
         if self.cluster.enabled and self.database.url is None:
             problems.append(
                 (
