@@ -145,7 +145,11 @@ class JobSet:
         old, old_names, old_split = self.config, self.file_names, (self._file_jobs, self._api_jobs)
         # Set before applying: an API change applied meanwhile keeps the new file's jobs.
         self.file_names = frozenset(job.name for job in new.jobs)
-        plan = plan_reload(old, with_api_jobs(new, self.file_names, self.api.specs))
+        # With no API jobs, the file's are the whole config (with_api_jobs walks 100k jobs).
+        api_specs = self.api.specs
+        plan = plan_reload(
+            old, with_api_jobs(new, self.file_names, api_specs) if api_specs else new
+        )
         try:
             await self._apply(plan, files=len(new.jobs))
         except Exception as exc:

@@ -29,14 +29,11 @@ class ReloadPlan:
     unchanged: tuple[str, ...]
     restart_only: tuple[str, ...]  # settings that differ but keep their running values (sorted)
     config: Config  # what to run from now on
-    to_schedule: tuple[JobSpec, ...] | None = None  # known already (plan_api_jobs)
+    to_schedule: tuple[JobSpec, ...]  # the added and the changed ones
 
     def scheduled(self) -> list[JobSpec]:
         """The jobs to (re)schedule: the added and the changed ones."""
-        if self.to_schedule is not None:
-            return list(self.to_schedule)
-        names = {*self.added, *self.changed}
-        return [job for job in self.config.jobs if job.name in names]
+        return list(self.to_schedule)
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
@@ -47,28 +44,31 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     its running value."""
     old_jobs = {job.name: job for job in old.jobs}
     added, changed, unchanged = [], [], []
-    jobs = []
+    jobs: dict[str, JobSpec] = {}
+    to_schedule = []
     for job in new.jobs:
         before = old_jobs.get(job.name)
         if before is None:
             added.append(job.name)
+            to_schedule.append(job)
         elif before is not job and before.spec_hash() != job.spec_hash():
             changed.append(job.name)
+            to_schedule.append(job)
         else:
             unchanged.append(job.name)
             job = before
-        jobs.append(job)
-    new_names = {job.name for job in new.jobs}
+        jobs[job.name] = job
     kept = {
         key: getattr(old, key) for key in RESTART_ONLY if getattr(old, key) != getattr(new, key)
     }
     return ReloadPlan(
         added=tuple(added),
         changed=tuple(changed),
-        removed=tuple(sorted(old_jobs.keys() - new_names)),
+        removed=tuple(sorted(old_jobs.keys() - jobs.keys())),
         unchanged=tuple(unchanged),
         restart_only=tuple(sorted(kept)),
-        config=new.model_copy(update={"jobs": tuple(jobs), **kept}),
+        config=new.model_copy(update={"jobs": tuple(jobs.values()), **kept}),
+        to_schedule=tuple(to_schedule),
     )
 
 
