@@ -21,6 +21,7 @@ from scheduler_daemon.specs import (
     load_config,
 )
 from scheduler_daemon.specs.schema import config_schema
+from tests.helpers import make_job
 
 
 def problems(exc: ValidationError) -> list[tuple[str, str]]:
@@ -200,3 +201,12 @@ def test_inherit_env_is_a_command_option(tmp_path: Path) -> None:
     assert caught.value.problems == [
         f"{path}:2: jobs.p.inherit_env: `inherit_env` only applies to command and shell jobs"
     ]
+
+
+def test_jobs_share_what_they_set_and_a_copy_changes_only_its_own() -> None:
+    a, b = (make_job(name, every=60.0, timeout=5.0) for name in ("a", "b"))
+    assert a.model_fields_set is b.model_fields_set  # one set for every job that set the same
+    c = a.model_copy(update={"timeout": 7.0, "priority": "high"})
+    assert "priority" in c.model_fields_set
+    assert "priority" not in a.model_fields_set and "priority" not in b.model_fields_set
+    assert a.model_dump(exclude_unset=True) == {**b.model_dump(exclude_unset=True), "name": "a"}
