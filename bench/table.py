@@ -84,19 +84,30 @@ def http_table(rows: list[Row]) -> str:
 
 def scale_table(rows: list[Row]) -> str:
     out = [
-        "| jobs | ours: start → scheduling | start → jobs synced | RSS | idle CPU | one-job "
-        "reload | APScheduler: start → scheduling | RSS | idle CPU | one add_job |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| jobs | ours: start → scheduling (restart) | start → jobs synced (restart) | RSS "
+        "(restart) | idle CPU | one-job reload | one API change | APScheduler: start → "
+        "scheduling | RSS | idle CPU | one add_job |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         o, a = row["ours"], row["apscheduler"]
+        kind = f" ({o['schedules']})" if "schedules" in o else ""
+        api = f"{o['api_change_s'] * 1000:.0f} ms" if "api_change_s" in o else "-"
+        start = f"{o['start_to_scheduling_s']} s{_again(o, 'restart_to_scheduling_s', ' s')}"
+        synced = f"{o['start_to_jobs_synced_s']} s{_again(o, 'restart_to_jobs_synced_s', ' s')}"
+        rss = f"{o['rss_mb']:,.0f} MB{_again(o, 'restart_rss_mb', ' MB', 0)}"
+        theirs = f"{a['start_to_scheduling_s']} s | {a['rss_mb']:,.0f} MB"
         out.append(
-            f"| {row['size']:,} | {o['start_to_scheduling_s']} s | {o['start_to_jobs_synced_s']} s"
-            f" | {o['rss_mb']:,.0f} MB | {o['idle_cpu_percent']}% | {o['one_job_reload_s']} s | "
-            f"{a['start_to_scheduling_s']} s | {a['rss_mb']:,.0f} MB | {a['idle_cpu_percent']}% |"
-            f" {a['one_job_add_s'] * 1000:.1f} ms |"
+            f"| {row['size']:,}{kind} | {start} | {synced} | {rss} | {o['idle_cpu_percent']}%"
+            f" | {o['one_job_reload_s']} s | {api} | {theirs} | {a['idle_cpu_percent']}%"
+            f" | {a['one_job_add_s'] * 1000:.1f} ms |"
         )
     return "\n".join(out)
+
+
+def _again(figures: Row, key: str, unit: str, digits: int = 2) -> str:
+    """`` (restart figure)`` when the run has one (bench.scale since it restarts)."""
+    return f" ({figures[key]:,.{digits}f}{unit})" if key in figures else ""
 
 
 def recorder_table(rows: list[Row]) -> str:
