@@ -38,13 +38,14 @@ TOKEN = secrets.token_hex(16)
 
 
 def write_config(path: Path, jobs: int, dsn: str, *, extra: str = "", cron: bool = False) -> None:
-    """``cron``: each job a daily cron at one of the day's 1,440 minutes, but the next hour's."""
+    """``cron``: each job a daily cron at one of the day's minutes, but this hour's and the
+    next one's (the run is measured without fires)."""
     base = BASE
     admin = f'admin: {{listen: "{ADMIN[0]}:{ADMIN[1]}", token: "{TOKEN}"}}'
     lines = [f'database: {{url: "{dsn}"}}', "state_dir: ./state", admin, "jobs:"]
     if cron:
-        hour = time.gmtime(time.time() + 3600).tm_hour  # never due in the next ~hour
-        minutes = [m for m in range(1440) if m // 60 != hour]
+        now = time.gmtime().tm_hour
+        minutes = [m for m in range(1440) if m // 60 not in (now, (now + 1) % 24)]
         lines += [
             f'  j{i:07d}: {{cron: "{m % 60} {m // 60} * * *", command: ["true"]}}'
             for i, m in ((i, minutes[i % len(minutes)]) for i in range(jobs))

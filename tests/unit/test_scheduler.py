@@ -182,6 +182,36 @@ def test_jobs_of_one_expression_share_one_schedule_and_zones_stay_apart(
     assert scheduler.next_fire("paris") == datetime(2026, 1, 1, 8, tzinfo=UTC)
 
 
+def test_jobs_of_one_expression_due_together_compute_their_next_fire_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[datetime] = []
+
+    class Counted:
+        def __init__(self, schedule: Schedule) -> None:
+            self.schedule = schedule
+
+        def next_after(self, t: datetime) -> datetime | None:
+            asked.append(t)
+            return self.schedule.next_after(t)
+
+        def describe(self) -> str:
+            return self.schedule.describe()
+
+    monkeypatch.setattr(
+        "scheduler_daemon.timing.scheduler.build_schedule", lambda job: Counted(build_schedule(job))
+    )
+    scheduler = Scheduler(clock=FakeClock(T0), dispatch=lambda job, at: None)
+    scheduler.set_jobs(make_job(f"j{i}", cron="*/5 * * * *") for i in range(1000))
+    due = scheduler.pop_due(T0 + 600)
+    assert len(due) == 2000 and {at for _, at in due} == {
+        datetime.fromtimestamp(T0 + 300, UTC),
+        datetime.fromtimestamp(T0 + 600, UTC),
+    }
+    assert len(asked) == 3  # at the start, then once per instant: was once per job each time
+    assert scheduler.next_fire("j999") == datetime.fromtimestamp(T0 + 900, UTC)
+
+
 class JumpHarness(Harness):
     def __init__(self) -> None:
         super().__init__()
