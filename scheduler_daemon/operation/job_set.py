@@ -54,6 +54,7 @@ class JobSet:
         self.config = config  # what runs: the file's settings and jobs, then the database's jobs
         self.file_names = frozenset(job.name for job in config.jobs)
         self._file_jobs = config.jobs  # the file's, as they run
+        self._file_chains: tuple[tuple[JobSpec, ...], dict[str, tuple[str, ...]]] = ((), {})
         self._api_jobs: dict[str, JobSpec] = {}  # the database's, as they run
         self.reload_error: str | None = None  # why the last reload was refused, if it was
         self._clock = clock
@@ -67,9 +68,18 @@ class JobSet:
             rules=ApiJobRules.of(config),
             cache=config.state_dir / "api_jobs.json",
             taken=lambda: self.file_names,
-            chained=lambda: {job.name: job.then for job in self._file_jobs if job.then},
+            chained=self._chains_of_file_jobs,
             on_change=self._api_jobs_changed,
         )
+
+    def _chains_of_file_jobs(self) -> dict[str, tuple[str, ...]]:
+        """The file's jobs' `then:`, worked out once per file: every API write checks its job's
+        chains against them (walking 100k jobs was half of its 100 ms)."""
+        of, chains = self._file_chains
+        if of is not self._file_jobs:
+            chains = {job.name: job.then for job in self._file_jobs if job.then}
+            self._file_chains = (self._file_jobs, chains)
+        return chains
 
     async def start(self, *, database_reached: bool) -> None:
         """Before the first fire: the database's jobs join the file's (the copy under state_dir
@@ -204,10 +214,11 @@ class JobSet:
                 changed=list(plan.changed),
                 removed=list(plan.removed),
             )
-        await self._apply(plan, files=len(self._file_jobs))
+        await self._apply(plan, files=len(self._file_jobs), api_only=True)
 
-    async def _apply(self, plan: ReloadPlan, *, files: int) -> None:
-        """Run ``plan``, whose config has the file's ``files`` jobs first, then the database's."""
+    async def _apply(self, plan: ReloadPlan, *, files: int, api_only: bool = False) -> None:
+        """Run ``plan``, whose config has the file's ``files`` jobs first, then the database's
+        (``api_only``: the file's are those running)."""
         if plan.restart_only:
             log.warning("reload_needs_restart", settings=list(plan.restart_only))
         now = self._now()
@@ -219,7 +230,8 @@ class JobSet:
             self._scheduler.add(job, after=now)
         self._limiter.resize(plan.config.max_concurrency)
         self.config = plan.config
-        self._file_jobs = plan.config.jobs[:files]
+        if not api_only:  # else the same jobs: a new tuple would cost the chains' cache
+            self._file_jobs = plan.config.jobs[:files]
         self._api_jobs = {job.name: job for job in plan.config.jobs[files:]}
         try:
             await self.sync(changed=scheduled, removed=plan.removed)

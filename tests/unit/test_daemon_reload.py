@@ -96,3 +96,15 @@ async def test_a_reload_digests_only_the_jobs_whose_text_changed(
     [done] = [e for e in logs if e["event"] == "reload_succeeded"]
     assert (done["changed"], done["jobs_reused"]) == (1, 51)
     assert sorted(set(digested)) == ["changed"]
+
+
+async def test_api_writes_check_chains_against_the_file_as_last_reloaded(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(BEFORE + '  first: {every: 1h, command: ["true"], then: [kept]}\n')
+    daemon = Daemon(load_config(path), clock=FakeClock())
+    chains = daemon.jobs._chains_of_file_jobs
+    assert chains() == {"first": ("kept",)}
+    assert chains() is chains()  # worked out once, not at every API write
+    path.write_text(AFTER + '  first: {every: 1h, command: ["true"], then: [changed]}\n')
+    assert await daemon.reload() is True
+    assert chains() == {"first": ("changed",)}
