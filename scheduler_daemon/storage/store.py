@@ -91,6 +91,7 @@ _MERGE_QUIETLY = _merge_sql(announce=False)
 # writers (the recorder, next-run publishing, a config sync, other replicas) wait for each other
 # instead of deadlocking: an UPDATE ... FROM locks rows in whatever order its plan visits them.
 LOCK_JOBS_IN_ORDER = "SELECT FROM jobs WHERE {where} ORDER BY name FOR NO KEY UPDATE"
+SYNC_CHUNK = 5000  # jobs rendered and upserted at a time by sync_jobs
 _LOCK_TOUCHED_JOBS = LOCK_JOBS_IN_ORDER.format(
     where="name IN (SELECT job_name FROM executions_stage)"
 )
@@ -154,35 +155,40 @@ async def sync_jobs(
     With ``removed`` given, ``jobs`` is only what changed (a reload): those are upserted and the
     ``removed`` names marked, and every other row is left as it is.
     """
-    # Rendering thousands of specs takes long enough to delay fires: do it off the event loop.
-    rows = await asyncio.to_thread(_job_rows, jobs, next_runs)
+    names = [job.name for job in jobs]
+    # In chunks, each its own transaction: a start with 100k jobs held 64 MB of rendered rows at
+    # once (kept by the process after), and the rows' locks for the whole upsert.
+    for at in range(0, len(jobs), SYNC_CHUNK):
+        # Rendering thousands of specs takes long enough to delay fires: off the event loop.
+        rows = await asyncio.to_thread(_job_rows, jobs[at : at + SYNC_CHUNK], next_runs)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                LOCK_JOBS_IN_ORDER.format(where="name = ANY($1::text[])"), [r[0] for r in rows]
+            )
+            await conn.executemany(
+                # A live API job's row is the API's (a daemon never schedules a file job of its
+                # name); a removed one's is taken over.
+                """INSERT INTO jobs (name, spec, enabled, next_run_at, updated_at)
+                   VALUES ($1, $2::jsonb, $3, $4, now())
+                   ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec,
+                       enabled = EXCLUDED.enabled, next_run_at = EXCLUDED.next_run_at,
+                       updated_at = now(), removed_at = NULL, source = 'config', definition = NULL
+                   WHERE jobs.source = 'config' OR jobs.removed_at IS NOT NULL""",
+                rows,
+            )
+    if removed is not None and not removed:
+        return
     # The rows marked removed: the file's others (a start), or the names given (a reload).
-    marked_names = [job.name for job in jobs] if removed is None else list(removed)
+    marked_names = names if removed is None else list(removed)
     others = "NOT (name = ANY($1::text[]))" if removed is None else "name = ANY($1::text[])"
     marked = f"removed_at IS NULL AND source = 'config' AND {others}"
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(LOCK_JOBS_IN_ORDER.format(where=marked), marked_names)
         await conn.execute(
-            LOCK_JOBS_IN_ORDER.format(where=f"name = ANY($2::text[]) OR ({marked})"),
+            "UPDATE jobs SET removed_at = now(), next_run_at = NULL, updated_at = now() "
+            f"WHERE {marked}",
             marked_names,
-            [row[0] for row in rows],
         )
-        await conn.executemany(
-            # A live API job's row is the API's (a daemon never schedules a file job of its name);
-            # a removed one's is taken over.
-            """INSERT INTO jobs (name, spec, enabled, next_run_at, updated_at)
-               VALUES ($1, $2::jsonb, $3, $4, now())
-               ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, enabled = EXCLUDED.enabled,
-                   next_run_at = EXCLUDED.next_run_at, updated_at = now(), removed_at = NULL,
-                   source = 'config', definition = NULL
-               WHERE jobs.source = 'config' OR jobs.removed_at IS NOT NULL""",
-            rows,
-        )
-        if removed is None or removed:
-            await conn.execute(
-                "UPDATE jobs SET removed_at = now(), next_run_at = NULL, updated_at = now() "
-                f"WHERE {marked}",
-                marked_names,
-            )
 
 
 def _job_rows(

@@ -173,6 +173,20 @@ async def test_jobs_sync_after_a_reload_touches_only_what_changed(pool: asyncpg.
     assert '"every": 5.0' in rows["b"]["spec"]
 
 
+async def test_a_start_syncs_more_jobs_than_one_chunk_and_marks_the_rest_removed(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.sync_jobs(pool, [make_job("gone"), make_job("j0")], {})
+    monkeypatch.setattr(store, "SYNC_CHUNK", 2)
+    await store.sync_jobs(pool, [make_job(f"j{i}", every=float(i + 1)) for i in range(5)], {})
+    rows = {r["name"]: r for r in await pool.fetch("SELECT * FROM jobs")}
+    assert sorted(n for n, r in rows.items() if r["removed_at"] is None) == [
+        "j0", "j1", "j2", "j3", "j4",
+    ]  # fmt: skip
+    assert rows["gone"]["removed_at"] is not None
+    assert json.loads(rows["j4"]["spec"])["every"] == 5.0
+
+
 async def test_monitoring_views_summarise_the_last_day(pool: asyncpg.Pool) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     await store.sync_jobs(pool, [make_job("a"), make_job("b")], {})
