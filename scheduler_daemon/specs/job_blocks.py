@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import pydantic
 import structlog
 
 from scheduler_daemon.specs import yamlsource
@@ -241,9 +242,9 @@ _CODE: list[bytes] = []
 
 
 def _code_digest() -> bytes:
-    """This code and Python: a cache written by another version is not read."""
+    """This code, pydantic's and Python: a cache written by another version is not read."""
     if not _CODE:
-        digest = hashlib.blake2b(sys.version.encode(), digest_size=16)
+        digest = hashlib.blake2b(f"{sys.version}\0{pydantic.VERSION}".encode(), digest_size=16)
         for module in sorted(Path(__file__).parent.glob("*.py")):
             digest.update(module.read_bytes())
         _CODE.append(digest.digest())
