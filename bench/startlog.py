@@ -90,7 +90,7 @@ async def one_run(
     cpu = time.process_time()  # both threads: the loop's and the start log's
     began = time.perf_counter()
     fires = [runner.submit(job, at) for job in jobs]
-    await asyncio.gather(*(f.task for f in fires if f is not None and f.task is not None))
+    await asyncio.gather(*(runner.finished(f) for f in fires if f is not None))
     burst = time.perf_counter() - began
     cpu = time.process_time() - cpu
     starts_ms = [(t - began) * 1e3 for t in action.began]
@@ -99,8 +99,8 @@ async def one_run(
     for i in range(LONE_FIRES):
         submitted = time.perf_counter()
         fire = runner.submit(jobs[i % len(jobs)], at + timedelta(seconds=i + 1))
-        assert fire is not None and fire.task is not None
-        await fire.task
+        assert fire is not None
+        await runner.finished(fire)
         lone.append(action.began[-1] - submitted)
     if starts is not None:
         await starts.close()

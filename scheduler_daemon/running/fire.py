@@ -38,6 +38,19 @@ class StartSink(Protocol):
         log: attempts run anyway)."""
         ...
 
+    def log_fire(
+        self,
+        fire: Fire,
+        started: float,
+        drift_ms: float,
+        node: str,
+        then: Callable[[Fire], None] | None = None,
+    ) -> StartEntry:
+        """Queue the start of ``fire``'s current attempt (its `running` record, begun at
+        ``started``); ``then(fire)`` is called once it is on disk (or failed to get there), at
+        once if the log is stalled."""
+        ...
+
 
 class Claims(Protocol):
     """Cluster mode: whether this replica runs an attempt (operation/claims.py)."""
@@ -120,6 +133,10 @@ class Fire:
     due: float = 0.0
     announced: bool = False  # its `running` row has been recorded
     start: StartEntry | None = None  # the running attempt's start entry, until a row covers it
+    # Its first attempt's start was logged from submit: no task until that is durable (a burst's
+    # fires wait for their group commit without a task each); see Runner.submit.
+    pending: bool = False
+    task_ready: asyncio.Future[None] | None = None  # for Runner.finished, while pending
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import random
 import uuid
 from collections.abc import Mapping
@@ -118,8 +119,41 @@ class Runner:
             )
             return None
         self._active.setdefault(job.name, []).append(fire)
-        fire.task = asyncio.create_task(self._run_fire(fire))  # unnamed: naming costs 10%
+        starts = self._starts
+        if (
+            starts is not None
+            and (self._claims is None or fire.claimed >= fire.attempt)
+            and self._limiter.try_acquire()
+        ):
+            self._log_start_now(starts, fire)
+        else:
+            fire.task = asyncio.create_task(self._run_fire(fire))  # unnamed: naming costs 10%
         return fire
+
+    def _log_start_now(self, starts: StartSink, fire: Fire) -> None:
+        """The burst path (a slot is free, nothing to claim): log the start here and create the
+        fire's task only once it is durable (``_started``), so that a burst's fires wait for
+        their group commit without a suspended task, a future and a wake-up each. Until then
+        the fire is ``pending``: ``_cancel`` records it `cancelled` itself."""
+        fire.state, fire.pending = "starting", True
+        now = self._clock.time()
+        due = fire.due = fire.scheduled_at.timestamp()
+        fire.start = starts.log_fire(fire, now, (now - due) * 1000.0, self._node, self._started)
+
+    def _started(self, fire: Fire) -> None:
+        """``fire``'s start is on disk (or failed to get there): its attempt begins."""
+        if fire.pending and fire.task is None:
+            fire.task = asyncio.create_task(self._run_fire(fire, started=True))
+        if fire.task_ready is not None and not fire.task_ready.done():
+            fire.task_ready.set_result(None)
+
+    async def finished(self, fire: Fire) -> None:
+        """Until ``fire`` has ended (each attempt recorded), whatever its path."""
+        if fire.task is None and fire.pending:
+            fire.task_ready = asyncio.get_running_loop().create_future()
+            await fire.task_ready
+        if fire.task is not None:
+            await asyncio.wait((fire.task,))
 
     def _admit_overlap(self, job: JobSpec, running: list[Fire]) -> bool:
         if job.overlap == "allow":
@@ -132,23 +166,25 @@ class Runner:
 
     # -- one fire ------------------------------------------------------------------------------
 
-    async def _run_fire(self, fire: Fire) -> None:
+    async def _run_fire(self, fire: Fire, started: bool = False) -> None:
+        """``started``: the first attempt holds its slot and its start is durable already
+        (``_log_start_now``)."""
         job = fire.job
-        due = fire.scheduled_at.timestamp()
+        if started:
+            fire.pending = False
+            due = fire.due
+        else:
+            due = fire.scheduled_at.timestamp()
         try:
             while True:
-                fire.state = "waiting"
-                await self._limiter.acquire(job.priority)
+                if not started:
+                    fire.state = "waiting"
+                    await self._limiter.acquire(job.priority)
                 try:
-                    if self._claims is not None and fire.claimed < fire.attempt:
-                        if not await self._claims.claim(fire):
-                            log.info("attempt_not_claimed", job=job.name, attempt=fire.attempt,
-                                     fire_id=str(fire.fire_id))  # fmt: skip
-                            return  # another replica runs it (or none could be sure: none)
-                        fire.claimed = fire.attempt
-                    if self._starts is not None:
-                        fire.state = "starting"
-                        await self._log_start(self._starts, fire, due)
+                    if started:
+                        started = False
+                    elif not await self._prepare(fire, due):
+                        return  # another replica runs it (or none could be sure: none)
                     fire.state = "running"
                     outcome_status, outcome = await self._attempt(fire, due)
                 finally:
@@ -193,12 +229,24 @@ class Runner:
             return True
         return outcome is not None and outcome.retryable
 
+    async def _prepare(self, fire: Fire, due: float) -> bool:
+        """Claim the attempt (cluster mode) and log its start; whether this replica runs it."""
+        if self._claims is not None and fire.claimed < fire.attempt:
+            if not await self._claims.claim(fire):
+                log.info("attempt_not_claimed", job=fire.job.name, attempt=fire.attempt,
+                         fire_id=str(fire.fire_id))  # fmt: skip
+                return False
+            fire.claimed = fire.attempt
+        if self._starts is not None:
+            fire.state = "starting"
+            await self._log_start(self._starts, fire, due)
+        return True
+
     async def _log_start(self, starts: StartSink, fire: Fire, due: float) -> None:
         """Return once the attempt's start is on disk: after a crash it is found (`abandoned`)
         and its instant is not run again by the catch-up."""
         now = self._clock.time()
-        row = self._row(fire, Status.RUNNING, started_at=_dt(now), drift_ms=(now - due) * 1000.0)
-        fire.start = starts.log(row)
+        fire.start = starts.log_fire(fire, now, (now - due) * 1000.0, self._node)
         await starts.durable()
 
     async def _attempt(self, fire: Fire, due: float) -> tuple[Status, Outcome | None]:
@@ -391,6 +439,20 @@ class Runner:
             await asyncio.gather(*leftover, return_exceptions=True)
 
     def _cancel(self, fire: Fire, reason: str) -> None:
+        if fire.pending or _not_begun(fire.task):
+            # No step of its task has run (a task cancelled before its first step never runs
+            # its coroutine, whose except branch would record it): recorded here.
+            fire.cancel_reason = reason
+            if fire.pending:
+                fire.pending = False
+                self._limiter.release()  # taken by submit
+            if fire.task is not None:
+                fire.task.cancel()
+            self._record_unstarted(fire, Status.CANCELLED, reason)
+            self._forget(fire)
+            if fire.task_ready is not None and not fire.task_ready.done():
+                fire.task_ready.set_result(None)
+            return
         if fire.task is not None and not fire.task.done():
             fire.cancel_reason = reason
             fire.task.cancel()
@@ -403,6 +465,12 @@ class Runner:
             fires.remove(fire)
         if not fires:
             del self._active[fire.job.name]
+
+
+def _not_begun(task: asyncio.Task[None] | None) -> bool:
+    if task is None or task.done():
+        return False
+    return inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED  # type: ignore[arg-type]
 
 
 def _skip_reason(job: JobSpec, running: int) -> str:

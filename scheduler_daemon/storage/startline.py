@@ -1,33 +1,48 @@
 """One line of the start log: an attempt's `running` record, compact and checked on the way back.
 
 Instants are integer µs since the epoch: exact, and 4x cheaper to write than ISO text (a line is
-written on every attempt's path). A line read back is refused with a ValueError saying why, never
-quoting it (lines are moved to the quarantine as they are), like the journal's.
+written on every attempt's path). A scheduled fire's line leaves its id out: it is a pure function
+of the job and the instant (``scheduled_fire_id``), derived when the line is read back rather than
+hashed on the way to the action; lines that hold it (other fires, earlier versions) read as before.
+A line read back is refused with a ValueError saying why, never quoting it (lines are moved to the
+quarantine as they are), like the journal's.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
+from scheduler_daemon.running.fire import Fire
+from scheduler_daemon.running.records import (
+    ExecutionRecord,
+    FireKind,
+    Status,
+    scheduled_fire_id,
+)
 from scheduler_daemon.storage.journal import check, load_object
 
 _LINE = (
     '{"fire_id":"%s","job":%s,"scheduled_us":%d,"attempt":%d,"trigger":"%s",'
     '"started_us":%d,"drift_ms":%s,"node":%s}\n'
 )
+# A scheduled fire's line, written straight from the Fire: no record, no datetime on the way.
+_DERIVED = (
+    '{"job":%s,"scheduled_us":%d,"attempt":%d,"trigger":"%s",'
+    '"started_us":%d,"drift_ms":%r,"node":%s}\n'
+)
 _FIELDS = frozenset(
     ("fire_id", "job", "scheduled_us", "attempt", "trigger", "started_us", "drift_ms", "node")
 )
+_FIELDS_DERIVED = _FIELDS - {"fire_id"}
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _TRIGGERS = frozenset(FireKind)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
-_quote = json.JSONEncoder().encode  # ASCII out: any name is one valid line
+_quote = encode_basestring_ascii  # ASCII out: any name is one valid line
 
 
 def encode_start(rec: ExecutionRecord) -> str:
@@ -46,22 +61,53 @@ def encode_start(rec: ExecutionRecord) -> str:
     )
 
 
+def encode_fire(fire: Fire, started: float, drift_ms: float, node: str) -> str:
+    """The line of ``fire``'s current attempt, begun at ``started`` (epoch seconds): the same
+    record as ``encode_start`` of its `running` row, for a fraction of the cost."""
+    scheduled_us = (fire.scheduled_at - _EPOCH) // _MICRO
+    if fire.given_id is None:  # a scheduled fire: the reader derives the id
+        return _DERIVED % (
+            _quote(fire.job.name),
+            scheduled_us,
+            fire.attempt,
+            fire.trigger,
+            round(started * 1_000_000),
+            drift_ms,
+            _quote(node),
+        )
+    return _LINE % (
+        fire.given_id.hex,
+        _quote(fire.job.name),
+        scheduled_us,
+        fire.attempt,
+        fire.trigger,
+        round(started * 1_000_000),
+        repr(drift_ms),
+        _quote(node),
+    )
+
+
 def decode_start(line: bytes) -> ExecutionRecord:
     """The `running` record a start line holds; ValueError saying why when it holds none."""
     data = load_object(line)
-    if data.keys() != _FIELDS:
-        missing, unknown = sorted(_FIELDS - data.keys()), len(data.keys() - _FIELDS)
+    keys = data.keys()
+    if keys != _FIELDS and keys != _FIELDS_DERIVED:
+        missing, unknown = sorted(_FIELDS_DERIVED - keys), len(keys - _FIELDS)
         raise ValueError(f"expected a start entry, got {missing} missing, {unknown} unknown")
-    fire_id, trigger = _typed(data, "fire_id", str), _typed(data, "trigger", str)
-    if not _HEX32.fullmatch(fire_id):
+    fire_id = _typed(data, "fire_id", str) if "fire_id" in keys else None
+    trigger = _typed(data, "trigger", str)
+    if fire_id is not None and not _HEX32.fullmatch(fire_id):
         raise ValueError("expected fire_id as 32 hexadecimal digits, got other text")
     if trigger not in _TRIGGERS:
         raise ValueError(f"expected trigger in {sorted(_TRIGGERS)}, got another value")
     try:
+        job, scheduled_at = _typed(data, "job", str), _instant(data, "scheduled_us")
         rec = ExecutionRecord(
-            fire_id=uuid.UUID(hex=fire_id),
-            job_name=_typed(data, "job", str),
-            scheduled_at=_instant(data, "scheduled_us"),
+            fire_id=(
+                scheduled_fire_id(job, scheduled_at) if fire_id is None else uuid.UUID(hex=fire_id)
+            ),
+            job_name=job,
+            scheduled_at=scheduled_at,
             attempt=_typed(data, "attempt", int),
             trigger=FireKind(trigger),
             status=Status.RUNNING,
