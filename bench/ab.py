@@ -2,11 +2,13 @@
 
     python -m bench.ab --other /work/main --runs 5     # prints one JSON object
 
-Each run is one process per side (the checkout's own ``.venv/bin/python``, so each side imports
-its own scheduler_daemon), sides alternating (ours, other, other, ours, ...). A process warms up
-with one burst, then measures two, of N jobs due at the same instant through the real Runner and
-StartLog (bench.startlog's burst, written out here: only the Runner's and StartLog's
-constructors, ``submit`` and ``start``/``close`` are used, which both sides have):
+Each run is one process per side (the checkout's own ``.venv/bin/python`` if it has one, and
+the checkout first on PYTHONPATH, so each side imports its own scheduler_daemon), sides
+alternating (ours, other, other, ours, ...). A process warms up with one burst, then measures
+two, of N jobs due at the same instant through the real Runner and StartLog (bench.startlog's
+burst, written out here: only the Runner's and StartLog's constructors, ``submit`` and
+``start``/``close`` are used, which both sides have), with the daemon's garbage collection
+settings (the jobs frozen, its thresholds):
 
 - ``realistic``: each job has a 5 s timeout and an action that yields once (as
   `asyncio:sleep` with delay 0 does);
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +42,7 @@ HERE = Path(__file__).resolve()
 
 
 async def _burst(fires: int, realistic: bool, directory: Path) -> dict[str, float]:
+    from scheduler_daemon.operation.daemon import GC_THRESHOLDS
     from scheduler_daemon.running.actions.outcome import Outcome
     from scheduler_daemon.running.limiter import Limiter
     from scheduler_daemon.running.records import Status
@@ -90,6 +94,8 @@ async def _burst(fires: int, realistic: bool, directory: Path) -> dict[str, floa
     await starts.start()
     at = datetime.now(UTC).replace(microsecond=0)
     gc.collect()
+    gc.freeze()  # the daemon's garbage collection (operation/daemon.py, _start_schedule)
+    gc.set_threshold(*GC_THRESHOLDS)
     cpu = time.process_time()
     began = time.perf_counter()
     for job in jobs:
@@ -97,6 +103,7 @@ async def _burst(fires: int, realistic: bool, directory: Path) -> dict[str, floa
     await done
     cpu = time.process_time() - cpu
     await starts.close()
+    gc.unfreeze()
     assert rows.appended == fires
     starts_ms = sorted((t - began) * 1e3 for t in began_at)
     return {
@@ -114,9 +121,12 @@ async def _child(fires: int, realistic: bool) -> dict[str, float]:
 
 
 def _side(tree: Path, fires: int, scenario: str) -> dict[str, float]:
+    venv = tree / ".venv/bin/python"  # else ours, importing the tree's code first
+    python = str(venv) if venv.exists() else sys.executable
     out = subprocess.run(
-        [str(tree / ".venv/bin/python"), str(HERE), "--child", scenario, "--fires", str(fires)],
+        [python, str(HERE), "--child", scenario, "--fires", str(fires)],
         cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
         capture_output=True,
         text=True,
         check=True,
