@@ -9,7 +9,6 @@ on disk before its action begins, so that a crash cannot hide an attempt that be
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import random
@@ -108,7 +107,7 @@ class Runner:
         if not self._accepting:
             self._record_unstarted(fire, Status.CANCELLED, "daemon is shutting down")
             return None
-        running = self._active.get(job.name, [])
+        running = self._active.get(job.name)
         if running and not self._admit_overlap(job, running):
             self._record_unstarted(fire, Status.SKIPPED, _skip_reason(job, len(running)))
             log.info(
@@ -119,7 +118,11 @@ class Runner:
                 overlap=job.overlap,
             )
             return None
-        self._active.setdefault(job.name, []).append(fire)
+        fires = self._active.get(job.name)  # again: replacing may have just emptied it
+        if fires is None:
+            self._active[job.name] = [fire]
+        else:
+            fires.append(fire)
         starts = self._starts
         if (
             starts is not None
@@ -160,7 +163,7 @@ class Runner:
         if job.overlap == "allow":
             return len(running) < job.max_instances
         if job.overlap == "replace":
-            for old in running:
+            for old in list(running):  # a fire cancelled before it ran leaves it at once
                 self._cancel(old, "replaced by a newer fire (overlap: replace)")
             return True
         return False
@@ -458,8 +461,10 @@ class Runner:
         fires = self._active.get(fire.job.name)
         if fires is None:
             return
-        with contextlib.suppress(ValueError):
+        try:  # noqa: SIM105 - not contextlib.suppress: this is every fire's way out
             fires.remove(fire)
+        except ValueError:
+            pass
         if not fires:
             del self._active[fire.job.name]
 
