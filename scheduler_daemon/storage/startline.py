@@ -25,19 +25,26 @@ from scheduler_daemon.running.records import (
 )
 from scheduler_daemon.storage.journal import check, load_object
 
+# An attempt's `running` record (and every line of the versions before the one below).
 _LINE = (
     '{"fire_id":"%s","job":%s,"scheduled_us":%d,"attempt":%d,"trigger":"%s",'
     '"started_us":%d,"drift_ms":%s,"node":%s}\n'
 )
-# A scheduled fire's line, written straight from the Fire: no record, no datetime on the way.
-_DERIVED = (
-    '{"job":%s,"scheduled_us":%d,"attempt":%d,"trigger":"%s",'
-    '"started_us":%d,"drift_ms":%r,"node":%s}\n'
-)
 _FIELDS = frozenset(
     ("fire_id", "job", "scheduled_us", "attempt", "trigger", "started_us", "drift_ms", "node")
 )
-_FIELDS_DERIVED = _FIELDS - {"fire_id"}
+# A fire's line, written straight from the Fire (no record, no datetime, no float text: the
+# drift in integer µs); a scheduled fire's leaves its id out, for the reader to derive.
+_FIRE_LINE = (
+    '{"job":%s,"scheduled_us":%d,"attempt":%d,"trigger":"%s",'
+    '"started_us":%d,"drift_us":%d,"node":%s}\n'
+)
+_FIRE_LINE_ID = '{"fire_id":"%s",' + _FIRE_LINE[1:]
+_FIRE_FIELDS = frozenset(
+    ("job", "scheduled_us", "attempt", "trigger", "started_us", "drift_us", "node")
+)
+_FIRE_FIELDS_ID = _FIRE_FIELDS | {"fire_id"}
+_TRIGGER_TEXT = {kind: kind.value for kind in FireKind}  # str(a StrEnum) runs Python code
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _TRIGGERS = frozenset(FireKind)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -62,37 +69,30 @@ def encode_start(rec: ExecutionRecord) -> str:
 
 
 def encode_fire(fire: Fire, started: float, drift_ms: float, node: str) -> str:
-    """The line of ``fire``'s current attempt, begun at ``started`` (epoch seconds): the same
-    record as ``encode_start`` of its `running` row, for a fraction of the cost."""
-    scheduled_us = (fire.scheduled_at - _EPOCH) // _MICRO
-    if fire.given_id is None:  # a scheduled fire: the reader derives the id
-        return _DERIVED % (
-            _quote(fire.job.name),
-            scheduled_us,
-            fire.attempt,
-            fire.trigger,
-            round(started * 1_000_000),
-            drift_ms,
-            _quote(node),
-        )
-    return _LINE % (
-        fire.given_id.hex,
+    """The line of ``fire``'s current attempt, begun at ``started`` (epoch seconds): the record
+    ``encode_start`` writes of its `running` row (the drift to the µs), for a fraction of the
+    cost."""
+    fields = (
         _quote(fire.job.name),
-        scheduled_us,
+        (fire.scheduled_at - _EPOCH) // _MICRO,
         fire.attempt,
-        fire.trigger,
+        _TRIGGER_TEXT[fire.trigger],
         round(started * 1_000_000),
-        repr(drift_ms),
+        round(drift_ms * 1000),
         _quote(node),
     )
+    if fire.given_id is None:  # a scheduled fire: the reader derives the id
+        return _FIRE_LINE % fields
+    return _FIRE_LINE_ID % (fire.given_id.hex, *fields)
 
 
 def decode_start(line: bytes) -> ExecutionRecord:
     """The `running` record a start line holds; ValueError saying why when it holds none."""
     data = load_object(line)
     keys = data.keys()
-    if keys != _FIELDS and keys != _FIELDS_DERIVED:
-        missing, unknown = sorted(_FIELDS_DERIVED - keys), len(keys - _FIELDS)
+    if keys != _FIELDS and keys != _FIRE_FIELDS and keys != _FIRE_FIELDS_ID:
+        expected = _FIRE_FIELDS if "drift_us" in keys else _FIELDS
+        missing, unknown = sorted(expected - keys), len(keys - expected - {"fire_id"})
         raise ValueError(f"expected a start entry, got {missing} missing, {unknown} unknown")
     fire_id = _typed(data, "fire_id", str) if "fire_id" in keys else None
     trigger = _typed(data, "trigger", str)
@@ -113,7 +113,7 @@ def decode_start(line: bytes) -> ExecutionRecord:
             status=Status.RUNNING,
             started_at=_instant(data, "started_us"),
             finished_at=None,
-            drift_ms=None if data["drift_ms"] is None else float(_typed(data, "drift_ms", float)),
+            drift_ms=_drift_ms(data),
             duration_ms=None,
             node=_typed(data, "node", str),
         )
@@ -121,6 +121,12 @@ def decode_start(line: bytes) -> ExecutionRecord:
         raise ValueError(f"expected a start entry, got {exc}") from None
     check(rec)
     return rec
+
+
+def _drift_ms(data: dict[str, Any]) -> float | None:
+    if "drift_us" in data:
+        return float(_typed(data, "drift_us", int)) / 1000.0
+    return None if data["drift_ms"] is None else float(_typed(data, "drift_ms", float))
 
 
 def _typed(data: dict[str, Any], name: str, kind: type) -> Any:

@@ -428,6 +428,12 @@ BAD_LINES = [
     .replace('{"job"', '{"fire_id":7,"job"')
     .encode(),
     encode_start(started(5)).replace('"scheduled_us":', '"scheduled_us":9').encode() + b"9" * 30,
+    encode_fire(scheduled(5), T.timestamp(), 1.0, "n1")
+    .replace('"drift_us":1000', '"drift_us":1.5')
+    .encode(),
+    encode_fire(scheduled(5), T.timestamp(), 1.0, "n1")
+    .replace('"node"', '"drift_ms":1,"node"')
+    .encode(),
 ]
 
 
