@@ -129,7 +129,14 @@ class Runner:
             and (self._claims is None or fire.claimed >= fire.attempt)
             and self._limiter.try_acquire()
         ):
-            self._log_start_now(starts, fire)
+            try:
+                self._log_start_now(starts, fire)
+            except Exception:
+                # A bug of ours (as in a task: see _run_fire), never the scheduler loop's problem.
+                log.exception("fire_crashed", job=job.name, fire_id=str(fire.fire_id))
+                fire.pending = False
+                self._limiter.release()
+                self._forget(fire)
         else:
             fire.task = asyncio.create_task(self._run_fire(fire))  # unnamed: naming costs 10%
         return fire

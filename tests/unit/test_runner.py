@@ -599,3 +599,16 @@ async def test_a_fire_cancelled_before_its_task_ran_a_step_is_recorded_cancelled
         ("j", Status.CANCELLED)
     ]
     assert rig.runner.active("j") == []
+
+
+async def test_a_start_log_that_raises_costs_the_fire_not_the_caller_of_submit() -> None:
+    class Broken(Starts):
+        def log_fire(self, *args: Any, **kwargs: Any) -> Entry:
+            raise IndexError("a bug of ours")
+
+    rig = Rig(capacity=1, starts=Broken())
+    rig.script("j", (1, OK))
+    with capture_logs() as logs:
+        rig.fire(make_job("j"))  # does not raise
+    assert [e["event"] for e in logs] == ["fire_crashed"]
+    assert rig.limiter.in_use == 0 and rig.runner.active() == []
