@@ -29,12 +29,8 @@ class StartEntry(Protocol):
 class StartSink(Protocol):
     """Makes attempts' starts durable before their actions begin (storage/startlog.py)."""
 
-    def log(self, rec: ExecutionRecord) -> StartEntry:
-        """Queue ``rec``, the attempt's `running` record, for the next group commit."""
-        ...
-
     def durable(self) -> Awaitable[None]:
-        """Done once every record logged so far is on disk (or failed to get there, said in the
+        """Done once every start logged so far is on disk (or failed to get there, said in the
         log: attempts run anyway)."""
         ...
 
