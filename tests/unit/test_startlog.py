@@ -16,11 +16,15 @@ from zoneinfo import ZoneInfo
 import pytest
 from structlog.testing import capture_logs
 
+from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.fire import Fire
+from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
+from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.startline import decode_start, encode_fire, encode_start
 from scheduler_daemon.storage.startlog import Segment, StartLog
+from scheduler_daemon.timing.clock import SystemClock
 from tests.helpers import FakeClock, T, make_job, rec, wait_until
 
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -456,3 +460,61 @@ def test_a_torn_and_damaged_start_file_reads_its_valid_lines_and_quarantines_the
     assert [r for batch in reader.read(2) for r in batch] == [started(n) for n in range(4)]
     assert reader.quarantined == 2
     assert quarantine.read_bytes() == b"garbage\n" + good[0][:30] + b"\n"
+
+
+# -- with the runner: no action begins before its start line is fsynced -------------------------
+
+
+class Recorded:
+    """The recorder for the runner: rows counted, each durable at once."""
+
+    def __init__(self) -> None:
+        self.rows: list[ExecutionRecord] = []
+
+    def record(self, rec: ExecutionRecord) -> None:
+        self.rows.append(rec)
+
+    @property
+    def appended(self) -> int:
+        return len(self.rows)
+
+    @property
+    def durable(self) -> int:
+        return len(self.rows)
+
+
+async def test_a_bursts_actions_begin_only_once_their_lines_are_fsynced(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, calls = gated_fsync(monkeypatch)
+    recorded = Recorded()
+    starts = StartLog(directory, rows=recorded)
+    await starts.start()
+    on_disk_when_begun: list[int] = []
+
+    class Action:
+        async def run(self, overrides: object = None) -> Outcome:
+            # the fsync has returned: what the file holds now survives a crash
+            on_disk_when_begun.append(len(lines(directory / "starts-1.jsonl")))
+            return Outcome(status=Status.SUCCEEDED, retryable=False)
+
+    runner = Runner(
+        clock=SystemClock(),
+        limiter=Limiter(10),
+        recorder=recorded,
+        action_for=lambda job: Action(),
+        node="n1",
+        starts=starts,
+    )
+    fires = [runner.submit(make_job(f"j{i}"), T) for i in range(5)]
+    await true_soon(lambda: len(calls) == 1)  # the burst's one write, held in its fsync
+    for _ in range(20):  # whatever the loop had to run has run
+        await asyncio.sleep(0)
+    assert on_disk_when_begun == [] and recorded.rows == []
+    gate.set()
+    await asyncio.gather(*(runner.finished(f) for f in fires if f is not None))
+    assert on_disk_when_begun == [5] * 5 and len(calls) == 1
+    assert [r.status for r in recorded.rows] == [Status.SUCCEEDED] * 5
+    replayed = [decode_start(line) for line in lines(directory / "starts-1.jsonl")]
+    assert [r.fire_id for r in replayed] == [r.fire_id for r in recorded.rows]  # the same fires
+    await starts.close()
