@@ -315,8 +315,8 @@ async def _run_in_order(
     # One after another, so `catch_up: all` works whatever the job's overlap policy.
     for at in instants:
         fire = runner.submit(job, at, trigger=FireKind.CATCHUP, claimed=claimed)
-        if fire is not None and fire.task is not None:
-            await asyncio.wait((fire.task,))
+        if fire is not None:
+            await runner.finished(fire)
 
 
 def _leave_out(job: JobSpec, plan: CatchUpPlan, began: Collection[uuid.UUID]) -> None:

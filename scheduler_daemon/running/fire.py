@@ -29,13 +29,22 @@ class StartEntry(Protocol):
 class StartSink(Protocol):
     """Makes attempts' starts durable before their actions begin (storage/startlog.py)."""
 
-    def log(self, rec: ExecutionRecord) -> StartEntry:
-        """Queue ``rec``, the attempt's `running` record, for the next group commit."""
+    def durable(self) -> Awaitable[None]:
+        """Done once every start logged so far is on disk (or failed to get there, said in the
+        log: attempts run anyway)."""
         ...
 
-    def durable(self) -> Awaitable[None]:
-        """Done once every record logged so far is on disk (or failed to get there, said in the
-        log: attempts run anyway)."""
+    def log_fire(
+        self,
+        fire: Fire,
+        started: float,
+        drift_ms: float,
+        node: str,
+        then: Callable[[Fire], None] | None = None,
+    ) -> StartEntry:
+        """Queue the start of ``fire``'s current attempt (its `running` record, begun at
+        ``started``); ``then(fire)`` is called once it is on disk (or failed to get there), at
+        once if the log is stalled."""
         ...
 
 
@@ -120,6 +129,10 @@ class Fire:
     due: float = 0.0
     announced: bool = False  # its `running` row has been recorded
     start: StartEntry | None = None  # the running attempt's start entry, until a row covers it
+    # Its first attempt's start was logged from submit: no task until that is durable (a burst's
+    # fires wait for their group commit without a task each); see Runner.submit.
+    pending: bool = False
+    task_ready: asyncio.Future[None] | None = None  # for Runner.finished, while pending
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property

@@ -47,6 +47,14 @@ class Limiter:
         self._capacity = capacity
         self._admit()
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody waits for one (then ``acquire`` would not
+        wait either); whether it did."""
+        if self._in_use < self._capacity and not self._queued:
+            self._in_use += 1
+            return True
+        return False
+
     async def acquire(self, priority: Priority = "normal") -> None:
         if self._in_use < self._capacity and not self._queued:
             self._in_use += 1

@@ -47,7 +47,18 @@ def scheduled_fire_id(job_name: str, scheduled_at: datetime) -> uuid.UUID:
     micros = round(scheduled_at.timestamp() * 1_000_000)
     # uuid.uuid5 inlined with the namespace's bytes computed once: 2.5x faster on the fire path.
     digest = hashlib.sha1(_NAMESPACE_BYTES + f"{job_name}@{micros}".encode()).digest()
-    return uuid.UUID(bytes=digest[:16], version=5)
+    # UUID(bytes=..., version=5) without its argument checks (3.4 µs → 1.3 µs a fire): the same
+    # version and variant bits, the same attributes.
+    fire_id = _new_uuid(uuid.UUID)
+    _set(fire_id, "int", int.from_bytes(digest[:16]) & _V5_MASK | _V5_BITS)
+    _set(fire_id, "is_safe", uuid.SafeUUID.unknown)
+    return fire_id
+
+
+_new_uuid = object.__new__
+_set = object.__setattr__  # a UUID is immutable: its own __setattr__ refuses
+_V5_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)  # version and variant cleared
+_V5_BITS = (5 << 76) | (0x8000 << 48)  # version 5, RFC 4122 variant
 
 
 def chained_fire_id(job_name: str, parent_fire_id: uuid.UUID) -> uuid.UUID:

@@ -35,7 +35,7 @@ import re
 import stat
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +44,11 @@ from typing import Protocol
 import asyncpg
 import structlog
 
+from scheduler_daemon.running.fire import Fire
 from scheduler_daemon.running.records import ExecutionRecord
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.journal import FILE_MODE, Journal, ensure_dir, fsync_dir
-from scheduler_daemon.storage.startline import decode_start, encode_start
+from scheduler_daemon.storage.startline import decode_start, encode_fire, encode_start
 from scheduler_daemon.timing.clock import Clock, SystemClock
 
 log = structlog.get_logger("scheduler_daemon.storage.startlog")
@@ -118,6 +119,7 @@ class StartLog:
         self._segments: deque[Segment] = deque()  # ours, oldest first; the last is logged into
         self._queue: list[tuple[str, Segment]] = []
         self._waiters: list[asyncio.Future[None]] = []
+        self._then: list[tuple[Callable[[Fire], None], Fire]] = []  # see log_fire
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="startlog")
         self._task: asyncio.Task[None] | None = None
@@ -131,6 +133,29 @@ class StartLog:
 
     def log(self, rec: ExecutionRecord) -> Segment:
         """Queue ``rec`` (an attempt's `running` record) for the next group commit."""
+        return self._enqueue(encode_start(rec))
+
+    def log_fire(
+        self,
+        fire: Fire,
+        started: float,
+        drift_ms: float,
+        node: str,
+        then: Callable[[Fire], None] | None = None,
+    ) -> Segment:
+        """Queue the start of ``fire``'s current attempt (begun at ``started``, epoch seconds)
+        for the next group commit, and call ``then(fire)`` once it is durable, or failed to be
+        (like ``durable``): a burst's fires wait for their commit without a future or a task
+        each. ``then`` is called at once (before this returns) while the log is stalled."""
+        segment = self._enqueue(encode_fire(fire, started, drift_ms, node))
+        if then is not None:
+            if self._stalled:
+                then(fire)
+            else:
+                self._then.append((then, fire))
+        return segment
+
+    def _enqueue(self, line: str) -> Segment:
         segment = self._segments[-1]
         if segment.entries >= self._segment_entries:
             segment = self._new_segment()
@@ -138,7 +163,7 @@ class StartLog:
         segment.entries += 1
         segment.unwritten += 1
         segment.outstanding += 1
-        self._queue.append((encode_start(rec), segment))
+        self._queue.append((line, segment))
         self._wake.set()
         return segment
 
@@ -204,6 +229,7 @@ class StartLog:
     async def _commit(self) -> None:
         batch, self._queue = self._queue, []
         waiters, self._waiters = self._waiters, []
+        then, self._then = self._then, []
         loop = asyncio.get_running_loop()
         work = loop.run_in_executor(self._executor, _write, batch)
         try:
@@ -213,12 +239,12 @@ class StartLog:
             except TimeoutError:
                 self._stalled = True
                 log.error("startlog_stalled", seconds=self._stall_after, attempts=len(batch))
-                _wake_all(waiters)  # they run now; the ones that come meanwhile do not wait
+                _wake_all(waiters, then)  # they run now; the ones that come meanwhile do not wait
                 written, error = await work
                 self._stalled = False
                 log.warning("startlog_unstalled")
         finally:
-            _wake_all(waiters)
+            _wake_all(waiters, then)
             for _, segment in batch:  # through the writer, whatever happened
                 segment.unwritten -= 1
         for segment, size in written.items():
@@ -394,8 +420,16 @@ def _close(segment: Segment) -> None:
         segment.fd = None
 
 
-def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
+def _wake_all(
+    waiters: list[asyncio.Future[None]], then: list[tuple[Callable[[Fire], None], Fire]]
+) -> None:
     for waiter in waiters:
         if not waiter.done():
             waiter.set_result(None)
     waiters.clear()
+    for call, fire in then:
+        try:
+            call(fire)
+        except Exception:  # a bug of ours: the other fires must still start
+            log.exception("startlog_then_failed", job=fire.job.name)
+    then.clear()

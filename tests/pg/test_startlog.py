@@ -4,6 +4,7 @@ attempts' rows are committed."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -11,12 +12,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from scheduler_daemon.running.records import ExecutionRecord, Status
+from scheduler_daemon.running.fire import Fire
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
 from scheduler_daemon.storage import store
 from scheduler_daemon.storage.database import Database
 from scheduler_daemon.storage.journal import Journal
 from scheduler_daemon.storage.recorder import Recorder
-from scheduler_daemon.storage.startline import encode_start
+from scheduler_daemon.storage.startline import encode_fire, encode_start
 from scheduler_daemon.storage.startlog import StartLog
 from tests.helpers import T, make_job, query_value, rec
 
@@ -72,6 +74,29 @@ async def test_replay_gives_a_row_to_each_attempt_that_began_and_has_none(
     assert (directory / "starts.quarantine.jsonl").read_bytes() == b"junk\n" + torn + b"\n"
     assert await starts.replay(pool) == began  # once: nothing is read or quarantined again
     assert (directory / "starts.quarantine.jsonl").read_bytes() == b"junk\n" + torn + b"\n"
+
+
+async def test_replay_reads_the_previous_versions_lines_and_derives_left_out_fire_ids(
+    pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    await store.sync_jobs(pool, [make_job("j")], {})
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    # starts-1: written by the version that wrote every fire id; starts-2: by this one.
+    (directory / "starts-1.jsonl").write_bytes(encode_start(started(1)).encode())
+    fires = [Fire(make_job("j"), T + timedelta(seconds=n), FireKind.SCHEDULE, None) for n in (2, 3)]
+    manual = Fire(make_job("j"), T + timedelta(seconds=4), FireKind.MANUAL, None, uuid.uuid4())
+    lines = [encode_fire(f, T.timestamp() + 5, 1.0, "n1") for f in (*fires, manual)]
+    (directory / "starts-2.jsonl").write_text("".join(lines))
+
+    starts = StartLog(directory, rows=Rows())
+    await starts.start()
+    began = await starts.replay(pool)
+    await starts.close()
+
+    ids = {started(1).fire_id, *(f.fire_id for f in fires), manual.fire_id}  # the runner's
+    assert began == ids
+    assert {r["fire_id"] for r in await pool.fetch("SELECT fire_id FROM executions")} == ids
 
 
 async def test_a_start_file_is_emptied_once_the_recorder_has_committed_its_rows(

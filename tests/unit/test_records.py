@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import random
 import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -25,10 +27,20 @@ from scheduler_daemon.storage.schema import reference_sql
 def test_a_scheduled_fire_id_is_the_uuid5_of_job_and_instant() -> None:
     # The inlined hash must stay exactly uuid5: ids are compared with rows of earlier versions.
     at = datetime(2026, 3, 29, 1, 30, 0, 250_000, tzinfo=UTC)
+    rng = random.Random(5)
+    instants = [at, *(at + timedelta(microseconds=rng.randrange(10**13)) for _ in range(300))]
     for name in ("nightly", "jöb-ünïcode", "a" * 200):
-        expected = uuid.uuid5(FIRE_NAMESPACE, f"{name}@{round(at.timestamp() * 1_000_000)}")
-        assert scheduled_fire_id(name, at) == expected
-        assert scheduled_fire_id(name, at).version == 5
+        for when in instants:
+            expected = uuid.uuid5(FIRE_NAMESPACE, f"{name}@{round(when.timestamp() * 1_000_000)}")
+            got = scheduled_fire_id(name, when)
+            assert (got, got.int, str(got), got.bytes) == (
+                expected,
+                expected.int,
+                str(expected),
+                expected.bytes,
+            )
+            assert (got.version, got.variant, got.is_safe) == (5, uuid.RFC_4122, expected.is_safe)
+            assert hash(got) == hash(expected) and pickle.loads(pickle.dumps(got)) == expected
 
 
 def test_fire_ids_differ_by_job_and_by_microsecond() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,11 +14,12 @@ from structlog.testing import capture_logs
 
 from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.actions.python import PythonAction, job_threads
-from scheduler_daemon.running.fire import ActionFor, backoff_delay
+from scheduler_daemon.running.fire import ActionFor, Fire, backoff_delay
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
 from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.specs import JobSpec, PythonSpec, RetrySpec
+from scheduler_daemon.storage.startline import decode_start, encode_fire
 from tests.helpers import FakeClock, make_job
 
 T0 = 1_767_225_600.0
@@ -67,15 +68,27 @@ class Sink:
 
 
 class Starts:
-    """A start log whose writes complete when the test says (``commit``)."""
+    """A start log whose writes complete when the test says (``commit``); what it logs is read
+    back from the line the real one would write."""
 
     def __init__(self) -> None:
         self.logged: list[ExecutionRecord] = []
         self.covered: list[ExecutionRecord] = []  # entries a row was recorded for
         self._waiters: list[asyncio.Future[None]] = []
+        self._then: list[tuple[Callable[[Fire], None], Fire]] = []
 
-    def log(self, rec: ExecutionRecord) -> Entry:
+    def log_fire(
+        self,
+        fire: Fire,
+        started: float,
+        drift_ms: float,
+        node: str,
+        then: Callable[[Fire], None] | None = None,
+    ) -> Entry:
+        rec = decode_start(encode_fire(fire, started, drift_ms, node).encode())
         self.logged.append(rec)
+        if then is not None:
+            self._then.append((then, fire))
         return Entry(self, rec)
 
     def durable(self) -> asyncio.Future[None]:
@@ -88,6 +101,9 @@ class Starts:
             if not waiter.done():
                 waiter.set_result(None)
         self._waiters.clear()
+        then, self._then = self._then, []
+        for call, fire in then:
+            call(fire)
 
 
 class Entry:
@@ -483,3 +499,116 @@ async def test_each_attempt_logs_its_own_start() -> None:
     assert rig.sink.statuses() == ["failed", "succeeded"]
     assert [r.attempt for r in starts.logged] == [1, 2]
     assert starts.covered == starts.logged
+
+
+async def test_a_burst_waits_for_its_commit_holding_slots_but_no_task_per_fire() -> None:
+    starts = Starts()
+    rig = Rig(starts=starts)
+    actions = [rig.script(f"j{i}", (1, OK)) for i in range(5)]
+    tasks = len(asyncio.all_tasks())
+    for i in range(5):
+        rig.fire(make_job(f"j{i}"))
+    await rig.clock.settle()
+    assert len(starts.logged) == 5 and rig.limiter.in_use == 5
+    assert len(asyncio.all_tasks()) == tasks  # their starts are not durable: nothing to run yet
+    assert [a.starts for a in actions] == [[]] * 5
+    starts.commit()
+    await rig.clock.advance(2)
+    assert [a.starts for a in actions] == [[T0]] * 5
+    assert rig.sink.statuses() == ["succeeded"] * 5 and rig.limiter.in_use == 0
+    assert starts.covered == starts.logged
+
+
+async def test_a_fire_cancelled_after_its_commit_before_its_task_ran_is_recorded_once() -> None:
+    starts = Starts()
+    rig = Rig(starts=starts)
+    action = rig.script("j", (1, OK))
+    rig.fire(make_job("j"))
+    starts.commit()  # its task is created, and has not run a step yet
+    rig.runner.cancel_job("j", "job removed by reload")
+    await rig.clock.advance(2)
+    assert action.starts == [] and rig.limiter.in_use == 0
+    assert [(r.status, r.error) for r in rig.sink.records] == [
+        (Status.CANCELLED, "job removed by reload")
+    ]
+    assert starts.covered == starts.logged and rig.runner.active() == []
+
+
+async def test_overlap_replace_of_a_fire_whose_start_is_not_durable() -> None:
+    starts = Starts()
+    rig = Rig(starts=starts)
+    action = rig.script("j", (1, OK))
+    job = make_job("j", overlap="replace")
+    rig.fire(job)
+    rig.fire(job, at=T0 + 0.5)
+    assert [(r.status, r.scheduled_at.timestamp()) for r in rig.sink.records] == [
+        (Status.CANCELLED, T0)
+    ]
+    assert rig.limiter.in_use == 1
+    starts.commit()
+    await rig.clock.advance(2)
+    assert action.starts == [T0] and rig.sink.statuses() == ["cancelled", "succeeded"]
+    assert rig.limiter.in_use == 0
+
+
+async def test_a_fire_that_waited_for_a_slot_logs_its_start_then_waits_for_it() -> None:
+    starts = Starts()
+    rig = Rig(capacity=1, starts=starts)
+    first, second = rig.script("a", (1, OK)), rig.script("b", (1, OK))
+    rig.fire(make_job("a"))
+    rig.fire(make_job("b"))
+    await rig.clock.settle()
+    starts.commit()
+    await rig.clock.advance(1)  # a ends, b gets the slot and logs its start
+    assert first.starts == [T0] and second.starts == []
+    assert [r.job_name for r in starts.logged] == ["a", "b"]
+    assert starts.logged[1].started_at == datetime.fromtimestamp(T0 + 1, UTC)
+    starts.commit()
+    await rig.clock.advance(1)
+    assert second.starts == [T0 + 1] and rig.sink.statuses() == ["succeeded"] * 2
+
+
+async def test_finished_waits_for_a_fire_whose_start_is_not_yet_durable() -> None:
+    starts = Starts()
+    rig = Rig(starts=starts)
+    rig.script("j", (1, OK))
+    fire = rig.runner.submit(make_job("j"), datetime.fromtimestamp(T0, UTC))
+    assert fire is not None
+    waiting = asyncio.ensure_future(rig.runner.finished(fire))
+    await rig.clock.settle()
+    assert not waiting.done()
+    starts.commit()
+    await rig.clock.advance(1)
+    await asyncio.wait_for(waiting, 1)
+    assert rig.sink.statuses() == ["succeeded"]
+
+
+@pytest.mark.parametrize("with_start_log", [False, True])
+async def test_a_fire_cancelled_before_its_task_ran_a_step_is_recorded_cancelled(
+    with_start_log: bool,
+) -> None:
+    rig = Rig(capacity=1, starts=Starts() if with_start_log else None)
+    rig.script("first", (1, OK))
+    action = rig.script("j", (1, OK))
+    rig.fire(make_job("first"))  # takes the only slot
+    rig.fire(make_job("j"))  # a task, to wait for a slot
+    rig.runner.cancel_job("j", "job removed by reload")  # before any step of it
+    await rig.clock.advance(2)
+    assert action.starts == []
+    assert [(r.job_name, r.status) for r in rig.sink.records if r.job_name == "j"] == [
+        ("j", Status.CANCELLED)
+    ]
+    assert rig.runner.active("j") == []
+
+
+async def test_a_start_log_that_raises_costs_the_fire_not_the_caller_of_submit() -> None:
+    class Broken(Starts):
+        def log_fire(self, *args: Any, **kwargs: Any) -> Entry:
+            raise IndexError("a bug of ours")
+
+    rig = Rig(capacity=1, starts=Broken())
+    rig.script("j", (1, OK))
+    with capture_logs() as logs:
+        rig.fire(make_job("j"))  # does not raise
+    assert [e["event"] for e in logs] == ["fire_crashed"]
+    assert rig.limiter.in_use == 0 and rig.runner.active() == []

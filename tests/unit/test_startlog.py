@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 import threading
+import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from structlog.testing import capture_logs
 
-from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status
+from scheduler_daemon.running.actions.outcome import Outcome
+from scheduler_daemon.running.fire import Fire
+from scheduler_daemon.running.limiter import Limiter
+from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, scheduled_fire_id
+from scheduler_daemon.running.runner import Runner
 from scheduler_daemon.storage.journal import Journal
-from scheduler_daemon.storage.startline import decode_start, encode_start
+from scheduler_daemon.storage.startline import decode_start, encode_fire, encode_start
 from scheduler_daemon.storage.startlog import Segment, StartLog
-from tests.helpers import FakeClock, T, rec, wait_until
+from scheduler_daemon.timing.clock import SystemClock
+from tests.helpers import FakeClock, T, make_job, rec, wait_until
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 
@@ -138,6 +145,42 @@ async def test_starts_logged_during_a_write_wait_for_the_next_one(
     assert len(lines(directory / "starts-1.jsonl")) == 51
 
 
+async def test_a_fires_then_runs_once_its_line_is_fsynced_with_the_whole_burst(
+    starts: StartLog, directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, calls = gated_fsync(monkeypatch)
+    on_disk: list[tuple[Fire, int]] = []
+
+    def then(fire: Fire) -> None:  # what each sees of the file when told
+        on_disk.append((fire, len(lines(directory / "starts-1.jsonl"))))
+
+    fires = [scheduled(n) for n in range(50)]
+    for fire in fires:
+        starts.log_fire(fire, T.timestamp(), 0.0, "n1", then)
+    await true_soon(lambda: len(calls) == 1)  # written, being fsynced
+    await asyncio.sleep(0)
+    assert on_disk == []
+    gate.set()
+    await true_soon(lambda: len(on_disk) == 50)
+    assert on_disk == [(fire, 50) for fire in fires]  # in order, after the one fsync
+    assert len(calls) == 1
+
+
+async def test_a_fires_then_runs_when_its_line_cannot_be_written(
+    tmp_path: Path, rows: Rows
+) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("not a directory")
+    starts = StartLog(blocker / "journal", rows=rows)
+    await starts.start()
+    fire, told = scheduled(0), list[Fire]()
+    with capture_logs():
+        starts.log_fire(fire, T.timestamp(), 0.0, "n1", told.append)
+        await true_soon(lambda: len(told) == 1)
+    await starts.close()
+    assert told == [fire] and starts.failures == 1
+
+
 async def test_durable_returns_at_once_when_nothing_is_queued(starts: StartLog) -> None:
     await asyncio.wait_for(starts.durable(), 1)
 
@@ -199,8 +242,11 @@ async def test_a_disk_that_does_not_answer_stops_holding_attempts_back(
         assert first.done()
         starts.log(started(1))  # while stalled, a start does not wait at all
         await asyncio.wait_for(starts.durable(), 1)
+        told: list[Fire] = []
+        starts.log_fire(scheduled(2), T.timestamp(), 0.0, "n1", told.append)
+        assert len(told) == 1  # at once
         gate.set()
-        await true_soon(lambda: len(lines(directory / "starts-1.jsonl")) == 2)
+        await true_soon(lambda: len(lines(directory / "starts-1.jsonl")) == 3)
     await starts.close()
     assert [e["event"] for e in logs][:2] == ["startlog_stalled", "startlog_unstalled"]
 
@@ -311,6 +357,67 @@ def test_a_start_line_reads_back_as_its_record(record: ExecutionRecord) -> None:
     assert decoded.scheduled_at.utcoffset() == timedelta(0)
 
 
+def scheduled(n: int, trigger: FireKind = FireKind.SCHEDULE, attempt: int = 1) -> Fire:
+    """Job j's fire at T + n seconds, as the scheduler submits it."""
+    return Fire(make_job("j"), T + timedelta(seconds=n), trigger, None, attempt=attempt)
+
+
+@pytest.mark.parametrize(
+    "at", [T, (T + timedelta(seconds=1, microseconds=7)).astimezone(TOKYO)], ids=["utc", "tokyo"]
+)
+def test_a_scheduled_fires_line_leaves_its_id_to_the_reader_which_derives_the_same(
+    at: datetime,
+) -> None:
+    fire = Fire(make_job("j"), at, FireKind.CATCHUP, None, attempt=2)
+    line = encode_fire(fire, at.timestamp() + 0.003, 3.0, 'nœud "1"')
+    assert fire.given_id is None  # not hashed on the way to the action
+    assert '"fire_id"' not in line and line.endswith("\n") and line.isascii()
+    decoded = decode_start(line.rstrip("\n").encode())
+    assert decoded == ExecutionRecord(
+        fire_id=fire.fire_id,  # what the runner's rows of this fire carry
+        job_name="j",
+        scheduled_at=at,
+        attempt=2,
+        trigger=FireKind.CATCHUP,
+        status=Status.RUNNING,
+        started_at=at + timedelta(milliseconds=3),
+        finished_at=None,
+        drift_ms=3.0,
+        duration_ms=None,
+        node='nœud "1"',
+    )
+
+
+def test_a_fire_with_a_given_id_writes_it() -> None:
+    given = uuid.uuid4()
+    fire = Fire(make_job("j"), T, FireKind.MANUAL, None, given_id=given)
+    decoded = decode_start(encode_fire(fire, T.timestamp(), 0.0, "n1").rstrip("\n").encode())
+    assert (decoded.fire_id, decoded.trigger, decoded.drift_ms) == (given, FireKind.MANUAL, 0.0)
+
+
+# Written by the version before fire ids were left out (scheduled_fire_id of j at T+2s, T+1s).
+PREVIOUS_VERSION_LINES = [
+    b'{"fire_id":"147acb5f64275f53a917623bb6e90853","job":"j","scheduled_us":1767225600000007,'
+    b'"attempt":1,"trigger":"schedule","started_us":1767225602003000,"drift_ms":3.0,"node":"n1"}',
+    b'{"fire_id":"78337c2c0537586ab905a7b338ad8525","job":"j","scheduled_us":1767225601000000,'
+    b'"attempt":2,"trigger":"catchup","started_us":1767225601003000,"drift_ms":3.0,"node":"n1"}',
+]
+
+
+def test_lines_of_the_previous_version_read_back_with_their_fire_ids() -> None:
+    first, second = (decode_start(line) for line in PREVIOUS_VERSION_LINES)
+    assert first.fire_id == scheduled_fire_id("j", T + timedelta(seconds=2))  # as written
+    assert first.scheduled_at == T + timedelta(microseconds=7)
+    assert (second.fire_id, second.attempt, second.trigger) == (
+        scheduled_fire_id("j", T + timedelta(seconds=1)),
+        2,
+        FireKind.CATCHUP,
+    )
+    started_at = (T + timedelta(seconds=1, milliseconds=3)).timestamp()
+    line = encode_fire(scheduled(1, attempt=2, trigger=FireKind.CATCHUP), started_at, 3.0, "n1")
+    assert decode_start(line.rstrip("\n").encode()) == second  # the same entry, either way
+
+
 BAD_LINES = [
     b"\xff\xfe not utf-8",
     b'{"fire_id": "trunc',  # torn by a crash
@@ -319,7 +426,18 @@ BAD_LINES = [
     encode_start(started(5)).replace('"trigger":"schedule"', '"trigger":"secret-xyz"').encode(),
     encode_start(started(5)).replace('"attempt":1', '"attempt":0').encode(),
     encode_start(started(5)).replace('"attempt":1', '"attempt":true').encode(),
+    encode_start(started(5)).replace('"fire_id":"', '"fire_id":"x').encode(),
+    re.sub(r'"fire_id":"\w+"', '"fire_id":null', encode_start(started(5))).encode(),
+    encode_fire(scheduled(5), T.timestamp(), 1.0, "n1")
+    .replace('{"job"', '{"fire_id":7,"job"')
+    .encode(),
     encode_start(started(5)).replace('"scheduled_us":', '"scheduled_us":9').encode() + b"9" * 30,
+    encode_fire(scheduled(5), T.timestamp(), 1.0, "n1")
+    .replace('"drift_us":1000', '"drift_us":1.5')
+    .encode(),
+    encode_fire(scheduled(5), T.timestamp(), 1.0, "n1")
+    .replace('"node"', '"drift_ms":1,"node"')
+    .encode(),
 ]
 
 
@@ -342,3 +460,61 @@ def test_a_torn_and_damaged_start_file_reads_its_valid_lines_and_quarantines_the
     assert [r for batch in reader.read(2) for r in batch] == [started(n) for n in range(4)]
     assert reader.quarantined == 2
     assert quarantine.read_bytes() == b"garbage\n" + good[0][:30] + b"\n"
+
+
+# -- with the runner: no action begins before its start line is fsynced -------------------------
+
+
+class Recorded:
+    """The recorder for the runner: rows counted, each durable at once."""
+
+    def __init__(self) -> None:
+        self.rows: list[ExecutionRecord] = []
+
+    def record(self, rec: ExecutionRecord) -> None:
+        self.rows.append(rec)
+
+    @property
+    def appended(self) -> int:
+        return len(self.rows)
+
+    @property
+    def durable(self) -> int:
+        return len(self.rows)
+
+
+async def test_a_bursts_actions_begin_only_once_their_lines_are_fsynced(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, calls = gated_fsync(monkeypatch)
+    recorded = Recorded()
+    starts = StartLog(directory, rows=recorded)
+    await starts.start()
+    on_disk_when_begun: list[int] = []
+
+    class Action:
+        async def run(self, overrides: object = None) -> Outcome:
+            # the fsync has returned: what the file holds now survives a crash
+            on_disk_when_begun.append(len(lines(directory / "starts-1.jsonl")))
+            return Outcome(status=Status.SUCCEEDED, retryable=False)
+
+    runner = Runner(
+        clock=SystemClock(),
+        limiter=Limiter(10),
+        recorder=recorded,
+        action_for=lambda job: Action(),
+        node="n1",
+        starts=starts,
+    )
+    fires = [runner.submit(make_job(f"j{i}"), T) for i in range(5)]
+    await true_soon(lambda: len(calls) == 1)  # the burst's one write, held in its fsync
+    for _ in range(20):  # whatever the loop had to run has run
+        await asyncio.sleep(0)
+    assert on_disk_when_begun == [] and recorded.rows == []
+    gate.set()
+    await asyncio.gather(*(runner.finished(f) for f in fires if f is not None))
+    assert on_disk_when_begun == [5] * 5 and len(calls) == 1
+    assert [r.status for r in recorded.rows] == [Status.SUCCEEDED] * 5
+    replayed = [decode_start(line) for line in lines(directory / "starts-1.jsonl")]
+    assert [r.fire_id for r in replayed] == [r.fire_id for r in recorded.rows]  # the same fires
+    await starts.close()
