@@ -177,13 +177,18 @@ def test_split_keeps_every_line_of_a_job_and_the_frame_around_the_jobs() -> None
     assert frame.endswith("jobs: {}\nmax_concurrency: 8\n") and "prices" not in frame
 
 
-def test_the_next_start_reads_the_jobs_back_from_state_dir(tmp_path: Path) -> None:
+def saved_once(tmp_path: Path) -> tuple[Path, Config, Path]:
+    """The config file, what it loaded to, and the cache a first daemon saved for it."""
     path = write(tmp_path, CONFIG)
     blocks = JobBlocks()
     config = load(path, blocks)
     config.state_dir.mkdir(mode=0o700)
     blocks.save(config.state_dir)
-    saved = config.state_dir / CACHE_FILE
+    return path, config, config.state_dir / CACHE_FILE
+
+
+def test_the_next_start_reads_the_jobs_back_from_state_dir(tmp_path: Path) -> None:
+    path, config, saved = saved_once(tmp_path)
     assert saved.stat().st_mode & 0o777 == 0o600
     assert ENV["TOKEN"].encode() not in saved.read_bytes()  # a job with ${...} is not kept
     restarted = JobBlocks()
@@ -196,12 +201,7 @@ def test_the_next_start_reads_the_jobs_back_from_state_dir(tmp_path: Path) -> No
 def test_a_cache_file_others_could_write_or_another_version_wrote_is_not_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = write(tmp_path, CONFIG)
-    blocks = JobBlocks()
-    config = load(path, blocks)
-    config.state_dir.mkdir(mode=0o700)
-    blocks.save(config.state_dir)
-    saved = config.state_dir / CACHE_FILE
+    path, _, saved = saved_once(tmp_path)
     os.chmod(saved, 0o620)
     restarted = JobBlocks()
     with capture_logs() as logs:
