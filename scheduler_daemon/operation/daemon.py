@@ -206,6 +206,7 @@ class Daemon:
                 await self._start_admin()
                 await self._starts.start()
                 self._start_schedule()
+                self.jobs.save_blocks()
                 # Only now: the first connection's recovery needs the instant the schedule
                 # resumed at, and syncs each job's next fire.
                 await self._recorder.start()

@@ -91,11 +91,10 @@ class JobSet:
                 await self.api.start(conn, self.config.path)
         self.config = with_api_jobs(self.config, self.file_names, self.api.specs)
         self._api_jobs = {job.name: job for job in self.config.jobs[len(self._file_jobs) :]}
-        self._save_blocks()
 
-    def _save_blocks(self) -> None:
+    def save_blocks(self) -> None:
         """Keep the jobs as loaded for the next start (pickling 100k jobs takes a second: in a
-        thread, after the first fires are scheduled)."""
+        thread; the daemon asks once the first fires are scheduled)."""
         if self._blocks.unsaved and (self._saving is None or self._saving.done()):
             self._saving = asyncio.create_task(asyncio.to_thread(self._write_blocks))
 
@@ -169,7 +168,7 @@ class JobSet:
             self._restore(old, plan)
             return self._reload_failed([f"unexpected {type(exc).__name__} while applying"])
         await self.api.retake()  # a database job the file held until now may run
-        self._save_blocks()
+        self.save_blocks()
         self.reload_error = None
         self._metrics.reloads["succeeded"] += 1
         log.info(
