@@ -117,10 +117,7 @@ def _load(
     if config is not None and first_fire is not None:
         _check_first_fires(config, first_fire, report)
     if config is not None and import_targets:
-        previous = pytargets.use_python_path(config.python_path)
-        _check_targets(config, report)
-        if report.items:
-            pytargets.use_python_path(previous)
+        _import_targets(config, report)
     if report.items:
         raise ConfigError([message for _, message in sorted(report.items, key=lambda x: x[0])])
     assert config is not None
@@ -176,13 +173,20 @@ def _frame(
 
 
 def _targets_refused(config: Config) -> bool:
-    """Put python_path on sys.path and check every target; refused: the previous put back."""
+    """``_import_targets`` for a config loaded job by job: whether anything was refused (the
+    whole-file load then says where)."""
     report = _Report("", yamlsource.Source(data=None))
+    _import_targets(config, report)
+    return bool(report.items)
+
+
+def _import_targets(config: Config, report: _Report) -> None:
+    """Put python_path on sys.path and check every target; with any problem reported, the
+    previous python_path is put back."""
     previous = pytargets.use_python_path(config.python_path)
     _check_targets(config, report)
     if report.items:
         pytargets.use_python_path(previous)
-    return bool(report.items)
 
 
 def _check_first_fires(config: Config, first_fire: FirstFire, report: _Report) -> None:
