@@ -104,23 +104,37 @@ class Runner:
             fire.parent_fire_id = parent.fire_id
             fire.chain = (*parent.chain, parent.job.name)
         fire.claimed = attempt if claimed else 0
+        if not self._admit(fire):
+            return None
+        self._begin(fire)
+        return fire
+
+    def _admit(self, fire: Fire) -> bool:
+        """Whether ``fire`` may start (the daemon is not stopping, its job's overlap policy lets
+        it); a fire refused is recorded."""
+        job = fire.job
         if not self._accepting:
             self._record_unstarted(fire, Status.CANCELLED, "daemon is shutting down")
-            return None
+            return False
         running = self._active.get(job.name)
         if running and not self._admit_overlap(job, running):
             self._record_unstarted(fire, Status.SKIPPED, _skip_reason(job, len(running)))
             log.info(
                 "fire_skipped",
                 job=job.name,
-                scheduled_at=scheduled_at.isoformat(),
+                scheduled_at=fire.scheduled_at.isoformat(),
                 running=len(running),
                 overlap=job.overlap,
             )
-            return None
-        fires = self._active.get(job.name)  # again: replacing may have just emptied it
+            return False
+        return True
+
+    def _begin(self, fire: Fire) -> None:
+        """Make ``fire`` active and start it: its start logged at once when it can take a slot
+        now (the burst path), else in a task of its own that waits for a slot and a claim."""
+        fires = self._active.get(fire.job.name)  # again: replacing may have just emptied it
         if fires is None:
-            self._active[job.name] = [fire]
+            self._active[fire.job.name] = [fire]
         else:
             fires.append(fire)
         starts = self._starts
@@ -133,13 +147,12 @@ class Runner:
                 self._log_start_now(starts, fire)
             except Exception:
                 # A bug of ours (as in a task: see _run_fire), never the scheduler loop's problem.
-                log.exception("fire_crashed", job=job.name, fire_id=str(fire.fire_id))
+                log.exception("fire_crashed", job=fire.job.name, fire_id=str(fire.fire_id))
                 fire.pending = False
                 self._limiter.release()
                 self._forget(fire)
         else:
             fire.task = asyncio.create_task(self._run_fire(fire))  # unnamed: naming costs 10%
-        return fire
 
     def _log_start_now(self, starts: StartSink, fire: Fire) -> None:
         """The burst path (a slot is free, nothing to claim): log the start here and create the
@@ -147,9 +160,8 @@ class Runner:
         their group commit without a suspended task, a future and a wake-up each. Until then
         the fire is ``pending``: ``_cancel`` records it `cancelled` itself."""
         fire.state, fire.pending = "starting", True
-        now = self._clock.time()
-        due = fire.due = fire.scheduled_at.timestamp()
-        fire.start = starts.log_fire(fire, now, (now - due) * 1000.0, self._node, self._started)
+        fire.due = fire.scheduled_at.timestamp()
+        self._start_line(starts, fire, fire.due, self._started)
 
     def _started(self, fire: Fire) -> None:
         """``fire``'s start is on disk (or failed to get there): its attempt begins."""
@@ -256,9 +268,15 @@ class Runner:
     async def _log_start(self, starts: StartSink, fire: Fire, due: float) -> None:
         """Return once the attempt's start is on disk: after a crash it is found (`abandoned`)
         and its instant is not run again by the catch-up."""
-        now = self._clock.time()
-        fire.start = starts.log_fire(fire, now, (now - due) * 1000.0, self._node)
+        self._start_line(starts, fire, due)
         await starts.durable()
+
+    def _start_line(
+        self, starts: StartSink, fire: Fire, due: float, then: Callable[[Fire], None] | None = None
+    ) -> None:
+        """Queue the start line of ``fire``'s attempt, begun now (``then``: see log_fire)."""
+        now = self._clock.time()
+        fire.start = starts.log_fire(fire, now, (now - due) * 1000.0, self._node, then)
 
     async def _attempt(self, fire: Fire, due: float) -> tuple[Status, Outcome | None]:
         """Run one attempt with its timeout and record it, whatever happens."""
