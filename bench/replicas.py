@@ -5,8 +5,11 @@
 For each R (and `--replicas 0`: one daemon without cluster mode, the baseline), starts R
 `scheduler-daemon run` processes with distinct node names on one throwaway embedded PostgreSQL
 (or --database-url), lets them run, stops them with SIGTERM and reports from the database:
-fires run per second, drift p50/p99, claim latency (claimed_at - scheduled_at, database time)
-p50/p99, each replica's share, takeovers, instants run twice (must be 0) and the CPU time.
+fires run per second (over the whole run, and `sustained_per_s`: finished in its steady part,
+after a warm-up, before the stop), drift p50/p99, claim latency (claimed_at - scheduled_at,
+database time) p50/p99, each replica's share, takeovers, instants run twice (must be 0), the CPU
+time of the daemons, and the cores each daemon and PostgreSQL (embedded only) used in the steady
+part: on one host, where the CPU goes when R replicas do not run R times the fires.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from typing import Any
 import asyncpg
 
 from bench.drift import REPO, wait_for_first_row
+from bench.results import cpu_seconds, postgres_cpu
 from scheduler_daemon.storage.embedded import EmbeddedPostgres
+
+WARM_UP = 5.0  # seconds of a run left out of `sustained_per_s`: start, first claims, sync
 
 
 def write_config(
@@ -63,9 +69,14 @@ async def reset(dsn: str) -> None:
         await conn.close()
 
 
-async def report(dsn: str) -> dict[str, Any]:
+async def report(dsn: str, steady: tuple[float, float]) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
     try:
+        sustained = await conn.fetchval(
+            "SELECT count(*) FROM executions WHERE started_at IS NOT NULL"
+            " AND finished_at BETWEEN to_timestamp($1) AND to_timestamp($2)",
+            *steady,
+        )
         row = await conn.fetchrow(
             """SELECT count(*) AS fires,
                       percentile_cont(0.5) WITHIN GROUP (ORDER BY drift_ms) AS p50,
@@ -101,6 +112,7 @@ async def report(dsn: str) -> dict[str, Any]:
     return {
         "fires": row["fires"],
         "fires_per_s": round(row["fires"] / window) if window else 0,
+        "sustained_per_s": round(sustained / (steady[1] - steady[0])),
         "drift_ms_p50": round(row["p50"] or 0, 2),
         "drift_ms_p99": round(row["p99"] or 0, 2),
         "claim_ms_p50": round(claims["p50"] or 0, 2),
@@ -112,9 +124,16 @@ async def report(dsn: str) -> dict[str, Any]:
     }
 
 
+def cpu_now(procs: list[subprocess.Popen[bytes]], pgdata: Path | None) -> list[float]:
+    """CPU seconds so far of each daemon, then of PostgreSQL's processes (0 if not ours)."""
+    daemons = [cpu_seconds(proc.pid) for proc in procs]
+    return [*daemons, postgres_cpu(pgdata) if pgdata is not None else 0.0]
+
+
 def run(
-    work: Path, dsn: str, replicas: int, jobs: int, seconds: float, spread: bool
-) -> dict[str, Any]:
+    work: Path, dsn: str, replicas: int, jobs: int, seconds: float, spread: bool,
+    pgdata: Path | None,
+) -> dict[str, Any]:  # fmt: skip
     asyncio.run(reset(dsn))
     count = max(replicas, 1)
     configs = []
@@ -130,13 +149,24 @@ def run(
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     asyncio.run(wait_for_first_row(dsn, procs[0]))
-    time.sleep(seconds)
+    began = time.time()
+    warm_up = min(WARM_UP, seconds / 3)
+    time.sleep(warm_up)
+    cpu_before, monotonic_before = cpu_now(procs, pgdata), time.monotonic()
+    time.sleep(seconds - warm_up)
+    cores = [
+        round((after - before) / (time.monotonic() - monotonic_before), 2)
+        for before, after in zip(cpu_before, cpu_now(procs, pgdata), strict=True)
+    ]
+    steady = (began + warm_up, time.time())  # one host: the database's clock
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
     for proc in procs:
         proc.wait(timeout=120)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = {"replicas": replicas, "jobs": jobs, "spread": spread, **asyncio.run(report(dsn))}
+    result = {"replicas": replicas, "jobs": jobs, "spread": spread}
+    result |= asyncio.run(report(dsn, steady))
+    result["cores"] = {"daemons": cores[:-1], "postgres": cores[-1]}
     cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
     result["cpu_s"] = round(cpu, 1)
     return result
@@ -159,7 +189,8 @@ def main() -> int:
             dsn = server.start()
         try:
             for replicas in args.replicas:
-                result = run(work, dsn, replicas, args.jobs, args.seconds, args.spread)
+                pgdata = server.pgdata if server is not None else None
+                result = run(work, dsn, replicas, args.jobs, args.seconds, args.spread, pgdata)
                 print(json.dumps(result), flush=True)
         finally:
             if server is not None:

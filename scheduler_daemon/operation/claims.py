@@ -56,6 +56,28 @@ def _weight(job: str, node: str) -> bytes:
     return hashlib.blake2b(f"{job}\0{node}".encode(), digest_size=8).digest()
 
 
+class Ownership:
+    """Whether this replica is each job's preferred one, remembered until the live set changes:
+    a fire (on every replica) or a write of next fires costs a lookup, not a hash per replica.
+    Out of the live set (joining, leaving) we own nothing; with no live set seen, everything."""
+
+    def __init__(self, node: str, members: LiveSet) -> None:
+        self._node = node
+        self._members = members
+        self._live: Sequence[str] = ()
+        self._mine: dict[str, bool] = {}
+
+    def mine(self, job: str) -> bool:
+        live = self._members.live
+        if live is not self._live:
+            self._live, self._mine = live, {}
+        try:
+            return self._mine[job]
+        except KeyError:
+            answer = self._mine[job] = preferred(job, live or (self._node,)) == self._node
+            return answer
+
+
 class Claims:
     """Claims of this replica, batched by pass of the event loop; the runner's ``Claims``."""
 
@@ -147,7 +169,7 @@ class ClusterDispatch:
         takeover_after: float,
     ) -> None:
         self._claims = claims
-        self._members = members
+        self.owned = Ownership(claims.node, members)
         self._limiter = limiter
         self._submit = submit
         self._clock = clock
@@ -158,10 +180,7 @@ class ClusterDispatch:
         self.takeovers = 0
 
     def __call__(self, job: JobSpec, fire_at: datetime) -> None:
-        node = self._claims.node
-        # Out of the live set (joining, leaving) we only take over; alone, we claim.
-        live = self._members.live or (node,)
-        if preferred(job.name, live) == node and self._free_slots() > 0:
+        if self.owned.mine(job.name) and self._free_slots() > 0:
             self._claim(job, fire_at, takeover=False)
         else:
             due_at = self._clock.monotonic() + self._takeover_after

@@ -101,6 +101,11 @@ class Cluster:
         assert self._dispatch is not None, "attach() first"
         self._dispatch(job, fire_at)
 
+    def mine(self, job: str) -> bool:
+        """Whether this replica is ``job``'s preferred one now (it writes the job's next fire)."""
+        assert self._dispatch is not None, "attach() first"
+        return self._dispatch.owned.mine(job)
+
     def run_on_start(self, jobs: Sequence[JobSpec], at: datetime) -> None:
         """Each replica runs its `run_on_start` jobs at its own start, once it can claim them."""
         self._starting = [(job, at) for job in jobs]

@@ -5,6 +5,11 @@ moves on every fire, and a reload rewrites only the jobs it changed. This loop w
 ``NEXT_RUNS_EVERY`` seconds, the next fire of each job the scheduler moved since the last write
 (one UPDATE for all of them). It asks the scheduler which jobs moved: walking every job each time
 was most of the idle CPU of a daemon holding 100k jobs.
+
+In cluster mode every replica computes every job's fires (the same ones), and each writes only the
+jobs it is preferred for: the others' wait until they become its own. When every replica wrote
+every job, their UPDATEs locked the rows the others' recorders were locking, and two replicas ran
+fewer fires per second than one.
 """
 
 from __future__ import annotations
@@ -33,12 +38,23 @@ class MovingSchedule(Protocol):
 
 
 async def keep_next_runs_current(
-    *, clock: Clock, database: PoolSource, ready: Callable[[], bool], schedule: MovingSchedule
+    *,
+    clock: Clock,
+    database: PoolSource,
+    ready: Callable[[], bool],
+    schedule: MovingSchedule,
+    mine: Callable[[str], bool] | None = None,
 ) -> None:
+    """``mine``: in cluster mode, whether this replica writes a job's next fire now."""
     pending: set[str] = set()  # moved, not written yet: kept while the database is away
+    others: set[str] = set()  # moved, another replica's: written if they become ours
     while True:
         await clock.sleep(NEXT_RUNS_EVERY)
         pending |= schedule.take_moved()
+        if mine is not None:
+            scheduled = schedule.next_fires(pending | others)  # a removed job is no one's
+            others = {name for name in scheduled if not mine(name)}
+            pending = scheduled.keys() - others
         pool = database.pool
         if not pending or pool is None or not ready():
             continue

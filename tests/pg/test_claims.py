@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from scheduler_daemon.operation.claims import Claims, ClusterDispatch, preferred
+from scheduler_daemon.operation.claims import Claims, ClusterDispatch, Ownership, preferred
 from scheduler_daemon.operation.recovery import catch_up_job
 from scheduler_daemon.running.actions.outcome import Outcome
 from scheduler_daemon.running.limiter import Limiter
@@ -80,6 +80,18 @@ def test_rendezvous_spreads_jobs_and_moves_only_a_leaving_replicas_jobs() -> Non
     without_c = {job: preferred(job, ("a", "b")) for job in jobs}
     moved = [job for job in jobs if owners[job] != without_c[job]]
     assert moved and all(owners[job] == "c" for job in moved)
+
+
+def test_what_a_replica_owns_follows_the_live_set() -> None:
+    members = Members("a", "b", "c")
+    owned = {node: Ownership(node, members) for node in ("a", "b", "c")}
+    jobs = [f"job-{i}" for i in range(300)]
+    assert all(sum(owned[n].mine(job) for n in "abc") == 1 for job in jobs)
+    members.live = ("a", "b")  # c left: its jobs are a's and b's at once
+    assert all(owned[preferred(job, ("a", "b"))].mine(job) for job in jobs)
+    assert not any(owned["c"].mine(job) for job in jobs)  # out of the live set: only takes over
+    members.live = ()  # no live set seen yet: every replica claims its fires
+    assert all(owned["c"].mine(job) for job in jobs)
 
 
 class Cluster:

@@ -45,6 +45,22 @@ async def test_a_loop_that_dies_stops_the_daemon(
     assert events[-1] == "daemon_stopped"
 
 
+class MovingJobs:
+    """The scheduler's side of keep_next_runs_current: the jobs that moved, and their next fires
+    (``upcoming``: the jobs still scheduled)."""
+
+    def __init__(self, upcoming: dict[str, datetime | None], moved: set[str]) -> None:
+        self.upcoming = upcoming
+        self.moved = moved
+
+    def take_moved(self) -> set[str]:
+        moved, self.moved = self.moved, set()
+        return moved
+
+    def next_fires(self, names: Iterable[str]) -> dict[str, datetime | None]:
+        return {name: self.upcoming[name] for name in names if name in self.upcoming}
+
+
 async def test_next_run_at_follows_the_schedule_between_syncs(database_url: str) -> None:
     # The sync at start wrote 09:00; the job has fired since, and a reload synced only what it
     # changed: job_health must not keep showing 09:00 as the next fire.
@@ -54,23 +70,14 @@ async def test_next_run_at_follows_the_schedule_between_syncs(database_url: str)
     try:
         stale = datetime(2026, 1, 1, 9, tzinfo=UTC)
         await store.sync_jobs(pool, [make_job("a"), make_job("b")], {"a": stale, "b": stale})
-        upcoming = {"a": datetime(2026, 1, 1, 9, 5, tzinfo=UTC), "b": stale}
+        upcoming: dict[str, datetime | None] = {"a": datetime(2026, 1, 1, 9, 5, tzinfo=UTC)}
+        upcoming["b"] = stale
 
         class Connected:
             pool: asyncpg.Pool | None = None
 
-        class Schedule:
-            moved = {"a"}
-
-            def take_moved(self) -> set[str]:
-                moved, self.moved = self.moved, set()
-                return moved
-
-            def next_fires(self, names: Iterable[str]) -> dict[str, datetime | None]:
-                return {name: upcoming[name] for name in names if name in upcoming}
-
         database = Connected()  # no pool yet: what moved meanwhile is written once there is
-        schedule = Schedule()
+        schedule = MovingJobs(upcoming, {"a"})
         loop = asyncio.create_task(
             keep_next_runs_current(
                 clock=clock, database=database, ready=lambda: True, schedule=schedule
@@ -89,6 +96,47 @@ async def test_next_run_at_follows_the_schedule_between_syncs(database_url: str)
         schedule.moved.add("b")
         await clock.advance(NEXT_RUNS_EVERY)
         await wait_until(lambda: written("b", upcoming["b"]))
+        loop.cancel()
+    finally:
+        await pool.close()
+
+
+async def test_a_replica_writes_the_next_fires_of_its_own_jobs_and_of_those_it_comes_to_own(
+    database_url: str,
+) -> None:
+    # Two replicas writing every job's next fire locked each other's recorders out of `jobs`.
+    clock = FakeClock()
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        stale = datetime(2026, 1, 1, 9, tzinfo=UTC)
+        jobs = [make_job(name) for name in ("ours", "theirs", "gone")]
+        await store.sync_jobs(pool, jobs, dict.fromkeys(("ours", "theirs", "gone"), stale))
+        later = datetime(2026, 1, 1, 9, 5, tzinfo=UTC)
+        schedule = MovingJobs({"ours": later, "theirs": later}, {"ours", "theirs", "gone"})
+        owned = {"ours", "gone"}
+
+        class Connected:
+            pool: asyncpg.Pool | None = None
+
+        database = Connected()
+        database.pool = pool
+        loop = asyncio.create_task(
+            keep_next_runs_current(
+                clock=clock, database=database, ready=lambda: True, schedule=schedule,
+                mine=owned.__contains__,
+            )
+        )  # fmt: skip
+
+        async def written(expected: dict[str, datetime]) -> bool:
+            rows = await pool.fetch("SELECT name, next_run_at FROM jobs")
+            return {r["name"]: r["next_run_at"] for r in rows} == expected
+
+        await clock.advance(NEXT_RUNS_EVERY)
+        await wait_until(lambda: written({"ours": later, "theirs": stale, "gone": stale}))
+        owned.add("theirs")  # its replica left: it has not moved since, and is ours now
+        await clock.advance(NEXT_RUNS_EVERY)
+        await wait_until(lambda: written({"ours": later, "theirs": later, "gone": stale}))
         loop.cancel()
     finally:
         await pool.close()
