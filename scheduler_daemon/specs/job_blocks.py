@@ -23,6 +23,7 @@ import os
 import pickle
 import re
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -87,6 +88,7 @@ class JobBlocks:
         self.reused = 0  # in the last load
         self.validated = 0
         self.unsaved = False
+        self._saving = threading.Lock()
 
     def load(
         self,
@@ -157,15 +159,19 @@ class JobBlocks:
         context, jobs = self._saved
         payload = pickle.dumps((_code_digest(), context, jobs), pickle.HIGHEST_PROTOCOL)
         path = state_dir / CACHE_FILE
-        partial = path.with_name(f".{CACHE_FILE}.{os.getpid()}")
-        try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(payload)
-            os.replace(partial, path)
-        except BaseException:
-            self.unsaved = True
-            raise
+        # One name: the partial file of a save that was killed is replaced by the next save.
+        partial = path.with_name(f".{CACHE_FILE}.partial")
+        with self._saving:  # a reload's save may start while the start's is still writing
+            try:
+                partial.unlink(missing_ok=True)  # created anew below: 0600, ours
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(payload)
+                os.replace(partial, path)
+            except BaseException:
+                self.unsaved = True
+                partial.unlink(missing_ok=True)
+                raise
 
     def _read_once(self, state_dir: Path) -> None:
         """At the first load: the cache a previous process left, if it is ours and current."""

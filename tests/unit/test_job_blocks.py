@@ -198,6 +198,31 @@ def test_the_next_start_reads_the_jobs_back_from_state_dir(tmp_path: Path) -> No
     assert not restarted.unsaved  # nothing new to write
 
 
+def test_a_save_that_died_or_failed_leaves_no_partial_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, config, saved = saved_once(tmp_path)
+    state = config.state_dir
+    (state / f".{CACHE_FILE}.partial").write_bytes(b"a save killed halfway")
+    blocks = JobBlocks()
+    write(tmp_path, CONFIG.replace("every: 10m", "every: 20m"))
+    load(path, blocks)
+    blocks.save(state)  # the next save starts over
+    assert sorted(p.name for p in state.iterdir()) == [CACHE_FILE]
+    assert saved.stat().st_mode & 0o777 == 0o600
+
+    def disk_full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(job_blocks.os, "replace", disk_full)
+    write(tmp_path, CONFIG.replace("every: 10m", "every: 30m"))
+    load(path, blocks)
+    with pytest.raises(OSError, match="No space"):
+        blocks.save(state)
+    assert sorted(p.name for p in state.iterdir()) == [CACHE_FILE]
+    assert blocks.unsaved  # tried again at the next save
+
+
 def test_a_cache_file_others_could_write_or_another_version_wrote_is_not_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
