@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from scheduler_daemon.specs import JobSpec
-from scheduler_daemon.timing.scheduler import MAX_SLEEP, Scheduler
+from scheduler_daemon.timing.scheduler import MAX_SLEEP, MIN_SLEEP, Scheduler
 from scheduler_daemon.timing.schedules import Schedule, build_schedule
 from tests.helpers import FakeClock, make_job
 
@@ -124,6 +124,30 @@ async def test_sleeps_are_bounded_so_clock_steps_are_noticed(h: Harness) -> None
     h.clock.jump(3600)  # wall clock stepped forward: the next wake-up sees the job due
     await h.clock.advance(MAX_SLEEP)
     assert h.names() == ["hourly"]
+
+
+async def test_a_fire_less_than_a_timer_tick_away_is_slept_for_not_spun_for() -> None:
+    # uvloop rounds a timer to whole milliseconds: a sleep under 0.5 ms returned at once, and
+    # with fires 250 µs apart (4,000 spread a second) the loop spun between them.
+    asked: list[float] = []
+
+    class RecordingClock(FakeClock):
+        async def sleep(self, seconds: float) -> None:
+            asked.append(seconds)
+            await super().sleep(seconds)
+
+    clock = RecordingClock(T0 + 1 - 0.0003)
+    fired: list[float] = []
+    scheduler = Scheduler(clock=clock, dispatch=lambda job, at: fired.append(clock.time()))
+    scheduler.add(make_job("spread", every=1.0))
+    task = asyncio.create_task(scheduler.run())
+    await clock.advance(0)
+    assert asked == [MIN_SLEEP]  # one sleep past the fire's instant, not 0.3 ms
+    await clock.advance(MIN_SLEEP)
+    assert fired == [T0 + 1 - 0.0003 + MIN_SLEEP]  # late by less than a tick, never early
+    scheduler.stop()
+    await clock.advance(MAX_SLEEP)
+    await asyncio.wait_for(task, 1)
 
 
 def test_pop_due_after_a_stall_returns_every_missed_fire_in_order() -> None:
