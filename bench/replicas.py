@@ -6,10 +6,11 @@ For each R (and `--replicas 0`: one daemon without cluster mode, the baseline), 
 `scheduler-daemon run` processes with distinct node names on one throwaway embedded PostgreSQL
 (or --database-url), lets them run, stops them with SIGTERM and reports from the database:
 fires run per second (over the whole run, and `sustained_per_s`: finished in its steady part,
-after a warm-up, before the stop), drift p50/p99, claim latency (claimed_at - scheduled_at,
-database time) p50/p99, each replica's share, takeovers, instants run twice (must be 0), the CPU
-time of the daemons, and the cores each daemon and PostgreSQL (embedded only) used in the steady
-part: on one host, where the CPU goes when R replicas do not run R times the fires.
+after a warm-up, before the stop), drift p50/p99 (also of the steady part alone), claim latency
+(claimed_at - scheduled_at, database time) p50/p99, each replica's share, takeovers, instants
+run twice (must be 0), the CPU time of the daemons, and the cores each daemon and PostgreSQL
+(embedded only) used in the steady part: on one host, where the CPU goes when R replicas do not
+run R times the fires.
 """
 
 from __future__ import annotations
@@ -72,9 +73,12 @@ async def reset(dsn: str) -> None:
 async def report(dsn: str, steady: tuple[float, float]) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
     try:
-        sustained = await conn.fetchval(
-            "SELECT count(*) FROM executions WHERE started_at IS NOT NULL"
-            " AND finished_at BETWEEN to_timestamp($1) AND to_timestamp($2)",
+        sustained = await conn.fetchrow(
+            """SELECT count(*) AS fires,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY drift_ms) AS p50,
+                      percentile_cont(0.99) WITHIN GROUP (ORDER BY drift_ms) AS p99
+               FROM executions WHERE started_at IS NOT NULL
+               AND finished_at BETWEEN to_timestamp($1) AND to_timestamp($2)""",
             *steady,
         )
         row = await conn.fetchrow(
@@ -112,7 +116,9 @@ async def report(dsn: str, steady: tuple[float, float]) -> dict[str, Any]:
     return {
         "fires": row["fires"],
         "fires_per_s": round(row["fires"] / window) if window else 0,
-        "sustained_per_s": round(sustained / (steady[1] - steady[0])),
+        "sustained_per_s": round(sustained["fires"] / (steady[1] - steady[0])),
+        "steady_drift_ms_p50": round(sustained["p50"] or 0, 2),
+        "steady_drift_ms_p99": round(sustained["p99"] or 0, 2),
         "drift_ms_p50": round(row["p50"] or 0, 2),
         "drift_ms_p99": round(row["p99"] or 0, 2),
         "claim_ms_p50": round(claims["p50"] or 0, 2),
