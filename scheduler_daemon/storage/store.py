@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -92,6 +92,7 @@ _MERGE_QUIETLY = _merge_sql(announce=False)
 # instead of deadlocking: an UPDATE ... FROM locks rows in whatever order its plan visits them.
 LOCK_JOBS_IN_ORDER = "SELECT FROM jobs WHERE {where} ORDER BY name FOR NO KEY UPDATE"
 SYNC_CHUNK = 5000  # jobs rendered and upserted at a time by sync_jobs
+STAGE_CHUNK = 250  # attempts' rows per COPY (_stage)
 _LOCK_TOUCHED_JOBS = LOCK_JOBS_IN_ORDER.format(
     where="name IN (SELECT job_name FROM executions_stage)"
 )
@@ -242,12 +243,15 @@ def _last_per_attempt(records: Sequence[ExecutionRecord]) -> dict[tuple[Any, int
     return latest
 
 
-async def _stage(conn: Conn, records: Iterable[ExecutionRecord]) -> None:
-    """Fill this transaction's staging table with ``records`` (COPY: the fast way in)."""
+async def _stage(conn: Conn, records: Collection[ExecutionRecord]) -> None:
+    """Fill this transaction's staging table with ``records`` (COPY: the fast way in), STAGE_CHUNK
+    rows per COPY: asyncpg encodes all of a COPY's rows in one go on the event loop (~20 µs a
+    row here), and a 1,000-row batch held every fire back for 20-26 ms."""
     await conn.execute(_STAGE_DDL)
-    await conn.copy_records_to_table(
-        "executions_stage", records=[_row(r) for r in records], columns=COLUMNS
-    )
+    pending = list(records)
+    for at in range(0, len(pending), STAGE_CHUNK):
+        staged = [_row(r) for r in pending[at : at + STAGE_CHUNK]]
+        await conn.copy_records_to_table("executions_stage", records=staged, columns=COLUMNS)
 
 
 def _row(rec: ExecutionRecord) -> tuple[Any, ...]:

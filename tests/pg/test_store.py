@@ -54,6 +54,19 @@ async def test_replaying_a_batch_writes_nothing_twice(pool: asyncpg.Pool) -> Non
     assert await pool.fetchval("SELECT count(*) FROM executions") == 100
 
 
+async def test_a_batch_of_several_copies_is_written_whole_in_one_transaction(
+    pool: asyncpg.Pool,
+) -> None:
+    batch = [rec(n=i) for i in range(2 * store.STAGE_CHUNK + 1)]  # three COPYs
+    async with pool.acquire() as conn:
+        assert await store.write_executions(conn, batch) == len(batch)
+        bad = [rec(job="k", n=i) for i in range(2 * store.STAGE_CHUNK)]
+        bad[-1].status = "no such status"  # type: ignore[assignment]
+        with pytest.raises(asyncpg.PostgresError):
+            await store.write_executions(conn, bad)  # its first COPY went in, then rolled back
+    assert await pool.fetchval("SELECT count(*) FROM executions") == len(batch)
+
+
 async def test_a_final_row_replaces_a_running_placeholder(pool: asyncpg.Pool) -> None:
     running = rec(status=Status.RUNNING, finished_at=None, duration_ms=None)
     async with pool.acquire() as conn:
