@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import random
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
 
 from scheduler_daemon.running.actions.outcome import Outcome
+from scheduler_daemon.running.attempt_rows import AttemptRows
 from scheduler_daemon.running.chains import Chains
 from scheduler_daemon.running.fire import (
     ActionFor,
@@ -32,14 +32,11 @@ from scheduler_daemon.running.fire import (
     backoff_delay,
 )
 from scheduler_daemon.running.limiter import Limiter
-from scheduler_daemon.running.records import ExecutionRecord, FireKind, Status, chained_fire_id
+from scheduler_daemon.running.records import FireKind, Status, chained_fire_id
 from scheduler_daemon.specs import JobSpec
 from scheduler_daemon.timing.clock import Clock
 
 log = structlog.get_logger("scheduler_daemon.running.runner")
-
-# Attempts that ended badly: logged at warning (cancelled is an operator's or the daemon's choice).
-FAILURES = frozenset({Status.FAILED, Status.TIMED_OUT})
 
 # How often attempts in flight get their `running` row (see README: crash recovery window).
 RUNNING_ROWS_EVERY = 0.2
@@ -68,7 +65,7 @@ class Runner:
         self._chains = chains
         self._observer: FireObserver = observer or NoObserver()
         self._limiter = limiter
-        self._recorder = recorder
+        self._rows = AttemptRows(clock=clock, recorder=recorder, observer=self._observer, node=node)
         self._action_for = action_for
         self._node = node
         self._rng = rng or random.Random()
@@ -114,11 +111,11 @@ class Runner:
         it); a fire refused is recorded."""
         job = fire.job
         if not self._accepting:
-            self._record_unstarted(fire, Status.CANCELLED, "daemon is shutting down")
+            self._rows.unstarted(fire, Status.CANCELLED, "daemon is shutting down")
             return False
         running = self._active.get(job.name)
         if running and not self._admit_overlap(job, running):
-            self._record_unstarted(fire, Status.SKIPPED, _skip_reason(job, len(running)))
+            self._rows.unstarted(fire, Status.SKIPPED, _skip_reason(job, len(running)))
             log.info(
                 "fire_skipped",
                 job=job.name,
@@ -233,7 +230,7 @@ class Runner:
                 fire.attempt += 1
         except asyncio.CancelledError:
             if fire.state in ("waiting", "starting"):
-                self._record_unstarted(fire, Status.CANCELLED, fire.cancel_reason)
+                self._rows.unstarted(fire, Status.CANCELLED, fire.cancel_reason)
             else:
                 # running: _attempt recorded it; backoff: the last attempt is already recorded.
                 self._observer.fire_ended(job.name, Status.CANCELLED)
@@ -299,53 +296,14 @@ class Runner:
         except TimeoutError:
             status, error = Status.TIMED_OUT, f"timed out after {job.timeout:g}s"
         except asyncio.CancelledError:
-            self._record(
+            self._rows.finished(
                 fire, Status.CANCELLED, None, started, started_mono, due, fire.cancel_reason
             )
             raise
         except Exception as exc:  # noqa: BLE001 - actions report failures; one that raised fails
             status, error = Status.FAILED, f"internal error: {exc!r}"
-        self._record(fire, status, outcome, started, started_mono, due, error)
+        self._rows.finished(fire, status, outcome, started, started_mono, due, error)
         return status, outcome
-
-    # -- records -------------------------------------------------------------------------------
-
-    def _record(
-        self,
-        fire: Fire,
-        status: Status,
-        outcome: Outcome | None,
-        started: float,
-        started_mono: float,
-        due: float,
-        error: str | None,
-    ) -> None:
-        duration_ms = (self._clock.monotonic() - started_mono) * 1000.0
-        kept = outcome.kept if outcome else None
-        rec = self._row(
-            fire,
-            status,
-            started_at=_dt(started),
-            finished_at=_dt(started + duration_ms / 1000.0),
-            drift_ms=(started - due) * 1000.0,
-            duration_ms=duration_ms,
-            http_status=outcome.http_status if outcome else None,
-            exit_code=outcome.exit_code if outcome else None,
-            error=error if error is not None else (outcome.error if outcome else None),
-            output=outcome.output if outcome else None,
-        )
-        if kept is not None:
-            rec.result, rec.result_bytes, rec.items = kept.text, kept.size, kept.items
-        self._recorder.record(rec)
-        self._covered(fire)
-        self._observer.attempt_finished(rec)
-        # A failure is worth a warning (alerting on the log level sees it); a success is routine,
-        # and its event is not even built below `info` (4 µs a fire through the lazy proxy).
-        bound = log.bind()  # the configured logger (the same one each time in the daemon)
-        if status in FAILURES:
-            _log_finished(bound.warning, rec, fire, duration_ms)
-        elif bound.is_enabled_for(logging.INFO):
-            _log_finished(bound.info, rec, fire, duration_ms)
 
     def announce_running(self) -> int:
         """Record a `running` row for each attempt in flight that has none yet.
@@ -358,15 +316,7 @@ class Runner:
         for fire in self.active():
             if fire.state == "running" and not fire.announced:
                 fire.announced = True
-                self._recorder.record(
-                    self._row(
-                        fire,
-                        Status.RUNNING,
-                        started_at=_dt(fire.started),
-                        drift_ms=(fire.started - fire.due) * 1000.0,
-                    )
-                )
-                self._covered(fire)
+                self._rows.running(fire)
                 announced += 1
         return announced
 
@@ -376,56 +326,6 @@ class Runner:
         while True:
             await self._clock.sleep(period)
             self.announce_running()
-
-    def _record_unstarted(self, fire: Fire, status: Status, reason: str) -> None:
-        rec = self._row(fire, status, finished_at=_dt(self._clock.time()), error=reason)
-        self._recorder.record(rec)
-        self._covered(fire)
-        self._observer.attempt_finished(rec)
-        self._observer.fire_ended(rec.job_name, status)
-
-    @staticmethod
-    def _covered(fire: Fire) -> None:
-        """A row of the attempt was just recorded: its start entry is no longer the only trace."""
-        if fire.start is not None:
-            fire.start.recorded()
-            fire.start = None
-
-    def _row(
-        self,
-        fire: Fire,
-        status: Status,
-        *,
-        started_at: datetime | None = None,
-        finished_at: datetime | None = None,
-        drift_ms: float | None = None,
-        duration_ms: float | None = None,
-        http_status: int | None = None,
-        exit_code: int | None = None,
-        error: str | None = None,
-        output: str | None = None,
-    ) -> ExecutionRecord:
-        """The row of ``fire``'s current attempt (explicit arguments: this is the hot path)."""
-        return ExecutionRecord(
-            fire.fire_id,
-            fire.job.name,
-            fire.scheduled_at,
-            fire.attempt,
-            fire.trigger,
-            status,
-            started_at,
-            finished_at,
-            drift_ms,
-            duration_ms,
-            http_status,
-            exit_code,
-            error,
-            output,
-            self._node,
-            None,
-            None,
-            fire.parent_fire_id,
-        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -473,7 +373,7 @@ class Runner:
                 self._limiter.release()  # taken by submit
             if fire.task is not None:
                 fire.task.cancel()
-            self._record_unstarted(fire, Status.CANCELLED, reason)
+            self._rows.unstarted(fire, Status.CANCELLED, reason)
             self._forget(fire)
             if fire.task_ready is not None and not fire.task_ready.done():
                 fire.task_ready.set_result(None)
@@ -494,21 +394,6 @@ class Runner:
             del self._active[fire.job.name]
 
 
-def _log_finished(
-    emit: Callable[..., Any], rec: ExecutionRecord, fire: Fire, duration_ms: float
-) -> None:
-    emit(
-        "attempt_finished",
-        job=rec.job_name,
-        attempt=rec.attempt,
-        status=str(rec.status),
-        drift_ms=round(rec.drift_ms or 0.0, 3),
-        duration_ms=round(duration_ms, 3),
-        error=rec.error,
-        trigger=str(fire.trigger),
-    )
-
-
 def _not_begun(task: asyncio.Task[None] | None) -> bool:
     if task is None or task.done():
         return False
@@ -522,7 +407,3 @@ def _skip_reason(job: JobSpec, running: int) -> str:
             f" (overlap: allow, max_instances: {job.max_instances})"
         )
     return "previous fire still running (overlap: skip)"
-
-
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
