@@ -67,6 +67,11 @@ class Ownership:
         self._live: Sequence[str] = ()
         self._mine: dict[str, bool] = {}
 
+    @property
+    def live(self) -> Sequence[str]:
+        """The live set as membership last saw it (a new object whenever it changes)."""
+        return self._members.live
+
     def mine(self, job: str) -> bool:
         live = self._members.live
         if live is not self._live:

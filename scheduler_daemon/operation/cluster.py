@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from scheduler_daemon.errors import SchedulerDaemonError
-from scheduler_daemon.operation.claims import Claims, ClusterDispatch
+from scheduler_daemon.operation.claims import Claims, ClusterDispatch, Ownership
 from scheduler_daemon.operation.leases import settle_dead_replicas
 from scheduler_daemon.operation.membership import Membership, PgNodes
 from scheduler_daemon.operation.metrics import Metrics
@@ -101,10 +101,11 @@ class Cluster:
         assert self._dispatch is not None, "attach() first"
         self._dispatch(job, fire_at)
 
-    def mine(self, job: str) -> bool:
-        """Whether this replica is ``job``'s preferred one now (it writes the job's next fire)."""
+    @property
+    def ownership(self) -> Ownership:
+        """The jobs this replica is preferred for now (it writes their next fires)."""
         assert self._dispatch is not None, "attach() first"
-        return self._dispatch.owned.mine(job)
+        return self._dispatch.owned
 
     def run_on_start(self, jobs: Sequence[JobSpec], at: datetime) -> None:
         """Each replica runs its `run_on_start` jobs at its own start, once it can claim them."""

@@ -311,7 +311,7 @@ class Daemon:
                 database=self.database,
                 ready=lambda: self._recovery.done,
                 schedule=self._scheduler,
-                mine=self.cluster.mine if self.cluster is not None else None,
+                owned=self.cluster.ownership if self.cluster is not None else None,
             ),
         }
 

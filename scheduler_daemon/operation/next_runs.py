@@ -7,14 +7,14 @@ moves on every fire, and a reload rewrites only the jobs it changed. This loop w
 was most of the idle CPU of a daemon holding 100k jobs.
 
 In cluster mode every replica computes every job's fires (the same ones), and each writes only the
-jobs it is preferred for: the others' wait until they become its own. When every replica wrote
-every job, their UPDATEs locked the rows the others' recorders were locking, and two replicas ran
-fewer fires per second than one.
+jobs it is preferred for: the others' are set aside, and looked at again when the live set changes
+(they may be its own then). When every replica wrote every job, their UPDATEs locked the rows the
+others' recorders were locking, and two replicas ran fewer fires per second than one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -27,6 +27,15 @@ from scheduler_daemon.timing.clock import Clock
 log = structlog.get_logger("scheduler_daemon.operation.next_runs")
 
 NEXT_RUNS_EVERY = 10.0
+
+
+class Owned(Protocol):
+    """Which jobs are this replica's (claims.Ownership): they change with the live set."""
+
+    @property
+    def live(self) -> Sequence[str]: ...
+
+    def mine(self, job: str) -> bool: ...
 
 
 class MovingSchedule(Protocol):
@@ -43,18 +52,21 @@ async def keep_next_runs_current(
     database: PoolSource,
     ready: Callable[[], bool],
     schedule: MovingSchedule,
-    mine: Callable[[str], bool] | None = None,
+    owned: Owned | None = None,
 ) -> None:
-    """``mine``: in cluster mode, whether this replica writes a job's next fire now."""
+    """``owned``: in cluster mode, the jobs whose next fires this replica writes."""
     pending: set[str] = set()  # moved, not written yet: kept while the database is away
-    others: set[str] = set()  # moved, another replica's: written if they become ours
+    others: set[str] = set()  # moved, another replica's: looked at again when the live set changes
+    live: Sequence[str] = ()
     while True:
         await clock.sleep(NEXT_RUNS_EVERY)
         pending |= schedule.take_moved()
-        if mine is not None:
-            scheduled = schedule.next_fires(pending | others)  # a removed job is no one's
-            others = {name for name in scheduled if not mine(name)}
-            pending = scheduled.keys() - others
+        if owned is not None:
+            if owned.live is not live:
+                live, pending, others = owned.live, pending | others, set()
+            theirs = {name for name in pending if not owned.mine(name)}
+            others |= theirs
+            pending -= theirs
         pool = database.pool
         if not pending or pool is None or not ready():
             continue

@@ -114,7 +114,15 @@ async def test_a_replica_writes_the_next_fires_of_its_own_jobs_and_of_those_it_c
         await store.sync_jobs(pool, jobs, dict.fromkeys(("ours", "theirs", "gone"), stale))
         later = datetime(2026, 1, 1, 9, 5, tzinfo=UTC)
         schedule = MovingJobs({"ours": later, "theirs": later}, {"ours", "theirs", "gone"})
-        owned = {"ours", "gone"}
+
+        class Owned:
+            live = ("a", "b")
+            jobs = {"ours", "gone"}
+
+            def mine(self, job: str) -> bool:
+                return job in self.jobs
+
+        owned = Owned()
 
         class Connected:
             pool: asyncpg.Pool | None = None
@@ -124,7 +132,7 @@ async def test_a_replica_writes_the_next_fires_of_its_own_jobs_and_of_those_it_c
         loop = asyncio.create_task(
             keep_next_runs_current(
                 clock=clock, database=database, ready=lambda: True, schedule=schedule,
-                mine=owned.__contains__,
+                owned=owned,
             )
         )  # fmt: skip
 
@@ -134,7 +142,7 @@ async def test_a_replica_writes_the_next_fires_of_its_own_jobs_and_of_those_it_c
 
         await clock.advance(NEXT_RUNS_EVERY)
         await wait_until(lambda: written({"ours": later, "theirs": stale, "gone": stale}))
-        owned.add("theirs")  # its replica left: it has not moved since, and is ours now
+        owned.live, owned.jobs = ("a",), {"ours", "gone", "theirs"}  # b left: not moved since
         await clock.advance(NEXT_RUNS_EVERY)
         await wait_until(lambda: written({"ours": later, "theirs": later, "gone": stale}))
         loop.cancel()
