@@ -72,6 +72,12 @@ class Ownership:
         """The live set as membership last saw it (a new object whenever it changes)."""
         return self._members.live
 
+    @property
+    def alone(self) -> bool:
+        """No other replica is live: none would take over what this one leaves."""
+        live = self._members.live
+        return not live or (len(live) == 1 and live[0] == self._node)
+
     def mine(self, job: str) -> bool:
         live = self._members.live
         if live is not self._live:
@@ -161,7 +167,8 @@ Submit = Callable[..., object]
 
 class ClusterDispatch:
     """The scheduler's ``dispatch`` in cluster mode: a due fire is claimed at once where this
-    replica is its job's preferred one and has a free slot, else offered for takeover."""
+    replica is its job's preferred one and has a free slot (or no other replica is live), else
+    offered for takeover."""
 
     def __init__(
         self,
@@ -185,7 +192,8 @@ class ClusterDispatch:
         self.takeovers = 0
 
     def __call__(self, job: JobSpec, fire_at: datetime) -> None:
-        if self.owned.mine(job.name) and self._free_slots() > 0:
+        # Full, we leave it to another replica; alone, it waits for one of our slots.
+        if self.owned.mine(job.name) and (self._free_slots() > 0 or self.owned.alone):
             self._claim(job, fire_at, takeover=False)
         else:
             due_at = self._clock.monotonic() + self._takeover_after

@@ -157,6 +157,34 @@ async def test_the_preferred_replica_runs_each_fire_and_the_other_only_takes_ove
             loop.cancel()
 
 
+async def test_a_replica_alone_claims_its_fires_even_when_full(pool: asyncpg.Pool) -> None:
+    # Offered for takeover, they waited takeover_after for nobody else, then it claimed them.
+    clock = FakeClock(T.timestamp())
+    limiter = Limiter(1)
+    assert limiter.try_acquire()  # its one slot is busy
+    submitted: list[str] = []
+    for live in (("a",), ()):  # the live set holds only it, or it has seen none yet
+        submitted.clear()
+        dispatch = ClusterDispatch(
+            claims=replica("a", pool, Members(*live)), members=Members(*live), limiter=limiter,
+            submit=lambda job, at, **kw: submitted.append(job.name), clock=clock,
+            takeover_after=2.0,
+        )  # fmt: skip
+        for i in range(3):
+            dispatch(make_job(f"job{i}-{len(live)}", every=60), T)
+        await _settle(clock)
+        assert len(submitted) == 3 and dispatch.takeovers == 0  # queued for the slot, at once
+    two = ClusterDispatch(
+        claims=replica("a", pool, Members("a", "b")), members=Members("a", "b"), limiter=limiter,
+        submit=lambda job, at, **kw: submitted.append(job.name), clock=clock, takeover_after=2.0,
+    )  # fmt: skip
+    submitted.clear()
+    mine = next(f"x{i}" for i in range(100) if preferred(f"x{i}", ("a", "b")) == "a")
+    two(make_job(mine, every=60), T)
+    await _settle(clock)
+    assert submitted == []  # with another replica alive, a full one leaves it for takeover
+
+
 async def test_a_retry_another_replica_claimed_is_not_run_here(pool: asyncpg.Pool) -> None:
     clock = FakeClock(T.timestamp())
     records: list[ExecutionRecord] = []
