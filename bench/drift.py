@@ -169,7 +169,7 @@ def main() -> int:
             print(json.dumps(result, indent=2))
         finally:
             if server is not None:
-                server.stop()
+                server.remove()
     return 0
 
 

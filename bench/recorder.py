@@ -149,7 +149,7 @@ def main() -> int:
             result = uvloop.run(run(dsn, args.rates, args.seconds, args.burst, args.batch_size))
         finally:
             if server is not None:
-                server.stop()
+                server.remove()
     print(json.dumps(result, indent=2))
     return 0
 

@@ -200,7 +200,7 @@ def main() -> int:
                 print(json.dumps(result), flush=True)
         finally:
             if server is not None:
-                server.stop()
+                server.remove()
     return 0
 
 

@@ -141,7 +141,7 @@ def main() -> int:
         finally:
             target.kill()
             target.wait()
-            server.stop()
+            server.remove()
     fires = last["fires"] - first["fires"]
     wall = last["t"] - first["t"]
     per_fire = 1000.0 / max(fires, 1)

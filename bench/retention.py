@@ -234,7 +234,7 @@ def main() -> int:
             result = uvloop.run(run(dsn, args))
         finally:
             if server is not None:
-                server.stop()
+                server.remove()
     print(json.dumps(result, indent=2))
     return 0
 

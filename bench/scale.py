@@ -169,7 +169,7 @@ def main() -> int:
                 )
             )
         finally:
-            server.stop()
+            server.remove()
     return 0
 
 

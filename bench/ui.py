@@ -228,7 +228,7 @@ def main() -> int:
                 measure(config, dsn, args.port, args.jobs, args.fires, args.requests)
             )
         finally:
-            server.stop()
+            server.remove()
     print(json.dumps({**result, "fires_per_job": args.fires}, indent=2))
     return 0
 
