@@ -70,13 +70,20 @@ async def server() -> AsyncIterator[str]:
         raise web.HTTPFound(request.query["to"])
 
     async def headers(request: web.Request) -> web.Response:
-        return web.json_response({k: request.headers.get(k) for k in ("X-Api-Key", "Accept")})
+        names = ("X-Api-Key", "Accept", "Cookie")
+        return web.json_response({k: request.headers.get(k) for k in names})
+
+    async def login(_: web.Request) -> web.Response:
+        resp = web.json_response({"logged_in": True})
+        resp.set_cookie("sid", "job-a-session-secret")
+        return resp
 
     app = web.Application()
     app.router.add_get("/ok", ok)
     app.router.add_get("/loop", loop)
     app.router.add_get("/hop", hop)
     app.router.add_get("/headers", headers)
+    app.router.add_get("/login", login)
     app.router.add_get("/status/{code}", status)
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/huge", huge)
@@ -185,6 +192,18 @@ async def test_a_followed_redirect_to_another_origin_loses_the_secret_headers(
             assert out.status is Status.SUCCEEDED and out.output is not None, to
             seen = json.loads(out.output)
             assert (seen.get("X-Api-Key"), seen.get("Accept")) == (key, "application/json"), to
+
+
+async def test_a_cookie_one_job_was_given_is_never_sent_by_another(
+    server: str, client: HttpClient
+) -> None:
+    # Every HTTP job shares one session: its cookie jar sent job a's session to job b's host.
+    host = server.replace("127.0.0.1", "localhost")  # a jar keeps no cookie of a bare IP
+    assert (await http_job(client, f"{host}/login").run()).status == Status.SUCCEEDED
+    out = await http_job(client, f"{host}/headers").run()
+    assert json.loads(out.output or "")["Cookie"] is None
+    configured = await http_job(client, f"{host}/headers", headers={"Cookie": "own=1"}).run()
+    assert json.loads(configured.output or "")["Cookie"] == "own=1"  # a job's own header goes
 
 
 async def test_http_connection_refused_is_retryable(client: HttpClient) -> None:
