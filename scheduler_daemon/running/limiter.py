@@ -56,8 +56,7 @@ class Limiter:
         return False
 
     async def acquire(self, priority: Priority = "normal") -> None:
-        if self._in_use < self._capacity and not self._queued:
-            self._in_use += 1
+        if self.try_acquire():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[priority].append(fut)

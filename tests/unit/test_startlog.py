@@ -44,6 +44,15 @@ def started(n: int, **kw: object) -> ExecutionRecord:
     return rec(n=n, finished_at=None, duration_ms=None, **kw)  # type: ignore[arg-type]
 
 
+async def blocked_log(tmp_path: Path, rows: Rows) -> tuple[StartLog, Path]:
+    """A started log whose directory cannot be made (a file stands in its way), and that file."""
+    blocker = tmp_path / "state"
+    blocker.write_text("not a directory")
+    starts = StartLog(blocker / "journal", rows=rows)
+    await starts.start()
+    return starts, blocker
+
+
 def lines(path: Path) -> list[bytes]:
     return path.read_bytes().splitlines() if path.exists() else []
 
@@ -169,10 +178,7 @@ async def test_a_fires_then_runs_once_its_line_is_fsynced_with_the_whole_burst(
 async def test_a_fires_then_runs_when_its_line_cannot_be_written(
     tmp_path: Path, rows: Rows
 ) -> None:
-    blocker = tmp_path / "state"
-    blocker.write_text("not a directory")
-    starts = StartLog(blocker / "journal", rows=rows)
-    await starts.start()
+    starts, _ = await blocked_log(tmp_path, rows)
     fire, told = scheduled(0), list[Fire]()
     with capture_logs():
         starts.log_fire(fire, T.timestamp(), 0.0, "n1", told.append)
@@ -205,10 +211,7 @@ async def test_a_cancelled_waiter_does_not_disturb_the_others(
 async def test_a_log_that_cannot_be_written_lets_attempts_run_and_says_so_once(
     tmp_path: Path, rows: Rows
 ) -> None:
-    blocker = tmp_path / "state"
-    blocker.write_text("not a directory")
-    starts = StartLog(blocker / "journal", rows=rows)
-    await starts.start()
+    starts, blocker = await blocked_log(tmp_path, rows)
     with capture_logs() as logs:
         for n in range(3):
             starts.log(started(n))
