@@ -94,10 +94,15 @@ class ApiJobs:
             )
         self.adopt(stored, taken=())
 
-    async def reread(self, db: Db) -> None:
-        """Adopt the database's view; schedule the difference."""
+    async def reread(self, db: Db, names: Collection[str] | None = None) -> None:
+        """Adopt the database's view, of every job or of ``names`` (the jobs a notification
+        named); schedule the difference."""
         async with self._turns:
-            if self.adopt(await job_store.api_jobs(db), taken=self._taken()):
+            stored = await job_store.api_jobs(db, names)
+            if names is not None:
+                others = (job for name, job in self.stored.items() if name not in names)
+                stored = [*others, *stored]
+            if self.adopt(stored, taken=self._taken()):
                 await self._on_change()
 
     async def retake(self) -> None:
@@ -256,40 +261,55 @@ def name_taken(name: str, by: str) -> str:
     )
 
 
+class NotReady(Exception):
+    def __str__(self) -> str:
+        return "the daemon's first connection is not settled yet"
+
+
 async def follow_changes(
     *,
     clock: Clock,
     dsn: Callable[[], str],
     ready: Callable[[], bool],
-    reread: Callable[[], Awaitable[None]],
+    reread: Callable[[Collection[str] | None], Awaitable[None]],
 ) -> None:
-    """Re-read the stored jobs when another process changes one (NOTIFY on a connection of its
-    own), and every RESYNC_EVERY. ``ready``: the daemon's first connection is settled."""
+    """Re-read the stored jobs a notification names when a process changes one (NOTIFY on a
+    connection of its own), and all of them on each new listening connection and every
+    RESYNC_EVERY. ``ready``: the daemon's first connection is settled."""
     changed = asyncio.Event()
     listener: asyncpg.Connection | None = None
+    named: set[str] = set()  # since the last re-read
+    everything = True  # re-read every job: nobody listened for a while
 
-    def notified(*_: object) -> None:
+    def notified(_conn: object, _pid: int, _channel: str, name: str) -> None:
+        named.add(name)
         changed.set()
 
     try:
         while True:
             if listener is None or listener.is_closed():
                 listener = await _listen(dsn, notified)
-                if listener is not None:
-                    changed.set()  # changes made while no one listened
-            wait = RESYNC_EVERY if listener is not None else RECONNECT_EVERY
-            try:
-                async with clock.timeout(wait):
-                    await changed.wait()
-            except TimeoutError:
-                pass
+                everything = True  # changes made while no one listened
+            if listener is None or not everything:
+                wait = RESYNC_EVERY if listener is not None else RECONNECT_EVERY
+                try:
+                    async with clock.timeout(wait):
+                        await changed.wait()
+                except TimeoutError:
+                    everything = True
             changed.clear()
-            if not ready():
-                continue
+            names = None if everything else frozenset(named)
+            named.clear()
             try:
-                await reread()
-            except store.DB_ERRORS as exc:
+                if not ready():
+                    raise NotReady
+                await reread(names)
+            except (NotReady, *store.DB_ERRORS) as exc:
                 log.debug("api_jobs_not_read", error=str(exc))
+                everything = True  # what was named stays unread: read it all next time
+                await clock.sleep(RECONNECT_EVERY)
+            else:
+                everything = False
     finally:
         if listener is not None and not listener.is_closed():
             await listener.close(timeout=1)

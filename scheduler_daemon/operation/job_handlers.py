@@ -68,7 +68,9 @@ async def patch_job(api: Api, request: web.Request, query: m.Query) -> web.Respo
                 raise
             if attempt + 1 == _PATCH_ATTEMPTS:
                 raise
-            await api.t.api_jobs.reread(api.pool())  # changed meanwhile: patch the newer one
+            await api.t.api_jobs.reread(
+                api.pool(), [name]
+            )  # changed meanwhile: patch the newer one
     raise AssertionError("unreachable")
 
 

@@ -10,7 +10,7 @@ nothing: one that fails to load or to apply leaves the old schedule running.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -104,10 +104,10 @@ class JobSet:
         except OSError as exc:
             log.warning("config_cache_not_written", error=str(exc))
 
-    async def reread(self) -> None:
-        """The database's jobs as another process may have changed them."""
+    async def reread(self, names: Collection[str] | None = None) -> None:
+        """The database's jobs (those of ``names``) as another process may have changed them."""
         if self._database.pool is not None:
-            await self.api.reread(self._database.pool)
+            await self.api.reread(self._database.pool, names)
 
     async def sync(
         self,

@@ -13,7 +13,7 @@ counting, so a write made against the deleted job's version fails even after a r
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -87,10 +87,19 @@ class VersionMismatch(JobWriteRefused):
         )
 
 
-async def api_jobs(db: Db) -> list[StoredJob]:
-    rows = await db.fetch(
-        f"SELECT {_COLUMNS} FROM jobs WHERE source = 'api' AND {_LIVE} ORDER BY name"
-    )
+async def api_jobs(db: Db, names: Collection[str] | None = None) -> list[StoredJob]:
+    """The live API jobs; of ``names`` only, when given (a lookup by key: the whole table is
+    read by a scan, 30 ms at 100k jobs)."""
+    if names is None:
+        rows = await db.fetch(
+            f"SELECT {_COLUMNS} FROM jobs WHERE source = 'api' AND {_LIVE} ORDER BY name"
+        )
+    else:
+        rows = await db.fetch(
+            f"SELECT {_COLUMNS} FROM jobs WHERE name = ANY($1::text[]) AND source = 'api' "
+            f"AND {_LIVE} ORDER BY name",
+            list(names),
+        )
     return [StoredJob.from_row(row) for row in rows]
 
 

@@ -7,9 +7,10 @@ against a target server here); each test drives it through the API as a client w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from scheduler_daemon.operation.api_jobs import follow_changes
 from scheduler_daemon.specs.api_job import ApiJobRules, build_api_job
 from scheduler_daemon.storage import job_store
+from scheduler_daemon.timing.clock import SystemClock
 from tests.helpers import (
     ENV,
     Running,
@@ -314,6 +317,45 @@ async def test_a_job_written_straight_to_postgresql_reaches_the_daemon(
     # Notified: long before the periodic re-read (30 s) would have found it.
     await wait_until(lambda: _true(api.daemon.scheduler.next_fire("outside") is not None), 5)
     assert (await _detail(api, "outside"))["version"] == 1
+    conn = await asyncpg.connect(database_url)
+    try:
+        await job_store.delete_api_job(conn, "outside")
+    finally:
+        await conn.close()
+    await wait_until(lambda: _true(api.daemon.scheduler.next_fire("outside") is None), 5)
+    assert "outside" not in api.daemon.api_jobs.stored
+    assert api.daemon.scheduler.next_fire("greet") is not None  # the others stay
+
+
+async def test_a_notification_rereads_the_jobs_it_names_and_a_new_listener_every_job(
+    database_url: str,
+) -> None:
+    """A write reads back one row, not the jobs table (a scan: 30 ms at 100k jobs, which made
+    every API change at that size wait on its own notification's re-read)."""
+    asked: list[Collection[str] | None] = []
+
+    async def reread(names: Collection[str] | None) -> None:
+        asked.append(names)
+
+    following = asyncio.create_task(
+        follow_changes(
+            clock=SystemClock(), dsn=lambda: database_url, ready=lambda: True, reread=reread
+        )
+    )
+    conn = await asyncpg.connect(database_url)
+    try:
+        await wait_until(lambda: _true(len(asked) == 1))
+        assert asked == [None]  # changes made while nobody listened: every job
+        async with conn.transaction():
+            for name in ("one", "two"):
+                await conn.execute("SELECT pg_notify($1, $2)", job_store.JOBS_CHANNEL, name)
+        await wait_until(lambda: _true(len(asked) == 2))
+        assert asked[1] == {"one", "two"}
+    finally:
+        await conn.close()
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
 
 
 async def _detail(api: Running, name: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import stat
+from collections.abc import Collection
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,8 @@ async def test_without_notifications_the_jobs_are_still_reread_periodically() ->
     def unreachable() -> str:
         raise RuntimeError("the embedded PostgreSQL is not started")
 
-    async def reread() -> None:
+    async def reread(names: Collection[str] | None) -> None:
+        assert names is None  # nobody listens: every job
         rereads.append(clock.monotonic())
 
     loop = asyncio.create_task(
