@@ -66,7 +66,12 @@ class Controlled(Protocol):
     def membership(self) -> ClusterView | None: ...  # cluster mode
 
     @property
-    def config(self) -> Config: ...
+    def config(self) -> Config: ...  # the file's settings and jobs
+
+    @property
+    def all_jobs(self) -> tuple[JobSpec, ...]: ...  # the file's and the database's
+
+    def job(self, name: str) -> JobSpec | None: ...
 
     @property
     def api_jobs(self) -> ApiJobs: ...
@@ -131,7 +136,7 @@ class Api:
     async def list_jobs(self, request: web.Request, query: m.WindowQuery) -> web.Response:
         since = query.start(datetime.now(UTC))
         stats = await self._stats_by_job(since)
-        jobs = [self._job_summary(job, stats.get(job.name), 1) for job in self.t.config.jobs]
+        jobs = [self._job_summary(job, stats.get(job.name), 1) for job in self.t.all_jobs]
         return reply(m.JobList(since=since, jobs=jobs))
 
     async def get_job(self, request: web.Request, query: m.WindowQuery) -> web.Response:
@@ -219,7 +224,7 @@ class Api:
     async def stats(self, request: web.Request, query: m.WindowQuery) -> web.Response:
         since = query.start(datetime.now(UTC))
         pool = self.pool()
-        kinds = {job.name: job.action.kind for job in self.t.config.jobs}
+        kinds = {job.name: job.action.kind for job in self.t.all_jobs}
         per_job = [
             m.JobStatsOfKind.model_validate({**row, "kind": kinds.get(row["job_name"])})
             for row in await queries.job_stats(pool, since)
@@ -353,7 +358,7 @@ class Api:
         return self.job_named(request.match_info["name"])
 
     def job_named(self, name: str) -> JobSpec:
-        job = self.t.config.job(name)
+        job = self.t.job(name)
         if job is None:
             raise ApiError(404, "unknown_job", f"no job named {name!r} is configured")
         return job

@@ -149,6 +149,8 @@ class ApiJobs:
     def _chain_problems(self, job: JobSpec) -> list[Problem]:
         """Its `then:` names jobs that exist, and no chain through it comes back to it (the
         others' chains were checked when they were written or loaded)."""
+        if not job.then:
+            return []  # no chain starts here (the first write otherwise walked 100k jobs: 40 ms)
         graph = {
             **self._chained(),
             **{n: s.then for n, s in self.specs.items()},

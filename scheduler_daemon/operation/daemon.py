@@ -115,7 +115,7 @@ class Daemon:
         self._oneoff = OneOffRuns(
             clock=self._clock,
             database=self.database,
-            job=lambda name: self.config.job(name),
+            job=lambda name: self.jobs.job(name),
             submit=self._runner.submit,
             rules=lambda: self.jobs.api.rules,
         )
@@ -124,7 +124,7 @@ class Daemon:
             runner=self._runner,
             recorder=self._recorder,
             node=config.node,
-            jobs=lambda: self.config.jobs,
+            jobs=lambda: self.jobs.all,
             pauses=self._pauses,
             runs=self._oneoff,
             sync_jobs=lambda pool: self.jobs.sync(pool),
@@ -134,7 +134,7 @@ class Daemon:
         if self.cluster is not None:
             self.cluster.attach(
                 self._runner,
-                jobs=lambda: self.config.jobs,
+                jobs=lambda: self.jobs.all,
                 runs=self._oneoff,
                 ready=lambda: self._recovery.done,
                 metrics=self.metrics,
@@ -184,7 +184,7 @@ class Daemon:
             observer=self.metrics,
             starts=self._starts,
             claims=self.cluster.claims if self.cluster is not None else None,
-            chains=Chains(lambda name: self.config.job(name), self._clock.time, self._pauses),
+            chains=Chains(lambda name: self.jobs.job(name), self._clock.time, self._pauses),
         )
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -258,11 +258,10 @@ class Daemon:
         gc.set_threshold(*GC_THRESHOLDS)
         # Fires up to this instant that never ran are the catch-up's; the schedule starts after.
         resumed_at = self._recovery.resumed_at = self._now()
-        self._scheduler.set_jobs(config.jobs, after=resumed_at)
+        jobs = self.jobs.all
+        self._scheduler.set_jobs(jobs, after=resumed_at)
         starting = [
-            job
-            for job in config.jobs
-            if job.run_on_start and job.enabled and job.name not in self._pauses
+            job for job in jobs if job.run_on_start and job.enabled and job.name not in self._pauses
         ]
         if self.cluster is not None:
             self.cluster.run_on_start(starting, resumed_at)  # claimed once connected
@@ -277,7 +276,7 @@ class Daemon:
             "daemon_started",
             config=str(config.path),
             state_dir=str(config.state_dir),
-            jobs=len(config.jobs),
+            jobs=len(jobs),
             max_concurrency=config.max_concurrency,
             database="url" if config.database_url else "embedded",
         )
@@ -335,7 +334,7 @@ class Daemon:
     async def _shutdown(self) -> int:
         """Stop in order, within the grace; the rows left unwritten."""
         grace = self.config.shutdown_grace
-        budget = stop_budget(self.config)
+        budget = stop_budget(self.config, self.jobs.all)
         log.info("daemon_stopping", grace_s=grace, budget_s=round(budget, 1))
         self._notify.stopping(
             f"stopping: draining {len(self._runner.active())} running fires", needs=budget
@@ -369,7 +368,7 @@ class Daemon:
     def status_line(self) -> str:
         """One line for systemd's STATUS= (and `systemctl status`)."""
         parts = [
-            f"{len(self.config.jobs)} jobs",
+            f"{len(self.jobs.all)} jobs",
             f"{len(self._runner.active())} running",
             f"{self._recorder.pending} records pending",
         ]
@@ -408,7 +407,15 @@ class Daemon:
 
     @property
     def config(self) -> Config:
+        """The file's settings and jobs, as they run (`all_jobs`: the database's too)."""
         return self.jobs.config
+
+    @property
+    def all_jobs(self) -> tuple[JobSpec, ...]:
+        return self.jobs.all
+
+    def job(self, name: str) -> JobSpec | None:
+        return self.jobs.job(name)
 
     @property
     def reload_error(self) -> str | None:
@@ -467,7 +474,7 @@ class Daemon:
             limiter=self._limiter,
             recorder=self._recorder,
             journal=self._journal.path,
-            jobs=lambda: self.config.jobs,
+            jobs=lambda: self.jobs.all,
             paused=self._pauses,
             cluster=None if self.cluster is None else self.cluster.gauges,
         )

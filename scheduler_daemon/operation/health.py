@@ -25,7 +25,7 @@ def health(target: Controlled) -> m.Health:
         pending_rows=recorder.pending,
         config=m.ConfigState(
             path=str(target.config.path),
-            jobs=len(target.config.jobs),
+            jobs=len(target.all_jobs),
             last_reload="failed" if target.reload_error else "ok",
             reload_error=RELOAD_FAILED if target.reload_error else None,
         ),

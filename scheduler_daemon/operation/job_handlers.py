@@ -146,7 +146,7 @@ def _stored_or_refused(api: Api, name: str) -> StoredJob:
     stored = api.t.api_jobs.stored.get(name)
     if stored is not None:
         return stored
-    if api.t.config.job(name) is not None:
+    if api.t.job(name) is not None:
         raise _refused(job_store.DefinedInConfig(name))
     raise _refused(job_store.UnknownJob(name))
 

@@ -7,7 +7,7 @@ Pure: ``plan_reload(old, new)`` compares two validated configs; the daemon appli
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,10 +30,6 @@ class ReloadPlan:
     restart_only: tuple[str, ...]  # settings that differ but keep their running values (sorted)
     config: Config  # what to run from now on
     to_schedule: tuple[JobSpec, ...]  # the added and the changed ones
-
-    def scheduled(self) -> list[JobSpec]:
-        """The jobs to (re)schedule: the added and the changed ones."""
-        return list(self.to_schedule)
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
@@ -72,14 +68,20 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     )
 
 
-def plan_api_jobs(
-    config: Config,
-    file_jobs: Sequence[JobSpec],
-    before: Mapping[str, JobSpec],
-    after: Mapping[str, JobSpec],
-) -> ReloadPlan:
-    """A change of the database's jobs alone (``before`` → ``after``, by name): only those are
-    compared, so that one API write to a config of 100k jobs costs what its own jobs cost."""
+@dataclass(frozen=True, slots=True)
+class ApiJobsPlan:
+    added: tuple[str, ...]  # job names, sorted
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    jobs: dict[str, JobSpec]  # what to run from now on, by name (sorted)
+    to_schedule: tuple[JobSpec, ...]  # the added and the changed ones
+
+
+def plan_api_jobs(before: Mapping[str, JobSpec], after: Mapping[str, JobSpec]) -> ApiJobsPlan:
+    """A change of the database's jobs (``before`` → ``after``, by name): only those are
+    compared, so that one API write to a config of 100k jobs costs what its own jobs cost; an
+    unchanged job keeps its running spec object."""
     added, changed, unchanged = [], [], []
     jobs: dict[str, JobSpec] = {}
     for name in sorted(after):
@@ -92,13 +94,12 @@ def plan_api_jobs(
             unchanged.append(name)
             job = old
         jobs[name] = job
-    return ReloadPlan(
+    return ApiJobsPlan(
         added=tuple(added),
         changed=tuple(changed),
         removed=tuple(sorted(before.keys() - after.keys())),
         unchanged=tuple(unchanged),
-        restart_only=(),
-        config=config.model_copy(update={"jobs": (*file_jobs, *jobs.values())}),
+        jobs=jobs,
         to_schedule=tuple(jobs[name] for name in (*added, *changed)),
     )
 

@@ -44,7 +44,7 @@ async def create_run(api: Api, request: web.Request, query: m.Query) -> web.Resp
         raise InvalidJob(exc, "invalid_options", "run's options") from None
     setup = queries.RunSetup(options=options or None)
     if isinstance(body["job"], str):
-        job = api.t.config.job(body["job"])
+        job = api.t.job(body["job"])
         if job is None:
             raise ApiError(404, "unknown_job", f"no job named {body['job']!r} is configured")
     else:
@@ -72,7 +72,7 @@ async def _adhoc_job(
     except JobProblems as exc:
         raise InvalidJob(exc) from None
     pool = api.pool()
-    taken = api.t.config.job(job.name) is not None or job.name in api.t.api_jobs.stored
+    taken = api.t.job(job.name) is not None or job.name in api.t.api_jobs.stored
     if taken or await queries.job_exists(pool, job.name):
         raise ApiError(
             409,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from scheduler_daemon.operation import admin
-from scheduler_daemon.specs import Config
+from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.storage.database import POOL_CLOSE_TIMEOUT
 
 # A stop, step by step (each bounded): the drain (shutdown_grace, then the longest kill_grace of a
@@ -18,9 +20,11 @@ SPILL_BYTES_PER_S = 20 * 1024 * 1024  # of record_buffer bytes
 EMBEDDED_STOP_TIME = 10.0
 
 
-def stop_budget(config: Config) -> float:
-    """The seconds a stop may take with ``config``: every step at its bound."""
-    kill = max((j.kill_grace for j in config.jobs if j.action.kind == "command"), default=0.0)
+def stop_budget(config: Config, jobs: Iterable[JobSpec] | None = None) -> float:
+    """The seconds a stop may take with ``config``: every step at its bound. ``jobs``: those that
+    run, when not only the file's (the database's too)."""
+    jobs = config.jobs if jobs is None else jobs
+    kill = max((j.kill_grace for j in jobs if j.action.kind == "command"), default=0.0)
     spill = SPILL_ROWS_TIME + config.record_buffer / SPILL_BYTES_PER_S
     close = admin.SHUTDOWN_TIMEOUT + POOL_CLOSE_TIMEOUT + EMBEDDED_STOP_TIME
     return config.shutdown_grace + kill + FLUSH_TIMEOUT + spill + close

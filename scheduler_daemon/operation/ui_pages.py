@@ -218,7 +218,7 @@ class Ui:
         """The board's rows, of every job or of ``names``: one query for all their strips' keys,
         and one more for the cells of the strips that changed since last drawn."""
         t = self.api.t
-        jobs = [j for j in t.config.jobs if names is None or j.name in names]
+        jobs = [j for j in t.all_jobs if names is None or j.name in names]
         heads: dict[str, asyncpg.Record] = {}
         drawn: dict[str, Drawn] = {}
         pool = self.pool_or_none()
@@ -248,7 +248,7 @@ class Ui:
                 stale.append(name)
         if not stale:
             return drawn
-        if len(self._strips) > 2 * len(self.api.t.config.jobs) + 100:
+        if len(self._strips) > 2 * len(self.api.t.all_jobs) + 100:
             self._strips.clear()  # removed jobs' strips
         for row in await ui_queries.strips(pool, stale, per_job):
             strip = Drawn(*view.strip(row, cls), view.figures(row))
@@ -292,7 +292,7 @@ class Ui:
         kept = self._rows.get(row.name)
         if kept is not None and kept[0] == key:
             return kept[1]
-        if len(self._rows) > 2 * len(self.api.t.config.jobs) + 100:
+        if len(self._rows) > 2 * len(self.api.t.all_jobs) + 100:
             self._rows.clear()  # removed jobs' rows
         html = Markup(self.env.get_template("_row.html").module.board_row(row))  # type: ignore[attr-defined]
         self._rows[row.name] = (key, html)
@@ -307,7 +307,7 @@ class Ui:
         if known is not None and known[0] == key and len(known[1]) >= count:
             return known[1][:count]
         times = scheduler.upcoming(name, count)
-        if len(self._upcoming) > 2 * len(self.api.t.config.jobs) + 100:
+        if len(self._upcoming) > 2 * len(self.api.t.all_jobs) + 100:
             self._upcoming.clear()  # removed jobs' entries
         self._upcoming[name] = (key, times)
         return times
@@ -316,7 +316,7 @@ class Ui:
         key = (job.name, id(job))  # a reload builds new specs: their words are made again
         words = self._words.get(key)
         if words is None:
-            if len(self._words) > 4 * len(self.api.t.config.jobs) + 100:
+            if len(self._words) > 4 * len(self.api.t.all_jobs) + 100:
                 self._words.clear()
             words = self._words[key] = schedule_in_words(job)
         return words

@@ -77,6 +77,13 @@ class StubDaemon:
     triggered: list[tuple[str, Mapping[str, Any] | None]] = field(default_factory=list)
     membership: Cluster | None = None
 
+    @property
+    def all_jobs(self) -> tuple[JobSpec, ...]:
+        return self.config.jobs
+
+    def job(self, name: str) -> JobSpec | None:
+        return self.config.job(name)
+
     def running(self, job: str) -> list[Fire]:
         return []
 

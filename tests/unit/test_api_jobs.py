@@ -119,16 +119,18 @@ async def test_a_change_is_applied_like_a_reload_and_an_unchanged_job_keeps_its_
     assert api.adopt([stored("a"), stored("b")], taken=daemon.jobs.file_names)
     await daemon.jobs._api_jobs_changed()
     entry_a = daemon.scheduler.job("a")
-    assert [job.name for job in daemon.config.jobs] == ["filed", "a", "b"]
+    assert [job.name for job in daemon.all_jobs] == ["filed", "a", "b"]
     # Same versions: nothing rebuilt, nothing rescheduled.
     assert not api.adopt([stored("a"), stored("b")], taken=daemon.jobs.file_names)
     # b changes, a is deleted.
     assert api.adopt([stored("b", 2, every="2h", http={"url": "http://h/"})], taken=())
     await daemon.jobs._api_jobs_changed()
     assert daemon.scheduler.job("a") is None and entry_a is not None
-    assert daemon.config.job("b").every == 7200.0  # type: ignore[union-attr]
+    assert daemon.job("b").every == 7200.0  # type: ignore[union-attr]
+    assert daemon.job("a") is None and daemon.job("filed") is filed
     assert daemon.scheduler.job("filed") is filed
-    assert [job.name for job in daemon.config.jobs] == ["filed", "b"]
+    assert [job.name for job in daemon.all_jobs] == ["filed", "b"]
+    assert [job.name for job in daemon.config.jobs] == ["filed"]  # the file's, untouched
 
 
 def test_a_stored_job_this_daemon_may_not_run_is_refused_with_its_reason(tmp_path: Path) -> None:
@@ -149,7 +151,7 @@ async def test_a_start_reads_the_copy_when_the_database_is_away(tmp_path: Path) 
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
     second = daemon_of(tmp_path)
     await second.jobs.start(database_reached=False)
-    assert [job.name for job in second.config.jobs] == ["filed", "kept"]
+    assert [job.name for job in second.all_jobs] == ["filed", "kept"]
     assert second.api_jobs.stored["kept"].version == 1
 
 

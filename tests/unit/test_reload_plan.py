@@ -50,7 +50,7 @@ def test_jobs_are_told_apart_by_name_and_spec_hash(
         unchanged,
     )
     assert [job.name for job in plan.config.jobs] == [job.name for job in new]
-    assert [job.name for job in plan.scheduled()] == [
+    assert [job.name for job in plan.to_schedule] == [
         job.name for job in new if job.name in {*added, *changed}
     ]
 
@@ -94,12 +94,10 @@ def test_restart_only_settings_keep_their_running_values(
 
 
 def test_a_change_of_the_databases_jobs_compares_only_those() -> None:
-    filed = make_job("filed")
-    running = config(filed, A, B)
-    plan = plan_api_jobs(running, (filed,), {"a": A, "b": B}, {"b": B_AGAIN, "c": C})
+    plan = plan_api_jobs({"a": A, "b": B}, {"b": B_AGAIN, "c": C})
     assert (plan.added, plan.changed, plan.removed, plan.unchanged) == (("c",), (), ("a",), ("b",))
-    assert plan.config.jobs == (filed, B, C)
-    assert plan.config.jobs[0] is filed and plan.config.jobs[1] is B  # kept: its entry stays
-    assert plan.scheduled() == [C]
-    changed = plan_api_jobs(running, (filed,), {"a": A, "b": B}, {"a": A_SLOWER, "b": B})
-    assert changed.changed == ("a",) and changed.scheduled() == [A_SLOWER]
+    assert plan.jobs == {"b": B, "c": C}
+    assert plan.jobs["b"] is B  # kept: its entry stays
+    assert plan.to_schedule == (C,)
+    changed = plan_api_jobs({"a": A, "b": B}, {"a": A_SLOWER, "b": B})
+    assert changed.changed == ("a",) and changed.to_schedule == (A_SLOWER,)
