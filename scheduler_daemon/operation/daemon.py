@@ -368,7 +368,7 @@ class Daemon:
     def status_line(self) -> str:
         """One line for systemd's STATUS= (and `systemctl status`)."""
         parts = [
-            f"{len(self.jobs.all)} jobs",
+            f"{len(self.jobs)} jobs",
             f"{len(self._runner.active())} running",
             f"{self._recorder.pending} records pending",
         ]

@@ -10,7 +10,7 @@ nothing: one that fails to load or to apply leaves the old schedule running.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -23,7 +23,6 @@ from scheduler_daemon.operation.reload import (
     ReloadPlan,
     load_for_reload,
     plan_api_jobs,
-    plan_reload,
 )
 from scheduler_daemon.running.limiter import Limiter
 from scheduler_daemon.specs import Config, JobSpec
@@ -51,9 +50,8 @@ class JobSet:
         blocks: JobBlocks,
     ) -> None:
         self.config = config  # the file's settings and jobs, as they run
-        self.file_names = frozenset(job.name for job in config.jobs)
+        self._file_jobs: Mapping[str, JobSpec] = {job.name: job for job in config.jobs}
         self._file_chains: tuple[tuple[JobSpec, ...], dict[str, tuple[str, ...]]] = ((), {})
-        self._file_by_name: tuple[tuple[JobSpec, ...], dict[str, JobSpec]] = ((), {})
         self._api_jobs: dict[str, JobSpec] = {}  # the database's, as they run, by name
         self._all: tuple[JobSpec, ...] | None = None  # the two together, once asked for
         self.reload_error: str | None = None  # why the last reload was refused, if it was
@@ -81,13 +79,16 @@ class JobSet:
             self._all = (*self.config.jobs, *self._api_jobs.values())
         return self._all
 
+    def __len__(self) -> int:
+        return len(self.config.jobs) + len(self._api_jobs)
+
+    @property
+    def file_names(self) -> Collection[str]:
+        return self._file_jobs.keys()
+
     def job(self, name: str) -> JobSpec | None:
         """The job of that name that runs (a file's or the database's), if any."""
-        of, by_name = self._file_by_name
-        if of is not self.config.jobs:
-            by_name = {job.name: job for job in self.config.jobs}
-            self._file_by_name = (self.config.jobs, by_name)
-        job = by_name.get(name)
+        job = self._file_jobs.get(name)
         return job if job is not None else self._api_jobs.get(name)
 
     def _chains_of_file_jobs(self) -> dict[str, tuple[str, ...]]:
@@ -152,8 +153,8 @@ class JobSet:
         the daemon keeps running (under Restart=on-failure a crash here would keep it down)."""
         began = self._clock.monotonic()
         try:
-            new = await asyncio.to_thread(
-                load_for_reload, self.config.path, self._blocks, self.config
+            plan = await asyncio.to_thread(
+                load_for_reload, self.config.path, self._blocks, self.config, self._file_jobs
             )
         except ConfigError as exc:
             return self._reload_failed(exc.problems)
@@ -161,19 +162,19 @@ class JobSet:
             log.exception("reload_load_crashed")
             return self._reload_failed([f"unexpected {type(exc).__name__} while loading"])
         loaded = self._clock.monotonic()
-        clashes = sorted(self.api.stored.keys() & {job.name for job in new.jobs})
+        clashes = sorted(self.api.stored.keys() & plan.by_name.keys())
         if clashes:
-            taken = [f"{new.path}: {name_taken(n, 'created through the API')}" for n in clashes]
+            path = plan.config.path
+            taken = [f"{path}: {name_taken(n, 'created through the API')}" for n in clashes]
             return self._reload_failed(taken)
-        old, old_names = self.config, self.file_names
+        old, old_jobs = self.config, self._file_jobs
         # Set before applying: an API change applied meanwhile checks against the new file.
-        self.file_names = frozenset(job.name for job in new.jobs)
-        plan = plan_reload(old, new)
+        self._file_jobs = plan.by_name
         try:
             await self._apply(plan)
         except Exception as exc:
             log.exception("reload_apply_crashed")
-            self.file_names = old_names
+            self._file_jobs = old_jobs
             self._restore(old, plan)
             return self._reload_failed([f"unexpected {type(exc).__name__} while applying"])
         await self.api.retake()  # a database job the file held until now may run
@@ -201,7 +202,7 @@ class JobSet:
         """Undo a partly applied plan: every job it touched goes back to its old spec."""
         now = self._now()
         for name in (*plan.added, *plan.changed, *plan.removed):
-            job = old.job(name)
+            job = self._file_jobs.get(name)
             if job is None:
                 self._scheduler.remove(name)
             else:

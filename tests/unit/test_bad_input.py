@@ -114,7 +114,7 @@ async def test_any_exception_while_loading_is_a_failed_reload(
     daemon.scheduler.set_jobs(daemon.config.jobs)
     running = daemon.config
 
-    def broken(path: Path, blocks: object, running: object) -> None:
+    def broken(path: Path, blocks: object, running: object, jobs: object) -> None:
         raise ValueError("day is out of range for month")
 
     monkeypatch.setattr("scheduler_daemon.operation.job_set.load_for_reload", broken)

@@ -50,6 +50,7 @@ def test_jobs_are_told_apart_by_name_and_spec_hash(
         unchanged,
     )
     assert [job.name for job in plan.config.jobs] == [job.name for job in new]
+    assert plan.by_name == {job.name: job for job in plan.config.jobs}
     assert [job.name for job in plan.to_schedule] == [
         job.name for job in new if job.name in {*added, *changed}
     ]
@@ -60,6 +61,8 @@ def test_unchanged_jobs_keep_their_old_spec_object() -> None:
     a, b = plan.config.jobs
     assert a is A_SLOWER  # changed: the new spec
     assert b is B and b is not B_AGAIN  # unchanged: scheduled entries and cached actions stay
+    same = config(A, B)
+    assert plan_reload(config(A, B), same).config.jobs is same.jobs  # the very specs: no copy
 
 
 ADMIN = AdminSpec.model_validate({"listen": "127.0.0.1:8089"})
