@@ -7,9 +7,11 @@ Pure: ``plan_reload(old, new)`` compares two validated configs; the daemon appli
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import compress
+from operator import not_
 from pathlib import Path
 
 from scheduler_daemon.specs import Config, JobSpec, load_config
@@ -26,7 +28,6 @@ class ReloadPlan:
     added: tuple[str, ...]  # job names, in the new config's order
     changed: tuple[str, ...]  # same name, different spec_hash()
     removed: tuple[str, ...]  # sorted
-    unchanged: tuple[str, ...]
     restart_only: tuple[str, ...]  # settings that differ but keep their running values (sorted)
     config: Config  # what to run from now on
     by_name: dict[str, JobSpec]  # its jobs
@@ -41,43 +42,51 @@ def plan_reload(
 
     The config to adopt is ``new`` with two exceptions: an unchanged job keeps its OLD spec
     object (its scheduled entry and cached action stay valid), and a restart-only setting keeps
-    its running value."""
+    its running value. A job loaded from unchanged text is the running spec object itself, so
+    only the others are looked at by name: reading a name off each of 100k specs took 0.2 s."""
     if old_jobs is None:
         old_jobs = {job.name: job for job in old.jobs}
-    added, changed, unchanged = [], [], []
-    jobs: dict[str, JobSpec] = {}
-    to_schedule = []
-    kept_old = False  # an unchanged job whose new spec object is not the running one
-    for job in new.jobs:
-        name = job.name
-        before = old_jobs.get(name)
+    fresh = _objects_not_in(new.jobs, old.jobs)
+    gone = [job.name for job in _objects_not_in(old.jobs, new.jobs)]
+    added, changed, to_schedule = [], [], []
+    swapped: dict[int, JobSpec] = {}  # an unchanged job's new spec → its running one
+    for job in fresh:
+        before = old_jobs.get(job.name)
         if before is None:
-            added.append(name)
+            added.append(job.name)
             to_schedule.append(job)
-        elif before is job:
-            unchanged.append(name)  # reused from the blocks: the running spec itself
         elif before.spec_hash() != job.spec_hash():
-            changed.append(name)
+            changed.append(job.name)
             to_schedule.append(job)
         else:
-            unchanged.append(name)
-            job, kept_old = before, True
-        jobs[name] = job
-    kept = {
+            swapped[id(job)] = before
+    jobs = tuple(swapped.get(id(job), job) for job in new.jobs) if swapped else new.jobs
+    by_name = dict(old_jobs)
+    fresh_names = {job.name for job in fresh}
+    removed = sorted(name for name in gone if name not in fresh_names)
+    for name in removed:
+        del by_name[name]
+    for job in fresh:
+        by_name[job.name] = swapped.get(id(job), job)
+    restart_only = {
         key: getattr(old, key) for key in RESTART_ONLY if getattr(old, key) != getattr(new, key)
     }
     return ReloadPlan(
         added=tuple(added),
         changed=tuple(changed),
-        removed=tuple(sorted(old_jobs.keys() - jobs.keys())),
-        unchanged=tuple(unchanged),
-        restart_only=tuple(sorted(kept)),
-        config=new.model_copy(
-            update={"jobs": tuple(jobs.values()) if kept_old else new.jobs, **kept}
-        ),
-        by_name=jobs,
+        removed=tuple(removed),
+        restart_only=tuple(sorted(restart_only)),
+        config=new.model_copy(update={"jobs": jobs, **restart_only}),
+        by_name=by_name,
         to_schedule=tuple(to_schedule),
     )
+
+
+def _objects_not_in(jobs: Sequence[JobSpec], others: Sequence[JobSpec]) -> list[JobSpec]:
+    """The jobs of ``jobs`` that are not objects of ``others``, in their order; at C speed (a
+    Python loop over 100k jobs took 50 ms)."""
+    theirs = set(map(id, others))
+    return list(compress(jobs, map(not_, map(theirs.__contains__, map(id, jobs)))))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,8 @@ import contextlib
 import gc
 import os
 from collections.abc import Callable, Iterator, Mapping
+from itertools import compress
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -214,9 +216,8 @@ def _check_targets(config: Config, report: _Report) -> None:
             loc = item if item in report.source.lines else ("python_path",)
             report.add(loc, f"expected an existing directory, got {directory}")
     targets = _Targets()
-    for job in config.jobs:
-        if job.python is None:
-            continue
+    for job in compress(config.jobs, map(attrgetter("python"), config.jobs)):  # 100k: at C speed
+        assert job.python is not None
         problem = targets.problem(job.python, tuple(job.args), partial=not job.enabled)
         if problem is not None:
             loc = ("jobs", job.name, "args" if problem[0] == "args" else "python")

@@ -12,6 +12,7 @@ import json
 import socket
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
@@ -349,7 +350,7 @@ class Config(Spec):
 
     def value_rules(self) -> list[Problem]:
         problems: list[Problem] = []
-        if any(job.then for job in self.jobs):
+        if any(map(attrgetter("then"), self.jobs)):  # at C speed: 100k jobs
             graph = {job.name: job.then for job in self.jobs}
             problems += [(("jobs", n, "then"), why) for n, why in chain_problems(graph, graph)]
         if self.cluster.enabled and self.database.url is None:

@@ -43,12 +43,10 @@ def test_jobs_are_told_apart_by_name_and_spec_hash(
     unchanged: tuple[str, ...],
 ) -> None:
     plan = plan_reload(config(*old), config(*new))
-    assert (plan.added, plan.changed, plan.removed, plan.unchanged) == (
-        added,
-        changed,
-        removed,
-        unchanged,
-    )
+    kept = tuple(job.name for job in plan.config.jobs if job.name not in plan.added + plan.changed)
+    assert (plan.added, plan.changed, plan.removed, kept) == (added, changed, removed, unchanged)
+    running = {job.name: job for job in old}
+    assert all(job is running[job.name] for job in plan.config.jobs if job.name in kept)
     assert [job.name for job in plan.config.jobs] == [job.name for job in new]
     assert plan.by_name == {job.name: job for job in plan.config.jobs}
     assert [job.name for job in plan.to_schedule] == [
