@@ -10,8 +10,8 @@ import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import compress
-from operator import not_
+from itertools import compress, count
+from operator import is_not, not_
 from pathlib import Path
 
 from scheduler_daemon.specs import Config, JobSpec, load_config
@@ -46,8 +46,8 @@ def plan_reload(
     only the others are looked at by name: reading a name off each of 100k specs took 0.2 s."""
     if old_jobs is None:
         old_jobs = {job.name: job for job in old.jobs}
-    fresh = _objects_not_in(new.jobs, old.jobs)
-    gone = [job.name for job in _objects_not_in(old.jobs, new.jobs)]
+    fresh, unkept = _unshared(old.jobs, new.jobs)
+    gone = [job.name for job in unkept]
     added, changed, to_schedule = [], [], []
     swapped: dict[int, JobSpec] = {}  # an unchanged job's new spec → its running one
     for job in fresh:
@@ -82,9 +82,21 @@ def plan_reload(
     )
 
 
+def _unshared(
+    old: Sequence[JobSpec], new: Sequence[JobSpec]
+) -> tuple[list[JobSpec], list[JobSpec]]:
+    """(the jobs of ``new`` that are not objects of ``old``, those of ``old`` not in ``new``),
+    each in its order. A reload keeps most of them in place: the shared runs at both ends are
+    skipped at C speed (a Python loop over 100k jobs takes 50 ms, a set of their ids 80)."""
+    shortest = min(len(old), len(new))
+    head = next(compress(count(), map(is_not, old, new)), shortest)
+    tail = next(compress(count(), map(is_not, reversed(old), reversed(new))), shortest)
+    tail = min(tail, shortest - head)  # the same objects throughout: both runs are all of them
+    old_rest, new_rest = old[head : len(old) - tail], new[head : len(new) - tail]
+    return _objects_not_in(new_rest, old_rest), _objects_not_in(old_rest, new_rest)
+
+
 def _objects_not_in(jobs: Sequence[JobSpec], others: Sequence[JobSpec]) -> list[JobSpec]:
-    """The jobs of ``jobs`` that are not objects of ``others``, in their order; at C speed (a
-    Python loop over 100k jobs took 50 ms)."""
     theirs = set(map(id, others))
     return list(compress(jobs, map(not_, map(theirs.__contains__, map(id, jobs)))))
 

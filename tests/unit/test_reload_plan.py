@@ -3,12 +3,13 @@ only a restart can change."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scheduler_daemon.operation.reload import RESTART_ONLY, plan_api_jobs, plan_reload
+from scheduler_daemon.operation.reload import RESTART_ONLY, _unshared, plan_api_jobs, plan_reload
 from scheduler_daemon.specs import AdminSpec, Config, DatabaseSpec, JobSpec
 from tests.helpers import make_config, make_job
 
@@ -61,6 +62,28 @@ def test_unchanged_jobs_keep_their_old_spec_object() -> None:
     assert b is B and b is not B_AGAIN  # unchanged: scheduled entries and cached actions stay
     same = config(A, B)
     assert plan_reload(config(A, B), same).config.jobs is same.jobs  # the very specs: no copy
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_jobs_two_configs_do_not_share_are_found_wherever_they_are(seed: int) -> None:
+    """A reload's jobs are mostly the running spec objects in place; the edits (added, removed,
+    moved, swapped jobs) may be anywhere, at the ends too."""
+    rng = random.Random(seed)
+    old = [make_job(f"j{i}") for i in range(rng.randint(0, 8))]
+    new = list(old)
+    for _ in range(rng.randint(0, 3)):
+        edit, at = rng.choice("ardm"), rng.randint(0, len(new))
+        if edit == "a":
+            new.insert(at, make_job(f"new{rng.random()}"))
+        elif edit == "r" and new:
+            new.pop(min(at, len(new) - 1))
+        elif edit == "m" and new:
+            new.insert(at, new.pop(rng.randrange(len(new))))
+        elif edit == "d":
+            new.insert(at, make_job(f"j{at}"))  # an equal spec, another object
+    fresh, gone = _unshared(tuple(old), tuple(new))
+    assert list(map(id, fresh)) == [id(job) for job in new if all(job is not o for o in old)]
+    assert list(map(id, gone)) == [id(job) for job in old if all(job is not n for n in new)]
 
 
 ADMIN = AdminSpec.model_validate({"listen": "127.0.0.1:8089"})
