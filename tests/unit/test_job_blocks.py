@@ -91,6 +91,26 @@ def test_only_the_changed_job_is_validated_again_and_the_others_are_kept(tmp_pat
     assert dump(after) == dump(load(path, None))
 
 
+def test_a_job_validated_alone_reads_as_in_the_whole_file_wherever_it_moves(
+    tmp_path: Path,
+) -> None:
+    """A block ends with its last line's newline, which a literal scalar's value keeps; a job
+    moved last, or away from last, is still its unchanged block."""
+    path = write(tmp_path, CONFIG)
+    blocks = JobBlocks()
+    load(path, blocks)
+    path.write_text(CONFIG.replace("echo two", "echo three"))
+    changed = load(path, blocks)
+    assert (blocks.reused, blocks.validated) == (4, 1)
+    script = changed.job("script")
+    assert script is not None and script.command == ("sh", "-c", "echo one\necho three\n")
+    assert dump(changed) == dump(load(path, None))
+    moved = CONFIG.replace("max_concurrency: 8\n", "").replace("echo two", "echo three")
+    path.write_text(moved + '  added: {every: 1h, command: ["true"]}\n')
+    load(path, blocks)
+    assert (blocks.reused, blocks.validated) == (5, 1)  # `once`, last no more, is reused
+
+
 def test_a_change_of_defaults_or_of_a_variable_reaches_the_jobs_it_touches(tmp_path: Path) -> None:
     path = write(tmp_path, CONFIG)
     blocks = JobBlocks()
