@@ -175,7 +175,7 @@ class Api:
             name=job.name,
             source="api" if stored else "config",
             version=stored.version if stored else None,
-            kind=job.action.kind,
+            kind=job.kind,
             schedule=self.t.scheduler.describe(job.name),
             schedule_in_words=schedule_in_words(job),
             enabled=job.enabled,
@@ -224,7 +224,7 @@ class Api:
     async def stats(self, request: web.Request, query: m.WindowQuery) -> web.Response:
         since = query.start(datetime.now(UTC))
         pool = self.pool()
-        kinds = {job.name: job.action.kind for job in self.t.all_jobs}
+        kinds = {job.name: job.kind for job in self.t.all_jobs}
         per_job = [
             m.JobStatsOfKind.model_validate({**row, "kind": kinds.get(row["job_name"])})
             for row in await queries.job_stats(pool, since)

@@ -264,7 +264,7 @@ def _check(config: Config) -> int:
     for job in config.jobs:
         nxt = build_schedule(job).next_after(now) if job.enabled else None
         when = _local(nxt, job).isoformat() if nxt else _no_next(job)
-        rows.append([job.name, job.action.kind, schedule_in_words(job), when])
+        rows.append([job.name, job.kind, schedule_in_words(job), when])
     if rows:
         print(tables.render(["JOB", "KIND", "SCHEDULE", "NEXT"], rows))
     print(f"{config.path}: OK, {len(config.jobs)} job(s)")

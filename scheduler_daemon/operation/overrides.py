@@ -29,7 +29,7 @@ def runner_overrides(job: JobSpec, body: Mapping[str, Any] | None) -> dict[str, 
     unknown = sorted(set(body) - set(allowed))
     if unknown:
         accepts = f"accepts only {list(allowed)}" if allowed else "takes no overrides"
-        raise BadOverrides(f"a {job.action.kind} job {accepts}; got {unknown}")
+        raise BadOverrides(f"a {job.kind} job {accepts}; got {unknown}")
     out: dict[str, Any] = {}
     if "args" in body:
         if not isinstance(body["args"], dict):
@@ -54,5 +54,5 @@ def stored_overrides(job: JobSpec, stored: object) -> dict[str, Any] | None:
         return None
     if not isinstance(stored, Mapping):
         raise BadOverrides("overrides must be a JSON object")
-    body = {"args": dict(stored)} if job.action.kind == "python" else stored
+    body = {"args": dict(stored)} if job.kind == "python" else stored
     return runner_overrides(job, body)

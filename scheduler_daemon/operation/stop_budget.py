@@ -24,7 +24,7 @@ def stop_budget(config: Config, jobs: Iterable[JobSpec] | None = None) -> float:
     """The seconds a stop may take with ``config``: every step at its bound. ``jobs``: those that
     run, when not only the file's (the database's too)."""
     jobs = config.jobs if jobs is None else jobs
-    kill = max((j.kill_grace for j in jobs if j.action.kind == "command"), default=0.0)
+    kill = max((j.kill_grace for j in jobs if j.kind == "command"), default=0.0)
     spill = SPILL_ROWS_TIME + config.record_buffer / SPILL_BYTES_PER_S
     close = admin.SHUTDOWN_TIMEOUT + POOL_CLOSE_TIMEOUT + EMBEDDED_STOP_TIME
     return config.shutdown_grace + kill + FLUSH_TIMEOUT + spill + close

@@ -104,6 +104,8 @@ def test_a_job_built_in_code_may_give_its_action_spec() -> None:
     assert (shell.shell, shell.kill_grace, shell.command) == ("ls", 1.0, None)
     python = JobSpec(name="p", cron="@reboot", action=PythonSpec(target="m:f", args={"x": 1}))  # type: ignore[call-arg]
     assert python.action == PythonSpec(target="m:f", args={"x": 1}) and python.run_on_start
+    for job in (http, shell, python):
+        assert job.model_copy().kind == job.action.kind  # the kind, with no action built
 
 
 def test_the_action_follows_a_copy() -> None:
