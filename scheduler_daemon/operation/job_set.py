@@ -1,10 +1,13 @@
 """The jobs the daemon runs — the config file's and the database's — and every change to them.
 
-A SIGHUP reload and a write to the database's jobs (api_jobs.py) are applied the same way: the
-running config is compared with the new one (``plan_reload``); added and changed jobs are
-(re)scheduled — an unchanged one keeps its next fire — and removed ones unscheduled (an attempt
-already running finishes); then the file's rows in ``jobs`` are synced. A reload is all or
-nothing: one that fails to load or to apply leaves the old schedule running.
+The two are kept side by side (the file's config, the database's jobs by name) and only put
+together when something asks for every job: one API write to a config of 100k jobs touches its
+own job, not the 100k. A SIGHUP reload and a write to the database's jobs (api_jobs.py) are
+applied the same way: the running jobs are compared with the new ones (``plan_reload``,
+``plan_api_jobs``); added and changed jobs are (re)scheduled — an unchanged one keeps its next
+fire — and removed ones unscheduled (an attempt already running finishes); then a reload syncs
+the file's rows in ``jobs``. A reload is all or nothing: one that fails to load or to apply
+leaves the old schedule running.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ problem still reported by the whole-file load."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from structlog.testing import capture_logs
 from scheduler_daemon.errors import ConfigError
 from scheduler_daemon.operation.reload import first_fire
 from scheduler_daemon.specs import Config, job_blocks, load_config
-from scheduler_daemon.specs.job_blocks import CACHE_FILE, JobBlocks, split
+from scheduler_daemon.specs.job_blocks import CACHE_FILE, DELTA_FILE, JobBlocks, split
 
 # Every kind of job, comments and blank lines between them, a quoted name, a block scalar, a
 # template, and defaults a job overrides in part.
@@ -226,7 +227,7 @@ def test_a_save_that_died_or_failed_leaves_no_partial_file_behind(
     (state / f".{CACHE_FILE}.partial").write_bytes(b"a save killed halfway")
     blocks = JobBlocks()
     write(tmp_path, CONFIG.replace("every: 10m", "every: 20m"))
-    load(path, blocks)
+    load(path, blocks, environ={**ENV, "HOME": "/elsewhere"})  # another context: written whole
     blocks.save(state)  # the next save starts over
     assert sorted(p.name for p in state.iterdir()) == [CACHE_FILE]
     assert saved.stat().st_mode & 0o777 == 0o600
@@ -235,12 +236,74 @@ def test_a_save_that_died_or_failed_leaves_no_partial_file_behind(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(job_blocks.os, "replace", disk_full)
+    blocks = JobBlocks()
     write(tmp_path, CONFIG.replace("every: 10m", "every: 30m"))
     load(path, blocks)
     with pytest.raises(OSError, match="No space"):
         blocks.save(state)
     assert sorted(p.name for p in state.iterdir()) == [CACHE_FILE]
     assert blocks.unsaved  # tried again at the next save
+
+
+def test_a_reload_saves_what_changed_and_the_next_start_reads_it_back(tmp_path: Path) -> None:
+    """Not every job again: pickling 100k of them held the GIL for seconds after each reload."""
+    path, config, saved = saved_once(tmp_path)
+    whole = saved.read_bytes()
+    blocks = JobBlocks()
+    load(path, blocks)
+    write(tmp_path, CONFIG.replace("every: 10m", "every: 20m"))
+    load(path, blocks)
+    blocks.save(config.state_dir)
+    delta = config.state_dir / DELTA_FILE
+    assert saved.read_bytes() == whole and delta.stat().st_mode & 0o777 == 0o600
+    assert 0 < delta.stat().st_size < len(whole) // 2
+    restarted = JobBlocks()
+    again = load(path, restarted)
+    assert (restarted.reused, restarted.validated) == (4, 1)  # the ${TOKEN} job is never kept
+    assert dump(again) == dump(load(path, None)) and not restarted.unsaved
+
+
+def test_records_cut_short_or_of_another_full_write_are_not_applied(tmp_path: Path) -> None:
+    path, config, _ = saved_once(tmp_path)
+    delta = config.state_dir / DELTA_FILE
+    blocks = JobBlocks()
+    load(path, blocks)
+    write(tmp_path, CONFIG.replace("every: 10m", "every: 20m"))
+    load(path, blocks)
+    blocks.save(config.state_dir)
+    record = delta.read_bytes()
+    delta.write_bytes(record[:-5])  # a save killed halfway
+    cut = JobBlocks()
+    load(path, cut)
+    assert (cut.reused, cut.validated) == (3, 2) and cut.unsaved
+    write(tmp_path, CONFIG)
+    load(path, cut)
+    cut.save(config.state_dir)  # written whole, and the records with it
+    assert not delta.exists()
+    # A crash between a full write and the records' removal: the record (which removes the
+    # `every: 10m` block the full write holds) is of another write.
+    delta.write_bytes(record)
+    later = JobBlocks()
+    load(path, later)
+    assert (later.reused, later.validated) == (4, 1)
+
+
+def test_records_are_folded_into_a_full_write_once_they_weigh_a_quarter_of_it(
+    tmp_path: Path,
+) -> None:
+    path, config, saved = saved_once(tmp_path)
+    delta = config.state_dir / DELTA_FILE
+    blocks = JobBlocks()
+    sizes = []
+    for minutes in range(11, 30):
+        write(tmp_path, CONFIG.replace("every: 10m", f"every: {minutes}m"))
+        load(path, blocks)
+        blocks.save(config.state_dir)
+        sizes.append(delta.stat().st_size if delta.exists() else 0)
+        assert sizes[-1] < saved.stat().st_size // 2
+    assert any(a > 0 and b == 0 for a, b in itertools.pairwise(sizes))  # folded
+    assert sizes[-1] > 0 or sizes[-2] > 0  # and appended to again
+    assert dump(load(path, JobBlocks())) == dump(load(path, None))
 
 
 def test_a_cache_file_others_could_write_or_another_version_wrote_is_not_read(
