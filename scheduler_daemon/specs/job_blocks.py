@@ -93,9 +93,11 @@ class JobBlocks:
         # What save writes, replaced whole (a reload's thread may load while another saves):
         # the context and the jobs read no value from the environment.
         self._saved: tuple[bytes, dict[str, JobSpec]] = (b"", {})
+        self._unsaved: dict[str, JobSpec] = {}  # of those, validated since the last save
         self._on_disk: _OnDisk | None = None  # what the cache files hold, once read or written
+        self._kept = threading.Lock()  # over the three above: a load and a save may overlap
         self._read = False  # the cache file a previous process left: read at the first load
-        self._candidate: tuple[list[str], list[bool]] | None = None  # for ``adopt``
+        self._candidate: tuple[list[str], list[bool], list[int]] | None = None  # for ``adopt``
         self.reused = 0  # in the last load
         self.validated = 0
         self.unsaved = False
@@ -132,7 +134,7 @@ class JobBlocks:
         if len(missing) > len(blocks) // 2:
             # A block parsed alone costs ~1.6x its share of the whole file: past half of them
             # new, the whole file is faster, and its jobs are taken in block order.
-            self._candidate = (keys, plain)
+            self._candidate = (keys, plain, missing)
             return None
         jobs = list(map(known.get, keys))
         for i in missing:
@@ -140,7 +142,7 @@ class JobBlocks:
         valid: list[JobSpec] = list(filter(None, jobs))
         if len(valid) != len(jobs) or len(set(map(_NAME, valid))) != len(jobs):
             return None  # a problem, or two blocks of one name: the whole-file load says where
-        self._keep(keys, valid, plain)
+        self._keep(keys, valid, plain, missing)
         whole = config.model_copy(update={"jobs": tuple(valid)})
         return None if whole.value_rules() else whole
 
@@ -148,42 +150,57 @@ class JobBlocks:
         """After the whole-file load of the text ``load`` cut: its jobs, in block order."""
         if self._candidate is None:
             return
-        keys, plain = self._candidate
+        keys, plain, new = self._candidate
         self._candidate = None
         if len(keys) == len(config.jobs):
-            self._keep(keys, list(config.jobs), plain)
+            self._keep(keys, list(config.jobs), plain, new)
 
-    def _keep(self, keys: list[str], jobs: list[JobSpec], plain: list[bool]) -> None:
+    def _keep(
+        self, keys: list[str], jobs: list[JobSpec], plain: list[bool], new: list[int]
+    ) -> None:
+        """The jobs of this load, by key; ``new``: which were not known before it."""
         found = dict(zip(keys, jobs, strict=True))
         kept = found if all(plain) else dict(compress(zip(keys, jobs, strict=True), plain))
-        self.validated = sum(map(not_, map(self._jobs.__contains__, keys)))
-        self.reused = len(jobs) - self.validated
-        saved_context, saved = self._saved
-        self.unsaved = self.unsaved or saved_context != self._context or kept.keys() != saved.keys()
-        self._jobs, self._saved = found, (self._context, kept)
+        validated = {keys[i]: jobs[i] for i in new if plain[i]}
+        self.validated, self.reused = len(new), len(jobs) - len(new)
+        with self._kept:
+            disk = self._on_disk
+            stale = disk is None or disk.context != self._context
+            self.unsaved = self.unsaved or stale or bool(validated)
+            self._unsaved.update(validated)
+            self._jobs, self._saved = found, (self._context, kept)
 
     # -- the copy on disk --------------------------------------------------------------------
     # config.cache holds the jobs as of its last full write, under an id; config.cache.delta
-    # then appends, save by save, what changed since (each record under that id). A reload's
-    # save writes the jobs it validated, not all of them: pickling 100k jobs held the GIL for
-    # 1-2 s, and every fire and API request meanwhile waited its turn (an API change took
-    # 80-190 ms instead of 10). The records are folded into a full write once they weigh a
-    # quarter of it.
+    # then appends, save by save, the jobs validated since (each record under that id). A
+    # reload's save writes the jobs it validated, not all of them: pickling 100k jobs held the
+    # GIL for 1-2 s, and every fire and API request meanwhile waited its turn (an API change
+    # took 80-190 ms instead of 10). A job no longer in the file stays in the records (a key
+    # no block has is never looked up) until the next full write: once the records weigh a
+    # quarter of it, or a save has a quarter of the jobs to write.
 
     def save(self, state_dir: Path) -> None:
-        """Write what changed since the last save to ``state_dir`` (0600 files), if anything."""
+        """Write the jobs validated since the last save to ``state_dir`` (0600 files)."""
         if not self.unsaved:
             return
         self.unsaved = False  # a load meanwhile sets it again
-        context, jobs = self._saved
         with self._saving:  # a reload's save may start while the start's is still writing
-            try:
+            with self._kept:
+                (context, jobs), validated, self._unsaved = self._saved, self._unsaved, {}
                 disk = self._on_disk
-                if disk is not None and disk.context == context and disk.appended * 4 < disk.size:
-                    self._append(state_dir / DELTA_FILE, disk, jobs)
-                else:
+            try:
+                if (
+                    disk is None
+                    or disk.context != context
+                    or disk.appended * 4 >= disk.size
+                    or len(validated) * 4 >= len(jobs)
+                ):
                     self._write_whole(state_dir / CACHE_FILE, context, jobs)
+                elif validated:
+                    self._append(state_dir / DELTA_FILE, disk, validated)
             except BaseException:
+                with self._kept:
+                    self._unsaved = {**validated, **self._unsaved}
                 self.unsaved = True
                 raise
 
@@ -204,16 +221,16 @@ class JobBlocks:
         # Records of the previous full write: a crash before this unlink leaves them, ignored
         # (another id).
         path.with_name(DELTA_FILE).unlink(missing_ok=True)
-        self._on_disk = _OnDisk(cache_id, context, jobs, len(payload), 0)
+        with self._kept:
+            self._on_disk = _OnDisk(cache_id, context, len(payload), 0)
 
-    def _append(self, path: Path, disk: _OnDisk, jobs: dict[str, JobSpec]) -> None:
-        added = {key: jobs[key] for key in jobs.keys() - disk.jobs.keys()}
-        removed = list(disk.jobs.keys() - jobs.keys())
-        payload = pickle.dumps((disk.cache_id, added, removed), pickle.HIGHEST_PROTOCOL)
+    def _append(self, path: Path, disk: _OnDisk, validated: dict[str, JobSpec]) -> None:
+        payload = pickle.dumps((disk.cache_id, validated), pickle.HIGHEST_PROTOCOL)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(payload)
-        self._on_disk = replace(disk, jobs=jobs, appended=disk.appended + len(payload))
+        with self._kept:
+            self._on_disk = replace(disk, appended=disk.appended + len(payload))
 
     def _read_once(self, state_dir: Path) -> None:
         """At the first load: the cache a previous process left, if it is ours and current."""
@@ -237,7 +254,7 @@ class JobBlocks:
             return
         appended, whole_records = _read_records(state_dir / DELTA_FILE, cache_id, jobs)
         self._jobs, self._saved = jobs, (context, jobs)
-        self._on_disk = _OnDisk(cache_id, context, jobs, size, appended)
+        self._on_disk = _OnDisk(cache_id, context, size, appended)
         if not whole_records:  # a save killed halfway: what follows it would not be read
             self._on_disk, self.unsaved = None, True
 
@@ -248,7 +265,6 @@ class _OnDisk:
 
     cache_id: bytes
     context: bytes
-    jobs: dict[str, JobSpec]
     size: int  # of the full write
     appended: int  # bytes of records since
 
@@ -262,13 +278,11 @@ def _read_records(path: Path, cache_id: bytes, jobs: dict[str, JobSpec]) -> tupl
         size = os.fstat(file.fileno()).st_size
         while file.tell() < size:
             try:
-                record_id, added, removed = pickle.load(file)  # our own 0600 file (_private)
+                record_id, validated = pickle.load(file)  # our own 0600 file (_private)
             except Exception:  # noqa: BLE001 - cut short by a crash: the rest is rewritten
                 return size, False
             if record_id == cache_id:
-                for key in removed:
-                    jobs.pop(key, None)
-                jobs.update(added)
+                jobs.update(validated)
         return size, True
 
 

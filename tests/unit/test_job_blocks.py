@@ -198,9 +198,18 @@ def test_split_keeps_every_line_of_a_job_and_the_frame_around_the_jobs() -> None
     assert frame.endswith("jobs: {}\nmax_concurrency: 8\n") and "prices" not in frame
 
 
-def saved_once(tmp_path: Path) -> tuple[Path, Config, Path]:
+# CONFIG and 20 more jobs: a save that validated one job appends it (with a quarter of the jobs
+# new, the cache is written whole).
+MANY = CONFIG.replace(
+    "max_concurrency: 8\n",
+    "".join(f'  extra{i}: {{every: 1h, command: ["true"]}}\n' for i in range(20))
+    + "max_concurrency: 8\n",
+)
+
+
+def saved_once(tmp_path: Path, text: str = CONFIG) -> tuple[Path, Config, Path]:
     """The config file, what it loaded to, and the cache a first daemon saved for it."""
-    path = write(tmp_path, CONFIG)
+    path = write(tmp_path, text)
     blocks = JobBlocks()
     config = load(path, blocks)
     config.state_dir.mkdir(mode=0o700)
@@ -247,11 +256,11 @@ def test_a_save_that_died_or_failed_leaves_no_partial_file_behind(
 
 def test_a_reload_saves_what_changed_and_the_next_start_reads_it_back(tmp_path: Path) -> None:
     """Not every job again: pickling 100k of them held the GIL for seconds after each reload."""
-    path, config, saved = saved_once(tmp_path)
+    path, config, saved = saved_once(tmp_path, MANY)
     whole = saved.read_bytes()
     blocks = JobBlocks()
     load(path, blocks)
-    write(tmp_path, CONFIG.replace("every: 10m", "every: 20m"))
+    write(tmp_path, MANY.replace("every: 10m", "every: 20m"))
     load(path, blocks)
     blocks.save(config.state_dir)
     delta = config.state_dir / DELTA_FILE
@@ -259,44 +268,45 @@ def test_a_reload_saves_what_changed_and_the_next_start_reads_it_back(tmp_path: 
     assert 0 < delta.stat().st_size < len(whole) // 2
     restarted = JobBlocks()
     again = load(path, restarted)
-    assert (restarted.reused, restarted.validated) == (4, 1)  # the ${TOKEN} job is never kept
+    assert (restarted.reused, restarted.validated) == (24, 1)  # the ${TOKEN} job is never kept
     assert dump(again) == dump(load(path, None)) and not restarted.unsaved
 
 
 def test_records_cut_short_or_of_another_full_write_are_not_applied(tmp_path: Path) -> None:
-    path, config, _ = saved_once(tmp_path)
+    path, config, _ = saved_once(tmp_path, MANY)
     delta = config.state_dir / DELTA_FILE
     blocks = JobBlocks()
     load(path, blocks)
-    write(tmp_path, CONFIG.replace("every: 10m", "every: 20m"))
+    changed = MANY.replace("every: 10m", "every: 20m")
+    write(tmp_path, changed)
     load(path, blocks)
     blocks.save(config.state_dir)
-    record = delta.read_bytes()
+    record = delta.read_bytes()  # the changed job, validated with ENV's HOME
     delta.write_bytes(record[:-5])  # a save killed halfway
     cut = JobBlocks()
     load(path, cut)
-    assert (cut.reused, cut.validated) == (3, 2) and cut.unsaved
-    write(tmp_path, CONFIG)
-    load(path, cut)
-    cut.save(config.state_dir)  # written whole, and the records with it
+    assert (cut.reused, cut.validated) == (23, 2) and cut.unsaved
+    elsewhere = {**ENV, "HOME": "/elsewhere"}  # what validating a job reads: written whole
+    write(tmp_path, MANY)
+    load(path, cut, environ=elsewhere)
+    cut.save(config.state_dir)
     assert not delta.exists()
-    # A crash between a full write and the records' removal: the record (which removes the
-    # `every: 10m` block the full write holds) is of another write.
-    delta.write_bytes(record)
+    delta.write_bytes(record)  # a crash between a full write and the records' removal
+    write(tmp_path, changed)
     later = JobBlocks()
-    load(path, later)
-    assert (later.reused, later.validated) == (4, 1)
+    load(path, later, environ=elsewhere)
+    assert (later.reused, later.validated) == (23, 2)  # the record was of another full write
 
 
 def test_records_are_folded_into_a_full_write_once_they_weigh_a_quarter_of_it(
     tmp_path: Path,
 ) -> None:
-    path, config, saved = saved_once(tmp_path)
+    path, config, saved = saved_once(tmp_path, MANY)
     delta = config.state_dir / DELTA_FILE
     blocks = JobBlocks()
     sizes = []
     for minutes in range(11, 30):
-        write(tmp_path, CONFIG.replace("every: 10m", f"every: {minutes}m"))
+        write(tmp_path, MANY.replace("every: 10m", f"every: {minutes}m"))
         load(path, blocks)
         blocks.save(config.state_dir)
         sizes.append(delta.stat().st_size if delta.exists() else 0)
