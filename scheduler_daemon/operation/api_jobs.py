@@ -263,11 +263,6 @@ def name_taken(name: str, by: str) -> str:
     )
 
 
-class NotReady(Exception):
-    def __str__(self) -> str:
-        return "the daemon's first connection is not settled yet"
-
-
 async def follow_changes(
     *,
     clock: Clock,
@@ -303,15 +298,16 @@ async def follow_changes(
             names = None if everything else frozenset(named)
             named.clear()
             try:
-                if not ready():
-                    raise NotReady
-                await reread(names)
-            except (NotReady, *store.DB_ERRORS) as exc:
+                if ready():
+                    await reread(names)
+                    everything = False
+                    continue
+            except store.DB_ERRORS as exc:
                 log.debug("api_jobs_not_read", error=str(exc))
-                everything = True  # what was named stays unread: read it all next time
-                await clock.sleep(RECONNECT_EVERY)
-            else:
-                everything = False
+            # Not read (the first connection is not settled yet, or the database is away): every
+            # job, a little later.
+            everything = True
+            await clock.sleep(RECONNECT_EVERY)
     finally:
         if listener is not None and not listener.is_closed():
             await listener.close(timeout=1)

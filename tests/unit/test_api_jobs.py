@@ -163,6 +163,32 @@ async def test_a_start_refuses_a_stored_job_the_file_defines_too(tmp_path: Path)
     assert "config.yaml" in str(refused.value)
 
 
+async def test_nothing_is_read_before_the_first_connection_settles_then_every_job() -> None:
+    clock = FakeClock()
+    settled = asyncio.Event()
+    rereads: list[Collection[str] | None] = []
+
+    def unreachable() -> str:
+        raise RuntimeError("the embedded PostgreSQL is not started")
+
+    async def reread(names: Collection[str] | None) -> None:
+        rereads.append(names)
+
+    loop = asyncio.create_task(
+        follow_changes(clock=clock, dsn=unreachable, ready=settled.is_set, reread=reread)
+    )
+    try:
+        await clock.advance(RECONNECT_EVERY * 5 + 0.01)
+        assert rereads == []
+        settled.set()
+        await clock.advance(RECONNECT_EVERY * 2 + 0.01)
+        assert rereads and all(names is None for names in rereads)
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+
+
 async def test_without_notifications_the_jobs_are_still_reread_periodically() -> None:
     clock = FakeClock()
     rereads: list[float] = []
