@@ -82,7 +82,10 @@ def median(values: list[Any]) -> Any:
     if 2 * len(numbers) <= len(values):
         return None
     mid = statistics.median(numbers)
-    return round(mid) if all(isinstance(v, int) for v in numbers) else round(mid, 2)
+    if all(isinstance(v, int) for v in numbers):
+        return round(mid)
+    # Two decimals, or three significant digits below 1 (7.3 ms of an API change read "0.01 s").
+    return round(mid, 2) if abs(mid) >= 1 else float(f"{mid:.3g}")
 
 
 def medians(runs: list[Figures]) -> Figures:

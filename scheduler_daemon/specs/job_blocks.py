@@ -7,7 +7,8 @@ style (each job a key at one indentation: what people and generators write), it 
 validated; a block's JobSpec is kept under its text, and the cache as a whole under a digest of
 what a job's validation reads besides its own text (the frame's `defaults` and
 `timezone`, the config's folder, HOME, this code). Only new and changed blocks are parsed and
-validated; the cache is also kept in ``<state_dir>/config.cache`` for the next start.
+validated; the cache is also kept in ``<state_dir>/config.cache`` (and what later loads
+validated in ``config.cache.delta``) for the next start.
 
 Anything unusual falls back to loading the whole file (``None`` here), which gives every problem
 its file:line form: no block-style `jobs:`, a block that does not parse on its own (an alias to an
