@@ -164,8 +164,7 @@ class Runner:
         """``fire``'s start is on disk (or failed to get there): its attempt begins."""
         if fire.pending and fire.task is None:
             fire.task = asyncio.create_task(self._run_fire(fire, started=True))
-        if fire.task_ready is not None and not fire.task_ready.done():
-            fire.task_ready.set_result(None)
+        _wake_waiter(fire)
 
     async def finished(self, fire: Fire) -> None:
         """Until ``fire`` has ended (each attempt recorded), whatever its path."""
@@ -375,8 +374,7 @@ class Runner:
                 fire.task.cancel()
             self._rows.unstarted(fire, Status.CANCELLED, reason)
             self._forget(fire)
-            if fire.task_ready is not None and not fire.task_ready.done():
-                fire.task_ready.set_result(None)
+            _wake_waiter(fire)
             return
         if fire.task is not None and not fire.task.done():
             fire.cancel_reason = reason
@@ -392,6 +390,12 @@ class Runner:
             pass
         if not fires:
             del self._active[fire.job.name]
+
+
+def _wake_waiter(fire: Fire) -> None:
+    """``finished(fire)`` waits no more for a task: it has one now, or never will."""
+    if fire.task_ready is not None and not fire.task_ready.done():
+        fire.task_ready.set_result(None)
 
 
 def _not_begun(task: asyncio.Task[None] | None) -> bool:
