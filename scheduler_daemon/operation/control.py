@@ -20,7 +20,6 @@ import asyncpg
 from scheduler_daemon.errors import SchedulerDaemonError
 from scheduler_daemon.operation.membership import live_within
 from scheduler_daemon.operation.overrides import BadOverrides, runner_overrides
-from scheduler_daemon.operation.reload import with_api_jobs
 from scheduler_daemon.specs import Config, JobSpec
 from scheduler_daemon.specs.api_job import ApiJobRules, JobProblems, build_api_job
 from scheduler_daemon.storage import history, job_store, nodes, queries, schema, store
@@ -190,7 +189,7 @@ async def with_stored_jobs(config: Config, pool: asyncpg.Pool) -> Config:
             built[stored.name], _ = build_api_job(
                 stored.name, stored.definition, rules, environ=None
             )
-    return with_api_jobs(config, {job.name for job in config.jobs}, built)
+    return config.model_copy(update={"jobs": (*config.jobs, *(built[n] for n in sorted(built)))})
 
 
 class DbBackend:

@@ -7,7 +7,7 @@ Pure: ``plan_reload(old, new)`` compares two validated configs; the daemon appli
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import compress, count
@@ -134,17 +134,6 @@ def plan_api_jobs(before: Mapping[str, JobSpec], after: Mapping[str, JobSpec]) -
         unchanged=tuple(unchanged),
         jobs=jobs,
         to_schedule=tuple(jobs[name] for name in (*added, *changed)),
-    )
-
-
-def with_api_jobs(
-    config: Config, file_names: Collection[str], api_jobs: Mapping[str, JobSpec]
-) -> Config:
-    """``config`` running the config file's jobs it has (``file_names``) and then ``api_jobs``
-    (the database's), by name."""
-    file_jobs = [job for job in config.jobs if job.name in file_names]
-    return config.model_copy(
-        update={"jobs": (*file_jobs, *(api_jobs[name] for name in sorted(api_jobs)))}
     )
 
 
