@@ -91,10 +91,10 @@ class JobBlocks:
     def __init__(self) -> None:
         self._context = b""
         self._jobs: dict[str, JobSpec] = {}
-        # What save writes, replaced whole (a reload's thread may load while another saves):
+        # What a full write writes, replaced whole (a reload's thread may load while a save runs):
         # the context and the jobs read no value from the environment.
         self._saved: tuple[bytes, dict[str, JobSpec]] = (b"", {})
-        self._unsaved: dict[str, JobSpec] = {}  # of those, validated since the last save
+        self._validated_since_save: dict[str, JobSpec] = {}  # the save's next record
         self._on_disk: _OnDisk | None = None  # what the cache files hold, once read or written
         self._kept = threading.Lock()  # over the three above: a load and a save may overlap
         self._read = False  # the cache file a previous process left: read at the first load
@@ -168,7 +168,7 @@ class JobBlocks:
             disk = self._on_disk
             stale = disk is None or disk.context != self._context
             self.unsaved = self.unsaved or stale or bool(validated)
-            self._unsaved.update(validated)
+            self._validated_since_save.update(validated)
             self._jobs, self._saved = found, (self._context, kept)
 
     # -- the copy on disk --------------------------------------------------------------------
@@ -187,7 +187,8 @@ class JobBlocks:
         self.unsaved = False  # a load meanwhile sets it again
         with self._saving:  # a reload's save may start while the start's is still writing
             with self._kept:
-                (context, jobs), validated, self._unsaved = self._saved, self._unsaved, {}
+                context, jobs = self._saved
+                validated, self._validated_since_save = self._validated_since_save, {}
                 disk = self._on_disk
             try:
                 if (
@@ -201,7 +202,7 @@ class JobBlocks:
                     self._append(state_dir / DELTA_FILE, disk, validated)
             except BaseException:
                 with self._kept:
-                    self._unsaved = {**validated, **self._unsaved}
+                    self._validated_since_save = {**validated, **self._validated_since_save}
                 self.unsaved = True
                 raise
 
